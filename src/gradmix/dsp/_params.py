@@ -95,8 +95,9 @@ def check_range(t: Tensor, name: str, low: float | None = None, high: float | No
 
 def _show(t: Tensor) -> str:
     flat = t.detach().flatten()
-    if flat.numel() == 1:
-        return f"{flat.item():g}"
+    flat = flat[~torch.isfinite(flat)] if bool((~torch.isfinite(flat)).any()) else flat
+    if bool((flat == flat[0]).all()) or bool(torch.isnan(flat).all()):
+        return f"{flat[0].item():g}"
     return f"{flat[0].item():g} (first of {flat.numel()} bad values)"
 
 

@@ -62,10 +62,12 @@ def biquad_coefficients(shape: str, *, sample_rate: float, freq_hz: Tensor, gain
         q: quality factor, shape ``S``, > 0.
 
     Returns:
-        ``(b, a)``, each of shape ``S + (3,)``: ``b = (b0, b1, b2)``, ``a = (1, a1, a2)``.
+        ``(b, a)``, each of shape ``S + (3,)``: ``b = (b0, b1, b2)``, ``a = (1, a1, a2)``, always float64
+        (float32 coefficients would move low-frequency poles audibly); gradients flow to the inputs.
     """
     if shape not in SHAPES:
         raise ParameterError(f"shape: {shape!r} is not one of {', '.join(SHAPES)}")
+    freq_hz, gain_db, q = freq_hz.double(), gain_db.double(), q.double()
     w0 = 2.0 * math.pi * freq_hz / sample_rate
     cos_w0 = torch.cos(w0)
     alpha = torch.sin(w0) / (2.0 * q)
@@ -247,7 +249,7 @@ def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
     Args:
         x: audio, shape ``(batch, channels, samples)``.
         b: numerators, shape ``(batch, sections, 3)``.
-        a: denominators ``(1, a1, a2)``, shape ``(batch, sections, 3)`` (``a0`` must be 1).
+        a: denominators ``(a0, a1, a2)``, shape ``(batch, sections, 3)`` (normalised by ``a0`` here).
 
     Returns:
         filtered audio, same shape, dtype and device as ``x``.
@@ -258,4 +260,5 @@ def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
                              f"got {tuple(b.shape)} and {tuple(a.shape)}")
     if b.shape[1] == 0:
         return x.clone()
-    return _SOSFilter.apply(x, b, a)
+    a0 = a[..., :1]
+    return _SOSFilter.apply(x, b / a0, a / a0)

@@ -175,9 +175,9 @@ def graphic_eq(x: Tensor, *, sample_rate: float, gain_db: Param) -> Tensor:
     g = param(gain_db, "gain_db", x, bands=bands)
     check_range(g, "gain_db", -24.0, 24.0)
     fc, q, _ = _graphic_design(bands, sample_rate)
-    filt = graphic_eq_filter_gains(g, sample_rate)
-    b, a = biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(g).expand_as(g), gain_db=filt,
-                               q=q.to(g).expand_as(g))
+    filt = graphic_eq_filter_gains(g.double(), sample_rate)
+    b, a = biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
+                               q=q.to(filt).expand_as(filt))
     return sos_filter(x, b, a)
 
 
