@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.signal
@@ -73,10 +74,6 @@ class Signal:
     channels: int
     seconds: float
 
-    @property
-    def track_seconds(self) -> float:
-        return self.tracks * self.seconds
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -85,14 +82,15 @@ class Settings:
     repeats: int
     budget_s: float  # a measurement whose first run takes longer than this is not repeated
     dasp_reverb_subset: tuple[int, float]  # (tracks, seconds) dasp's direct-convolution reverb is timed on
+    reverb_goal_repeats: int
 
 
 FULL = Settings(signals=(Signal("16 mono x 10 s", 16, 1, 10.0), Signal("8 stereo x 5 s", 8, 2, 5.0)),
                 reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0), repeats=5, budget_s=30.0,
-                dasp_reverb_subset=(1, 0.5))
-QUICK = Settings(signals=(Signal("16 mono x 2 s", 16, 1, 2.0), Signal("8 stereo x 1 s", 8, 2, 1.0)),
-                 reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0), repeats=2, budget_s=5.0,
-                 dasp_reverb_subset=(1, 0.1))
+                dasp_reverb_subset=(1, 0.5), reverb_goal_repeats=3)
+QUICK = Settings(signals=(Signal("16 mono x 1 s", 16, 1, 1.0), Signal("8 stereo x 1 s", 8, 2, 1.0)),
+                 reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0), repeats=2, budget_s=3.0,
+                 dasp_reverb_subset=(1, 0.05), reverb_goal_repeats=1)
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -424,14 +422,15 @@ def case_delay(sig: Signal, gen: torch.Generator) -> Case:
 def case_loudness(sig: Signal, gen: torch.Generator) -> Case:
     import pyloudnorm
 
-    meter = pyloudnorm.Meter(SR)
+    meter = pyloudnorm.Meter(SR, filter_class="DeMan")  # BS.1770's filters at any rate, as gradmix derives them
 
     def measure(i: int, t: np.ndarray) -> np.ndarray:
         return np.asarray(meter.integrated_loudness(t.T))
 
     return Case("integrated loudness", [
         TorchImpl("gradmix", lambda x, p: gd.integrated_loudness(x, sample_rate=SR), {}),
-        NumpyImpl("pyloudnorm", measure, dtype=np.float64, reference=True),
+        NumpyImpl("pyloudnorm", measure, dtype=np.float64, reference=True,
+                  note="filter_class='DeMan' (its default 'K-weighting' is an approximation)"),
     ], reference=lambda x: np.array([measure(i, x[i]) for i in range(x.shape[0])]), error_unit="LU")
 
 
@@ -541,7 +540,7 @@ def run_reverb_goal(sig: Signal, settings: Settings) -> float:
     params = {"decay_s": per_item([REVERB_DECAY_S] * gd.REVERB_BANDS, sig.tracks, gen),
               "predelay_ms": per_item(10.0, sig.tracks, gen), "mix": per_item(0.3, sig.tracks, gen)}
     apply = lambda x, p: gd.reverb(x, sample_rate=SR, **p)
-    total, _ = timed(torch_forward_backward(apply, params, x), min(settings.repeats, 3), settings.budget_s)
+    total, _ = timed(torch_forward_backward(apply, params, x), settings.reverb_goal_repeats, settings.budget_s)
     return total
 
 
@@ -622,7 +621,11 @@ def print_markdown(rows: list, goals: list, header: str) -> None:
         print(f"- {'MET' if ok else '**NOT MET**'}: {text}")
 
 
-def header_text(settings: Settings, quick: bool) -> str:
+def load_text() -> str:
+    return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else ""
+
+
+def header_text(settings: Settings, quick: bool, load_before: str) -> str:
     import dasp_pytorch  # noqa: F401
     import pedalboard
     import scipy
@@ -632,7 +635,8 @@ def header_text(settings: Settings, quick: bool) -> str:
     libs = ", ".join(f"{n} {version(n)}" for n in ("gradmix", "dasp-pytorch", "torchcomp", "pedalboard", "pyloudnorm"))
     return (f"{'quick' if quick else 'full'} run; torch {torch.__version__} on {torch.get_num_threads()} threads, "
             f"scipy {scipy.__version__}, {libs}; {platform.processor() or platform.machine()}; "
-            f"median of {settings.repeats} runs after a warm-up; {SR} Hz float32")
+            f"median of {settings.repeats} runs after a warm-up (fewer when a run takes over {settings.budget_s:g} s); "
+            f"{SR} Hz float32; {os.cpu_count()} CPUs, {load_before} before and {load_text()} after")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -645,6 +649,7 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     settings = QUICK if args.quick else FULL
+    load_before = load_text()
 
     rows = []
     for k, sig in enumerate(settings.signals):
@@ -656,7 +661,7 @@ def main(argv: list | None = None) -> int:
     reverb_total = run_reverb_goal(settings.reverb_goal, settings)
 
     goals = goal_lines(rows, reverb_total, settings.reverb_goal)
-    (print_markdown if args.markdown else print_rich)(rows, goals, header_text(settings, args.quick))
+    (print_markdown if args.markdown else print_rich)(rows, goals, header_text(settings, args.quick, load_before))
     return 0
 
 

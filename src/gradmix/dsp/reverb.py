@@ -6,6 +6,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
@@ -19,26 +20,43 @@ MAX_DECAY_S = 20.0
 _LN1000 = math.log(1000.0)
 
 
-def fft_convolve(x: Tensor, h: Tensor, delay_samples: Tensor | None = None) -> Tensor:
+def fft_convolve(x: Tensor, h: Tensor) -> Tensor:
     """Linear convolution ``y = x * h`` by FFT, truncated to the length of ``x``.
 
     Args:
         x: ``(batch, channels, samples)``.
         h: ``(batch, channels, taps)`` or ``(batch, 1, taps)``.
-        delay_samples: optional ``(batch,)`` extra (fractional, band-limited) delay of ``h`` in samples.
 
     Returns:
         ``(batch, channels, samples)``.
     """
     n = x.shape[-1]
-    extra = 0 if delay_samples is None else int(math.ceil(float(delay_samples.detach().max()))) + 1
-    size = _fast_len(n + h.shape[-1] + extra)
-    spec = torch.fft.rfft(x, size) * torch.fft.rfft(h, size)
-    if delay_samples is not None:
-        w = torch.arange(spec.shape[-1], device=x.device, dtype=x.dtype) * (2 * math.pi / size)
-        phase = -bcast(delay_samples) * w
-        spec = spec * torch.polar(torch.ones_like(phase), phase)
-    return torch.fft.irfft(spec, size)[..., :n]
+    size = _fast_len(n + h.shape[-1])
+    return torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(h, size), size)[..., :n]
+
+
+def fractional_shift(h: Tensor, delay_samples: Tensor) -> Tensor:
+    """Delay each item of ``h`` by a (fractional) number of samples, by linear interpolation.
+
+    Args:
+        h: ``(batch, channels, taps)``.
+        delay_samples: ``(batch,)``, >= 0; differentiable.
+
+    Returns:
+        ``(batch, channels, taps + ceil(max delay) + 1)``.
+    """
+    lo = delay_samples.detach().floor()
+    frac = (delay_samples - lo)[:, None, None]
+    lo = lo.long()
+    length = h.shape[-1] + int(lo.max()) + 1
+    src = torch.arange(length, device=h.device)[None, :] - lo[:, None]  # (batch, length)
+    padded = F.pad(h, (1, length - h.shape[-1]))  # index 0 is a zero, so src = -1 reads silence
+
+    def take(index: Tensor) -> Tensor:
+        index = (index + 1).clamp(0, padded.shape[-1] - 1)
+        return padded.gather(-1, index[:, None, :].expand(h.shape[0], h.shape[1], length))
+
+    return (1 - frac) * take(src.clamp(min=-1)) + frac * take((src - 1).clamp(min=-1))
 
 
 def _fast_len(n: int) -> int:
@@ -82,35 +100,47 @@ def _band_noise(channels: int, taps: int, sample_rate: float, seed: int) -> Tens
     return bands.to(torch.float32)
 
 
-def reverb_impulse_response(*, sample_rate: float, decay_s: Tensor, channels: int, taps: int, seed: int = 0
-                            ) -> Tensor:
+def reverb_impulse_response(*, sample_rate: float, decay_s: Tensor, channels: int, seed: int = 0) -> Tensor:
     """Filtered-noise impulse response, normalised to unit energy per channel.
 
     ``h[c, t] = sum_b n_b[c, t] exp(-ln(1000) t / decay_s[b])``: band ``b`` of seeded white noise decays by
-    60 dB in ``decay_s[b]`` seconds (RT60).
+    60 dB in ``decay_s[b]`` seconds (RT60). Each item's IR is :func:`ir_seconds` long (its noise drawn
+    for that length, so an item gets the same IR in any batch); shorter IRs are zero-padded.
 
     Args:
         sample_rate: Hz.
         decay_s: RT60 per band in seconds, ``(batch, bands)``.
         channels: 1 or 2 (stereo channels get decorrelated noise).
-        taps: IR length in samples.
         seed: noise seed.
 
     Returns:
-        ``(batch, channels, taps)``.
+        ``(batch, channels, taps)`` with ``taps`` the longest IR of the batch.
     """
-    noise = _band_noise(channels, taps, float(sample_rate), seed).to(decay_s)
-    t = torch.arange(taps, device=decay_s.device, dtype=decay_s.dtype) / sample_rate
-    env = torch.exp(-_LN1000 * t / decay_s.unsqueeze(-1))  # (batch, bands, taps)
-    h = torch.einsum("bkt,kct->bct", env, noise)
-    return h / torch.sqrt(h.square().sum(-1, keepdim=True) + 1e-12)
+    lengths = [int(math.ceil(s * sample_rate)) for s in ir_seconds(decay_s).tolist()]
+    taps = max(lengths)
+    out = decay_s.new_zeros(decay_s.shape[0], channels, taps)
+    for length in sorted(set(lengths)):
+        idx = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=decay_s.device)
+        noise = _band_noise(channels, length, float(sample_rate), seed).to(decay_s)
+        t = torch.arange(length, device=decay_s.device, dtype=decay_s.dtype) / sample_rate
+        env = torch.exp(-_LN1000 * t / decay_s[idx].unsqueeze(-1))  # (items, bands, length)
+        h = torch.einsum("bkt,kct->bct", env, noise)
+        h = h / torch.sqrt(h.square().sum(-1, keepdim=True) + 1e-12)
+        out = out.index_copy(0, idx, F.pad(h, (0, taps - length)))
+    return out
+
+
+def ir_seconds(decay_s: Tensor) -> Tensor:
+    """IR length per item: the longest RT60 rounded up to 1/8 s, so that it stays put while decay
+    times are optimised (``(batch, bands)`` -> ``(batch,)``, not differentiable)."""
+    return torch.ceil(decay_s.detach().amax(-1) * 8) / 8
 
 
 def reverb(x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param = 0.0, mix: Param = 0.3,
            seed: int = 0) -> Tensor:
     """Reverb by FFT convolution with a filtered-noise impulse response (see
     :func:`reverb_impulse_response`), delayed by ``predelay_ms``
-    (fractional delays are band-limited, applied as a phase shift).
+    (fractional delays by linear interpolation).
 
     The wet signal has the same energy as the dry one for noise-like input; output
     ``(1 - mix) x + mix wet``, with the input's length (pad the input to keep the tail).
@@ -134,20 +164,19 @@ def reverb(x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param 
     check_range(m, "mix", 0.0, 1.0)
     if not isinstance(seed, int):
         raise ParameterError(f"seed: {seed!r} is not an integer")
-    # the IR length is rounded up to 1/8 s so that it stays put while the decay times are optimised
-    taps = int(math.ceil(float(d.detach().max()) * 8) / 8 * sample_rate)
-    h = reverb_impulse_response(sample_rate=sample_rate, decay_s=d, channels=x.shape[1], taps=taps, seed=seed)
-    wet = fft_convolve(x, h, p * (sample_rate / 1000.0))
+    h = reverb_impulse_response(sample_rate=sample_rate, decay_s=d, channels=x.shape[1], seed=seed)
+    wet = fft_convolve(x, fractional_shift(h, p * (sample_rate / 1000.0)))
     return (1 - bcast(m)) * x + bcast(m) * wet
 
 
 def delay(x: Tensor, *, sample_rate: float, time_ms: Param, feedback: Param = 0.3, mix: Param = 0.3) -> Tensor:
     """Feedback delay: ``wet[n] = sum_{k >= 1} feedback^(k-1) x[n - k D]``, ``D = time_ms`` in samples.
 
-    This is the output of a delay line whose output is fed back with gain ``feedback``; it is computed
-    exactly (every echo that falls inside the signal) in the frequency domain with the closed form
-    ``z (1 - (f z)^K) / (1 - f z)``, ``z = exp(-j w D)``, so ``time_ms`` may be fractional and gets a
-    gradient. Output ``(1 - mix) x + mix wet``, with the input's length.
+    This is the output of a delay line whose output is fed back with gain ``feedback``. Its impulse
+    response (every echo that lands inside the signal) is built explicitly, each echo at ``k D`` split
+    between its two neighbouring samples by linear interpolation (exact for whole-sample delays; the
+    interpolation gives ``time_ms`` a gradient), and applied by FFT convolution. Output
+    ``(1 - mix) x + mix wet``, with the input's length.
 
     Args:
         x: audio, shape ``(batch, channels, samples)``.
@@ -164,13 +193,15 @@ def delay(x: Tensor, *, sample_rate: float, time_ms: Param, feedback: Param = 0.
     check_range(m, "mix", 0.0, 1.0)
     n = x.shape[-1]
     d = t * (sample_rate / 1000.0)
-    echoes = torch.ceil(n / d.detach()) + 1  # (batch,): every echo that can land inside the signal
-    size = _fast_len(2 * n + 2 * int(math.ceil(float(d.detach().max()))) + 16)
-    w = torch.arange(size // 2 + 1, device=x.device, dtype=x.dtype) * (2 * math.pi / size)
-    z = torch.polar(torch.ones_like(w), -w * d[:, None])  # (batch, bins)
-    fz = f[:, None] * z
-    fzk = torch.polar(f[:, None].abs() ** echoes[:, None], -w * (d * echoes)[:, None]) \
-        * torch.where(f < 0, (-1.0) ** echoes, torch.ones_like(f))[:, None]
-    response = z * (1 - fzk) / (1 - fz)
-    wet = torch.fft.irfft(torch.fft.rfft(x, size) * response.unsqueeze(1), size)[..., :n]
+    echoes = int(math.ceil(n / float(d.detach().min())))
+    k = torch.arange(1, echoes + 1, device=x.device, dtype=x.dtype)
+    pos = k * d[:, None]  # (batch, echoes)
+    inside = (pos.detach() < n).to(x.dtype)
+    weight = torch.pow(f[:, None], k - 1) * inside
+    lo = pos.detach().floor()
+    frac = pos - lo
+    lo = lo.long().clamp(max=n)
+    ir = x.new_zeros(x.shape[0], n + 2)
+    ir = ir.scatter_add(1, lo, weight * (1 - frac)).scatter_add(1, lo + 1, weight * frac)
+    wet = fft_convolve(x, ir[:, None, :n])
     return (1 - bcast(m)) * x + bcast(m) * wet
