@@ -1,0 +1,30 @@
+# gradmix: install, demo, tests, benchmarks. Everything goes into .venv (Python 3.11).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: a CPU build on local disk; anything unpinned would pull a CUDA build.
+	$(PIP) install torch==2.13.0 numpy setuptools wheel
+	# torchlpc (under torchcomp) compiles against torch: build it against the pinned one.
+	$(PIP) install --no-build-isolation torchlpc==0.7.2
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/gradmix demo -o out/demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/effects.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The ``gradmix`` command."""

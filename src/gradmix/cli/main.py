@@ -1,0 +1,57 @@
+"""``gradmix <command>``: thin layers over library functions; errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gradmix.errors import GradmixError
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from gradmix.demo import run_demo
+
+    run_demo(args.output, seconds=args.seconds)
+
+
+def _effects(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gradmix.effects import REGISTRY
+
+    table = Table(title="gradmix effects (type, parameter, unit, range, default, scale)")
+    for col in ("type", "parameter", "unit", "min", "max", "default", "scale"):
+        table.add_column(col)
+    for name in sorted(REGISTRY):
+        effect = REGISTRY[name]()
+        for i, s in enumerate(effect.specs):
+            table.add_row(name if i == 0 else "", s.label, s.unit, f"{s.min:g}", f"{s.max:g}", f"{s.default:g}",
+                          s.scale)
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradmix", description="Automatic mixing through a differentiable console.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="process the built-in example multitrack; writes audio and a plot")
+    p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of the example in seconds")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
+    p.set_defaults(func=_effects)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GradmixError as exc:
+        print(f"gradmix: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
