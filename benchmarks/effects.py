@@ -48,7 +48,6 @@ import torch
 from torch import Tensor
 
 import gradmix.dsp as gd
-from gradmix.dsp.reverb import reverb_impulse_response
 
 SR = 44100
 THREADS = 2
@@ -380,6 +379,14 @@ def dasp_reverb(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     return dasp().noise_shaped_reverberation(x, SR, *gains, *decays, p["mix"], num_samples=taps)
 
 
+def gradmix_reverb_ir(channels: int) -> np.ndarray:
+    """gradmix's reverb impulse response, ``(channels, taps)``: the wet output for a unit impulse."""
+    impulse = torch.zeros(1, channels, int(REVERB_DECAY_S * SR))
+    impulse[..., 0] = 1.0
+    with torch.no_grad():
+        return gd.reverb(impulse, sample_rate=SR, decay_s=REVERB_DECAY_S, mix=1.0)[0].numpy().astype(np.float32)
+
+
 def case_reverb(settings: Settings):
     def build(sig: Signal, gen: torch.Generator) -> Case:
         import pedalboard as pb
@@ -389,9 +396,7 @@ def case_reverb(settings: Settings):
                   "mix": per_item(0.3, b, gen)}
         dasp_params = {"band_gain": per_item([1.0] * 12, b, gen), "band_decay": per_item([DASP_DECAY] * 12, b, gen),
                        "mix": per_item(0.3, b, gen)}
-        taps = int(math.ceil(REVERB_DECAY_S * 8) / 8 * SR)
-        ir = reverb_impulse_response(sample_rate=SR, decay_s=torch.full((1, gd.REVERB_BANDS), REVERB_DECAY_S),
-                                     channels=sig.channels, taps=taps)[0].numpy().astype(np.float32)
+        ir = gradmix_reverb_ir(sig.channels)
         freeverb = [pb.Pedalboard([pb.Reverb(room_size=0.9, wet_level=0.3, dry_level=0.7)]) for _ in range(b)]
         conv = [pb.Pedalboard([pb.Convolution(ir, mix=0.3, sample_rate=SR)]) for _ in range(b)]
         tracks, seconds = settings.dasp_reverb_subset

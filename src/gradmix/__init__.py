@@ -1,7 +1,8 @@
 """gradmix: automatic multitrack mixing through a differentiable mixing console."""
 
-from gradmix.errors import GradmixError, ParameterError, ShapeError, UnknownEffectError
+from gradmix.errors import (AudioError, ConsoleFileError, GradmixError, ParameterError, ShapeError,
+                            UnknownEffectError)
 
 __version__ = "0.1.0"
 
-__all__ = ["GradmixError", "ParameterError", "ShapeError", "UnknownEffectError", "__version__"]
+__all__ = ["AudioError", "ConsoleFileError", "GradmixError", "ParameterError", "ShapeError", "UnknownEffectError", "__version__"]

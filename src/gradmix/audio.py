@@ -1,17 +1,210 @@
-"""Audio file output (atomic writes)."""
+"""Audio I/O used by every command: load a folder of stems (validated, resampled, aligned), write atomically.
+
+Bad input raises :class:`~gradmix.errors.AudioError` (a :class:`GradmixError`) naming the file, what was
+found and what was expected; nothing is written before everything has been read and checked.
+"""
 
 from __future__ import annotations
 
+import collections
+import json
 import os
+import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gradmix.errors import GradmixError
+from gradmix.errors import AudioError, GradmixError
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg")
+STEM_MP4 = ".stem.mp4"
+MUSDB_STEMS = ("drums", "bass", "other", "vocals")
 SUBTYPES = {"float": "FLOAT", "24": "PCM_24", "16": "PCM_16"}
+MAX_TRACKS = 256
+
+
+@dataclass
+class Stem:
+    """One loaded track.
+
+    Attributes:
+        name: track name (file name without extension; ``file:stem`` for MUSDB stems).
+        path: the file it came from.
+        audio: ``(channels, samples)`` float32, channels 1 or 2, at the common sample rate.
+        source_rate: the file's own sample rate in Hz.
+    """
+
+    name: str
+    path: Path
+    audio: torch.Tensor
+    source_rate: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.audio.shape[0])
+
+
+def is_audio_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and not name.startswith(".") and (name.endswith(STEM_MP4) or path.suffix.lower() in
+                                                            AUDIO_EXTENSIONS)
+
+
+def list_audio_files(folder: str | os.PathLike) -> list[Path]:
+    """Audio files directly inside ``folder`` in name order; raises if there are none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise AudioError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise AudioError(f"{folder}: is not a folder of stems")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        raise AudioError(f"{folder}: the folder is empty")
+    files = [p for p in entries if is_audio_file(p)]
+    if not files:
+        raise AudioError(f"{folder}: no audio files (looked for {', '.join(AUDIO_EXTENSIONS + (STEM_MP4,))})")
+    return files
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read one file as ``(channels, samples)`` float32 and its sample rate, checking it thoroughly."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with sf.SoundFile(path) as f:
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{path}: cannot be read as audio ({_short(exc)})") from None
+    if data.shape[0] < frames:
+        raise AudioError(f"{path}: truncated: the header promises {frames} frames, the file holds {data.shape[0]}")
+    return _checked(path, data.T, channels, rate)
+
+
+def _checked(path: Path, data: np.ndarray, channels: int, rate: int) -> tuple[np.ndarray, int]:
+    if data.shape[-1] == 0:
+        raise AudioError(f"{path}: has no samples (zero length)")
+    if channels > 2:
+        raise AudioError(f"{path}: has {channels} channels; gradmix takes mono or stereo stems — split it into "
+                         f"mono files first (e.g. `sox {path.name} ch1.wav remix 1`)")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][-1])
+        raise AudioError(f"{path}: contains NaN or Inf samples (first at {first / rate:.3f} s)")
+    return np.ascontiguousarray(data, dtype=np.float32), int(rate)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def read_stem_mp4(path: Path) -> list[tuple[str, np.ndarray, int]]:
+    """Decode a MUSDB ``.stem.mp4`` (stream 0 the mixture, then drums, bass, other, vocals) with ffmpeg.
+
+    Returns:
+        ``[(stem name, (channels, samples) float32, rate), ...]`` without the mixture stream.
+    """
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise AudioError(f"{path}: reading .stem.mp4 needs ffmpeg and ffprobe on the PATH "
+                         "(e.g. `apt-get install ffmpeg`)")
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries",
+                            "stream=index,sample_rate,channels", "-of", "json", str(path)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise AudioError(f"{path}: cannot be read as audio ({_short(RuntimeError(probe.stderr))})")
+    streams = json.loads(probe.stdout).get("streams", [])
+    if len(streams) < 2:
+        raise AudioError(f"{path}: a .stem.mp4 needs a mixture and stem streams, found {len(streams)} stream(s)")
+    out = []
+    for k, info in enumerate(streams[1:], start=1):
+        rate, channels = int(info["sample_rate"]), int(info["channels"])
+        dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:a:{k}", "-f", "f32le",
+                              "-acodec", "pcm_f32le", "-"], capture_output=True)
+        if dec.returncode != 0:
+            raise AudioError(f"{path}: stream {k} cannot be decoded ({_short(RuntimeError(dec.stderr.decode()))})")
+        data = np.frombuffer(dec.stdout, dtype=np.float32).reshape(-1, channels).T
+        name = MUSDB_STEMS[k - 1] if len(streams) == 5 else f"stem{k}"
+        data, rate = _checked(path, data, channels, rate)
+        out.append((name, data, rate))
+    return out
+
+
+def load_stems(folder: str | os.PathLike, *, sample_rate: int | None = None, strict: bool = False,
+               max_tracks: int = MAX_TRACKS, progress: bool = False) -> tuple[list[Stem], int]:
+    """Load every audio file in ``folder``: validated, resampled to one rate, padded to the longest.
+
+    Args:
+        folder: a folder of stems (wav, flac, aiff, ogg; MUSDB ``.stem.mp4`` with ffmpeg).
+        sample_rate: target rate in Hz; default the most common rate among the files (ties: the highest).
+        strict: refuse files at other rates instead of resampling them (soxr, high quality).
+        max_tracks: refuse folders with more stems than this.
+        progress: show a progress bar.
+
+    Returns:
+        ``(stems, sample_rate)``.
+    """
+    files = list_audio_files(folder)
+    raw: list[tuple[str, Path, np.ndarray, int]] = []
+    for path in _progress(files, "loading stems", progress):
+        if path.name.lower().endswith(STEM_MP4):
+            base = path.name[: -len(STEM_MP4)]
+            raw += [(f"{base}:{name}", path, data, rate) for name, data, rate in read_stem_mp4(path)]
+        else:
+            data, rate = read_audio(path)
+            raw.append((path.stem, path, data, rate))
+    if len(raw) > max_tracks:
+        raise AudioError(f"{folder}: {len(raw)} stems, more than the {max_tracks} gradmix takes at once")
+    rates = collections.Counter(r[3] for r in raw)
+    if sample_rate is None:
+        sample_rate = max(rates, key=lambda r: (rates[r], r))
+    if strict:
+        for name, path, _, rate in raw:
+            if rate != sample_rate:
+                raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to "
+                                 "resample)")
+    stems = []
+    for name, path, data, rate in raw:
+        if rate != sample_rate:
+            import soxr
+
+            data = np.ascontiguousarray(soxr.resample(data.T, rate, sample_rate, quality="HQ").T, dtype=np.float32)
+        stems.append(Stem(name, path, torch.from_numpy(data), rate))
+    length = max(s.audio.shape[-1] for s in stems)
+    for s in stems:
+        s.audio = torch.nn.functional.pad(s.audio, (0, length - s.audio.shape[-1]))
+    return stems, int(sample_rate)
+
+
+def _progress(items, label: str, show: bool):
+    if not show:
+        return items
+    from rich.progress import track
+
+    return track(items, description=label, transient=True)
+
+
+def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None) -> Path:
+    """Refuse an output that is one of the inputs or lies in a folder that is missing or unwritable."""
+    output = Path(output)
+    for p in inputs or []:
+        if output.exists() and p.exists() and output.resolve() == Path(p).resolve():
+            raise GradmixError(f"{output}: the output would overwrite an input file")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise GradmixError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GradmixError(f"{parent}: output folder is not writable")
+    return output
 
 
 def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int,
@@ -32,8 +225,7 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sampl
         raise GradmixError(f"{path}: expected audio of shape (channels, samples), got {data.shape}")
     if not np.isfinite(data).all():
         raise GradmixError(f"{path}: refusing to write audio that contains NaN or Inf")
-    if not path.parent.is_dir():
-        raise GradmixError(f"{path.parent}: output folder does not exist")
+    check_output_path(path)
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -14,6 +14,14 @@ class ShapeError(GradmixError, ValueError):
     """An audio tensor has the wrong number of dimensions or channels."""
 
 
+class AudioError(GradmixError):
+    """An audio file or folder is missing, unreadable, empty, non-finite or has an unsupported layout."""
+
+
+class ConsoleFileError(GradmixError):
+    """A console file does not follow the schema; the message names the exact place of the problem."""
+
+
 class UnknownEffectError(GradmixError, KeyError):
     """An effect type name is not in the registry."""
 

@@ -37,6 +37,15 @@ def create(type_name: str, **config: Any) -> Effect:
     return get_effect(type_name)(**config)
 
 
+def _plain(value: Any) -> Any:
+    """Tensors and numpy values -> floats / lists of floats (JSON-friendly, lossless)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 class Effect:
     """One effect: its ordered :class:`ParamSpec` list, the dsp function it calls and static settings.
 
@@ -126,6 +135,19 @@ class Effect:
         """Apply with 0..1 controls ``(batch, num_params)``; returns the audio and the physical values."""
         params = self.denormalize(u)
         return self(x, params, sample_rate=sample_rate), params
+
+    def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A console-file chain entry: ``{"type": ..., static settings..., parameters...}`` (physical)."""
+        full = self.complete(params)
+        return {"type": self.type_name, **self.config(), **{k: _plain(v) for k, v in full.items()}}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:
+        """Inverse of :meth:`to_json`: the effect (with its static settings) and its parameters."""
+        static = {k: entry[k] for k in cls.static if k in entry}
+        effect = cls(**static)
+        params = {k: v for k, v in entry.items() if k != "type" and k not in cls.static}
+        return effect, effect.complete(params)
 
     def latency_samples(self, sample_rate: float) -> int:
         """Latency a causal real-time version would add (the dsp functions return aligned audio)."""

@@ -7,12 +7,12 @@ defaults is a plain sum; ranges are what a network or a random console may use.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradmix import dsp
 from gradmix.dsp.dynamics import limiter_latency_samples
-from gradmix.effects.base import Effect, register
+from gradmix.effects.base import Effect, _plain, register
 from gradmix.effects.spec import ParamSpec
 from gradmix.errors import ParameterError
 
@@ -105,6 +105,22 @@ class ParametricEQ(Effect):
     def config(self) -> dict[str, Any]:
         return {"shapes": list(self.shapes)}
 
+    def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"type": "eq", "bands": [{"shape", "freq_hz", "gain_db", "q"}, ...]}``."""
+        full = {k: _plain(v) for k, v in self.complete(params).items()}
+        return {"type": self.type_name, "bands": [
+            {"shape": s, "freq_hz": full["freq_hz"][k], "gain_db": full["gain_db"][k], "q": full["q"][k]}
+            for k, s in enumerate(self.shapes)]}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:
+        bands = entry.get("bands", [])
+        effect = cls([b["shape"] for b in bands])
+        defaults = effect.defaults()
+        params = {name: [float(b.get(name, defaults[name][k])) for k, b in enumerate(bands)]
+                  for name in ("freq_hz", "gain_db", "q")}
+        return effect, params
+
 
 @register
 class GraphicEQ(Effect):
@@ -124,6 +140,16 @@ class GraphicEQ(Effect):
 
     def config(self) -> dict[str, Any]:
         return {"bands": self.bands}
+
+    def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"type": "graphic_eq", "gain_db": [10 or 31 values]}`` (the band count is the list's length)."""
+        return {"type": self.type_name, "gain_db": _plain(self.complete(params)["gain_db"])}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:
+        gains = entry.get("gain_db", [0.0] * 10)
+        effect = cls(len(gains))
+        return effect, {"gain_db": [float(g) for g in gains]}
 
 
 def _times(attack: tuple[float, float, float], release: tuple[float, float, float]) -> list[ParamSpec]:
