@@ -139,42 +139,60 @@ def read_stem_mp4(path: Path) -> list[tuple[str, np.ndarray, int]]:
     return out
 
 
-def load_stems(folder: str | os.PathLike, *, sample_rate: int | None = None, strict: bool = False,
-               max_tracks: int = MAX_TRACKS, progress: bool = False) -> tuple[list[Stem], int]:
-    """Load every audio file in ``folder``: validated, resampled to one rate, padded to the longest.
+def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sample_rate: int | None = None,
+               strict: bool = False, max_tracks: int = MAX_TRACKS, progress: bool = False) -> tuple[list[Stem], int]:
+    """Load stems from ``folder``: validated, resampled to one rate, padded to the longest.
 
     Args:
         folder: a folder of stems (wav, flac, aiff, ogg; MUSDB ``.stem.mp4`` with ffmpeg).
+        files: the files to load, relative to ``folder``, in this order (``song.stem.mp4#drums`` picks one
+            stream of a stem file); default every audio file in the folder, in name order.
         sample_rate: target rate in Hz; default the most common rate among the files (ties: the highest).
-        strict: refuse files at other rates instead of resampling them (soxr, high quality).
-        max_tracks: refuse folders with more stems than this.
+        strict: refuse files at another rate instead of resampling them (soxr, high quality).
+        max_tracks: refuse more stems than this.
         progress: show a progress bar.
 
     Returns:
         ``(stems, sample_rate)``.
     """
-    files = list_audio_files(folder)
+    folder = Path(folder)
     raw: list[tuple[str, Path, np.ndarray, int]] = []
-    for path in _progress(files, "loading stems", progress):
-        if path.name.lower().endswith(STEM_MP4):
-            base = path.name[: -len(STEM_MP4)]
-            raw += [(f"{base}:{name}", path, data, rate) for name, data, rate in read_stem_mp4(path)]
-        else:
-            data, rate = read_audio(path)
-            raw.append((path.stem, path, data, rate))
+    if files is None:
+        for path in _progress(list_audio_files(folder), "loading stems", progress):
+            if path.name.lower().endswith(STEM_MP4):
+                base = path.name[: -len(STEM_MP4)]
+                raw += [(f"{base}#{name}", path, data, rate) for name, data, rate in read_stem_mp4(path)]
+            else:
+                raw.append((path.stem, path, *read_audio(path)))
+    else:
+        if not folder.is_dir():
+            raise AudioError(f"{folder}: no such folder")
+        decoded: dict[Path, list[tuple[str, np.ndarray, int]]] = {}
+        for name in _progress(files, "loading stems", progress):
+            file, _, stream = name.partition("#")
+            path = folder / file
+            if not path.is_file():
+                raise AudioError(f"{path}: the console names this file, but it is missing")
+            if path.name.lower().endswith(STEM_MP4):
+                streams = decoded.setdefault(path, read_stem_mp4(path))
+                found = [s for s in streams if s[0] == stream]
+                if not found:
+                    raise AudioError(f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
+                                     "name one as FILE.stem.mp4#STREAM")
+                raw.append((name, path, found[0][1], found[0][2]))
+            else:
+                raw.append((Path(file).stem, path, *read_audio(path)))
     if len(raw) > max_tracks:
         raise AudioError(f"{folder}: {len(raw)} stems, more than the {max_tracks} gradmix takes at once")
     rates = collections.Counter(r[3] for r in raw)
     if sample_rate is None:
         sample_rate = max(rates, key=lambda r: (rates[r], r))
-    if strict:
-        for name, path, _, rate in raw:
-            if rate != sample_rate:
-                raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to "
-                                 "resample)")
     stems = []
     for name, path, data, rate in raw:
         if rate != sample_rate:
+            if strict:
+                raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to "
+                                 "resample)")
             import soxr
 
             data = np.ascontiguousarray(soxr.resample(data.T, rate, sample_rate, quality="HQ").T, dtype=np.float32)

@@ -14,6 +14,21 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output, seconds=args.seconds)
 
 
+def _render(args: argparse.Namespace) -> None:
+    from gradmix.render import render_folder
+
+    report = render_folder(args.stems_dir, args.console, args.output, strict=args.strict, subtype=args.format,
+                           stems_out=args.stems_out, progress=sys.stdout.isatty())
+    print(f"wrote {report.output} ({report.seconds:.1f} s): peak {report.peak_dbfs:+.1f} dBFS, "
+          f"{report.loudness_lufs:.1f} LUFS")
+    if report.stems_out:
+        print(f"wrote {len(report.stems_out)} processed stems to {report.stems_out[0].parent}")
+    if report.clips:
+        where = "clips in the 24-bit file" if args.format != "float" else "would clip in a fixed-point file"
+        print(f"warning: the mix peaks at {report.peak_dbfs:+.1f} dBFS and {where}; lower the master or add a "
+              "limiter", file=sys.stderr)
+
+
 def _effects(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -38,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the example in seconds")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("render", help="render a folder of stems through a console file")
+    p.add_argument("stems_dir", help="folder holding the files the console names")
+    p.add_argument("console", help="console file (JSON, see console.schema.json)")
+    p.add_argument("-o", "--output", required=True, help="mix file to write (.wav or .flac)")
+    p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
+    p.add_argument("--strict", action="store_true", help="refuse stems whose sample rate differs from the console's")
+    p.add_argument("--stems-out", help="also write each processed track (post-fader, post-pan) to this folder")
+    p.set_defaults(func=_render)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser

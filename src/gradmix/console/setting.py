@@ -1,0 +1,230 @@
+"""A console setting for one song in physical units: what ``console.json`` holds, for people to edit.
+
+Tracks may have different chains (a person can add or drop effects on one track); rendering groups the
+tracks whose chains have the same structure and channel count and renders each group in one batched
+call, so the cost stays that of one call per effect and group, not per track.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradmix.console.layout import Layout, Params, Slot, mix_down, render_strips
+from gradmix.console.schema import FORMAT, VERSION, place, validate
+from gradmix.effects import Effect, get_effect
+from gradmix.errors import ConsoleFileError, GradmixError
+
+
+@dataclass
+class Entry:
+    """One effect in a chain with its physical parameters (every parameter present)."""
+
+    effect: Effect
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.effect.to_json(self.params)
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> Entry:
+        effect, params = get_effect(entry["type"]).from_json(entry)
+        return cls(effect, params)
+
+    @property
+    def signature(self) -> tuple[str, str]:
+        return self.effect.type_name, json.dumps(self.effect.config(), sort_keys=True)
+
+
+@dataclass
+class TrackSetting:
+    name: str
+    file: str | None
+    chain: list[Entry]
+    sends: dict[str, float] = field(default_factory=dict)
+    """Bus name -> post-fader send level in dB; a bus not named here gets nothing from this track."""
+
+
+@dataclass
+class BusSetting:
+    name: str
+    chain: list[Entry]
+
+
+@dataclass
+class ConsoleSetting:
+    """A whole console for one song, in physical units (see ``console.schema.json``)."""
+
+    sample_rate: int
+    tracks: list[TrackSetting]
+    buses: list[BusSetting] = field(default_factory=list)
+    master: list[Entry] = field(default_factory=list)
+
+    # ---- JSON --------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "sample_rate": self.sample_rate,
+            "tracks": [{"name": t.name, "file": t.file, "chain": [e.to_json() for e in t.chain],
+                        "sends": [{"bus": b, "level_db": float(v)} for b, v in t.sends.items()]} for t in self.tracks],
+            "buses": [{"name": b.name, "chain": [e.to_json() for e in b.chain]} for b in self.buses],
+            "master": {"chain": [e.to_json() for e in self.master]},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "console") -> ConsoleSetting:
+        """Validate (schema, then the checks that need the sample rate) and build."""
+        validate(data, source)
+        sr = data["sample_rate"]
+        try:
+            tracks = [TrackSetting(t["name"], t.get("file"), [Entry.from_json(e) for e in t["chain"]],
+                                   {s["bus"]: float(s["level_db"]) for s in t.get("sends", [])})
+                      for t in data["tracks"]]
+            buses = [BusSetting(b["name"], [Entry.from_json(e) for e in b["chain"]]) for b in data.get("buses", [])]
+            master = [Entry.from_json(e) for e in data.get("master", {}).get("chain", [])]
+        except GradmixError as exc:
+            raise ConsoleFileError(f"{source}: {exc}") from None
+        setting = cls(sr, tracks, buses, master)
+        setting._check(data, source)
+        return setting
+
+    def _check(self, data: Mapping[str, Any], source: str) -> None:
+        def fail(path: list[Any], msg: str) -> None:
+            raise ConsoleFileError(f"{source}: {place(path)}: {msg}")
+
+        names = [t.name for t in self.tracks]
+        for i, n in enumerate(names):
+            if names.index(n) != i:
+                fail(["tracks", i, "name"], f"{n!r} is used by tracks[{names.index(n)}] too")
+        bus_names = [b.name for b in self.buses]
+        for i, n in enumerate(bus_names):
+            if bus_names.index(n) != i:
+                fail(["buses", i, "name"], f"{n!r} is used by buses[{bus_names.index(n)}] too")
+        nyquist = self.sample_rate / 2
+        chains = [(["tracks", i, "chain"], t["chain"]) for i, t in enumerate(data["tracks"])]
+        chains += [(["buses", i, "chain"], b["chain"]) for i, b in enumerate(data.get("buses", []))]
+        chains += [(["master", "chain"], data.get("master", {}).get("chain", []))]
+        for path, chain in chains:
+            for j, e in enumerate(chain):
+                for k, band in enumerate(e.get("bands", [])):
+                    if band["freq_hz"] >= nyquist:
+                        fail(path + [j, "bands", k, "freq_hz"], f"{band['freq_hz']:g} is not < {nyquist:g} (Nyquist)")
+                if e["type"] == "graphic_eq":
+                    if len(e.get("gain_db", [0] * 10)) not in (10, 31):
+                        fail(path + [j, "gain_db"], f"has {len(e['gain_db'])} values, expected 10 or 31")
+                    if self.sample_rate < 22050:
+                        fail(path + [j], f"a graphic EQ needs a sample rate of at least 22050 Hz, not {nyquist * 2:g}")
+        for i, t in enumerate(data["tracks"]):
+            seen = set()
+            for j, s in enumerate(t.get("sends", [])):
+                if s["bus"] not in bus_names:
+                    fail(["tracks", i, "sends", j, "bus"], f"{s['bus']!r} is not a bus (buses: {', '.join(bus_names) or 'none'})")
+                if s["bus"] in seen:
+                    fail(["tracks", i, "sends", j, "bus"], f"{s['bus']!r} is sent to twice")
+                seen.add(s["bus"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically (temp file + rename)."""
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise GradmixError(f"{path.parent}: output folder does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ConsoleSetting:
+        path = Path(path)
+        if not path.is_file():
+            raise ConsoleFileError(f"{path}: no such console file")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConsoleFileError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_json(data, str(path))
+
+    # ---- building ------------------------------------------------------------------------------------
+
+    @classmethod
+    def neutral(cls, names: Sequence[str], files: Sequence[str | None] | None = None, *, sample_rate: int,
+                layout: Layout | None = None) -> ConsoleSetting:
+        """Every effect of ``layout`` at its defaults and no sends: renders the plain (panned) sum."""
+        layout = layout or Layout.default()
+        files = list(files) if files is not None else [None] * len(names)
+
+        def entries(slots: Sequence[Slot]) -> list[Entry]:
+            return [Entry(s.effect, s.effect.complete(dict(s.fixed))) for s in slots]
+
+        return cls(sample_rate, [TrackSetting(n, f, entries(layout.strip)) for n, f in zip(names, files)],
+                   [BusSetting(name, entries(chain)) for name, chain in layout.buses], entries(layout.master))
+
+    @classmethod
+    def from_params(cls, layout: Layout, params: Params, *, names: Sequence[str], files: Sequence[str | None],
+                    sample_rate: int, item: int = 0, send_floor_db: float = -math.inf) -> ConsoleSetting:
+        """The console file of batch item ``item`` of a network's physical parameters.
+
+        Sends at or below ``send_floor_db`` are left out.
+        """
+        def val(v: Tensor, *index: int) -> Any:
+            return v.detach()[(item, *index)].tolist()
+
+        tracks = []
+        for n, (name, file) in enumerate(zip(names, files)):
+            chain = [Entry(s.effect, {k: val(v, n) for k, v in p.items()}) for s, p in zip(layout.strip, params.strip)]
+            sends = {bus: float(params.sends_db[item, n, k]) for k, bus in enumerate(layout.bus_names)
+                     if float(params.sends_db[item, n, k]) > send_floor_db}
+            tracks.append(TrackSetting(name, file, chain, sends))
+        buses = [BusSetting(name, [Entry(s.effect, {k: val(v) for k, v in p.items()}) for s, p in zip(chain, ps)])
+                 for (name, chain), ps in zip(layout.buses, params.buses)]
+        master = [Entry(s.effect, {k: val(v) for k, v in p.items()}) for s, p in zip(layout.master, params.master)]
+        return cls(sample_rate, tracks, buses, master)
+
+    # ---- rendering ------------------------------------------------------------------------------------
+
+    def render(self, tracks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Render the song.
+
+        Args:
+            tracks: one ``(channels, samples)`` tensor per track (in track order), channels 1 or 2, all of one
+                length, at :attr:`sample_rate`.
+
+        Returns:
+            ``(mix, strips)``: ``(2, samples)`` and ``(tracks, 2, samples)`` (post-fader, post-pan).
+        """
+        if len(tracks) != len(self.tracks):
+            raise GradmixError(f"the console has {len(self.tracks)} tracks, {len(tracks)} were given")
+        length = tracks[0].shape[-1]
+        groups: dict[Any, list[int]] = {}
+        for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
+            groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
+        strips = tracks[0].new_zeros(len(tracks), 2, length)
+        for (_, _), idx in groups.items():
+            chain = [Slot(e.effect) for e in self.tracks[idx[0]].chain]
+            params = [{name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]],
+                                          dtype=tracks[0].dtype) for name in entry.params}
+                      for k, entry in enumerate(self.tracks[idx[0]].chain)]
+            x = torch.stack([tracks[i] for i in idx])[None]
+            strips[idx] = render_strips(chain, x, params, sample_rate=self.sample_rate)[0]
+        layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
+                        tuple(Slot(e.effect) for e in self.master))
+        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+                             dtype=tracks[0].dtype).reshape(1, len(self.tracks), len(self.buses))
+        params = Params([], sends, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
+        mix = mix_down(layout, strips[None], params, sample_rate=self.sample_rate)[0]
+        return mix, strips
