@@ -43,3 +43,15 @@ def response_db_from_impulse(y: np.ndarray, freqs: np.ndarray, sample_rate: floa
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool: skip where it is missing, but fail under CI=true."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is required under CI=true (make test installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path

@@ -87,7 +87,30 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: cannot be read as audio ({_short(exc)})") from None
     if data.shape[0] < frames:
         raise AudioError(f"{path}: truncated: the header promises {frames} frames, the file holds {data.shape[0]}")
+    if path.suffix.lower() == ".wav":
+        _check_wav_length(path)
     return _checked(path, data.T, channels, rate)
+
+
+def _check_wav_length(path: Path) -> None:
+    """libsndfile quietly reads a cut-off WAV; compare the data chunk's declared size with the file."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
+            if chunk_id == b"data":
+                if head[:4] == b"RIFF" and pos + 8 + chunk_size > size:
+                    raise AudioError(f"{path}: truncated: the data chunk promises {chunk_size} bytes, "
+                                     f"the file holds {size - pos - 8}")
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)
 
 
 def _checked(path: Path, data: np.ndarray, channels: int, rate: int) -> tuple[np.ndarray, int]:
@@ -220,8 +243,13 @@ def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = Non
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise GradmixError(f"{parent}: output folder does not exist")
-    if not os.access(parent, os.W_OK):
-        raise GradmixError(f"{parent}: output folder is not writable")
+    try:  # probe by writing: permission bits alone do not tell (root, read-only mounts, /proc)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise GradmixError(f"{parent}: output folder is not writable ({exc.strerror})") from None
+    if output.is_dir():
+        raise GradmixError(f"{output}: is a folder, expected a file name")
     return output
 
 

@@ -1,0 +1,217 @@
+"""The console: neutral = plain sum, gain/pan/send laws, buses, masks, batches, console files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import error_db
+from gradmix import dsp
+from gradmix.console import SCHEMA_PATH, ConsoleSetting, Controls, Layout, Params, Slot, console_schema
+from gradmix.effects import create
+from gradmix.errors import ConsoleFileError, ParameterError
+
+SR = 44100
+
+
+def tracks_mono(n=4, samples=8820, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n, 1, samples, generator=gen, dtype=dtype) * 0.1
+
+
+def neutral_params(layout: Layout, batch: int, n: int, dtype=torch.float64) -> Params:
+    """Physical defaults of every slot, no sends (-inf dB)."""
+    def slot_defaults(slot: Slot, lead: tuple[int, ...]):
+        out = {}
+        for k, v in {**slot.effect.defaults(), **slot.fixed}.items():
+            t = torch.as_tensor(v, dtype=dtype)
+            out[k] = t.expand(*lead, *t.shape).clone()
+        return out
+
+    return Params([slot_defaults(s, (batch, n)) for s in layout.strip],
+                  torch.full((batch, n, len(layout.buses)), -math.inf, dtype=dtype),
+                  [[slot_defaults(s, (batch,)) for s in chain] for _, chain in layout.buses],
+                  [slot_defaults(s, (batch,)) for s in layout.master])
+
+
+def test_neutral_layout_equals_plain_panned_sum():
+    layout = Layout.default()
+    x = tracks_mono()
+    mix, strips = layout.render(x, neutral_params(layout, 1, 4), sample_rate=SR)
+    plain = dsp.pan(x[0], pan=0.0).sum(0)
+    assert error_db(mix[0].numpy(), plain.numpy()) < -250
+    assert strips.shape == (1, 4, 2, x.shape[-1])
+
+
+def test_neutral_setting_with_mono_and_stereo_tracks_equals_plain_sum():
+    gen = torch.Generator().manual_seed(1)
+    audio = [torch.randn(1, 4410, generator=gen) * 0.1, torch.randn(2, 4410, generator=gen) * 0.1,
+             torch.randn(1, 4410, generator=gen) * 0.1]
+    setting = ConsoleSetting.neutral(["a", "b", "c"], sample_rate=SR)
+    mix, strips = setting.render(audio)
+    plain = audio[0].repeat(2, 1) * 0.5 ** 0.5 + audio[1] + audio[2].repeat(2, 1) * 0.5 ** 0.5
+    assert error_db(mix.numpy(), plain.numpy()) < -130  # float32 rounding
+
+
+def test_gain_pan_and_balance_laws():
+    layout = Layout.build(["gain", "pan"])
+    x = tracks_mono(3)
+    p = neutral_params(layout, 1, 3)
+    p.strip[0]["gain_db"] = torch.tensor([[-6.0, 0.0, 12.0]], dtype=torch.float64)
+    p.strip[1]["pan"] = torch.tensor([[-1.0, 0.3, 1.0]], dtype=torch.float64)
+    _, strips = layout.render(x, p, sample_rate=SR)
+    g = torch.tensor([-6.0, 0.0, 12.0], dtype=torch.float64)
+    theta = (torch.tensor([-1.0, 0.3, 1.0], dtype=torch.float64) + 1) * math.pi / 4
+    expected_l = x[0, :, 0] * (10 ** (g / 20) * torch.cos(theta))[:, None]
+    expected_r = x[0, :, 0] * (10 ** (g / 20) * torch.sin(theta))[:, None]
+    assert error_db(strips[0, :, 0].numpy(), expected_l.numpy()) < -250
+    assert error_db(strips[0, :, 1].numpy(), expected_r.numpy()) < -250
+    stereo = x.repeat(1, 1, 2, 1)  # the same tracks as duplicated stereo, flagged mono: the same result
+    mono = torch.ones(1, 3, dtype=torch.bool)
+    _, strips2 = layout.render(stereo, p, sample_rate=SR, mono=mono)
+    assert error_db(strips2.numpy(), strips.numpy()) < -250
+    _, balanced = layout.render(stereo, p, sample_rate=SR)  # not flagged: balance law
+    assert error_db(balanced[0, 1, 1].numpy(), (stereo[0, 1, 1] * 10 ** (g[1] / 20)).numpy()) < -250
+
+
+def test_bus_is_the_sum_of_its_sends_through_its_chain():
+    layout = Layout.build(["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})],
+                                            "dly": [Slot(create("delay"), {"mix": 1.0})]})
+    x = tracks_mono(3)
+    p = neutral_params(layout, 1, 3)
+    p.strip[1]["pan"] = torch.tensor([[-0.5, 0.0, 0.7]], dtype=torch.float64)
+    sends = torch.tensor([[[-6.0, -math.inf], [-12.0, -3.0], [-math.inf, -20.0]]], dtype=torch.float64)
+    p.sends_db = sends
+    p.buses[0][0]["decay_s"] = torch.tensor([[0.5, 0.4, 0.3, 0.2]], dtype=torch.float64)
+    mix, strips = layout.render(x, p, sample_rate=SR)
+    expected = strips.sum(1)
+    for k, (fn, kw) in enumerate([(dsp.reverb, dict(decay_s=[0.5, 0.4, 0.3, 0.2], mix=1.0)),
+                                  (dsp.delay, dict(time_ms=250.0, feedback=0.3, mix=1.0))]):
+        bus_in = (strips * torch.pow(10.0, sends[..., k] / 20)[..., None, None]).sum(1)
+        expected = expected + fn(bus_in, sample_rate=SR, **kw)
+    assert error_db(mix.numpy(), expected.numpy()) < -250
+
+
+def test_padding_tracks_contribute_nothing_and_batch_equals_songs():
+    layout = Layout.default()
+    gen = torch.Generator().manual_seed(5)
+    controls = layout.random_controls(2, 3, generator=gen, dtype=torch.float64)
+    a = tracks_mono(3, seed=1)
+    b = tracks_mono(3, seed=2)
+    b[0, 2] = torch.randn(1, b.shape[-1], generator=gen, dtype=torch.float64)  # garbage in the padding slot
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    mix, params = layout.render_normalized(torch.cat([a, b]), controls, sample_rate=SR, mask=mask)
+    alone_a, _ = layout.render_normalized(a, _item(controls, 0), sample_rate=SR)
+    alone_b, _ = layout.render_normalized(b[:, :2], _item(controls, 1, tracks=2), sample_rate=SR)
+    assert error_db(mix[0].numpy(), alone_a[0].numpy()) < -200
+    assert error_db(mix[1].numpy(), alone_b[0].numpy()) < -200
+
+
+def _item(c: Controls, i: int, tracks: int | None = None) -> Controls:
+    t = slice(None, tracks)
+    return Controls(c.strip[i:i + 1, t], c.sends[i:i + 1, t], c.buses[i:i + 1], c.master[i:i + 1])
+
+
+def test_gradients_reach_every_control_group_and_are_finite_on_silence():
+    layout = Layout.default()
+    for silent in (False, True):
+        x = tracks_mono(3, samples=22050, dtype=torch.float32)
+        if silent:
+            x = torch.zeros_like(x)
+        c = layout.random_controls(1, 3, generator=torch.Generator().manual_seed(0))
+        for t in (c.strip, c.sends, c.buses, c.master):
+            t.requires_grad_()
+        mix, _ = layout.render_normalized(x, c, sample_rate=SR)
+        (mix.square().mean() + mix.mean()).backward()
+        for t in (c.strip, c.sends, c.buses, c.master):
+            assert torch.isfinite(t.grad).all()
+            if not silent:
+                assert t.grad.abs().sum() > 0
+
+
+def test_controls_of_the_wrong_shape_raise():
+    layout = Layout.default()
+    c = layout.random_controls(1, 2)
+    c.sends = torch.rand(1, 2, 5)
+    with pytest.raises(ParameterError, match=r"controls.sends: expected shape \(1, 2, 2\)"):
+        layout.denormalize(c)
+
+
+def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):
+    layout = Layout.default()
+    x = tracks_mono(3, samples=22050, dtype=torch.float32)
+    c = layout.random_controls(1, 3, generator=torch.Generator().manual_seed(3))
+    mix, params = layout.render_normalized(x, c, sample_rate=SR)
+    setting = ConsoleSetting.from_params(layout, params, names=["a", "b", "c"], files=["a.wav", "b.wav", "c.wav"],
+                                         sample_rate=SR)
+    path = setting.save(tmp_path / "console.json")
+    loaded = ConsoleSetting.load(path)
+    assert loaded.to_json() == setting.to_json()
+    again, _ = loaded.render([x[0, i] for i in range(3)])
+    assert error_db(again.numpy(), mix[0].numpy()) < -100
+
+
+def test_round_trip_is_lossless_and_schema_file_is_current():
+    setting = ConsoleSetting.neutral(["kick", "bass"], ["kick.wav", "bass.wav"], sample_rate=48000)
+    setting.tracks[0].sends = {"reverb": -18.25}
+    data = setting.to_json()
+    assert ConsoleSetting.from_json(json.loads(json.dumps(data))).to_json() == data
+    assert json.loads(SCHEMA_PATH.read_text()) == console_schema()
+
+
+def _base() -> dict:
+    s = ConsoleSetting.neutral(["a", "b", "c"], ["a.wav", "b.wav", "c.wav"], sample_rate=44100)
+    s.tracks[2].sends = {"reverb": -12.0}
+    return s.to_json()
+
+
+def _set(path, value):
+    def mutate(d):
+        *head, last = path
+        for k in head:
+            d = d[k]
+        if value is KeyError:
+            del d[last]
+        else:
+            d[last] = value
+    return mutate
+
+
+BAD = [
+    (_set(["tracks", 2, "chain", 1, "bands", 0, "q"], 0), "tracks[2].chain[1].bands[0].q: 0 is not > 0"),
+    (_set(["tracks", 0, "chain", 1, "bands", 3, "freq_hz"], 30000), "tracks[0].chain[1].bands[3].freq_hz: 30000 is not < 22050"),
+    (_set(["tracks", 1, "chain", 2, "ratio"], 0.5), "tracks[1].chain[2].ratio: 0.5 is not >= 1"),
+    (_set(["tracks", 1, "chain", 2, "tresh_db"], -3), "tracks[1].chain[2]: unknown key(s) 'tresh_db'"),
+    (_set(["tracks", 0, "chain", 0, "type"], "fuzz"), "tracks[0].chain[0].type: 'fuzz' is not one of"),
+    (_set(["tracks", 0, "chain", 3, "pan"], 2), "tracks[0].chain[3].pan: 2 is not <= 1"),
+    (_set(["tracks", 0, "chain", 0, "gain_db"], "loud"), "tracks[0].chain[0].gain_db: 'loud' is not of type number"),
+    (_set(["tracks", 1, "name"], "a"), "tracks[1].name: 'a' is used by tracks[0] too"),
+    (_set(["tracks", 2, "sends", 0, "bus"], "plate"), "tracks[2].sends[0].bus: 'plate' is not a bus"),
+    (_set(["buses", 0, "chain", 0, "decay_s"], [1.0, 2.0]), "buses[0].chain[0].decay_s: has 2 items, expected at least 4"),
+    (_set(["version"], 2), "version: 2 is not 1"),
+    (_set(["format"], "other"), "format: 'other' is not 'gradmix.console'"),
+    (_set(["tracks", 0, "name"], KeyError), "tracks[0]: 'name' is missing"),
+    (_set(["master", "chain", 2, "lookahead_ms"], 500), "master.chain[2].lookahead_ms: 500 is not <= 100"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD, ids=[m for _, m in BAD])
+def test_schema_errors_name_the_exact_place(mutate, message):
+    data = copy.deepcopy(_base())
+    mutate(data)
+    with pytest.raises(ConsoleFileError) as info:
+        ConsoleSetting.from_json(data, "song.json")
+    assert str(info.value).startswith(f"song.json: {message}"), str(info.value)
+
+
+def test_load_reports_bad_json(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text("{not json")
+    with pytest.raises(ConsoleFileError, match="not valid JSON"):
+        ConsoleSetting.load(p)
+    with pytest.raises(ConsoleFileError, match="no such console file"):
+        ConsoleSetting.load(tmp_path / "missing.json")
