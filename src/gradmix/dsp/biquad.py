@@ -220,7 +220,7 @@ class _SOSFilter(torch.autograd.Function):
                 allpole = np.array([[1.0, 0.0, 0.0, 1.0, an[i, k, 1], an[i, k, 2]]])
                 g_a = scipy.signal.sosfilt(allpole, g[..., ::-1], axis=-1)[..., ::-1]
                 if need_coef:
-                    xin, yout = stages[k, i], stages[k + 1, i]
+                    xin, yout = stages[k, i].astype(np.float64), stages[k + 1, i].astype(np.float64)
                     gb[i, k, 0] = np.vdot(g_a, xin)
                     gb[i, k, 1] = np.vdot(g_a[..., 1:], xin[..., :-1])
                     gb[i, k, 2] = np.vdot(g_a[..., 2:], xin[..., :-2])
@@ -261,4 +261,8 @@ def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
     if b.shape[1] == 0:
         return x.clone()
     a0 = a[..., :1]
-    return _SOSFilter.apply(x, b / a0, a / a0)
+    b, a = b / a0, a / a0
+    batch, channels, samples = x.shape
+    if channels > 1:  # one contiguous signal per item is much faster for the backward's dot products
+        b, a = b.repeat_interleave(channels, 0), a.repeat_interleave(channels, 0)
+    return _SOSFilter.apply(x.reshape(batch * channels, 1, samples), b, a).reshape(batch, channels, samples)

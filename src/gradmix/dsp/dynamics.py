@@ -18,6 +18,7 @@ through torchlpc), so gradients flow exactly to the input and to every parameter
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,16 @@ def time_to_coefficient(time_ms: Tensor, sample_rate: float) -> Tensor:
 
 def _level_db(x: Tensor) -> Tensor:
     """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
-    return amplitude_to_db(x.abs().amax(dim=1))
+    peak = x[:, 0].abs() if x.shape[1] == 1 else x.abs().amax(dim=1)
+    return amplitude_to_db(peak)
+
+
+def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
+    """``10 ** ((gain_db + makeup_db) / 20)`` as ``(batch, 1, samples)``, in one exp."""
+    return torch.exp(gain_db * _DB_TO_NEPER + (makeup_db * _DB_TO_NEPER)[:, None]).unsqueeze(1)
+
+
+_DB_TO_NEPER = math.log(10.0) / 20.0
 
 
 def _smooth(gain_db: Tensor, attack: Tensor, release: Tensor) -> Tensor:
@@ -56,13 +66,10 @@ def compressor_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor,
         level_db: ``(batch, samples)``.
         threshold_db, ratio, knee_db: ``(batch,)``.
     """
-    t, r, w = threshold_db[:, None], ratio[:, None], knee_db[:, None]
+    t, w = threshold_db[:, None], knee_db[:, None]
     over = level_db - t
-    slope = 1.0 / r - 1.0
-    knee = slope * (over + w / 2) ** 2 / (2 * w.clamp_min(1e-6))
-    hard = slope * over
-    zero = torch.zeros_like(hard)
-    return torch.where(2 * over < -w, zero, torch.where(2 * over > w, hard, knee))
+    knee = (over + w / 2).clamp_min(0).square() / (2 * w.clamp_min(1e-6))  # 0 below the knee
+    return torch.where(over > w / 2, over, knee) * (1.0 / ratio - 1.0)[:, None]
 
 
 def expander_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor,
@@ -71,13 +78,10 @@ def expander_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
 
     ``(R - 1)(x - T)`` below ``T - W/2``; ``-(R - 1)(x - T - W/2)^2 / (2W)`` inside the knee; 0 above.
     """
-    t, r, w = threshold_db[:, None], ratio[:, None], knee_db[:, None]
+    t, w = threshold_db[:, None], knee_db[:, None]
     under = level_db - t
-    slope = r - 1.0
-    knee = -slope * (under - w / 2) ** 2 / (2 * w.clamp_min(1e-6))
-    hard = slope * under
-    zero = torch.zeros_like(hard)
-    g = torch.where(2 * under > w, zero, torch.where(2 * under < -w, hard, knee))
+    knee = (under - w / 2).clamp_max(0).square() / (-2 * w.clamp_min(1e-6))  # 0 above the knee
+    g = torch.where(under < -w / 2, under, knee) * (ratio - 1.0)[:, None]
     return torch.maximum(g, -range_db[:, None])
 
 
@@ -110,7 +114,7 @@ def compressor(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Par
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
     g = compressor_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w)
     g = _smooth(g, at, rt)
-    return x * torch.pow(10.0, (g + m[:, None]) / 20.0).unsqueeze(1)
+    return x * _db_to_gain(g, m)
 
 
 def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param, attack_ms: Param,
@@ -137,7 +141,7 @@ def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
     g = expander_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w, range_db=rg)
     g = _smooth(g, rt, at)
-    return x * torch.pow(10.0, (g + m[:, None]) / 20.0).unsqueeze(1)
+    return x * _db_to_gain(g, m)
 
 
 def noise_gate(x: Tensor, *, sample_rate: float, threshold_db: Param, attack_ms: Param, release_ms: Param,
