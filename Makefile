@@ -9,10 +9,15 @@ PIP := $(PY) -m pip --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: a CPU build on local disk; anything unpinned would pull a CUDA build.
-	$(PIP) install torch==2.13.0 numpy setuptools wheel
-	# torchlpc (under torchcomp) compiles against torch: build it against the pinned one.
-	$(PIP) install --no-build-isolation torchlpc==0.7.2
+	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
+	touch $@
+
+# benchmark peers; torchlpc (under torchcomp) compiles against torch: build it against the pinned one
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install numpy setuptools wheel
+	$(PIP) install --no-build-isolation torchlpc==0.7.2
+	$(PIP) install -e ".[dev,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,8 +34,9 @@ sysdeps:
 test: install sysdeps
 	$(PY) -m pytest -q
 
-bench: install
+bench: $(VENV)/.bench
 	$(PY) benchmarks/effects.py
+	$(PY) benchmarks/console.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

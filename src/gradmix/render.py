@@ -50,13 +50,16 @@ def render_folder(stems_dir: str | Path, console_file: str | Path, output: str |
             raise GradmixError(f"{out_dir}: --stems-out must be a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         stem_paths = [check_output_path(out_dir / f"{_safe(t.name)}.wav", inputs) for t in setting.tracks]
+    def write_strip(i: int, strip: torch.Tensor) -> None:
+        write_audio(stem_paths[i], strip, sr, subtype)
+
     with torch.no_grad():
-        mix, strips = setting.render([s.audio for s in stems])
+        mix, _ = setting.render([s.audio for s in stems], keep_strips=False,
+                                on_strip=write_strip if stem_paths else None)
+    del stems
     peak = mix.abs().max().item()
     loud = integrated_loudness(mix[None], sample_rate=sr).item()
     write_audio(output, mix, sr, subtype)
-    for path, strip in zip(stem_paths, strips):
-        write_audio(path, strip, sr, subtype)
     return RenderReport(output, 20 * math.log10(max(peak, 1e-12)), loud, mix.shape[-1] / sr, stem_paths)
 
 

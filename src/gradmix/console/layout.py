@@ -257,15 +257,23 @@ def mix_down(layout: Layout, strips: Tensor, params: Params, *, sample_rate: flo
     Returns:
         ``(batch, 2, samples)``.
     """
-    mix = strips.sum(1)
-    if layout.buses:
-        send_gain = torch.pow(10.0, params.sends_db.to(strips) / 20.0)  # (B, N, buses); -inf dB -> 0
-        bus_in = torch.einsum("bnct,bnk->bkct", strips, send_gain)
-        for k, (_, chain) in enumerate(layout.buses):
-            y = bus_in[:, k]
-            for slot, p in zip(chain, params.buses[k]):
-                y = slot.effect(y, p, sample_rate=sample_rate)
-            mix = mix + y
+    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db), params, sample_rate=sample_rate)
+
+
+def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
+    """Post-fader sends summed per bus: ``(batch, tracks, 2, samples)``, ``(batch, tracks, buses)`` dB ->
+    ``(batch, buses, 2, samples)`` (``-inf`` dB sends nothing)."""
+    gain = torch.pow(10.0, sends_db.to(strips) / 20.0)
+    return torch.einsum("bnct,bnk->bkct", strips, gain)
+
+
+def finish(layout: Layout, mix: Tensor, buses_in: Tensor, params: Params, *, sample_rate: float) -> Tensor:
+    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` and run the master chain."""
+    for k, (_, chain) in enumerate(layout.buses):
+        y = buses_in[:, k]
+        for slot, p in zip(chain, params.buses[k]):
+            y = slot.effect(y, p, sample_rate=sample_rate)
+        mix = mix + y
     for slot, p in zip(layout.master, params.master):
         mix = slot.effect(mix, p, sample_rate=sample_rate)
     return mix

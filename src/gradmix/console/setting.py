@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmix.console.layout import Layout, Params, Slot, mix_down, render_strips
+from gradmix.console.layout import Layout, Params, Slot, bus_inputs, finish, render_strips
 from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
+
+CHUNK_SAMPLES = 1 << 25
+"""Samples (all channels of all tracks) rendered in one batched call by :meth:`ConsoleSetting.render`."""
 
 
 @dataclass
@@ -197,34 +200,54 @@ class ConsoleSetting:
 
     # ---- rendering ------------------------------------------------------------------------------------
 
-    def render(self, tracks: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    def render(self, tracks: Sequence[Tensor], *, keep_strips: bool = True,
+               on_strip: Callable[[int, Tensor], None] | None = None,
+               chunk_samples: int = CHUNK_SAMPLES) -> tuple[Tensor, Tensor | None]:
         """Render the song.
+
+        Tracks are rendered in batched chunks of at most ``chunk_samples`` samples (all channels of all
+        tracks in the chunk), so long songs stay within a bounded amount of memory.
 
         Args:
             tracks: one ``(channels, samples)`` tensor per track (in track order), channels 1 or 2, all of one
                 length, at :attr:`sample_rate`.
+            keep_strips: also return every strip output (costs ``tracks x 2 x samples`` of memory).
+            on_strip: called with ``(track index, (2, samples) strip output)`` as each is rendered.
+            chunk_samples: memory budget of one batched call.
 
         Returns:
-            ``(mix, strips)``: ``(2, samples)`` and ``(tracks, 2, samples)`` (post-fader, post-pan).
+            ``(mix, strips)``: ``(2, samples)`` and ``(tracks, 2, samples)`` (post-fader, post-pan) or ``None``.
         """
         if len(tracks) != len(self.tracks):
             raise GradmixError(f"the console has {len(self.tracks)} tracks, {len(tracks)} were given")
-        length = tracks[0].shape[-1]
+        like, length = tracks[0], tracks[0].shape[-1]
         groups: dict[Any, list[int]] = {}
         for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
             groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
-        strips = tracks[0].new_zeros(len(tracks), 2, length)
-        for (_, _), idx in groups.items():
-            chain = [Slot(e.effect) for e in self.tracks[idx[0]].chain]
-            params = [{name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]],
-                                          dtype=tracks[0].dtype) for name in entry.params}
-                      for k, entry in enumerate(self.tracks[idx[0]].chain)]
-            x = torch.stack([tracks[i] for i in idx])[None]
-            strips[idx] = render_strips(chain, x, params, sample_rate=self.sample_rate)[0]
+        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+                             dtype=like.dtype)
+        mix = like.new_zeros(1, 2, length)
+        buses_in = like.new_zeros(1, len(self.buses), 2, length)
+        strips = like.new_zeros(len(tracks), 2, length) if keep_strips else None
+        for (_, channels), members in groups.items():
+            per_chunk = max(1, chunk_samples // (2 * length))
+            for start in range(0, len(members), per_chunk):
+                idx = members[start: start + per_chunk]
+                chain = self.tracks[idx[0]].chain
+                params = [{name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype)
+                           for name in entry.params} for k, entry in enumerate(chain)]
+                x = torch.stack([tracks[i] for i in idx])[None]
+                out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
+                mix = mix + out.sum(1)
+                if self.buses:
+                    buses_in = buses_in + bus_inputs(out, sends[idx][None])
+                for j, i in enumerate(idx):
+                    if strips is not None:
+                        strips[i] = out[0, j]
+                    if on_strip is not None:
+                        on_strip(i, out[0, j])
+                del out, x
         layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
                         tuple(Slot(e.effect) for e in self.master))
-        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
-                             dtype=tracks[0].dtype).reshape(1, len(self.tracks), len(self.buses))
-        params = Params([], sends, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
-        mix = mix_down(layout, strips[None], params, sample_rate=self.sample_rate)[0]
-        return mix, strips
+        params = Params([], sends[None], [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
+        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0], strips

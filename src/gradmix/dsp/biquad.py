@@ -177,7 +177,7 @@ class _SOSFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor, a: Tensor) -> Tensor:
-        xn = x.detach().to("cpu", torch.float64).numpy()
+        xn = x.detach().to("cpu").numpy()  # converted to float64 one item at a time, to bound memory
         bn = b.detach().to("cpu", torch.float64).numpy()
         an = a.detach().to("cpu", torch.float64).numpy()
         batch, sections = bn.shape[:2]
@@ -186,20 +186,23 @@ class _SOSFilter(torch.autograd.Function):
         stages = np.empty((sections + 1,) + xn.shape, dtype=np.float32 if x.dtype == torch.float32 else np.float64) \
             if keep else None
 
-        def run(i: int) -> np.ndarray:
-            sig = xn[i]
+        out = np.empty(xn.shape, dtype=xn.dtype)
+
+        def run(i: int) -> None:
+            sig = xn[i].astype(np.float64)
             if not keep:
-                return scipy.signal.sosfilt(np.concatenate([bn[i], an[i]], -1), sig, axis=-1)
+                out[i] = scipy.signal.sosfilt(np.concatenate([bn[i], an[i]], -1), sig, axis=-1)
+                return
             stages[0, i] = sig
             for k in range(sections):
                 sig = scipy.signal.sosfilt(np.concatenate([bn[i, k], an[i, k]])[None], sig, axis=-1)
                 stages[k + 1, i] = sig
-            return sig
+            out[i] = sig
 
-        out = np.stack(_map(run, range(batch)))
+        _map(run, range(batch))
         ctx.stages = stages
         ctx.save_for_backward(b, a)
-        return torch.from_numpy(out).to(x.device, x.dtype)
+        return torch.from_numpy(out).to(x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -207,15 +210,17 @@ class _SOSFilter(torch.autograd.Function):
         b, a = ctx.saved_tensors
         bn = b.detach().to("cpu", torch.float64).numpy()
         an = a.detach().to("cpu", torch.float64).numpy()
-        gy = grad_y.detach().to("cpu", torch.float64).numpy()
+        gy = grad_y.detach().to("cpu").numpy()
         stages = ctx.stages
         batch, sections = bn.shape[:2]
         need_coef = stages is not None
         gb = np.zeros(bn.shape)
         ga = np.zeros(an.shape)
 
-        def run(i: int) -> np.ndarray:
-            g = gy[i]
+        gx = np.empty(gy.shape, dtype=gy.dtype)
+
+        def run(i: int) -> None:
+            g = gy[i].astype(np.float64)
             for k in reversed(range(sections)):
                 allpole = np.array([[1.0, 0.0, 0.0, 1.0, an[i, k, 1], an[i, k, 2]]])
                 g_a = scipy.signal.sosfilt(allpole, g[..., ::-1], axis=-1)[..., ::-1]
@@ -229,9 +234,9 @@ class _SOSFilter(torch.autograd.Function):
                 g = bn[i, k, 0] * g_a
                 g[..., :-1] += bn[i, k, 1] * g_a[..., 1:]
                 g[..., :-2] += bn[i, k, 2] * g_a[..., 2:]
-            return g
+            gx[i] = g
 
-        gx = np.stack(_map(run, range(batch)))
+        _map(run, range(batch))
         dev = grad_y.device
         grad_x = torch.from_numpy(gx).to(dev, grad_y.dtype) if ctx.needs_input_grad[0] else None
         grad_b = torch.from_numpy(gb).to(dev, b.dtype) if ctx.needs_input_grad[1] else None

@@ -12,8 +12,8 @@ a tutorial and analysis", JAES 60(6), 2012):
   to cover 1 - 1/e (63 %) of a step in dB;
 - output ``x * 10 ** ((g_s + makeup_db) / 20)``.
 
-The recursive smoother is torchcomp's ``compressor_core`` (a numba kernel with a hand-derived backward
-through torchlpc), so gradients flow exactly to the input and to every parameter.
+The recursive smoother is :func:`gradmix.dsp.ballistics.smooth` (numba kernels cached on disk, with a
+hand-derived backward), so gradients flow exactly to the input and to every parameter.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradmix.dsp.ballistics import smooth
 from gradmix.dsp._params import Param, amplitude_to_db, bcast, check_audio, check_range, check_sample_rate, param
 
 GATE_RATIO = 10.0
@@ -51,10 +52,7 @@ _DB_TO_NEPER = math.log(10.0) / 20.0
 
 def _smooth(gain_db: Tensor, attack: Tensor, release: Tensor) -> Tensor:
     """Branching one-pole smoother: ``attack`` weight while the gain falls, ``release`` while it rises."""
-    from torchcomp.core import compressor_core
-
-    zi = gain_db.new_zeros(gain_db.shape[0])
-    return compressor_core(gain_db, zi, attack, release)
+    return smooth(gain_db, attack, release)
 
 
 def compressor_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor) -> Tensor:
@@ -207,9 +205,7 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
         sums = F.pad(held.double().cumsum(-1), (1, 0))
         gain = ((sums[:, L + 1:] - sums[:, : -L - 1]) / (L + 1)).to(x.dtype)
     rt = time_to_coefficient(rel, sample_rate)
-    from torchcomp.core import compressor_core
-
-    gain = compressor_core(gain, torch.ones_like(rt), torch.ones_like(rt), rt)
+    gain = smooth(gain, torch.ones_like(rt), rt, initial=torch.ones_like(rt))
     gain = torch.minimum(gain, need)  # only float rounding of the average/smoother can exceed the bound
     return x * gain.unsqueeze(1)
 

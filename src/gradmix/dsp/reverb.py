@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
+from gradmix.dsp.delay_line import delay_line
 from gradmix.errors import ParameterError
 
 REVERB_CROSSOVERS_HZ = (250.0, 1000.0, 4000.0)
@@ -170,12 +171,12 @@ def reverb(x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param 
 
 
 def delay(x: Tensor, *, sample_rate: float, time_ms: Param, feedback: Param = 0.3, mix: Param = 0.3) -> Tensor:
-    """Feedback delay: ``wet[n] = sum_{k >= 1} feedback^(k-1) x[n - k D]``, ``D = time_ms`` in samples.
+    """Feedback delay: a delay line of ``time_ms`` whose output is fed back to its input with gain
+    ``feedback``; for a whole number of samples ``D``, ``wet[n] = sum_{k >= 1} feedback^(k-1) x[n - k D]``.
 
-    This is the output of a delay line whose output is fed back with gain ``feedback``. Its impulse
-    response (every echo that lands inside the signal) is built explicitly, each echo at ``k D`` split
-    between its two neighbouring samples by linear interpolation (exact for whole-sample delays; the
-    interpolation gives ``time_ms`` a gradient), and applied by FFT convolution. Output
+    Fractional delays read the line by linear interpolation (as tape-style delay units do, so each pass
+    through the loop is gently low-passed), which gives ``time_ms`` a gradient. The recursion runs as a
+    compiled loop with an exact hand-derived backward (:mod:`gradmix.dsp.delay_line`). Output
     ``(1 - mix) x + mix wet``, with the input's length.
 
     Args:
@@ -191,17 +192,5 @@ def delay(x: Tensor, *, sample_rate: float, time_ms: Param, feedback: Param = 0.
     check_range(t, "time_ms", 1.0, 5000.0)
     check_range(f, "feedback", -0.99, 0.99)
     check_range(m, "mix", 0.0, 1.0)
-    n = x.shape[-1]
-    d = t * (sample_rate / 1000.0)
-    echoes = int(math.ceil(n / float(d.detach().min())))
-    k = torch.arange(1, echoes + 1, device=x.device, dtype=x.dtype)
-    pos = k * d[:, None]  # (batch, echoes)
-    inside = (pos.detach() < n).to(x.dtype)
-    weight = torch.pow(f[:, None], k - 1) * inside
-    lo = pos.detach().floor()
-    frac = pos - lo
-    lo = lo.long().clamp(max=n)
-    ir = x.new_zeros(x.shape[0], n + 2)
-    ir = ir.scatter_add(1, lo, weight * (1 - frac)).scatter_add(1, lo + 1, weight * frac)
-    wet = fft_convolve(x, ir[:, None, :n])
+    wet = delay_line(x, (t * (sample_rate / 1000.0)).clamp_min(1.0), f)
     return (1 - bcast(m)) * x + bcast(m) * wet

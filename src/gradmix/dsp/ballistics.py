@@ -1,0 +1,120 @@
+"""The branching one-pole smoother of dynamics processors, as numba kernels with an exact backward.
+
+``y[n] = (1 - c[n]) y[n-1] + c[n] u[n]`` with ``c[n] = attack`` when ``u[n] < y[n-1]`` (the gain is
+falling) and ``release`` otherwise, ``y[-1] = initial``. With the branch decisions fixed, the adjoint is
+the same recursion run backwards: ``lam[n] = dL/dy[n] + (1 - c[n+1]) lam[n+1]``, and
+
+    dL/du[n] = c[n] lam[n],   dL/dc[n] = lam[n] (u[n] - y[n-1]),   dL/dinitial = (1 - c[0]) lam[0],
+
+the coefficient gradients summed over the samples that used each coefficient. Both passes are one
+O(samples) loop per item, parallel over the batch; the kernels are cached on disk after the first
+compilation, so a new process does not pay the JIT again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=True)
+        def forward(u, attack, release, initial, y, mask):  # pragma: no cover - compiled
+            batch, samples = u.shape
+            for b in prange(batch):
+                prev = initial[b]
+                at, rt = attack[b], release[b]
+                for n in range(samples):  # branch-free: the branch is unpredictable on audio
+                    v = u[b, n]
+                    falling = v < prev
+                    mask[b, n] = falling
+                    c = at if falling else rt
+                    prev = prev + c * (v - prev)
+                    y[b, n] = prev
+
+        @njit(parallel=True, cache=True)
+        def backward(grad, u, y, attack, release, initial, mask, grad_u, grad_at, grad_rt, grad_init):  # pragma: no cover
+            batch, samples = u.shape
+            for b in prange(batch):
+                at, rt = attack[b], release[b]
+                lam = 0.0
+                g_at = 0.0
+                g_rt = 0.0
+                c_next = 0.0
+                for n in range(samples - 1, -1, -1):
+                    lam = grad[b, n] + (1.0 - c_next) * lam
+                    falling = mask[b, n]
+                    c = at if falling else rt
+                    prev = y[b, n - 1] if n > 0 else initial[b]
+                    d = lam * (u[b, n] - prev)
+                    g_at += d if falling else 0.0
+                    g_rt += 0.0 if falling else d
+                    grad_u[b, n] = c * lam
+                    c_next = c
+                grad_at[b] = g_at
+                grad_rt[b] = g_rt
+                grad_init[b] = (1.0 - c_next) * lam
+
+        _KERNELS = (forward, backward)
+    return _KERNELS
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu").contiguous().numpy()
+
+
+class _Smooth(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, attack: Tensor, release: Tensor, initial: Tensor) -> Tensor:
+        fwd, _ = _kernels()
+        un = _np(u)
+        y = np.empty_like(un)
+        mask = np.zeros(un.shape, dtype=np.bool_)
+        dt = un.dtype
+        fwd(un, _np(attack).astype(dt), _np(release).astype(dt), _np(initial).astype(dt), y, mask)
+        out = torch.from_numpy(y).to(u.device)
+        ctx.save_for_backward(u, out, attack, release, initial)
+        ctx.mask = mask
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        u, y, attack, release, initial = ctx.saved_tensors
+        _, bwd = _kernels()
+        un = _np(u)
+        dt = un.dtype
+        grad_u = np.empty_like(un)
+        g_at, g_rt, g_init = (np.empty(un.shape[0], dtype=dt) for _ in range(3))
+        bwd(_np(grad).astype(dt), un, _np(y), _np(attack).astype(dt), _np(release).astype(dt),
+            _np(initial).astype(dt), ctx.mask, grad_u, g_at, g_rt, g_init)
+        dev = grad.device
+
+        def back(a: np.ndarray, like: Tensor) -> Tensor:
+            return torch.from_numpy(a).to(dev, like.dtype)
+
+        return back(grad_u, u), back(g_at, attack), back(g_rt, release), back(g_init, initial)
+
+
+def smooth(u: Tensor, attack: Tensor, release: Tensor, initial: Tensor | None = None) -> Tensor:
+    """Branching one-pole smoother (see the module docstring).
+
+    Args:
+        u: target, ``(batch, samples)`` (e.g. a gain in dB).
+        attack: weight in (0, 1] used while ``u`` is below the output, ``(batch,)``.
+        release: weight in (0, 1] used otherwise, ``(batch,)``.
+        initial: ``y[-1]``, ``(batch,)``; default 0.
+
+    Returns:
+        ``(batch, samples)``, same dtype and device as ``u``.
+    """
+    if initial is None:
+        initial = u.new_zeros(u.shape[0])
+    return _Smooth.apply(u, attack.to(u.dtype), release.to(u.dtype), initial.to(u.dtype))
