@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -91,8 +91,8 @@ def dasp_console(x: torch.Tensor, grad: bool) -> float:
         y = F.gain(xs, SR, p(-3.0, n))
         y = F.parametric_eq(y, SR, **eq_args)
         y = F.compressor(y, SR, **comp_args)
-        y = F.stereo_panner(y, SR, torch.linspace(0.1, 0.9, n).requires_grad_(grad))
-        mix = y.sum(0, keepdim=True)
+        y = F.stereo_panner(y.reshape(1, n, -1), SR, torch.linspace(0.1, 0.9, n)[None].requires_grad_(grad))
+        mix = y.sum(2)  # (1, 2, tracks, samples) -> (1, 2, samples)
         mix = F.parametric_eq(mix, SR, **{k: v[:1] for k, v in eq_args.items()})
         mix = F.compressor(mix, SR, **{k: v[:1] for k, v in comp_args.items()})
         if grad:
@@ -128,10 +128,13 @@ def render_benchmark(minutes: float, tracks: int) -> tuple[float, float]:
         setting.buses[0].chain[0].params.update(mix=1.0, decay_s=[2.5, 2.0, 1.6, 1.0])
         console = setting.save(Path(tmp) / "console.json")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gradmix.cli.main", "render", str(folder), str(console), "-o",
-                        str(Path(tmp) / "mix.wav")], check=True, capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "gradmix.cli.main", "render", str(folder), str(console), "-o",
+                                 str(Path(tmp) / "mix.wav")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
         wall = time.perf_counter() - t0
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+        if status != 0:
+            raise RuntimeError(f"gradmix render failed: {proc.stderr.read().decode()}")
+        peak_gb = usage.ru_maxrss / 1024 ** 2
     return wall, peak_gb
 
 

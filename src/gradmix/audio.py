@@ -119,9 +119,8 @@ def _checked(path: Path, data: np.ndarray, channels: int, rate: int) -> tuple[np
     if channels > 2:
         raise AudioError(f"{path}: has {channels} channels; gradmix takes mono or stereo stems — split it into "
                          f"mono files first (e.g. `sox {path.name} ch1.wav remix 1`)")
-    bad = ~np.isfinite(data)
-    if bad.any():
-        first = int(np.argwhere(bad)[0][-1])
+    if not np.isfinite(data.sum()):  # one pass; locate the culprit only when there is one
+        first = int(np.argwhere(~np.isfinite(data))[0][-1])
         raise AudioError(f"{path}: contains NaN or Inf samples (first at {first / rate:.3f} s)")
     return np.ascontiguousarray(data, dtype=np.float32), int(rate)
 
@@ -222,7 +221,8 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
         stems.append(Stem(name, path, torch.from_numpy(data), rate))
     length = max(s.audio.shape[-1] for s in stems)
     for s in stems:
-        s.audio = torch.nn.functional.pad(s.audio, (0, length - s.audio.shape[-1]))
+        if s.audio.shape[-1] < length:
+            s.audio = torch.nn.functional.pad(s.audio, (0, length - s.audio.shape[-1]))
     return stems, int(sample_rate)
 
 

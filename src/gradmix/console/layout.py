@@ -271,6 +271,8 @@ def finish(layout: Layout, mix: Tensor, buses_in: Tensor, params: Params, *, sam
     """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` and run the master chain."""
     for k, (_, chain) in enumerate(layout.buses):
         y = buses_in[:, k]
+        if not torch.is_grad_enabled() and not bool(y.any()):
+            continue  # nothing was sent: every chain maps silence to silence
         for slot, p in zip(chain, params.buses[k]):
             y = slot.effect(y, p, sample_rate=sample_rate)
         mix = mix + y

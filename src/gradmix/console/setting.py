@@ -24,7 +24,7 @@ from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
 
-CHUNK_SAMPLES = 1 << 25
+CHUNK_SAMPLES = 1 << 26
 """Samples (all channels of all tracks) rendered in one batched call by :meth:`ConsoleSetting.render`."""
 
 
@@ -238,9 +238,16 @@ class ConsoleSetting:
                            for name in entry.params} for k, entry in enumerate(chain)]
                 x = torch.stack([tracks[i] for i in idx])[None]
                 out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
-                mix = mix + out.sum(1)
-                if self.buses:
-                    buses_in = buses_in + bus_inputs(out, sends[idx][None])
+                if torch.is_grad_enabled():
+                    mix = mix + out.sum(1)
+                    if self.buses:
+                        buses_in = buses_in + bus_inputs(out, sends[idx][None])
+                else:  # in place: no copies of whole songs
+                    for j, i in enumerate(idx):
+                        mix[0].add_(out[0, j])
+                        for k in range(len(self.buses)):
+                            if sends[i, k] > -math.inf:
+                                buses_in[0, k].add_(out[0, j], alpha=float(10 ** (sends[i, k] / 20)))
                 for j, i in enumerate(idx):
                     if strips is not None:
                         strips[i] = out[0, j]

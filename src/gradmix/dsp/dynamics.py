@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradmix.dsp.ballistics import smooth
-from gradmix.dsp._params import Param, amplitude_to_db, bcast, check_audio, check_range, check_sample_rate, param
+from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
 
 GATE_RATIO = 10.0
 """Expansion ratio of :func:`noise_gate` (a gate is a steep expander with a floor)."""
@@ -38,8 +38,12 @@ def time_to_coefficient(time_ms: Tensor, sample_rate: float) -> Tensor:
 
 def _level_db(x: Tensor) -> Tensor:
     """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
-    peak = x[:, 0].abs() if x.shape[1] == 1 else x.abs().amax(dim=1)
-    return amplitude_to_db(peak)
+    peak = x[:, 0].abs()
+    for c in range(1, x.shape[1]):
+        peak = torch.maximum(peak, x[:, c].abs())
+    if torch.is_grad_enabled() and x.requires_grad:
+        return 20.0 * torch.log10(peak.clamp_min(1e-12))
+    return peak.clamp_min_(1e-12).log10_().mul_(20.0)  # in place: no page faults on new whole-song buffers
 
 
 def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
@@ -66,6 +70,9 @@ def compressor_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor,
     """
     t, w = threshold_db[:, None], knee_db[:, None]
     over = level_db - t
+    if not (torch.is_grad_enabled() and (over.requires_grad or ratio.requires_grad or knee_db.requires_grad)):
+        knee = (over + w / 2).clamp_min_(0).square_().div_(2 * w.clamp_min(1e-6))
+        return torch.where(over > w / 2, over, knee).mul_((1.0 / ratio - 1.0)[:, None])
     knee = (over + w / 2).clamp_min(0).square() / (2 * w.clamp_min(1e-6))  # 0 below the knee
     return torch.where(over > w / 2, over, knee) * (1.0 / ratio - 1.0)[:, None]
 
