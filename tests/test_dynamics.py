@@ -154,6 +154,20 @@ def test_limiter_fades_in_over_the_lookahead_before_a_peak():
     assert bool((y[200 - L: 200].diff() <= 1e-12).all())  # gain falls monotonically towards the peak
 
 
+@pytest.mark.parametrize("fn,kw", [
+    (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0, knee_db=6.0, makeup_db=2.0)),
+    (compressor, dict(threshold_db=-20.0, ratio=8.0, attack_ms=1.0, release_ms=30.0, knee_db=0.0)),
+    (expander, dict(threshold_db=-25.0, ratio=3.0, attack_ms=2.0, release_ms=80.0, knee_db=4.0, range_db=40.0)),
+    (noise_gate, dict(threshold_db=-30.0, attack_ms=1.0, release_ms=50.0, range_db=60.0, knee_db=0.0)),
+])
+def test_fused_inference_path_equals_the_differentiable_path(rng, fn, kw):
+    x = torch.tensor(music_like(rng))[None]
+    with torch.no_grad():
+        fast = fn(x, sample_rate=SR, **kw)
+    slow = fn(x.clone().requires_grad_(), sample_rate=SR, **kw)
+    assert error_db(fast.numpy(), slow.detach().numpy()) < -200
+
+
 def test_running_min():
     x = torch.tensor([[5.0, 3.0, 4.0, 1.0, 6.0, 2.0, 7.0]])
     np.testing.assert_array_equal(running_min(x, 3).numpy(), [[3.0, 1.0, 1.0, 1.0, 2.0]])

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,12 +190,23 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
     else:
         if not folder.is_dir():
             raise AudioError(f"{folder}: no such folder")
+        for name in files:
+            path = folder / name.partition("#")[0]
+            if not path.is_file():
+                raise AudioError(f"{path}: the console names this file, but it is missing")
+        plain = [folder / f for f in files if not f.partition("#")[0].lower().endswith(STEM_MP4)]
+        with ThreadPoolExecutor(2) as pool:  # libsndfile releases the GIL: read two files at once
+            read = dict(zip(plain, pool.map(_try_read, plain)))
         decoded: dict[Path, list[tuple[str, np.ndarray, int]]] = {}
         for name in _progress(files, "loading stems", progress):
             file, _, stream = name.partition("#")
             path = folder / file
-            if not path.is_file():
-                raise AudioError(f"{path}: the console names this file, but it is missing")
+            if path in read:
+                result = read.pop(path)
+                if isinstance(result, AudioError):
+                    raise result
+                raw.append((Path(file).stem, path, *result))
+                continue
             if path.name.lower().endswith(STEM_MP4):
                 streams = decoded.setdefault(path, read_stem_mp4(path))
                 found = [s for s in streams if s[0] == stream]
@@ -202,8 +214,6 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
                     raise AudioError(f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
                                      "name one as FILE.stem.mp4#STREAM")
                 raw.append((name, path, found[0][1], found[0][2]))
-            else:
-                raw.append((Path(file).stem, path, *read_audio(path)))
     if len(raw) > max_tracks:
         raise AudioError(f"{folder}: {len(raw)} stems, more than the {max_tracks} gradmix takes at once")
     rates = collections.Counter(r[3] for r in raw)
@@ -224,6 +234,13 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
         if s.audio.shape[-1] < length:
             s.audio = torch.nn.functional.pad(s.audio, (0, length - s.audio.shape[-1]))
     return stems, int(sample_rate)
+
+
+def _try_read(path: Path):
+    try:
+        return read_audio(path)
+    except AudioError as exc:
+        return exc
 
 
 def _progress(items, label: str, show: bool):

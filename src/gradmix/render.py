@@ -53,10 +53,11 @@ def render_folder(stems_dir: str | Path, console_file: str | Path, output: str |
     def write_strip(i: int, strip: torch.Tensor) -> None:
         write_audio(stem_paths[i], strip, sr, subtype)
 
+    audio = [s.audio for s in stems]
+    del stems  # render releases each track once it is through its strip
     with torch.no_grad():
-        mix, _ = setting.render([s.audio for s in stems], keep_strips=False,
-                                on_strip=write_strip if stem_paths else None)
-    del stems
+        mix, _ = setting.render(audio, keep_strips=False, on_strip=write_strip if stem_paths else None,
+                                release=True)
     peak = mix.abs().max().item()
     loud = integrated_loudness(mix[None], sample_rate=sr).item()
     write_audio(output, mix, sr, subtype)

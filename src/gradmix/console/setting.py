@@ -24,7 +24,7 @@ from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
 
-CHUNK_SAMPLES = 1 << 26
+CHUNK_SAMPLES = 1 << 25
 """Samples (all channels of all tracks) rendered in one batched call by :meth:`ConsoleSetting.render`."""
 
 
@@ -202,7 +202,7 @@ class ConsoleSetting:
 
     def render(self, tracks: Sequence[Tensor], *, keep_strips: bool = True,
                on_strip: Callable[[int, Tensor], None] | None = None,
-               chunk_samples: int = CHUNK_SAMPLES) -> tuple[Tensor, Tensor | None]:
+               chunk_samples: int = CHUNK_SAMPLES, release: bool = False) -> tuple[Tensor, Tensor | None]:
         """Render the song.
 
         Tracks are rendered in batched chunks of at most ``chunk_samples`` samples (all channels of all
@@ -214,20 +214,25 @@ class ConsoleSetting:
             keep_strips: also return every strip output (costs ``tracks x 2 x samples`` of memory).
             on_strip: called with ``(track index, (2, samples) strip output)`` as each is rendered.
             chunk_samples: memory budget of one batched call.
+            release: set each entry of ``tracks`` (a list) to ``None`` once rendered, so that its memory can be
+                freed before the buses and the master run.
 
         Returns:
             ``(mix, strips)``: ``(2, samples)`` and ``(tracks, 2, samples)`` (post-fader, post-pan) or ``None``.
         """
         if len(tracks) != len(self.tracks):
             raise GradmixError(f"the console has {len(self.tracks)} tracks, {len(tracks)} were given")
-        like, length = tracks[0], tracks[0].shape[-1]
+        like = tracks[0].new_zeros(0)  # dtype and device only: holds no track alive
+        length = tracks[0].shape[-1]
         groups: dict[Any, list[int]] = {}
         for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
             groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
         sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
                              dtype=like.dtype)
         mix = like.new_zeros(1, 2, length)
-        buses_in = like.new_zeros(1, len(self.buses), 2, length)
+        used = [k for k in range(len(self.buses)) if bool((sends[:, k] > -math.inf).any())]
+        buses_in = like.new_zeros(1, len(self.buses), 2, length) if torch.is_grad_enabled() else \
+            {k: like.new_zeros(2, length) for k in used}  # only buses that receive something
         strips = like.new_zeros(len(tracks), 2, length) if keep_strips else None
         for (_, channels), members in groups.items():
             per_chunk = max(1, chunk_samples // (2 * length))
@@ -236,7 +241,7 @@ class ConsoleSetting:
                 chain = self.tracks[idx[0]].chain
                 params = [{name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype)
                            for name in entry.params} for k, entry in enumerate(chain)]
-                x = torch.stack([tracks[i] for i in idx])[None]
+                x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
                 out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
                 if torch.is_grad_enabled():
                     mix = mix + out.sum(1)
@@ -245,15 +250,21 @@ class ConsoleSetting:
                 else:  # in place: no copies of whole songs
                     for j, i in enumerate(idx):
                         mix[0].add_(out[0, j])
-                        for k in range(len(self.buses)):
+                        for k in used:
                             if sends[i, k] > -math.inf:
-                                buses_in[0, k].add_(out[0, j], alpha=float(10 ** (sends[i, k] / 20)))
+                                buses_in[k].add_(out[0, j], alpha=float(10 ** (sends[i, k] / 20)))
                 for j, i in enumerate(idx):
                     if strips is not None:
                         strips[i] = out[0, j]
                     if on_strip is not None:
                         on_strip(i, out[0, j])
                 del out, x
+                if release:
+                    for i in idx:
+                        tracks[i] = None
+        if isinstance(buses_in, dict):
+            buses_in = torch.stack([buses_in.get(k, mix.new_zeros(2, 1).expand(2, length))
+                                    for k in range(len(self.buses))])[None] if self.buses else mix.new_zeros(1, 0, 2, length)
         layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
                         tuple(Slot(e.effect) for e in self.master))
         params = Params([], sends[None], [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])

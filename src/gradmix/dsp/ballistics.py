@@ -62,7 +62,29 @@ def _kernels():
                 grad_rt[b] = g_rt
                 grad_init[b] = (1.0 - c_next) * lam
 
-        _KERNELS = (forward, backward)
+        @njit(parallel=True, cache=True)
+        def curve_forward(level, threshold, ratio, knee, floor, expander, attack, release, y):  # pragma: no cover
+            batch, samples = level.shape
+            for b in prange(batch):
+                t, w, lo = threshold[b], knee[b], -floor[b]
+                w_div = 2.0 * max(w, 1e-6)
+                slope = ratio[b] - 1.0 if expander else 1.0 / ratio[b] - 1.0
+                at, rt = attack[b], release[b]
+                prev = 0.0
+                for n in range(samples):
+                    d = level[b, n] - t
+                    if expander:
+                        k = min(d - 0.5 * w, 0.0)
+                        g = slope * (d if d < -0.5 * w else -k * k / w_div)
+                        g = max(g, lo)
+                    else:
+                        k = max(d + 0.5 * w, 0.0)
+                        g = slope * (d if d > 0.5 * w else k * k / w_div)
+                    c = at if g < prev else rt
+                    prev = prev + c * (g - prev)
+                    y[b, n] = prev
+
+        _KERNELS = (forward, backward, curve_forward)
     return _KERNELS
 
 
@@ -73,7 +95,7 @@ def _np(t: Tensor) -> np.ndarray:
 class _Smooth(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, attack: Tensor, release: Tensor, initial: Tensor) -> Tensor:
-        fwd, _ = _kernels()
+        fwd = _kernels()[0]
         un = _np(u)
         y = np.empty_like(un)
         mask = np.zeros(un.shape, dtype=np.bool_)
@@ -88,7 +110,7 @@ class _Smooth(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         u, y, attack, release, initial = ctx.saved_tensors
-        _, bwd = _kernels()
+        bwd = _kernels()[1]
         un = _np(u)
         dt = un.dtype
         grad_u = np.empty_like(un)
@@ -118,3 +140,25 @@ def smooth(u: Tensor, attack: Tensor, release: Tensor, initial: Tensor | None = 
     if initial is None:
         initial = u.new_zeros(u.shape[0])
     return _Smooth.apply(u, attack.to(u.dtype), release.to(u.dtype), initial.to(u.dtype))
+
+
+def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor, attack: Tensor,
+                     release: Tensor, expander: bool = False, range_db: Tensor | None = None) -> Tensor:
+    """Inference-only fusion of the static curve and :func:`smooth` in one compiled pass (no autograd).
+
+    Computes exactly what ``smooth(compressor_gain_db(level_db, ...), attack, release)`` (or the expander
+    curve, with ``attack``/``release`` already swapped by the caller) computes, without the whole-signal
+    temporaries; used when no gradient is needed (rendering long songs).
+
+    Args:
+        level_db: ``(batch, samples)``.
+        threshold_db, ratio, knee_db, attack, release, range_db: ``(batch,)``.
+    """
+    kernel = _kernels()[2]
+    ln = _np(level_db)
+    dt = ln.dtype
+    y = np.empty_like(ln)
+    floor = range_db if range_db is not None else torch.full_like(threshold_db, np.inf)
+    kernel(ln, *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)), expander,
+           _np(attack).astype(dt), _np(release).astype(dt), y)
+    return torch.from_numpy(y).to(level_db.device)

@@ -158,6 +158,7 @@ def frequency_response_db(b: Tensor, a: Tensor, freqs_hz: Tensor | Sequence[floa
 
 
 _POOL: ThreadPoolExecutor | None = None
+_BLOCK = 1 << 18
 
 
 def _map(fn, items):
@@ -189,10 +190,14 @@ class _SOSFilter(torch.autograd.Function):
         out = np.empty(xn.shape, dtype=xn.dtype)
 
         def run(i: int) -> None:
-            sig = xn[i].astype(np.float64)
-            if not keep:
-                out[i] = scipy.signal.sosfilt(np.concatenate([bn[i], an[i]], -1), sig, axis=-1)
+            if not keep:  # in blocks, carrying the filter state: float64 copies stay small on long songs
+                sos = np.concatenate([bn[i], an[i]], -1)
+                state = np.zeros((sections,) + xn.shape[1:-1] + (2,))
+                for start in range(0, xn.shape[-1], _BLOCK):
+                    block = xn[i, ..., start: start + _BLOCK].astype(np.float64)
+                    out[i, ..., start: start + _BLOCK], state = scipy.signal.sosfilt(sos, block, axis=-1, zi=state)
                 return
+            sig = xn[i].astype(np.float64)
             stages[0, i] = sig
             for k in range(sections):
                 sig = scipy.signal.sosfilt(np.concatenate([bn[i, k], an[i, k]])[None], sig, axis=-1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmix.dsp.ballistics import smooth
+from gradmix.dsp.ballistics import curve_and_smooth, smooth
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
 
 GATE_RATIO = 10.0
@@ -46,9 +46,17 @@ def _level_db(x: Tensor) -> Tensor:
     return peak.clamp_min_(1e-12).log10_().mul_(20.0)  # in place: no page faults on new whole-song buffers
 
 
+def _inference(*tensors: Tensor) -> bool:
+    """True when no gradient is wanted, so the fused compiled path may run."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
     """``10 ** ((gain_db + makeup_db) / 20)`` as ``(batch, 1, samples)``, in one exp."""
-    return torch.exp(gain_db * _DB_TO_NEPER + (makeup_db * _DB_TO_NEPER)[:, None]).unsqueeze(1)
+    offset = (makeup_db * _DB_TO_NEPER)[:, None]
+    if _inference(gain_db, makeup_db):
+        return gain_db.mul_(_DB_TO_NEPER).add_(offset).exp_().unsqueeze(1)
+    return torch.exp(gain_db * _DB_TO_NEPER + offset).unsqueeze(1)
 
 
 _DB_TO_NEPER = math.log(10.0) / 20.0
@@ -117,8 +125,10 @@ def compressor(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Par
     check_range(r, "ratio", 1.0)
     check_range(w, "knee_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    g = compressor_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w)
-    g = _smooth(g, at, rt)
+    if _inference(x, t, r, w, m, at, rt):
+        g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=at, release=rt)
+    else:
+        g = _smooth(compressor_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w), at, rt)
     return x * _db_to_gain(g, m)
 
 
@@ -144,8 +154,11 @@ def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param
     check_range(w, "knee_db", 0.0)
     check_range(rg, "range_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    g = expander_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w, range_db=rg)
-    g = _smooth(g, rt, at)
+    if _inference(x, t, r, w, rg, m, at, rt):
+        g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=rt, release=at, expander=True,
+                             range_db=rg)
+    else:
+        g = _smooth(expander_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w, range_db=rg), rt, at)
     return x * _db_to_gain(g, m)
 
 
