@@ -67,19 +67,25 @@ def _kernels():
             batch, samples = level.shape
             for b in prange(batch):
                 t, w, lo = threshold[b], knee[b], -floor[b]
-                w_div = 2.0 * max(w, 1e-6)
+                inv = 1.0 / (2.0 * max(w, 1e-6))
+                half = 0.5 * w
                 slope = ratio[b] - 1.0 if expander else 1.0 / ratio[b] - 1.0
+                # the static curve first, in a loop without a carried dependency (it vectorises) ...
+                if expander:
+                    for n in range(samples):
+                        d = level[b, n] - t
+                        k = min(d - half, 0.0)
+                        y[b, n] = max(slope * (d if d < -half else -k * k * inv), lo)
+                else:
+                    for n in range(samples):
+                        d = level[b, n] - t
+                        k = max(d + half, 0.0)
+                        y[b, n] = slope * (d if d > half else k * k * inv)
+                # ... then the recursion, in place
                 at, rt = attack[b], release[b]
                 prev = 0.0
                 for n in range(samples):
-                    d = level[b, n] - t
-                    if expander:
-                        k = min(d - 0.5 * w, 0.0)
-                        g = slope * (d if d < -0.5 * w else -k * k / w_div)
-                        g = max(g, lo)
-                    else:
-                        k = max(d + 0.5 * w, 0.0)
-                        g = slope * (d if d > 0.5 * w else k * k / w_div)
+                    g = y[b, n]
                     c = at if g < prev else rt
                     prev = prev + c * (g - prev)
                     y[b, n] = prev
