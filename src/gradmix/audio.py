@@ -131,11 +131,12 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
-def read_stem_mp4(path: Path) -> list[tuple[str, np.ndarray, int]]:
+def read_stem_mp4(path: Path, include_mixture: bool = False) -> list[tuple[str, np.ndarray, int]]:
     """Decode a MUSDB ``.stem.mp4`` (stream 0 the mixture, then drums, bass, other, vocals) with ffmpeg.
 
     Returns:
-        ``[(stem name, (channels, samples) float32, rate), ...]`` without the mixture stream.
+        ``[(stem name, (channels, samples) float32, rate), ...]``, the mixture (named ``mixture``) first
+        when ``include_mixture``.
     """
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise AudioError(f"{path}: reading .stem.mp4 needs ffmpeg and ffprobe on the PATH "
@@ -149,14 +150,15 @@ def read_stem_mp4(path: Path) -> list[tuple[str, np.ndarray, int]]:
     if len(streams) < 2:
         raise AudioError(f"{path}: a .stem.mp4 needs a mixture and stem streams, found {len(streams)} stream(s)")
     out = []
-    for k, info in enumerate(streams[1:], start=1):
+    first = 0 if include_mixture else 1
+    for k, info in enumerate(streams[first:], start=first):
         rate, channels = int(info["sample_rate"]), int(info["channels"])
         dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:a:{k}", "-f", "f32le",
                               "-acodec", "pcm_f32le", "-"], capture_output=True)
         if dec.returncode != 0:
             raise AudioError(f"{path}: stream {k} cannot be decoded ({_short(RuntimeError(dec.stderr.decode()))})")
         data = np.frombuffer(dec.stdout, dtype=np.float32).reshape(-1, channels).T
-        name = MUSDB_STEMS[k - 1] if len(streams) == 5 else f"stem{k}"
+        name = "mixture" if k == 0 else MUSDB_STEMS[k - 1] if len(streams) == 5 else f"stem{k}"
         data, rate = _checked(path, data, channels, rate)
         out.append((name, data, rate))
     return out
