@@ -29,6 +29,16 @@ def _render(args: argparse.Namespace) -> None:
               "limiter", file=sys.stderr)
 
 
+def _normalize(args: argparse.Namespace) -> None:
+    from gradmix.data.fxnorm import normalize_dataset
+
+    summary = normalize_dataset(args.root, args.output, layout=args.layout, sample_rate=args.sample_rate,
+                                target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty())
+    classes = ", ".join(f"{k} ({v['count']})" for k, v in summary["classes"].items())
+    print(f"normalised {len(summary['done'])} song(s), {summary['skipped']} already done; classes: {classes}")
+    print(f"wrote {args.output}")
+
+
 def _effects(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -61,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse stems whose sample rate differs from the console's")
     p.add_argument("--stems-out", help="also write each processed track (post-fader, post-pan) to this folder")
     p.set_defaults(func=_render)
+    p = sub.add_parser("dataset", help="build training data")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    p = dsub.add_parser("normalize", help="effect-normalise every stem of a dataset (FxNorm), with labels")
+    p.add_argument("root", help="dataset folder (folder of songs, MUSDB18, MUSDB18-HQ, MedleyDB-like) or .csv")
+    p.add_argument("-o", "--output", required=True, help="output folder (folder-of-stems layout)")
+    p.add_argument("--layout", choices=["folder", "musdb", "musdb-hq", "medleydb", "csv"], help="default: detect")
+    p.add_argument("--sample-rate", type=int, default=44100)
+    p.add_argument("--target-lufs", type=float, default=-25.0, help="loudness of every normalised stem")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    p.set_defaults(func=_normalize)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser
