@@ -25,11 +25,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/gradmix demo -o out/demo
 
-# ffmpeg reads MUSDB .stem.mp4 files; the tests need it (under CI=true they fail without it).
+# ffmpeg reads MUSDB .stem.mp4 files, lmms renders real multitracks; the tests need both (under CI=true
+# they fail without them).
 sysdeps:
-	@command -v ffmpeg >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; } || \
-		echo "note: install ffmpeg to read .stem.mp4 files"
+	@{ command -v ffmpeg >/dev/null && command -v lmms >/dev/null; } || { command -v apt-get >/dev/null && \
+		[ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends ffmpeg lmms lmms-common; } || \
+		echo "note: install ffmpeg (.stem.mp4 files) and lmms + lmms-common (gradmix dataset lmms)"
 
 test: install sysdeps
 	$(PY) -m pytest -q

@@ -39,6 +39,18 @@ def _normalize(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _lmms(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from gradmix.data.lmms import build_dataset
+
+    projects = [Path(p) for p in args.projects] if args.projects else None
+    summary = build_dataset(args.output, projects, progress=sys.stdout.isatty())
+    print(f"rendered {len(summary['done'])} song(s), {summary['skipped']} already done, into {args.output}")
+    for project, why in summary["failed"].items():
+        print(f"warning: {why}", file=sys.stderr)
+
+
 def _effects(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -81,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-lufs", type=float, default=-25.0, help="loudness of every normalised stem")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p.set_defaults(func=_normalize)
+    p = dsub.add_parser("lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry stems + mix")
+    p.add_argument("output", help="output folder (folder-of-stems layout)")
+    p.add_argument("--projects", nargs="+", help="your own .mmp/.mmpz projects instead of the shipped demos")
+    p.set_defaults(func=_lmms)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser

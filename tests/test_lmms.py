@@ -1,0 +1,53 @@
+"""Real multitracks from LMMS projects: project editing, and one shipped demo song rendered for real."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from conftest import require_tool
+from gradmix.cli.main import main
+from gradmix.data import find_songs
+from gradmix.data.lmms import PROJECTS_DIR, isolate, licence_of, read_project, stem_tracks
+
+SONG = PROJECTS_DIR / "shorties" / "Greshz-CoolSnip.mmpz"
+
+
+def test_isolate_keeps_one_track_with_neutral_mixing():
+    require_tool("lmms")
+    root = read_project(PROJECTS_DIR / "shorties" / "DirtyLove.mmpz")
+    refs = stem_tracks(root)
+    assert len(refs) > 5 and any(r.inside_bb for r in refs) and any(not r.inside_bb for r in refs)
+    for ref in (next(r for r in refs if r.inside_bb), next(r for r in refs if not r.inside_bb)):
+        edited = isolate(root, ref)
+        playing = [t for t in edited.iter("track") if t.get("type") in ("0", "2")]
+        assert [t.get("name") for t in playing] == [ref.name]
+        node = playing[0].find("instrumenttrack")
+        assert (node.get("vol"), node.get("pan"), node.get("fxch")) == ("100", "0", "0")
+        assert all(c.get("enabled") == "0" for c in edited.iter("fxchain"))
+        bb_tracks = [t for t in edited.find("song/trackcontainer").findall("track") if t.get("type") == "1"]
+        assert bool(bb_tracks) == ref.inside_bb  # Beat+Bassline triggers kept only for their own tracks
+
+
+def test_licence_from_debian_copyright():
+    require_tool("lmms")
+    assert licence_of(SONG)["licence"] == "Artistic-2"
+    assert licence_of(PROJECTS_DIR / "demos" / "Saber-FinalStep.mmpz")["licence"] == "BSD-2-clause"
+
+
+def test_render_a_real_demo_song(tmp_path):
+    require_tool("lmms")
+    out = tmp_path / "lmms"
+    assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 0
+    song_dir = out / "Greshz-CoolSnip"
+    meta = json.loads((song_dir / "metadata.json").read_text())
+    assert meta["licence"] == "Artistic-2" and meta["author"] == "Greshz" and len(meta["stems"]) == 2
+    songs = find_songs(out)
+    assert len(songs) == 1 and songs[0].mix is not None and len(songs[0].stems) == 2
+    for ref in songs[0].stems + [songs[0].mix]:
+        x, sr = sf.read(ref.path, always_2d=True)
+        assert sr == 44100 and np.isfinite(x).all() and np.abs(x).max() > 1e-3, ref.path
+    assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 0  # resumes: nothing to redo
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
