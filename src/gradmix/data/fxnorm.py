@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterable
@@ -244,7 +245,8 @@ class _Serial:
 
 
 def _pool(workers: int):
-    return ProcessPoolExecutor(workers) if workers > 1 else _Serial()
+    # spawn, not fork: forking a process whose torch/numba thread pools are running can deadlock
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _Serial()
 
 
 def _track(it, total: int, label: str, show: bool):
