@@ -51,6 +51,15 @@ def _lmms(args: argparse.Namespace) -> None:
         print(f"warning: {why}", file=sys.stderr)
 
 
+def _separate(args: argparse.Namespace) -> None:
+    from gradmix.data.separate import separate_dataset
+
+    summary = separate_dataset(args.mixes_dir, args.output, model_path=args.model, normalize=not args.no_normalize,
+                               target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty())
+    print(f"separated {len(summary['done'])} mix(es) into {', '.join(summary['sources'])}; "
+          f"{summary['skipped']} already done; wrote {args.output}")
+
+
 def _effects(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -97,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder (folder-of-stems layout)")
     p.add_argument("--projects", nargs="+", help="your own .mmp/.mmpz projects instead of the shipped demos")
     p.set_defaults(func=_lmms)
+    p = dsub.add_parser("separate", help="split full mixes into stems with a local Demucs model, then normalise")
+    p.add_argument("mixes_dir", help="folder of full mixes")
+    p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
+    p.add_argument("--model", required=True, help="local Demucs checkpoint (nothing is downloaded)")
+    p.add_argument("--no-normalize", action="store_true", help="only separate")
+    p.add_argument("--target-lufs", type=float, default=-25.0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_separate)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser
