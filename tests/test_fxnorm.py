@@ -102,3 +102,19 @@ def test_dynamics_bounded_and_silence_kept():
     assert label["after"]["spread_db"] < feats.spread_db
     silent, label = normalize_stem(torch.zeros(2, SR), SR, True, stats)
     assert label["silent"] and silent.abs().max() == 0
+
+
+def test_sharded_run_equals_a_single_run(tmp_path, capsys):
+    root = tmp_path / "raw"
+    make_dataset(root, songs=3)
+    assert main(["dataset", "normalize", str(root), "-o", str(tmp_path / "one"), "--workers", "1"]) == 0
+    out = tmp_path / "sharded"
+    assert main(["dataset", "normalize", str(root), "-o", str(out), "--shard", "0/2"]) == 2  # pass 1 first
+    assert "run pass 1 once first" in capsys.readouterr().err
+    assert main(["dataset", "normalize", str(root), "-o", str(out), "--stats-only"]) == 0
+    for shard in ("1/2", "0/2"):
+        assert main(["dataset", "normalize", str(root), "-o", str(out), "--shard", shard, "--workers", "1"]) == 0
+    for song in ("song0", "song1", "song2"):
+        a, _ = sf.read(tmp_path / "one" / song / "hats.wav")
+        b, _ = sf.read(out / song / "hats.wav")
+        assert np.array_equal(a, b)

@@ -33,7 +33,8 @@ def _normalize(args: argparse.Namespace) -> None:
     from gradmix.data.fxnorm import normalize_dataset
 
     summary = normalize_dataset(args.root, args.output, layout=args.layout, sample_rate=args.sample_rate,
-                                target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty())
+                                target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty(),
+                                shard=args.shard, stats_only=args.stats_only)
     classes = ", ".join(f"{k} ({v['count']})" for k, v in summary["classes"].items())
     print(f"normalised {len(summary['done'])} song(s), {summary['skipped']} already done; classes: {classes}")
     print(f"wrote {args.output}")
@@ -45,7 +46,7 @@ def _lmms(args: argparse.Namespace) -> None:
     from gradmix.data.lmms import build_dataset
 
     projects = [Path(p) for p in args.projects] if args.projects else None
-    summary = build_dataset(args.output, projects, progress=sys.stdout.isatty())
+    summary = build_dataset(args.output, projects, progress=sys.stdout.isatty(), workers=args.workers, shard=args.shard)
     print(f"rendered {len(summary['done'])} song(s), {summary['skipped']} already done, into {args.output}")
     for project, why in summary["failed"].items():
         print(f"warning: {why}", file=sys.stderr)
@@ -55,7 +56,8 @@ def _separate(args: argparse.Namespace) -> None:
     from gradmix.data.separate import separate_dataset
 
     summary = separate_dataset(args.mixes_dir, args.output, model_path=args.model, normalize=not args.no_normalize,
-                               target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty())
+                               target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty(),
+                               shard=args.shard)
     print(f"separated {len(summary['done'])} mix(es) into {', '.join(summary['sources'])}; "
           f"{summary['skipped']} already done; wrote {args.output}")
 
@@ -75,6 +77,20 @@ def _effects(args: argparse.Namespace) -> None:
             table.add_row(name if i == 0 else "", s.label, s.unit, f"{s.min:g}", f"{s.max:g}", f"{s.default:g}",
                           s.scale)
     Console().print(table)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 3/16)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
+    return i, n
+
+
+def _shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,10 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=44100)
     p.add_argument("--target-lufs", type=float, default=-25.0, help="loudness of every normalised stem")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+    p.add_argument("--stats-only", action="store_true", help="pass 1 only: write classes.json (before sharded jobs)")
+    _shard_option(p)
     p.set_defaults(func=_normalize)
     p = dsub.add_parser("lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry stems + mix")
     p.add_argument("output", help="output folder (folder-of-stems layout)")
     p.add_argument("--projects", nargs="+", help="your own .mmp/.mmpz projects instead of the shipped demos")
+    p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
+    _shard_option(p)
     p.set_defaults(func=_lmms)
     p = dsub.add_parser("separate", help="split full mixes into stems with a local Demucs model, then normalise")
     p.add_argument("mixes_dir", help="folder of full mixes")
@@ -113,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="only separate")
     p.add_argument("--target-lufs", type=float, default=-25.0)
     p.add_argument("--workers", type=int, default=None)
+    _shard_option(p)
     p.set_defaults(func=_separate)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)

@@ -201,8 +201,12 @@ def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
 
 
 def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | None = None, sample_rate: int = 44100,
-                      target_lufs: float = -25.0, workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+                      target_lufs: float = -25.0, workers: int | None = None, progress: bool = False,
+                      shard: tuple[int, int] | None = None, stats_only: bool = False) -> dict[str, Any]:
     """FxNorm a whole dataset into ``out_dir`` (folder-of-stems layout); resumable, never touches ``root``.
+
+    On a cluster: run once with ``stats_only=True`` (pass 1 writes ``classes.json``), then one job per
+    ``shard=(i, n)`` (pass 2 for songs ``i, i + n, ...``), all writing into the same shared ``out_dir``.
 
     Returns:
         a summary: songs done, skipped (already finished), and the class statistics used.
@@ -217,6 +221,8 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
     stats_path = out_dir / "classes.json"
     if stats_path.is_file():
         stats = json.loads(stats_path.read_text())["classes"]
+    elif shard is not None:
+        raise GradmixError(f"{stats_path}: missing; run pass 1 once first (--stats-only) before sharded jobs")
     else:
         with _pool(workers) as pool:
             measured = list(_track(pool.map(_measure, [(s, sample_rate, labelled) for s in songs]), len(songs),
@@ -225,11 +231,24 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
         tmp = out_dir / ".classes.json.tmp"
         tmp.write_text(json.dumps({"labelled": labelled, "classes": stats}, indent=1))
         os.replace(tmp, stats_path)
+    if stats_only:
+        return {"done": [], "skipped": 0, "classes": stats}
+    songs = select_shard(songs, shard)
     todo = [s for s in songs if not (out_dir / s.name / DONE).is_file()]
     with _pool(workers) as pool:
         done = list(_track(pool.map(_normalize_song, [(s, sample_rate, labelled, stats, target_lufs, str(out_dir))
                                                       for s in todo]), len(todo), "pass 2: normalising", progress))
     return {"done": done, "skipped": len(songs) - len(todo), "classes": stats}
+
+
+def select_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Items ``i, i + n, i + 2n, ...`` of ``shard = (i, n)`` (all items when ``None``)."""
+    if shard is None:
+        return items
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise GradmixError(f"shard: {i}/{n} is not i/n with 0 <= i < n")
+    return items[i::n]
 
 
 class _Serial:

@@ -231,27 +231,39 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, progress: bool = False
-                  ) -> dict[str, Any]:
-    """Render projects (default: every shipped demo) into a folder-of-stems dataset; resumable."""
+def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, progress: bool = False,
+                  workers: int | None = None, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Render projects (default: every shipped demo) into a folder-of-stems dataset; resumable.
+
+    ``workers`` songs render at once (default: every core; each is a chain of lmms processes);
+    ``shard=(i, n)`` renders projects ``i, i + n, ...`` only, for one job of a cluster run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradmix.data.fxnorm import select_shard
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _lmms()
     projects = projects if projects is not None else shipped_projects()
     if not projects:
         raise LmmsError("no LMMS projects found (install lmms-common, or name projects)")
-    done, skipped, failed = [], 0, {}
-    items = projects
-    if progress:
-        from rich.progress import track
+    projects = select_shard(projects, shard)
+    todo = [p for p in projects if not (out_dir / _safe(Path(p).name.split(".mmp")[0]) / DONE).is_file()]
+    failed: dict[str, str] = {}
 
-        items = track(projects, description="rendering LMMS projects")
-    for p in items:
-        if (out_dir / _safe(Path(p).name.split(".mmp")[0]) / DONE).is_file():
-            skipped += 1
-            continue
+    def one(p: Path) -> str | None:
         try:
-            done.append(render_song(p, out_dir).name)
+            return render_song(p, out_dir).name
         except LmmsError as exc:
             failed[str(p)] = str(exc)
-    return {"done": done, "skipped": skipped, "failed": failed}
+            return None
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        results = pool.map(one, todo)
+        if progress:
+            from rich.progress import track
+
+            results = track(results, total=len(todo), description="rendering LMMS projects")
+        done = [r for r in results if r]
+    return {"done": done, "skipped": len(projects) - len(todo), "failed": failed}

@@ -55,15 +55,20 @@ def separate_mix(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int) ->
 
 
 def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: str | Path, normalize: bool = True,
-                     target_lufs: float = -25.0, workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+                     target_lufs: float = -25.0, workers: int | None = None, progress: bool = False,
+                     shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Separate every mix in ``mixes_dir`` into ``out_dir/stems`` (and FxNorm it into ``out_dir/normalized``).
 
-    Resumable: songs already separated are skipped. The input folder is never written to.
+    Resumable: songs already separated are skipped. The input folder is never written to. With
+    ``shard=(i, n)`` only mixes ``i, i + n, ...`` are separated and normalisation is left to a later
+    ``gradmix dataset normalize`` over ``out_dir/stems`` (class statistics need every song).
     """
     mixes_dir, out_dir = Path(mixes_dir), Path(out_dir)
     if out_dir.resolve() == mixes_dir.resolve() or mixes_dir.resolve() in out_dir.resolve().parents:
         raise GradmixError(f"{out_dir}: the output must not be the input folder or lie inside it")
-    files = list_audio_files(mixes_dir)
+    from gradmix.data.fxnorm import select_shard
+
+    files = select_shard(list_audio_files(mixes_dir), shard)
     model = load_separator(model_path)
     sources = list(getattr(model, "sources", []))
     stems_dir = out_dir / "stems"
@@ -95,7 +100,7 @@ def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: 
             shutil.rmtree(tmp, ignore_errors=True)
         done.append(song)
     summary: dict[str, Any] = {"done": done, "skipped": skipped, "sources": sources}
-    if normalize:
+    if normalize and shard is None:
         from gradmix.data.fxnorm import normalize_dataset
 
         summary["normalized"] = normalize_dataset(stems_dir, out_dir / "normalized", layout="folder",
