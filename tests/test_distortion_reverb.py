@@ -149,3 +149,14 @@ def test_time_effect_bad_parameters():
         reverb(x, sample_rate=SR, decay_s=0.0)
     with pytest.raises(ParameterError, match="shape: 'fuzz'"):
         distortion(x, sample_rate=SR, drive_db=1.0, shape="fuzz")
+
+
+def test_fft_convolve_long_signals_by_overlap_add(rng):
+    x = rng.standard_normal((1, 2, 50_000))
+    h = rng.standard_normal((1, 1, 3_000)) * np.exp(-np.arange(3_000) / 500)
+    y = fft_convolve(torch.tensor(x), torch.tensor(h)).numpy()
+    ref = np.stack([scipy.signal.fftconvolve(x[0, c], h[0, 0])[:50_000] for c in range(2)])[None]
+    assert error_db(y, ref) < -250
+    xt = torch.tensor(x[..., :20_000], requires_grad=True)
+    ht = torch.tensor(h[..., :700], requires_grad=True)
+    assert torch.autograd.gradcheck(fft_convolve, (xt, ht), fast_mode=True)

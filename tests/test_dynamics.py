@@ -168,6 +168,17 @@ def test_fused_inference_path_equals_the_differentiable_path(rng, fn, kw):
     assert error_db(fast.numpy(), slow.detach().numpy()) < -200
 
 
+@pytest.mark.parametrize("lookahead_ms", [0.0, 0.5, 5.0])
+def test_limiter_inference_path_equals_the_differentiable_path(rng, lookahead_ms):
+    x = torch.tensor(music_like(rng) * 3)[None]
+    kw = dict(sample_rate=SR, ceiling_db=-2.0, release_ms=40.0, gain_db=6.0, lookahead_ms=lookahead_ms)
+    with torch.no_grad():
+        fast = limiter(x, **kw)
+    slow = limiter(x.clone().requires_grad_(), **kw).detach()
+    assert error_db(fast.numpy(), slow.numpy()) < -200
+    assert fast.abs().max().item() <= 10 ** (-2 / 20)
+
+
 def test_running_min():
     x = torch.tensor([[5.0, 3.0, 4.0, 1.0, 6.0, 2.0, 7.0]])
     np.testing.assert_array_equal(running_min(x, 3).numpy(), [[3.0, 1.0, 1.0, 1.0, 2.0]])

@@ -90,7 +90,43 @@ def _kernels():
                     prev = prev + c * (g - prev)
                     y[b, n] = prev
 
-        _KERNELS = (forward, backward, curve_forward)
+        @njit(parallel=True, cache=True)
+        def limiter_gain(peak, ceiling, lookahead, release, out):  # pragma: no cover - compiled
+            batch, samples = peak.shape
+            L = lookahead
+            for b in prange(batch):
+                need = np.empty(samples + 2 * L, dtype=np.float64)
+                for n in range(need.size):
+                    k = n - L
+                    need[n] = 1.0 if k < 0 or k >= samples else min(1.0, ceiling[b] / max(peak[b, k], 1e-30))
+                # running minimum over windows of L + 1 (monotonic queue of indices), then their moving average
+                queue = np.empty(need.size, dtype=np.int64)
+                head, tail = 0, 0
+                held = np.empty(samples + L, dtype=np.float64)
+                for n in range(need.size):
+                    while tail > head and need[queue[tail - 1]] >= need[n]:
+                        tail -= 1
+                    queue[tail] = n
+                    tail += 1
+                    start = n - L
+                    if queue[head] < start:
+                        head += 1
+                    if start >= 0:
+                        held[start] = need[queue[head]]
+                total = 0.0
+                prev = 1.0
+                rt = release[b]
+                for m in range(held.size):
+                    total += held[m]
+                    if m > L:
+                        total -= held[m - L - 1]
+                    if m >= L:
+                        n = m - L
+                        g = total / (L + 1)
+                        prev = g if g < prev else prev + rt * (g - prev)
+                        out[b, n] = min(prev, need[n + L])
+
+        _KERNELS = (forward, backward, curve_forward, limiter_gain)
     return _KERNELS
 
 
@@ -168,3 +204,14 @@ def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
     kernel(ln, *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)), expander,
            _np(attack).astype(dt), _np(release).astype(dt), y)
     return torch.from_numpy(y).to(level_db.device)
+
+
+def limiter_gain(peak: Tensor, *, ceiling: Tensor, lookahead: int, release: Tensor) -> Tensor:
+    """Inference-only limiter gain in one compiled pass per item (no autograd): what
+    :func:`gradmix.dsp.dynamics.limiter` computes from the linked peak ``(batch, samples)``, the linear
+    ``ceiling`` and ``release`` weight ``(batch,)`` and the look-ahead in samples."""
+    kernel = _kernels()[3]
+    pn = _np(peak)
+    out = np.empty_like(pn)
+    kernel(pn, _np(ceiling).astype(np.float64), int(lookahead), _np(release).astype(np.float64), out)
+    return torch.from_numpy(out).to(peak.device)

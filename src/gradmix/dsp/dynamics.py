@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmix.dsp.ballistics import curve_and_smooth, smooth
+from gradmix.dsp.ballistics import curve_and_smooth, limiter_gain, smooth
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
 
 GATE_RATIO = 10.0
@@ -218,6 +218,9 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
     x = x * bcast(torch.pow(10.0, g_db / 20.0))
     ceiling = torch.pow(10.0, c_db / 20.0) * (1 - 1e-6)
     peak = x.abs().amax(dim=1)
+    if _inference(x, ceiling, rel):
+        gain = limiter_gain(peak, ceiling=ceiling, lookahead=L, release=time_to_coefficient(rel, sample_rate))
+        return x * gain.unsqueeze(1)
     need = torch.clamp(ceiling[:, None] / peak.clamp_min(1e-30), max=1.0)
     gain = need
     if L > 0:
