@@ -1,0 +1,77 @@
+"""Mix features on analytic signals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require
+from gradmix.dsp import pan
+from gradmix.metrics import dynamics_features, loudness_features, mix_features, panning_features, spectral_features
+
+SR = 44100
+
+
+def sine(freq: float, seconds: float = 2.0, amp: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
+    return amp * torch.sin(2 * math.pi * freq * t)
+
+
+@pytest.mark.parametrize("freq", [220.0, 1000.0, 5000.0])
+def test_centroid_of_a_sine_is_its_frequency(freq):
+    x = sine(freq).expand(1, 2, -1)
+    f = spectral_features(x, SR)
+    assert abs(f["centroid_hz"].item() - freq) / freq < 0.02
+    assert f["rolloff_hz"].item() == pytest.approx(freq, abs=1.5 * SR / 2048)  # within 1.5 STFT bins
+    assert f["flatness"].item() < 0.01
+
+
+def test_white_noise_is_flat_and_wide():
+    x = torch.randn(1, 2, 2 * SR, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    f = spectral_features(x, SR)
+    assert f["flatness"].item() > 0.5
+    assert abs(f["centroid_hz"].item() - SR / 4) / (SR / 4) < 0.05
+
+
+def test_panning_hard_left_right_and_centre():
+    mono = torch.randn(1, 1, SR, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for p, expected in ((-1.0, -1.0), (1.0, 1.0), (0.0, 0.0)):
+        f = panning_features(pan(mono, pan=p), SR)
+        assert f["panning_index"].item() == pytest.approx(expected, abs=1e-6)
+        for band in ("low", "mid", "high"):
+            assert f[f"panning_rms_{band}"].item() == pytest.approx(abs(expected), abs=1e-6)
+
+
+def test_crest_factor_of_a_sine_is_3_01_db():
+    x = sine(997.0).expand(1, 2, -1)
+    d = dynamics_features(x, SR)
+    assert d["crest_factor_db"].item() == pytest.approx(20 * math.log10(math.sqrt(2)), abs=0.01)
+    assert d["dynamic_spread_db"].item() < 0.1
+    assert d["rms_dbfs"].item() == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.01)
+
+
+def test_loudness_features_against_pyloudnorm_and_peaks():
+    pyloudnorm = require("pyloudnorm")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5 * SR)) * np.repeat(rng.uniform(0.01, 0.3, 50), SR // 10)[: 5 * SR]
+    f = loudness_features(torch.tensor(x)[None], SR)
+    assert abs(f["loudness_lufs"].item() - pyloudnorm.Meter(SR).integrated_loudness(x.T)) < 0.1
+    assert f["sample_peak_dbfs"].item() == pytest.approx(20 * np.log10(np.abs(x).max()), abs=1e-9)
+    assert f["true_peak_dbtp"].item() >= f["sample_peak_dbfs"].item() - 1e-9
+
+
+def test_loudness_range_of_a_two_level_signal():
+    quiet, loud = sine(1000.0, 10.0, 0.05), sine(1000.0, 10.0, 0.5)
+    x = torch.cat([quiet, loud]).expand(1, 2, -1)
+    lra = loudness_features(x, SR)["loudness_range_lu"].item()
+    assert 17.0 < lra < 20.5  # levels 20 dB apart, P95 - P10 of the short-term loudness
+
+
+def test_every_feature_is_finite_on_silence_and_batches():
+    x = torch.zeros(2, 2, SR)
+    x[1] = torch.randn(2, SR, generator=torch.Generator().manual_seed(2)) * 0.1
+    f = mix_features(x, SR)
+    assert all(v.shape == (2,) and torch.isfinite(v).all() for v in f.values()), {k: v for k, v in f.items()}
