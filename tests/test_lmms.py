@@ -49,5 +49,10 @@ def test_render_a_real_demo_song(tmp_path):
     for ref in songs[0].stems + [songs[0].mix]:
         x, sr = sf.read(ref.path, always_2d=True)
         assert sr == 44100 and np.isfinite(x).all() and np.abs(x).max() > 1e-3, ref.path
-    assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 0  # resumes: nothing to redo
+    (out / ".Greshz-CoolSnip.killed").mkdir()  # what a killed run leaves behind
+    import shutil
+
+    shutil.rmtree(song_dir)
+    assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 0  # redoes the missing song only
+    assert (song_dir / "metadata.json").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]

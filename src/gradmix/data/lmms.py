@@ -190,6 +190,8 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
     refs = stem_tracks(root)
     name = _safe(project.name.split(".mmp")[0])
     out = Path(out_dir) / name
+    for stale in Path(out_dir).glob(f".{name}.*"):  # left by a run that was killed mid-song
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}."))
     try:
         render(project, tmp / "mix.wav")

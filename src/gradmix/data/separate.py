@@ -86,6 +86,8 @@ def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: 
             continue
         audio, rate = read_audio(path)
         stems, model_rate = separate_mix(model, torch.from_numpy(audio), rate)
+        for stale in stems_dir.glob(f".{song}.*"):  # left by a run that was killed mid-song
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=stems_dir, prefix=f".{song}."))
         try:
             for name, stem in zip(sources, stems):
