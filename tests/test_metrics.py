@@ -75,3 +75,39 @@ def test_every_feature_is_finite_on_silence_and_batches():
     x[1] = torch.randn(2, SR, generator=torch.Generator().manual_seed(2)) * 0.1
     f = mix_features(x, SR)
     assert all(v.shape == (2,) and torch.isfinite(v).all() for v in f.values()), {k: v for k, v in f.items()}
+
+
+def music(seed: int, seconds: float = 3.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    n = int(seconds * SR)
+    env = torch.rand(1, 1, n // 2205 + 1, generator=gen, dtype=torch.float64).repeat_interleave(2205, -1)[..., :n]
+    return torch.randn(1, 2, n, generator=gen, dtype=torch.float64) * env * 0.2
+
+
+def test_identical_mixes_score_zero_and_a_louder_one_does_not():
+    from gradmix.metrics import aggregate_score, feature_errors, mrstft_distance
+
+    x = music(0)
+    errors = feature_errors(x, x, SR)
+    score, groups = aggregate_score(errors)
+    assert score.item() == 0.0 and all(v.item() == 0.0 for v in groups.values())
+    louder = feature_errors(x * 2, x, SR)
+    assert louder["rms"].item() == pytest.approx(1.0, rel=1e-6)  # twice the RMS: 100 % error
+    assert louder["centroid_hz"].item() < 1e-9  # level does not move the spectrum
+    require("auraloss")
+    d = mrstft_distance(x.float(), x.float(), SR)
+    assert d["mrstft_mono"].item() < 1e-6 and d["mrstft_stereo"].item() < 1e-6
+    assert mrstft_distance((x * 2).float(), x.float(), SR)["mrstft_mono"].item() > 0.1
+
+
+def test_frechet_distance_and_diversity():
+    from gradmix.metrics import diversity, frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 3))
+    assert frechet_distance(a, a) < 1e-6
+    assert frechet_distance(a, a + 3.0) > frechet_distance(a, a + 0.5) > frechet_distance(a, a[::-1] + 0.0) - 1e-9
+    songs = [rng.standard_normal(3) * 10 for _ in range(5)]
+    same = [np.stack([s + 0.01 * rng.standard_normal(3) for _ in range(4)]) for s in songs]
+    varied = [np.stack([s + 5.0 * rng.standard_normal(3) for _ in range(4)]) for s in songs]
+    assert diversity(same) < 0.01 < diversity(varied)

@@ -1,0 +1,152 @@
+"""Distances between a mix and a target mix, and set-level metrics for generated mixes.
+
+Per-feature error (after FxNorm-automix's evaluation): frame-level features (spectral centroid,
+bandwidth, flatness, roll-off; panning-spectrum RMS in low/mid/high bands; RMS level) are smoothed by a
+running mean over ``window_s`` seconds, and the error is the mean absolute percentage error (MAPE) of the
+estimate's running mean against the target's, ``mean_t |e_t - r_t| / max(|r_t|, eps)``; song-level features
+(integrated loudness, loudness range, crest factor, PLR) use the absolute percentage error of their values.
+Features are grouped (loudness, spectral, panning, dynamics); the aggregate score is the mean of the
+groups' mean errors (0 for identical mixes). The multi-resolution STFT distance uses auraloss on the mono
+sum and on the stereo sum/difference.
+
+Set-level: the Fréchet distance between Gaussian fits of two sets of feature vectors (plausibility of a set
+of mixes against human mixes), and diversity, the mean pairwise distance between feature vectors of mixes
+of one song divided by the mean pairwise distance between mixes of different songs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gradmix.metrics import features as F
+
+GROUPS = {
+    "loudness": ("loudness_lufs", "loudness_range_lu"),
+    "spectral": ("centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz"),
+    "panning": ("panning_rms_low", "panning_rms_mid", "panning_rms_high"),
+    "dynamics": ("rms", "crest_factor_db", "plr_db"),
+}
+EPS = 1e-8
+
+
+def frame_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
+    """Frame-level features ``{name: (batch, frames)}`` on the STFT grid of :mod:`gradmix.metrics.features`."""
+    spec = F._stft(x)
+    mid = (spec[:, 0] + spec[:, 1]) / 2
+    mag = mid.abs()
+    power = mag.square()
+    f = F._freqs(sample_rate, mag)[:, None]
+    total = mag.sum(1).clamp_min(F.EPS)
+    centroid = (f * mag).sum(1) / total
+    out = {"centroid_hz": centroid,
+           "bandwidth_hz": torch.sqrt(((f - centroid[:, None]).square() * mag).sum(1) / total),
+           "flatness": torch.exp(torch.log(power + F.EPS).mean(1)) / (power.mean(1) + F.EPS),
+           "rms": torch.sqrt(power.mean(1))}
+    cumulative = power.cumsum(1)
+    out["rolloff_hz"] = F._freqs(sample_rate, mag)[(cumulative < 0.85 * cumulative[:, -1:]).sum(1)
+                                                   .clamp(max=mag.shape[1] - 1)]
+    left, right = spec[:, 0], spec[:, 1]
+    el, er = left.abs().square(), right.abs().square()
+    sps = (1 - 2 * (left * right.conj()).abs() / (el + er).clamp_min(F.EPS)) * torch.sign(right.abs() - left.abs())
+    energy = el + er
+    freqs = F._freqs(sample_rate, energy)
+    for name, (lo, hi) in F.BANDS_HZ.items():
+        sel = (freqs >= lo) & (freqs < hi)
+        w = energy[:, sel]
+        out[f"panning_rms_{name}"] = torch.sqrt((sps[:, sel].square() * w).sum(1) / w.sum(1).clamp_min(F.EPS))
+    return out
+
+
+def running_mean(v: Tensor, frames: int) -> Tensor:
+    """Moving average over ``frames`` frames along the last axis (valid part only; whole signal if shorter)."""
+    if v.shape[-1] <= frames:
+        return v.mean(-1, keepdim=True)
+    c = torch.nn.functional.pad(v.double().cumsum(-1), (1, 0))
+    return ((c[..., frames:] - c[..., :-frames]) / frames).to(v.dtype)
+
+
+def feature_errors(estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0) -> dict[str, Tensor]:
+    """Per-feature MAPE ``{name: (batch,)}`` of ``estimate`` against ``target`` (both ``(batch, 2, samples)``)."""
+    frames = max(1, int(round(window_s * sample_rate / F.N_FFT * 4)))  # hop = N_FFT / 4
+    est, ref = frame_features(estimate, sample_rate), frame_features(target, sample_rate)
+    errors = {}
+    for name in est:
+        e, r = running_mean(est[name], frames), running_mean(ref[name], frames)
+        errors[name] = ((e - r).abs() / r.abs().clamp_min(EPS)).mean(-1)
+    song_est = {**F.loudness_features(estimate, sample_rate), **F.dynamics_features(estimate, sample_rate)}
+    song_ref = {**F.loudness_features(target, sample_rate), **F.dynamics_features(target, sample_rate)}
+    for name in ("loudness_lufs", "loudness_range_lu", "crest_factor_db", "plr_db"):
+        errors[name] = (song_est[name] - song_ref[name]).abs() / song_ref[name].abs().clamp_min(EPS)
+    return errors
+
+
+def aggregate_score(errors: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean of the groups' mean errors, and the group errors ``{group: (batch,)}``."""
+    groups = {g: torch.stack([errors[n] for n in names]).mean(0) for g, names in GROUPS.items()}
+    return torch.stack(list(groups.values())).mean(0), groups
+
+
+def mrstft_distance(estimate: Tensor, target: Tensor, sample_rate: float) -> dict[str, Tensor]:
+    """Multi-resolution STFT distance (auraloss, FFT sizes 512-2048-8192): mono sum and stereo sum/diff."""
+    try:
+        import auraloss
+    except ImportError:
+        from gradmix.errors import GradmixError
+
+        raise GradmixError("the MR-STFT distance needs auraloss: pip install -e '.[eval]'") from None
+    mono = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048],
+                                                 win_lengths=[512, 2048, 8192])
+    stereo = auraloss.freq.SumAndDifferenceSTFTLoss(fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048],
+                                                   win_lengths=[512, 2048, 8192])
+    with torch.no_grad():
+        m = torch.stack([mono(estimate[i:i + 1].sum(1, keepdim=True), target[i:i + 1].sum(1, keepdim=True))
+                         for i in range(estimate.shape[0])])
+        s = torch.stack([stereo(estimate[i:i + 1], target[i:i + 1]) for i in range(estimate.shape[0])])
+    return {"mrstft_mono": m, "mrstft_stereo": s}
+
+
+def feature_vector(feats: dict[str, Tensor]) -> Tensor:
+    """``(batch, features)`` from a :func:`gradmix.metrics.mix_features` dict, in sorted name order."""
+    return torch.stack([feats[k].double() for k in sorted(feats)], -1)
+
+
+def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two sets of vectors ``(n, d)`` (features standardised by
+    the pooled mean and standard deviation, so units do not weigh)."""
+    import scipy.linalg
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = np.concatenate([a, b])
+    mu, sd = both.mean(0), both.std(0) + 1e-12
+    a, b = (a - mu) / sd, (b - mu) / sd
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = scipy.linalg.sqrtm(ca @ cb)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(max(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean), 0.0))
+
+
+def diversity(per_song: list[Tensor | np.ndarray]) -> float:
+    """Mean pairwise distance among mixes of the same song over the mean distance between different songs.
+
+    Args:
+        per_song: for each song, ``(mixes, d)`` feature vectors of several mixes of it (standardised jointly).
+    """
+    sets = [np.asarray(s, dtype=np.float64) for s in per_song]
+    allv = np.concatenate(sets)
+    mu, sd = allv.mean(0), allv.std(0) + 1e-12
+    sets = [(s - mu) / sd for s in sets]
+
+    def mean_pairwise(v: np.ndarray) -> float:
+        d = np.sqrt(((v[:, None] - v[None]) ** 2).sum(-1))
+        n = len(v)
+        return float(d.sum() / max(n * (n - 1), 1))
+
+    within = np.mean([mean_pairwise(s) for s in sets if len(s) > 1])
+    centres = np.stack([s.mean(0) for s in sets])
+    between = mean_pairwise(centres)
+    return float(within / max(between, 1e-12)) if math.isfinite(within) else 0.0
