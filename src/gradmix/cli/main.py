@@ -62,6 +62,15 @@ def _separate(args: argparse.Namespace) -> None:
           f"{summary['skipped']} already done; wrote {args.output}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from gradmix.evaluate import evaluate
+
+    summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
+                       seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty())
+    print((__import__("pathlib").Path(args.output) / "results.md").read_text())
+    print(f"evaluated {summary['songs']} song(s); see {args.output}/index.html")
+
+
 def _effects(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -135,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     _shard_option(p)
     p.set_defaults(func=_separate)
+    p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
+    p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
+    p.add_argument("--systems", default="plain_sum,equal_loudness,rules,random_console",
+                   help="comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, target")
+    p.add_argument("-o", "--output", required=True, help="results folder")
+    p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random console")
+    p.set_defaults(func=_eval)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser

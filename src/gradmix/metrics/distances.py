@@ -3,7 +3,8 @@
 Per-feature error (after FxNorm-automix's evaluation): frame-level features (spectral centroid,
 bandwidth, flatness, roll-off; panning-spectrum RMS in low/mid/high bands; RMS level) are smoothed by a
 running mean over ``window_s`` seconds, and the error is the mean absolute percentage error (MAPE) of the
-estimate's running mean against the target's, ``mean_t |e_t - r_t| / max(|r_t|, eps)``; song-level features
+estimate's running mean against the target's, ``mean_t |e_t - r_t| / max(|r_t|, floor)`` (``floor``, in
+:data:`FLOORS`, keeps near-zero targets such as a centred mix's panning from exploding); song-level features
 (integrated loudness, loudness range, crest factor, PLR) use the absolute percentage error of their values.
 Features are grouped (loudness, spectral, panning, dynamics); the aggregate score is the mean of the
 groups' mean errors (0 for identical mixes). The multi-resolution STFT distance uses auraloss on the mono
@@ -76,12 +77,22 @@ def feature_errors(estimate: Tensor, target: Tensor, sample_rate: float, window_
     errors = {}
     for name in est:
         e, r = running_mean(est[name], frames), running_mean(ref[name], frames)
-        errors[name] = ((e - r).abs() / r.abs().clamp_min(EPS)).mean(-1)
+        errors[name] = ((e - r).abs() / r.abs().clamp_min(_floor(name))).mean(-1)
     song_est = {**F.loudness_features(estimate, sample_rate), **F.dynamics_features(estimate, sample_rate)}
     song_ref = {**F.loudness_features(target, sample_rate), **F.dynamics_features(target, sample_rate)}
     for name in ("loudness_lufs", "loudness_range_lu", "crest_factor_db", "plr_db"):
-        errors[name] = (song_est[name] - song_ref[name]).abs() / song_ref[name].abs().clamp_min(EPS)
+        errors[name] = (song_est[name] - song_ref[name]).abs() / song_ref[name].abs().clamp_min(_floor(name))
     return errors
+
+
+# Smallest denominators of the percentage errors: a target value near zero (a centred mix's panning RMS, a
+# tonal mix's flatness) would otherwise turn a tiny absolute difference into an error of thousands of percent.
+FLOORS = {"panning_rms": 0.1, "flatness": 0.01, "rms": 1e-3, "loudness_range_lu": 1.0, "crest_factor_db": 1.0,
+          "plr_db": 1.0, "centroid_hz": 50.0, "bandwidth_hz": 50.0, "rolloff_hz": 50.0, "loudness_lufs": 1.0}
+
+
+def _floor(name: str) -> float:
+    return next((v for k, v in FLOORS.items() if name.startswith(k)), EPS)
 
 
 def aggregate_score(errors: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
