@@ -105,11 +105,6 @@ def db_to_amplitude(db: Tensor) -> Tensor:
     return torch.pow(10.0, db / 20.0)
 
 
-def amplitude_to_db(amp: Tensor) -> Tensor:
-    """20 log10(amp), floored at -240 dB so that silence gives no -inf."""
-    return 20.0 * torch.log10(amp.abs().clamp_min(EPS))
-
-
 def bcast(t: Tensor) -> Tensor:
     """``(batch,)`` -> ``(batch, 1, 1)`` so that it multiplies ``(batch, channels, samples)``."""
     return t.reshape(-1, 1, 1)

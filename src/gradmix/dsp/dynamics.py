@@ -78,9 +78,6 @@ def compressor_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor,
     """
     t, w = threshold_db[:, None], knee_db[:, None]
     over = level_db - t
-    if not (torch.is_grad_enabled() and (over.requires_grad or ratio.requires_grad or knee_db.requires_grad)):
-        knee = (over + w / 2).clamp_min_(0).square_().div_(2 * w.clamp_min(1e-6))
-        return torch.where(over > w / 2, over, knee).mul_((1.0 / ratio - 1.0)[:, None])
     knee = (over + w / 2).clamp_min(0).square() / (2 * w.clamp_min(1e-6))  # 0 below the knee
     return torch.where(over > w / 2, over, knee) * (1.0 / ratio - 1.0)[:, None]
 

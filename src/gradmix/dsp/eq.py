@@ -174,18 +174,17 @@ def graphic_eq(x: Tensor, *, sample_rate: float, gain_db: Param) -> Tensor:
         raise ParameterError(f"sample_rate: {sample_rate:g} Hz is below the 22050 Hz a graphic EQ needs")
     g = param(gain_db, "gain_db", x, bands=bands)
     check_range(g, "gain_db", -24.0, 24.0)
-    fc, q, _ = _graphic_design(bands, sample_rate)
-    filt = graphic_eq_filter_gains(g.double(), sample_rate)
-    b, a = biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
+    return sos_filter(x, *graphic_eq_coefficients(g.double(), sample_rate))
+
+
+def graphic_eq_coefficients(gain_db: Tensor, sample_rate: float) -> tuple[Tensor, Tensor]:
+    """Peak-filter cascade ``(b, a)``, each ``(batch, bands, 3)``, that realises band gains ``(batch, bands)``."""
+    fc, q, _ = _graphic_design(gain_db.shape[-1], float(sample_rate))
+    filt = graphic_eq_filter_gains(gain_db, sample_rate)
+    return biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
                                q=q.to(filt).expand_as(filt))
-    return sos_filter(x, b, a)
 
 
 def graphic_eq_response_db(gain_db: Tensor, sample_rate: float, freqs_hz: Sequence[float] | Tensor) -> Tensor:
     """Magnitude response (dB) of :func:`graphic_eq` for gains ``(batch, bands)`` at ``freqs_hz``."""
-    bands = gain_db.shape[-1]
-    fc, q, _ = _graphic_design(bands, float(sample_rate))
-    filt = graphic_eq_filter_gains(gain_db, sample_rate)
-    b, a = biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
-                               q=q.to(filt).expand_as(filt))
-    return frequency_response_db(b, a, freqs_hz, sample_rate)
+    return frequency_response_db(*graphic_eq_coefficients(gain_db, sample_rate), freqs_hz, sample_rate)
