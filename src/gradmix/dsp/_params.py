@@ -12,8 +12,6 @@ from gradmix.errors import ParameterError, ShapeError
 
 Param = Union[float, int, Sequence[float], Tensor]
 
-EPS = 1e-12
-
 
 def check_audio(x: Tensor, name: str = "x", channels: int | None = None) -> Tensor:
     """Check that ``x`` is a floating tensor of shape ``(batch, channels, samples)``.
