@@ -101,10 +101,8 @@ def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, second
 def _spectrum_and_panning(x: torch.Tensor, sample_rate: int) -> dict[str, list[float]]:
     spec = F._stft(x.float())
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs().square().mean(-1)[0]
-    left, right = spec[0, 0], spec[0, 1]
-    el, er = left.abs().square(), right.abs().square()
-    sps = (1 - 2 * (left * right.conj()).abs() / (el + er).clamp_min(1e-12)) * torch.sign(right.abs() - left.abs())
-    pan = (sps * (el + er)).sum(-1) / (el + er).sum(-1).clamp_min(1e-12)
+    sps, energy = F.stereo_panning_spectrum(spec)
+    pan = ((sps * energy).sum(-1) / energy.sum(-1).clamp_min(F.EPS))[0]
     return {"freqs": F._freqs(sample_rate, mag).tolist(), "spectrum_db": (10 * torch.log10(mag + 1e-12)).tolist(),
             "panning": pan.tolist()}
 

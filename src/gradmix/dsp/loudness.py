@@ -49,12 +49,14 @@ def k_weighting_coefficients(sample_rate: float, dtype=torch.float64) -> tuple[T
     return torch.tensor([shelf_b, hp_b], dtype=dtype), torch.tensor([shelf_a, hp_a], dtype=dtype)
 
 
-def block_powers(x: Tensor, *, sample_rate: float) -> Tensor:
-    """Channel-weighted mean square of the K-weighted signal in each 400 ms block (hop 100 ms).
+def block_powers(x: Tensor, *, sample_rate: float, block_s: float = BLOCK_S, step_s: float = STEP_S) -> Tensor:
+    """Channel-weighted mean square of the K-weighted signal in each block (default 400 ms, hop 100 ms, the
+    gating blocks; EBU Tech 3342's short-term loudness uses 3 s blocks).
 
     Args:
         x: audio, shape ``(batch, channels <= 5, samples)``; channel order L, R, C, Ls, Rs.
         sample_rate: Hz.
+        block_s, step_s: block length and hop in seconds.
 
     Returns:
         ``(batch, blocks)``; a signal shorter than one block is measured as one block.
@@ -69,7 +71,7 @@ def block_powers(x: Tensor, *, sample_rate: float) -> Tensor:
     w = torch.tensor(CHANNEL_WEIGHTS[: x.shape[1]], dtype=torch.float64, device=x.device)
     power = (y.double().square() * w[:, None]).sum(1)  # (batch, samples)
     n = power.shape[-1]
-    block, hop = round(BLOCK_S * sample_rate), round(STEP_S * sample_rate)
+    block, hop = round(block_s * sample_rate), round(step_s * sample_rate)
     if n < block:
         return power.mean(-1, keepdim=True).to(x.dtype)
     sums = F.pad(power.cumsum(-1), (1, 0))

@@ -3,8 +3,10 @@
 from gradmix.metrics.distances import (GROUPS, aggregate_score, diversity, feature_errors, feature_vector,
                                        frame_features, frechet_distance, mrstft_distance, running_mean)
 from gradmix.metrics.features import (dynamics_features, loudness_features, loudness_range, mix_features,
-                                      panning_features, spectral_features, true_peak_dbtp)
+                                      panning_features, spectral_features, spectral_frames,
+                                      stereo_panning_spectrum, true_peak_dbtp)
 
 __all__ = ["GROUPS", "aggregate_score", "diversity", "dynamics_features", "feature_errors", "feature_vector",
            "frame_features", "frechet_distance", "loudness_features", "loudness_range", "mix_features",
-           "mrstft_distance", "panning_features", "running_mean", "spectral_features", "true_peak_dbtp"]
+           "mrstft_distance", "panning_features", "running_mean", "spectral_features", "spectral_frames",
+           "stereo_panning_spectrum", "true_peak_dbtp"]

@@ -37,29 +37,10 @@ EPS = 1e-8
 def frame_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Frame-level features ``{name: (batch, frames)}`` on the STFT grid of :mod:`gradmix.metrics.features`."""
     spec = F._stft(x)
-    mid = (spec[:, 0] + spec[:, 1]) / 2
-    mag = mid.abs()
-    power = mag.square()
-    f = F._freqs(sample_rate, mag)[:, None]
-    total = mag.sum(1).clamp_min(F.EPS)
-    centroid = (f * mag).sum(1) / total
-    out = {"centroid_hz": centroid,
-           "bandwidth_hz": torch.sqrt(((f - centroid[:, None]).square() * mag).sum(1) / total),
-           "flatness": torch.exp(torch.log(power + F.EPS).mean(1)) / (power.mean(1) + F.EPS),
-           "rms": torch.sqrt(power.mean(1))}
-    cumulative = power.cumsum(1)
-    out["rolloff_hz"] = F._freqs(sample_rate, mag)[(cumulative < 0.85 * cumulative[:, -1:]).sum(1)
-                                                   .clamp(max=mag.shape[1] - 1)]
-    left, right = spec[:, 0], spec[:, 1]
-    el, er = left.abs().square(), right.abs().square()
-    sps = (1 - 2 * (left * right.conj()).abs() / (el + er).clamp_min(F.EPS)) * torch.sign(right.abs() - left.abs())
-    energy = el + er
-    freqs = F._freqs(sample_rate, energy)
-    for name, (lo, hi) in F.BANDS_HZ.items():
-        sel = (freqs >= lo) & (freqs < hi)
-        w = energy[:, sel]
-        out[f"panning_rms_{name}"] = torch.sqrt((sps[:, sel].square() * w).sum(1) / w.sum(1).clamp_min(F.EPS))
-    return out
+    mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()  # the mid signal's STFT
+    sps, energy = F.stereo_panning_spectrum(spec)
+    return {**F.spectral_frames(mag, sample_rate), "rms": torch.sqrt(mag.square().mean(1)),
+            **F.panning_band_rms(sps, energy, sample_rate, (1,))}
 
 
 def running_mean(v: Tensor, frames: int) -> Tensor:

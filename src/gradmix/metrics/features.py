@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradmix.dsp import integrated_loudness
+from gradmix.dsp.loudness import block_powers
 from gradmix.dsp._params import check_audio, check_sample_rate
 
 N_FFT, HOP = 2048, 512
@@ -62,10 +63,20 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum(-1) / weights.sum(-1).clamp_min(EPS)
 
 
-def spectral_centroid_frames(x: Tensor, sample_rate: float) -> Tensor:
-    mag = _mid_magnitude(x)
-    f = _freqs(sample_rate, mag)[:, None]
-    return (f * mag).sum(1) / mag.sum(1).clamp_min(EPS)
+def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
+    """Per-frame centroid, bandwidth, flatness and roll-off ``{name: (batch, frames)}`` of a magnitude
+    spectrogram ``(batch, bins, frames)`` on this module's STFT grid."""
+    power = mag.square()
+    freqs = _freqs(sample_rate, mag)
+    f = freqs[:, None]
+    total = mag.sum(1).clamp_min(EPS)
+    centroid = (f * mag).sum(1) / total
+    cumulative = power.cumsum(1)
+    rolloff_bin = (cumulative < 0.85 * cumulative[:, -1:]).sum(1).clamp(max=mag.shape[1] - 1)
+    return {"centroid_hz": centroid,
+            "bandwidth_hz": torch.sqrt(((f - centroid[:, None]).square() * mag).sum(1) / total),
+            "flatness": torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS),
+            "rolloff_hz": freqs[rolloff_bin]}
 
 
 def spectral_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
@@ -73,19 +84,9 @@ def spectral_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     check_audio(x)
     mag = _mid_magnitude(x)
     power = mag.square()
-    f = _freqs(sample_rate, mag)[:, None]
-    total = mag.sum(1).clamp_min(EPS)
-    centroid = (f * mag).sum(1) / total
-    bandwidth = torch.sqrt(((f - centroid[:, None]).square() * mag).sum(1) / total)
-    flatness = torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS)
-    cumulative = power.cumsum(1)
-    rolloff_bin = (cumulative < 0.85 * cumulative[:, -1:]).sum(1).clamp(max=mag.shape[1] - 1)
-    rolloff = _freqs(sample_rate, mag)[rolloff_bin]
-    contrast = _contrast(power, _freqs(sample_rate, mag))
+    frames = {**spectral_frames(mag, sample_rate), "contrast_db": _contrast(power, _freqs(sample_rate, mag))}
     weight = power.sum(1)  # frames weighted by energy: silence does not pull the averages
-    return {name: _weighted_mean(v, weight) for name, v in
-            (("centroid_hz", centroid), ("bandwidth_hz", bandwidth), ("flatness", flatness),
-             ("rolloff_hz", rolloff), ("contrast_db", contrast))}
+    return {name: _weighted_mean(v, weight) for name, v in frames.items()}
 
 
 def _contrast(power: Tensor, freqs: Tensor) -> Tensor:
@@ -103,30 +104,44 @@ def _contrast(power: Tensor, freqs: Tensor) -> Tensor:
     return torch.stack(out).mean(0)
 
 
+def stereo_panning_spectrum(spec: Tensor) -> tuple[Tensor, Tensor]:
+    """Avendano's stereo panning spectrum of a stereo STFT ``(batch, 2, bins, frames)``.
+
+    Returns:
+        ``(sps, energy)``, each ``(batch, bins, frames)``: -1 (left) .. 1 (right), and ``|L|^2 + |R|^2``.
+    """
+    left, right = spec[:, 0], spec[:, 1]
+    energy = left.abs().square() + right.abs().square()
+    psi = 2 * (left * right.conj()).abs() / energy.clamp_min(EPS)
+    return (1 - psi) * torch.sign(right.abs() - left.abs()), energy
+
+
+def panning_band_rms(sps: Tensor, energy: Tensor, sample_rate: float, dims: tuple[int, ...]) -> dict[str, Tensor]:
+    """Energy-weighted RMS of the panning spectrum in the low/mid/high bands, reduced over ``dims``
+    (``(1, 2)``: bins and frames; ``(1,)``: bins, keeping frames)."""
+    freqs = _freqs(sample_rate, energy)
+    out = {}
+    for name, (lo, hi) in BANDS_HZ.items():
+        sel = (freqs >= lo) & (freqs < hi)
+        w = energy[:, sel]
+        out[f"panning_rms_{name}"] = torch.sqrt((sps[:, sel].square() * w).sum(dims) / w.sum(dims).clamp_min(EPS))
+    return out
+
+
 def panning_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Stereo panning spectrum: RMS in low/mid/high bands and the energy-weighted panning index."""
     check_audio(x, channels=2)
-    spec = _stft(x)
-    left, right = spec[:, 0], spec[:, 1]
-    el, er = left.abs().square(), right.abs().square()
-    psi = 2 * (left * right.conj()).abs() / (el + er).clamp_min(EPS)
-    sps = (1 - psi) * torch.sign(right.abs() - left.abs())
-    energy = el + er
-    f = _freqs(sample_rate, energy)
-    out = {}
-    for name, (lo, hi) in BANDS_HZ.items():
-        sel = (f >= lo) & (f < hi)
-        w = energy[:, sel]
-        out[f"panning_rms_{name}"] = torch.sqrt((sps[:, sel].square() * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(EPS))
+    sps, energy = stereo_panning_spectrum(_stft(x))
+    out = panning_band_rms(sps, energy, sample_rate, (1, 2))
     out["panning_index"] = (sps * energy).sum((1, 2)) / energy.sum((1, 2)).clamp_min(EPS)
     return out
 
 
 def true_peak_dbtp(x: Tensor) -> Tensor:
     """4x oversampled peak in dBTP (BS.1770-4 Annex 2 style polyphase interpolation)."""
-    up = torch.as_tensor(
-        __import__("scipy.signal", fromlist=["resample_poly"]).resample_poly(x.detach().cpu().double().numpy(), 4, 1,
-                                                                              axis=-1))
+    import scipy.signal
+
+    up = torch.as_tensor(scipy.signal.resample_poly(x.detach().cpu().double().numpy(), 4, 1, axis=-1))
     return 20 * torch.log10(up.abs().amax((-1, -2)).clamp_min(EPS)).to(x.dtype)
 
 
@@ -142,21 +157,11 @@ def loudness_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
 
 def loudness_range(x: Tensor, sample_rate: float) -> Tensor:
     """EBU Tech 3342 loudness range in LU (0 for signals shorter than 3 s or gated to nothing)."""
-    from gradmix.dsp.loudness import CHANNEL_WEIGHTS, k_weighting_coefficients
-    from gradmix.dsp.biquad import sos_filter
-
-    b, a = k_weighting_coefficients(sample_rate)
     batch = x.shape[0]
-    y = sos_filter(x, b.to(x).expand(batch, 2, 3), a.to(x).expand(batch, 2, 3))
-    w = torch.tensor(CHANNEL_WEIGHTS[: x.shape[1]], dtype=torch.float64, device=x.device)
-    power = (y.double().square() * w[:, None]).sum(1)
-    win, hop = int(3 * sample_rate), int(0.1 * sample_rate)
     out = torch.zeros(batch, dtype=x.dtype, device=x.device)
-    if power.shape[-1] < win:
+    if x.shape[-1] < int(3 * sample_rate):
         return out
-    sums = F.pad(power.cumsum(-1), (1, 0))
-    starts = torch.arange(0, power.shape[-1] - win + 1, hop, device=x.device)
-    st = -0.691 + 10 * torch.log10((sums[:, starts + win] - sums[:, starts]) / win + 1e-30)
+    st = -0.691 + 10 * torch.log10(block_powers(x, sample_rate=sample_rate, block_s=3.0, step_s=0.1).double() + 1e-30)
     for i in range(batch):
         v = st[i][st[i] > -70]
         if v.numel() == 0:
