@@ -56,6 +56,8 @@ def test_rules_centre_the_low_tracks_and_spread_the_others():
     pans = {t.name: next(e for e in t.chain if e.effect.type_name == "pan").params["pan"] for t in setting.tracks}
     assert pans["bass"] == 0.0
     assert pans["hats"] * pans["keys"] < 0  # brighter tracks alternate sides
+    mix, _ = setting.render(tracks)
+    assert lufs(mix) == pytest.approx(-14.0, abs=0.5)  # levelled like equal_loudness
 
 
 def test_random_console_is_seeded_and_every_baseline_renders():

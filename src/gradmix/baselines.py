@@ -20,8 +20,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradmix.console import ConsoleSetting, Layout
+from gradmix.console import ConsoleSetting, Entry, Layout
 from gradmix.dsp import integrated_loudness
+from gradmix.effects import create
+from gradmix.errors import GradmixError
 from gradmix.metrics import spectral_features
 
 TRACK_LUFS = -28.0
@@ -47,7 +49,7 @@ def _set_mix_loudness(setting: ConsoleSetting, tracks: Sequence[Tensor], target_
         mix, _ = setting.render(list(tracks), keep_strips=False)
     lufs = float(integrated_loudness(mix[None].double(), sample_rate=setting.sample_rate))
     if lufs > -70:  # the level goes on the limiter's drive, so the mix cannot clip
-        _master(setting, "limiter").params["gain_db"] = target_lufs - lufs
+        _master(setting, "limiter").params["gain_db"] += target_lufs - lufs
 
 
 def plain_sum(names: Sequence[str], files: Sequence[str | None], tracks: Sequence[Tensor],
@@ -65,22 +67,17 @@ def peak_normalized(names, files, tracks, sample_rate, peak_dbfs: float = -1.0) 
     return setting
 
 
-def _gain_entry(gain_db: float):
-    from gradmix.console import Entry
-    from gradmix.effects import create
-
+def _gain_entry(gain_db: float) -> Entry:
     return Entry(create("gain"), {"gain_db": float(gain_db)})
 
 
-def equal_loudness(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS,
-                   mix_lufs: float = MIX_LUFS) -> ConsoleSetting:
-    setting = plain_sum(names, files, tracks, sample_rate)
-    for i, audio in enumerate(tracks):
-        lufs = _track_loudness(audio, sample_rate)
+def _level_tracks(setting: ConsoleSetting, tracks: Sequence[Tensor], track_lufs: float) -> list[float]:
+    """Set every non-silent track's fader to ``track_lufs``; returns each track's own loudness."""
+    loudness = [_track_loudness(audio, setting.sample_rate) for audio in tracks]
+    for i, lufs in enumerate(loudness):
         if lufs > -70:
             _entry(setting, i, "gain").params["gain_db"] = float(track_lufs - lufs)
-    _limit_and_level(setting, tracks, mix_lufs)
-    return setting
+    return loudness
 
 
 def _limit_and_level(setting: ConsoleSetting, tracks, mix_lufs: float) -> None:
@@ -88,9 +85,18 @@ def _limit_and_level(setting: ConsoleSetting, tracks, mix_lufs: float) -> None:
     _set_mix_loudness(setting, tracks, mix_lufs)
 
 
+def equal_loudness(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS,
+                   mix_lufs: float = MIX_LUFS) -> ConsoleSetting:
+    setting = plain_sum(names, files, tracks, sample_rate)
+    _level_tracks(setting, tracks, track_lufs)
+    _limit_and_level(setting, tracks, mix_lufs)
+    return setting
+
+
 def rules(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix_lufs: float = MIX_LUFS
           ) -> ConsoleSetting:
-    setting = equal_loudness(names, files, tracks, sample_rate, track_lufs, mix_lufs)
+    setting = plain_sum(names, files, tracks, sample_rate)
+    loudness = _level_tracks(setting, tracks, track_lufs)
     centroids = []
     for audio in tracks:
         stereo = audio.repeat(2, 1) if audio.shape[0] == 1 else audio
@@ -98,8 +104,8 @@ def rules(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix
     others = sorted((c, i) for i, c in enumerate(centroids) if c >= LOW_CENTROID_HZ)
     for i, c in enumerate(centroids):
         comp = _entry(setting, i, "compressor").params
-        lufs = _track_loudness(tracks[i], sample_rate)
-        comp.update(threshold_db=max(-60.0, min(0.0, lufs + 6.0)), ratio=2.0, attack_ms=10.0, release_ms=150.0)
+        comp.update(threshold_db=max(-60.0, min(0.0, loudness[i] + 6.0)), ratio=2.0, attack_ms=10.0,
+                    release_ms=150.0)
         if c < LOW_CENTROID_HZ:
             _entry(setting, i, "gain").params["gain_db"] += 3.0
     for rank, (_, i) in enumerate(others):
@@ -108,7 +114,7 @@ def rules(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix
         eq = _entry(setting, i, "eq")
         if eq.effect.shapes[0] == "low_shelf":  # the default EQ's first band becomes a 100 Hz low cut
             eq.params["freq_hz"][0], eq.params["gain_db"][0], eq.params["q"][0] = 100.0, -12.0, 0.707
-    _set_mix_loudness(setting, tracks, mix_lufs)
+    _limit_and_level(setting, tracks, mix_lufs)
     return setting
 
 
@@ -122,8 +128,6 @@ def random_console(names, files, tracks, sample_rate, seed: int = 0) -> ConsoleS
 
 def baseline(name: str, names, files, tracks, sample_rate, **kw) -> ConsoleSetting:
     """The console setting of baseline ``name`` (one of :data:`BASELINES`) for one song."""
-    from gradmix.errors import GradmixError
-
     fns = {"plain_sum": plain_sum, "peak_normalized": peak_normalized, "equal_loudness": equal_loudness,
            "rules": rules, "random_console": random_console}
     if name not in fns:
