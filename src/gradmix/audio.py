@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gradmix.errors import AudioError, GradmixError
+from gradmix.progress import progress as show_progress
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".aiff", ".aif", ".ogg")
 STEM_MP4 = ".stem.mp4"
@@ -183,7 +184,7 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
     folder = Path(folder)
     raw: list[tuple[str, Path, np.ndarray, int]] = []
     if files is None:
-        for path in _progress(list_audio_files(folder), "loading stems", progress):
+        for path in show_progress(list_audio_files(folder), "loading stems", progress, transient=True):
             if path.name.lower().endswith(STEM_MP4):
                 base = path.name[: -len(STEM_MP4)]
                 raw += [(f"{base}#{name}", path, data, rate) for name, data, rate in read_stem_mp4(path)]
@@ -200,7 +201,7 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
         with ThreadPoolExecutor(2) as pool:  # libsndfile releases the GIL: read two files at once
             read = dict(zip(plain, pool.map(_try_read, plain)))
         decoded: dict[Path, list[tuple[str, np.ndarray, int]]] = {}
-        for name in _progress(files, "loading stems", progress):
+        for name in show_progress(files, "loading stems", progress, transient=True):
             file, _, stream = name.partition("#")
             path = folder / file
             if path in read:
@@ -243,14 +244,6 @@ def _try_read(path: Path):
         return read_audio(path)
     except AudioError as exc:
         return exc
-
-
-def _progress(items, label: str, show: bool):
-    if not show:
-        return items
-    from rich.progress import track
-
-    return track(items, description=label, transient=True)
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None) -> Path:

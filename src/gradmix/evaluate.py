@@ -26,6 +26,7 @@ from gradmix.data import find_songs, read_example
 from gradmix.errors import GradmixError
 from gradmix.metrics import GROUPS, aggregate_score, feature_errors
 from gradmix.metrics import features as F
+from gradmix.progress import progress as show_progress
 
 SYSTEMS = BASELINES + ("target",)
 
@@ -42,12 +43,7 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     songs = [s for s in find_songs(dataset) if s.mix is not None]
     if not songs:
         raise GradmixError(f"{dataset}: no song has a mix to compare with (name it mix.wav)")
-    items = songs
-    if progress:
-        from rich.progress import track
-
-        items = track(songs, description="evaluating")
-    for song in items:
+    for song in show_progress(songs, "evaluating", progress):
         result_path = out / "songs" / f"{song.name}.json"
         if result_path.is_file():
             continue

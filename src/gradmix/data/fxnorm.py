@@ -37,8 +37,9 @@ import torch
 from gradmix import dsp
 from gradmix.audio import write_audio
 from gradmix.data.segments import read_example
-from gradmix.data.songs import Song, find_songs
+from gradmix.data.songs import Song, find_songs, select_shard
 from gradmix.errors import GradmixError
+from gradmix.progress import progress as show_progress
 
 BANDS_HZ = np.array([20, 25, 31.5, 40, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600,
                      2000, 2500, 3150, 4000, 5000, 6300, 8000, 10000, 12500, 16000, 20000], dtype=float)
@@ -225,8 +226,8 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
         raise GradmixError(f"{stats_path}: missing; run pass 1 once first (--stats-only) before sharded jobs")
     else:
         with _pool(workers) as pool:
-            measured = list(_track(pool.map(_measure, [(s, sample_rate, labelled) for s in songs]), len(songs),
-                                   "pass 1: measuring stems", progress))
+            measured = list(show_progress(pool.map(_measure, [(s, sample_rate, labelled) for s in songs]),
+                                           "pass 1: measuring stems", progress, total=len(songs)))
         stats = class_statistics(f for song in measured for f in song)
         tmp = out_dir / ".classes.json.tmp"
         tmp.write_text(json.dumps({"labelled": labelled, "classes": stats}, indent=1))
@@ -236,19 +237,9 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
     songs = select_shard(songs, shard)
     todo = [s for s in songs if not (out_dir / s.name / DONE).is_file()]
     with _pool(workers) as pool:
-        done = list(_track(pool.map(_normalize_song, [(s, sample_rate, labelled, stats, target_lufs, str(out_dir))
-                                                      for s in todo]), len(todo), "pass 2: normalising", progress))
+        jobs = [(s, sample_rate, labelled, stats, target_lufs, str(out_dir)) for s in todo]
+        done = list(show_progress(pool.map(_normalize_song, jobs), "pass 2: normalising", progress, total=len(todo)))
     return {"done": done, "skipped": len(songs) - len(todo), "classes": stats}
-
-
-def select_shard(items: list, shard: tuple[int, int] | None) -> list:
-    """Items ``i, i + n, i + 2n, ...`` of ``shard = (i, n)`` (all items when ``None``)."""
-    if shard is None:
-        return items
-    i, n = shard
-    if not (n >= 1 and 0 <= i < n):
-        raise GradmixError(f"shard: {i}/{n} is not i/n with 0 <= i < n")
-    return items[i::n]
 
 
 class _Serial:
@@ -266,11 +257,3 @@ class _Serial:
 def _pool(workers: int):
     # spawn, not fork: forking a process whose torch/numba thread pools are running can deadlock
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else _Serial()
-
-
-def _track(it, total: int, label: str, show: bool):
-    if not show:
-        return it
-    from rich.progress import track
-
-    return track(it, total=total, description=label)

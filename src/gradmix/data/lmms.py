@@ -31,7 +31,9 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from gradmix.audio import read_audio, write_audio
+from gradmix.data.songs import select_shard
 from gradmix.errors import GradmixError
+from gradmix.progress import progress as show_progress
 
 PROJECTS_DIR = Path("/usr/share/lmms/projects")
 COPYRIGHT_FILE = Path("/usr/share/doc/lmms-common/copyright")
@@ -242,8 +244,6 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from gradmix.data.fxnorm import select_shard
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _lmms()
@@ -262,10 +262,6 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
             return None
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = pool.map(one, todo)
-        if progress:
-            from rich.progress import track
-
-            results = track(results, total=len(todo), description="rendering LMMS projects")
-        done = [r for r in results if r]
+        done = [r for r in show_progress(pool.map(one, todo), "rendering LMMS projects", progress, total=len(todo))
+                if r]
     return {"done": done, "skipped": len(projects) - len(todo), "failed": failed}

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from gradmix.audio import list_audio_files, read_audio, write_audio
+from gradmix.data.songs import select_shard
 from gradmix.errors import GradmixError
+from gradmix.progress import progress as show_progress
 
 DONE = ".separate-done"
 
@@ -66,20 +68,13 @@ def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: 
     mixes_dir, out_dir = Path(mixes_dir), Path(out_dir)
     if out_dir.resolve() == mixes_dir.resolve() or mixes_dir.resolve() in out_dir.resolve().parents:
         raise GradmixError(f"{out_dir}: the output must not be the input folder or lie inside it")
-    from gradmix.data.fxnorm import select_shard
-
     files = select_shard(list_audio_files(mixes_dir), shard)
     model = load_separator(model_path)
     sources = list(getattr(model, "sources", []))
     stems_dir = out_dir / "stems"
     stems_dir.mkdir(parents=True, exist_ok=True)
     done, skipped = [], 0
-    items = files
-    if progress:
-        from rich.progress import track
-
-        items = track(files, description="separating")
-    for path in items:
+    for path in show_progress(files, "separating", progress):
         song = path.name.split(".")[0]
         if (stems_dir / song / DONE).is_file():
             skipped += 1

@@ -167,4 +167,15 @@ def _csv_songs(manifest: Path) -> list[Song]:
     return list(songs.values())
 
 
-__all__ = ["AUDIO_EXTENSIONS", "LAYOUTS", "DatasetError", "Song", "StemRef", "detect_layout", "find_songs"]
+def select_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Items ``i, i + n, i + 2n, ...`` of ``shard = (i, n)`` (all items when ``None``): one job's part of a
+    dataset job split over a cluster."""
+    if shard is None:
+        return items
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise DatasetError(f"shard: {i}/{n} is not i/n with 0 <= i < n")
+    return items[i::n]
+
+
+__all__ = ["AUDIO_EXTENSIONS", "LAYOUTS", "DatasetError", "Song", "StemRef", "detect_layout", "find_songs", "select_shard"]
