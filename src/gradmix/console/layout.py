@@ -257,7 +257,8 @@ def mix_down(layout: Layout, strips: Tensor, params: Params, *, sample_rate: flo
     Returns:
         ``(batch, 2, samples)``.
     """
-    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db), params, sample_rate=sample_rate)
+    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params,
+                  sample_rate=sample_rate)
 
 
 def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
@@ -267,12 +268,17 @@ def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
     return torch.einsum("bnct,bnk->bkct", strips, gain)
 
 
-def finish(layout: Layout, mix: Tensor, buses_in: Tensor, params: Params, *, sample_rate: float) -> Tensor:
-    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` and run the master chain."""
+def finish(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
+           sample_rate: float) -> Tensor:
+    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` and run the master chain.
+
+    ``buses_in`` holds each bus's input ``(batch, 2, samples)``, or ``None`` for a bus nothing is sent to
+    (its chain is skipped: every effect maps silence to silence).
+    """
     for k, (_, chain) in enumerate(layout.buses):
-        y = buses_in[:, k]
-        if not torch.is_grad_enabled() and not bool(y.any()):
-            continue  # nothing was sent: every chain maps silence to silence
+        y = buses_in[k]
+        if y is None:
+            continue
         for slot, p in zip(chain, params.buses[k]):
             y = slot.effect(y, p, sample_rate=sample_rate)
         mix = mix + y

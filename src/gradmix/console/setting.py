@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmix.console.layout import Layout, Params, Slot, bus_inputs, finish, render_strips
+from gradmix.console.layout import Layout, Params, Slot, finish, render_strips
 from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
@@ -229,10 +229,14 @@ class ConsoleSetting:
             groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
         sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
                              dtype=like.dtype)
+        grad = torch.is_grad_enabled()
+
+        def add(acc: Tensor, value: Tensor, scale: float = 1.0) -> Tensor:
+            return acc + value * scale if grad else acc.add_(value, alpha=scale)  # in place: no song-long copies
+
         mix = like.new_zeros(1, 2, length)
-        used = [k for k in range(len(self.buses)) if bool((sends[:, k] > -math.inf).any())]
-        buses_in = like.new_zeros(1, len(self.buses), 2, length) if torch.is_grad_enabled() else \
-            {k: like.new_zeros(2, length) for k in used}  # only buses that receive something
+        buses_in: list[Tensor | None] = [like.new_zeros(1, 2, length) if bool((sends[:, k] > -math.inf).any())
+                                         else None for k in range(len(self.buses))]
         strips = like.new_zeros(len(tracks), 2, length) if keep_strips else None
         for (_, channels), members in groups.items():
             per_chunk = max(1, chunk_samples // (2 * length))
@@ -243,17 +247,11 @@ class ConsoleSetting:
                            for name in entry.params} for k, entry in enumerate(chain)]
                 x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
                 out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
-                if torch.is_grad_enabled():
-                    mix = mix + out.sum(1)
-                    if self.buses:
-                        buses_in = buses_in + bus_inputs(out, sends[idx][None])
-                else:  # in place: no copies of whole songs
-                    for j, i in enumerate(idx):
-                        mix[0].add_(out[0, j])
-                        for k in used:
-                            if sends[i, k] > -math.inf:
-                                buses_in[k].add_(out[0, j], alpha=float(10 ** (sends[i, k] / 20)))
                 for j, i in enumerate(idx):
+                    mix = add(mix, out[:, j])
+                    for k, acc in enumerate(buses_in):
+                        if acc is not None and sends[i, k] > -math.inf:
+                            buses_in[k] = add(acc, out[:, j], float(10 ** (sends[i, k] / 20)))
                     if strips is not None:
                         strips[i] = out[0, j]
                     if on_strip is not None:
@@ -262,9 +260,6 @@ class ConsoleSetting:
                 if release:
                     for i in idx:
                         tracks[i] = None
-        if isinstance(buses_in, dict):
-            buses_in = torch.stack([buses_in.get(k, mix.new_zeros(2, 1).expand(2, length))
-                                    for k in range(len(self.buses))])[None] if self.buses else mix.new_zeros(1, 0, 2, length)
         layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
                         tuple(Slot(e.effect) for e in self.master))
         params = Params([], sends[None], [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
