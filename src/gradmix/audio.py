@@ -182,41 +182,38 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
         ``(stems, sample_rate)``.
     """
     folder = Path(folder)
+    if files is None:  # every audio file; a .stem.mp4 named without #STREAM gives all its streams
+        files = [p.name for p in list_audio_files(folder)]
+    elif not folder.is_dir():
+        raise AudioError(f"{folder}: no such folder")
+    for name in files:
+        path = folder / name.partition("#")[0]
+        if not path.is_file():
+            raise AudioError(f"{path}: the console names this file, but it is missing")
+    plain = [folder / f for f in files if not f.partition("#")[0].lower().endswith(STEM_MP4)]
+    with ThreadPoolExecutor(2) as pool:  # libsndfile releases the GIL: read two files at once
+        read = dict(zip(plain, pool.map(_try_read, plain)))
     raw: list[tuple[str, Path, np.ndarray, int]] = []
-    if files is None:
-        for path in show_progress(list_audio_files(folder), "loading stems", progress, transient=True):
-            if path.name.lower().endswith(STEM_MP4):
-                base = path.name[: -len(STEM_MP4)]
-                raw += [(f"{base}#{name}", path, data, rate) for name, data, rate in read_stem_mp4(path)]
-            else:
-                raw.append((path.stem, path, *read_audio(path)))
-    else:
-        if not folder.is_dir():
-            raise AudioError(f"{folder}: no such folder")
-        for name in files:
-            path = folder / name.partition("#")[0]
-            if not path.is_file():
-                raise AudioError(f"{path}: the console names this file, but it is missing")
-        plain = [folder / f for f in files if not f.partition("#")[0].lower().endswith(STEM_MP4)]
-        with ThreadPoolExecutor(2) as pool:  # libsndfile releases the GIL: read two files at once
-            read = dict(zip(plain, pool.map(_try_read, plain)))
-        decoded: dict[Path, list[tuple[str, np.ndarray, int]]] = {}
-        for name in show_progress(files, "loading stems", progress, transient=True):
-            file, _, stream = name.partition("#")
-            path = folder / file
-            if path in read:
-                result = read.pop(path)
-                if isinstance(result, AudioError):
-                    raise result
-                raw.append((Path(file).stem, path, *result))
-                continue
-            if path.name.lower().endswith(STEM_MP4):
-                streams = decoded.setdefault(path, read_stem_mp4(path))
-                found = [s for s in streams if s[0] == stream]
-                if not found:
-                    raise AudioError(f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
-                                     "name one as FILE.stem.mp4#STREAM")
-                raw.append((name, path, found[0][1], found[0][2]))
+    decoded: dict[Path, list[tuple[str, np.ndarray, int]]] = {}
+    for name in show_progress(files, "loading stems", progress, transient=True):
+        file, _, stream = name.partition("#")
+        path = folder / file
+        if path in read:
+            result = read.pop(path)
+            if isinstance(result, AudioError):
+                raise result
+            raw.append((Path(file).stem, path, *result))
+            continue
+        streams = decoded.setdefault(path, read_stem_mp4(path))
+        if not stream:
+            base = path.name[: -len(STEM_MP4)]
+            raw += [(f"{base}#{s}", path, data, rate) for s, data, rate in streams]
+            continue
+        found = [s for s in streams if s[0] == stream]
+        if not found:
+            raise AudioError(f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
+                             "name one as FILE.stem.mp4#STREAM")
+        raw.append((name, path, found[0][1], found[0][2]))
     if len(raw) > max_tracks:
         raise AudioError(f"{folder}: {len(raw)} stems, more than the {max_tracks} gradmix takes at once")
     rates = collections.Counter(r[3] for r in raw)

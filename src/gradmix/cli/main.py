@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gradmix.errors import GradmixError
 
@@ -41,8 +42,6 @@ def _normalize(args: argparse.Namespace) -> None:
 
 
 def _lmms(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from gradmix.data.lmms import build_dataset
 
     projects = [Path(p) for p in args.projects] if args.projects else None
@@ -67,7 +66,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
                        seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty())
-    print((__import__("pathlib").Path(args.output) / "results.md").read_text())
+    print((Path(args.output) / "results.md").read_text())
     print(f"evaluated {summary['songs']} song(s); see {args.output}/index.html")
 
 
