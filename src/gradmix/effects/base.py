@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -35,6 +36,12 @@ def get_effect(type_name: str) -> type[Effect]:
 def create(type_name: str, **config: Any) -> Effect:
     """An effect instance by type name, with its static configuration (e.g. EQ band shapes)."""
     return get_effect(type_name)(**config)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_sample_rate(function: Callable[..., Tensor]) -> bool:
+    """Whether a dsp function has a ``sample_rate`` keyword (looked up once, not on every call)."""
+    return "sample_rate" in inspect.signature(function).parameters
 
 
 def _plain(value: Any) -> Any:
@@ -127,7 +134,7 @@ class Effect:
     def __call__(self, x: Tensor, params: Mapping[str, Any] | None = None, *, sample_rate: float) -> Tensor:
         """Apply the effect with physical parameters (missing ones take their defaults)."""
         kwargs = self.complete(params or {})
-        if "sample_rate" in inspect.signature(type(self).function).parameters:
+        if _takes_sample_rate(type(self).function):
             kwargs["sample_rate"] = sample_rate
         return type(self).function(x, **kwargs, **self.config())
 
