@@ -15,6 +15,31 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.output, seconds=args.seconds)
 
 
+def _mix(args: argparse.Namespace) -> None:
+    from gradmix.mix import mix_folder
+
+    r = mix_folder(args.stems_dir, args.output, model_path=args.model, console_path=args.console, report=args.report,
+                   strict=args.strict, subtype=args.format, progress=sys.stdout.isatty())
+    print(f"mixed {r.tracks} tracks ({r.seconds:.1f} s) into {r.output}: {r.loudness_lufs:.1f} LUFS, "
+          f"peak {r.peak_dbfs:+.1f} dBFS")
+    print(f"console: {r.console} (edit it, then: gradmix render {args.stems_dir} {r.console} -o MIX.wav)")
+    if r.report:
+        print(f"report: {r.report}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from gradmix.train import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config)
+    for key in ("devices", "num_nodes", "strategy", "accelerator", "max_steps", "out"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg.run, key, int(value) if key == "devices" and str(value).isdigit() else value)
+    path = train(cfg)
+    if path.is_file():
+        print(f"wrote {path} (use it with: gradmix mix STEMS_DIR -o MIX.wav --model {path})")
+
+
 def _render(args: argparse.Namespace) -> None:
     from gradmix.render import render_folder
 
@@ -104,10 +129,28 @@ def _shard_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradmix", description="Automatic mixing through a differentiable console.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="process the built-in example multitrack; writes audio and a plot")
+    p = sub.add_parser("demo", help="mix the built-in example multitrack with the default model")
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the example in seconds")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("mix", help="mix a folder of stems with the mixing model; writes the mix and its console file")
+    p.add_argument("stems_dir", help="folder of stems (wav, flac, aiff, ogg; .stem.mp4 with ffmpeg)")
+    p.add_argument("-o", "--output", required=True, help="mix file to write (.wav or .flac)")
+    p.add_argument("--model", help="model file from gradmix train (default: the shipped model)")
+    p.add_argument("--console", help="console file to write (default: OUTPUT with .console.json)")
+    p.add_argument("--report", action="store_true", help="also write OUTPUT.report.html: the console drawn")
+    p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
+    p.add_argument("--strict", action="store_true", help="refuse stems at different sample rates")
+    p.set_defaults(func=_mix)
+    p = sub.add_parser("train", help="train a mixing model from a YAML config (Lightning; CPU, GPUs, DDP)")
+    p.add_argument("config", help="YAML config (see configs/default.yaml)")
+    p.add_argument("--devices", help="devices per node (number or 'auto')")
+    p.add_argument("--num-nodes", type=int, help="nodes (DDP)")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
+    p.add_argument("--accelerator", help="cpu, gpu, auto")
+    p.add_argument("--max-steps", type=int, help="override run.max_steps")
+    p.add_argument("--out", help="override run.out (the run folder; training resumes from it)")
+    p.set_defaults(func=_train)
     p = sub.add_parser("render", help="render a folder of stems through a console file")
     p.add_argument("stems_dir", help="folder holding the files the console names")
     p.add_argument("console", help="console file (JSON, see console.schema.json)")

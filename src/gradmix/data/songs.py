@@ -98,7 +98,7 @@ def _folder_song(folder: Path, split: str | None = None) -> Song | None:
 
 
 def _folder_songs(root: Path) -> list[Song]:
-    return [s for d in sorted(root.iterdir()) if d.is_dir() and (s := _folder_song(d))]
+    return [s for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and (s := _folder_song(d))]
 
 
 def _musdb_songs(root: Path) -> list[Song]:

@@ -39,7 +39,7 @@ def frame_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     spec = F._stft(x)
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()  # the mid signal's STFT
     sps, energy = F.stereo_panning_spectrum(spec)
-    return {**F.spectral_frames(mag, sample_rate), "rms": torch.sqrt(mag.square().mean(1)),
+    return {**F.spectral_frames(mag, sample_rate), "rms": torch.sqrt(mag.square().mean(1).clamp_min(EPS)),
             **F.panning_band_rms(sps, energy, sample_rate, (1,))}
 
 

@@ -74,7 +74,7 @@ def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
     cumulative = power.cumsum(1)
     rolloff_bin = (cumulative < 0.85 * cumulative[:, -1:]).sum(1).clamp(max=mag.shape[1] - 1)
     return {"centroid_hz": centroid,
-            "bandwidth_hz": torch.sqrt(((f - centroid[:, None]).square() * mag).sum(1) / total),
+            "bandwidth_hz": torch.sqrt((((f - centroid[:, None]).square() * mag).sum(1) / total).clamp_min(EPS)),
             "flatness": torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS),
             "rolloff_hz": freqs[rolloff_bin]}
 
@@ -124,7 +124,7 @@ def panning_band_rms(sps: Tensor, energy: Tensor, sample_rate: float, dims: tupl
     for name, (lo, hi) in BANDS_HZ.items():
         sel = (freqs >= lo) & (freqs < hi)
         w = energy[:, sel]
-        out[f"panning_rms_{name}"] = torch.sqrt((sps[:, sel].square() * w).sum(dims) / w.sum(dims).clamp_min(EPS))
+        out[f"panning_rms_{name}"] = torch.sqrt(((sps[:, sel].square() * w).sum(dims) / w.sum(dims).clamp_min(EPS)).clamp_min(EPS))
     return out
 
 

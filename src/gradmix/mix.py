@@ -1,0 +1,100 @@
+"""``gradmix mix``: the mixing model listens to a folder of stems, sets the console, renders the mix.
+
+The model analyses every track whole (no truncation) after bringing it to -28 LUFS; its 0..1 controls become
+physical parameters, and the loudness-normalisation gain is folded into each track's fader, so the console
+file it writes is complete: ``gradmix render`` of it reproduces the mix (same renderer, same numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gradmix.audio import check_output_path, load_stems, write_audio
+from gradmix.console import ConsoleSetting
+from gradmix.dsp import integrated_loudness
+from gradmix.errors import GradmixError
+from gradmix.models import MixController, normalization_db
+from gradmix.models.checkpoint import load_model
+
+SEND_FLOOR_DB = -55.0
+"""Sends the model sets at or below this level are left out of the console file (inaudible)."""
+
+
+def automix(model: MixController, names: list[str], files: list[str | None], tracks: list[Tensor],
+            sample_rate: int) -> ConsoleSetting:
+    """The console setting ``model`` chooses for one song.
+
+    Args:
+        model: a trained controller (eval mode).
+        names, files: per track, for the console file.
+        tracks: per track ``(channels, samples)``, channels 1 or 2, all one length.
+        sample_rate: Hz.
+    """
+    if not tracks:
+        raise GradmixError("nothing to mix: no tracks")
+    with torch.no_grad():
+        stereo = torch.stack([t.expand(2, -1) if t.shape[0] == 1 else t for t in tracks])[None]
+        gains = normalization_db(stereo, None, sample_rate)
+        stereo.mul_(torch.pow(10.0, gains / 20)[..., None, None])
+        controls = model(stereo, sample_rate=sample_rate)
+        del stereo
+        params = model.layout.denormalize(controls)
+    setting = ConsoleSetting.from_params(model.layout, params, names=names, files=files, sample_rate=sample_rate,
+                                         send_floor_db=SEND_FLOOR_DB)
+    for track, g in zip(setting.tracks, gains[0].tolist()):
+        fader = next((e for e in track.chain if e.effect.type_name == "gain"), None)
+        if fader is None:
+            raise GradmixError("the model's layout has no gain on its strips to carry the track levels")
+        fader.params["gain_db"] = float(fader.params["gain_db"]) + g
+    return setting
+
+
+@dataclass
+class MixReport:
+    output: Path
+    console: Path
+    report: Path | None
+    peak_dbfs: float
+    loudness_lufs: float
+    before_lufs: float
+    seconds: float
+    tracks: int
+
+
+def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | Path | None = None,
+               console_path: str | Path | None = None, report: bool = False, strict: bool = False,
+               subtype: str = "float", progress: bool = False) -> MixReport:
+    """Mix every stem of ``stems_dir`` with the model into ``output``; write the console file beside it
+    (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``."""
+    stems_dir, output = Path(stems_dir), Path(output)
+    stems, sr = load_stems(stems_dir, strict=strict, progress=progress)
+    inputs = [s.path for s in stems]
+    output = check_output_path(output, inputs)
+    console_path = check_output_path(console_path or output.with_suffix(".console.json"), inputs)
+    report_path = check_output_path(output.with_suffix(".report.html"), inputs) if report else None
+    model, _ = load_model(model_path)
+    names = [s.name for s in stems]
+    files = [str(s.path.relative_to(stems_dir)) if s.path.is_relative_to(stems_dir) else str(s.path) for s in stems]
+    files = [f + ("#" + n.partition("#")[2] if "#" in n else "") for f, n in zip(files, names)]
+    audio = [s.audio for s in stems]
+    del stems
+    setting = automix(model, names, files, audio, sr)
+    with torch.no_grad():
+        before = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]).sum(0) if report else None
+        mix, strips = setting.render(audio, keep_strips=False, release=not report)
+    peak = mix.abs().max().item()
+    loud = integrated_loudness(mix[None], sample_rate=sr).item()
+    before_lufs = integrated_loudness(before[None], sample_rate=sr).item() if before is not None else math.nan
+    setting.save(console_path)
+    write_audio(output, mix, sr, subtype)
+    if report_path is not None:
+        from gradmix.report import write_report
+
+        write_report(report_path, setting, before=before, after=mix, mix_file=output)
+    return MixReport(output, console_path, report_path, 20 * math.log10(max(peak, 1e-12)), loud, before_lufs,
+                     mix.shape[-1] / sr, len(names))

@@ -1,0 +1,185 @@
+"""The mixing network: listens to any number of tracks and sets every control of a console :class:`Layout`.
+
+``tracks -> loudness normalisation -> log-mel (mid, side) -> weight-shared CNN encoder -> mean/std pooling
+over the whole song -> transformer over tracks plus a master token (no positional encoding, padding masked)
+-> strip head per track (strip controls + sends) and master head (bus + master controls)``.
+
+The network never sees track order, so permuting the tracks permutes the strips it predicts and leaves the
+mix unchanged. Every head starts at the layout's neutral values (bias = logit of the default), so an
+untrained model renders the equal-loudness sum and training moves away from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gradmix.console import Controls, Layout
+from gradmix.dsp import integrated_loudness
+
+TRACK_LUFS = -28.0
+"""Every track is brought to this loudness before the network listens and the console renders it."""
+MAX_NORM_DB = 24.0
+"""Largest boost or cut of the loudness normalisation (a near-silent track is not raised by 50 dB)."""
+SILENT_LUFS = -70.0
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of :class:`MixController` (defaults: about 1 M parameters)."""
+
+    mels: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    dim: int = 128
+    heads: int = 4
+    layers: int = 3
+    ff: int = 256
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        if "channels" in d:
+            d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) -> Tensor:
+    """Gain in dB that brings each track to :data:`TRACK_LUFS` (0 dB for silent or padding tracks).
+
+    Args:
+        tracks: ``(batch, tracks, channels, samples)``.
+        mask: ``(batch, tracks)`` or ``None``.
+
+    Returns:
+        ``(batch, tracks)`` dB, within ``+-MAX_NORM_DB``.
+    """
+    b, n = tracks.shape[:2]
+    with torch.no_grad():
+        lufs = integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
+        gain = (TRACK_LUFS - lufs).clamp(-MAX_NORM_DB, MAX_NORM_DB)
+        gain = torch.where(lufs > SILENT_LUFS, gain, torch.zeros_like(gain))
+        if mask is not None:
+            gain = gain * mask.to(gain)
+    return gain.to(tracks.dtype)
+
+
+def mel_filterbank(sample_rate: float, n_fft: int, mels: int, fmin: float = 30.0, fmax: float = 16000.0) -> Tensor:
+    """Triangular HTK-mel filters ``(mels, n_fft // 2 + 1)``, each normalised to unit area."""
+    def mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    fmax = min(fmax, sample_rate / 2)
+    points = torch.linspace(mel(fmin), mel(fmax), mels + 2, dtype=torch.float64)
+    hz = 700.0 * (10 ** (points / 2595.0) - 1.0)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    lo, mid, hi = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    fb = torch.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)).clamp_min(0)
+    return (fb / fb.sum(-1, keepdim=True).clamp_min(1e-12)).float()
+
+
+class TrackEncoder(nn.Module):
+    """Log-mel CNN shared by all tracks: ``(items, 2, samples)`` -> ``(items, dim)`` for any length."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.mels = cfg.mels
+        layers, c_in = [], 2
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(1, c), nn.GELU(), nn.MaxPool2d((2, 2))]
+            c_in = c
+        self.cnn = nn.Sequential(*layers)
+        freq_out = cfg.mels // 2 ** len(cfg.channels)
+        self.proj = nn.Linear(2 * c_in * freq_out, cfg.dim)
+        self._fb: dict[float, Tensor] = {}
+
+    def features(self, x: Tensor, sample_rate: float) -> Tensor:
+        """``(items, 2, samples)`` -> log-mel of mid and side ``(items, 2, mels, frames)``."""
+        n_fft = 1 << round(math.log2(sample_rate * 0.046))
+        if sample_rate not in self._fb:
+            self._fb[sample_rate] = mel_filterbank(sample_rate, n_fft, self.mels)
+        fb = self._fb[sample_rate].to(x)
+        ms = torch.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1).flatten(0, 1) * 0.5
+        if ms.shape[-1] < n_fft:
+            ms = nn.functional.pad(ms, (0, n_fft - ms.shape[-1]))
+        spec = torch.stft(ms, n_fft, n_fft // 2, window=torch.hann_window(n_fft, device=x.device, dtype=x.dtype),
+                          return_complex=True, center=False).abs().square()
+        mel = torch.log10(fb @ spec + 1e-8)
+        return mel.unflatten(0, (x.shape[0], 2))
+
+    def forward(self, x: Tensor, sample_rate: float) -> Tensor:
+        h = self.cnn((self.features(x, sample_rate) + 4.0) / 4.0)   # about zero-mean, unit range for -28 LUFS audio
+        h = h.flatten(1, 2)                                          # (items, channels * freqs, frames)
+        return self.proj(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], -1))
+
+
+class MixController(nn.Module):
+    """Predicts 0..1 :class:`Controls` of ``layout`` for a batch of multitracks.
+
+    Args:
+        layout: the console the network drives.
+        cfg: sizes.
+    """
+
+    def __init__(self, layout: Layout, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.layout, self.cfg = layout, cfg or ModelConfig()
+        d = self.cfg.dim
+        self.encoder = TrackEncoder(self.cfg)
+        self.master_token = nn.Parameter(torch.randn(d) * 0.02)
+        block = nn.TransformerEncoderLayer(d, self.cfg.heads, self.cfg.ff, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.context = nn.TransformerEncoder(block, self.cfg.layers, enable_nested_tensor=False)
+        self.sends = len(layout.bus_names)
+        self.strip_head = _head(d, layout.num_strip_params + self.sends,
+                                _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends)
+        self.master_head = _head(d, layout.num_bus_params + layout.num_master_params,
+                                 _neutral([s for _, chain in layout.buses for slot in chain for s in slot.specs]
+                                          + [s for slot in layout.master for s in slot.specs]))
+
+    def forward(self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None) -> Controls:
+        """Controls for loudness-normalised tracks.
+
+        Args:
+            tracks: ``(batch, tracks, 2, samples)``, each track already at :data:`TRACK_LUFS`
+                (:func:`normalization_db`); mono tracks duplicated on both channels.
+            sample_rate: Hz.
+            mask: ``(batch, tracks)``, 1 for real tracks.
+
+        Returns:
+            :class:`Controls` (strip ``(B, N, Ps)``, sends ``(B, N, buses)``, buses, master).
+        """
+        b, n = tracks.shape[:2]
+        emb = self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1)
+        tokens = torch.cat([self.master_token.expand(b, 1, -1), emb], 1)
+        pad = None
+        if mask is not None:
+            pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=tracks.device), ~mask.to(torch.bool)], 1)
+        h = self.context(tokens, src_key_padding_mask=pad)
+        strip = torch.sigmoid(self.strip_head(h[:, 1:]))
+        master = torch.sigmoid(self.master_head(h[:, 0]))
+        ps, pb = self.layout.num_strip_params, self.layout.num_bus_params
+        return Controls(strip[..., :ps], strip[..., ps:], master[:, :pb], master[:, pb:])
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _neutral(specs) -> list[float]:
+    return [float(s.normalize(torch.tensor(float(s.default)))) for s in specs]
+
+
+def _head(dim: int, out: int, neutral: list[float]) -> nn.Sequential:
+    """MLP whose output starts at ``logit(neutral)`` (clamped to 0.02..0.98 so gradients stay alive)."""
+    last = nn.Linear(dim, out)
+    with torch.no_grad():
+        last.weight.mul_(0.01)
+        u = torch.tensor(neutral).clamp(0.02, 0.98)
+        last.bias.copy_(torch.log(u / (1 - u)))
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), last)

@@ -1,0 +1,251 @@
+"""``gradmix train CONFIG.yaml``: train a :class:`~gradmix.models.MixController` end to end through the console.
+
+The YAML file maps onto :class:`TrainConfig` (sections ``data``, ``model``, ``optim``, ``run``; unknown keys
+are errors). Training uses Lightning, so the same code runs on one CPU or with DDP on many GPUs and nodes
+(``--devices``, ``--num-nodes``, ``--strategy``). Every ``run.checkpoint_every`` steps ``last.ckpt`` is
+written; starting again with the same ``run.out`` resumes from it. Logs go to ``<out>/logs`` as CSV (and
+TensorBoard when it is installed). At the end ``<out>/model.pt`` holds the model for ``gradmix mix --model``.
+
+Regimes (``data.regime``):
+
+- ``supervised``: songs with a mix; the target is the human mix of the same segment.
+- ``self_supervised``: the target is a random engineer-like console (:mod:`gradmix.models.engineer`)
+  applied to the loudness-normalised tracks; songs need no mix.
+- ``mixed``: supervised where a song has a mix, self-supervised where it has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gradmix.console import Layout
+from gradmix.data import SegmentDataset, collate, find_songs
+from gradmix.errors import GradmixError
+from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
+from gradmix.models.checkpoint import save_model
+from gradmix.models.engineer import engineer_controls
+from gradmix.models.losses import LossWeights
+
+REGIMES = ("supervised", "self_supervised", "mixed")
+
+
+@dataclass
+class DataConfig:
+    songs: list[str] = field(default_factory=list)
+    """Dataset folders (any layout :func:`gradmix.data.find_songs` reads)."""
+    exclude: list[str] = field(default_factory=list)
+    """Song names kept out of training (held out for evaluation)."""
+    regime: str = "mixed"
+    seconds: float = 4.0
+    sample_rate: int = 44100
+    batch_size: int = 4
+    max_tracks: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/model"
+    max_steps: int = 1000
+    seed: int = 0
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    log_every: int = 10
+    checkpoint_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _build(cls, d or {}, "")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise GradmixError(f"{p}: no such config file")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise GradmixError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        cfg = cls.from_dict(data)
+        base = p.resolve().parent  # paths in the file are relative to it
+        cfg.data.songs = [str(base / s) if not Path(s).is_absolute() else s for s in cfg.data.songs]
+        if not Path(cfg.run.out).is_absolute():
+            cfg.run.out = str(base / cfg.run.out)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def _build(cls, d: Any, where: str):
+    if not isinstance(d, dict):
+        raise GradmixError(f"config{where}: expected a mapping, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    kw = {}
+    for key, value in d.items():
+        if key not in names:
+            raise GradmixError(f"config{where}: unknown key {key!r} (one of {', '.join(names)})")
+        sub = _NESTED.get((cls, key))
+        kw[key] = _build(sub, value, f"{where}.{key}") if sub else value
+    if cls is ModelConfig and "channels" in kw:
+        kw["channels"] = tuple(kw["channels"])
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise GradmixError(f"config{where}: {exc}") from None
+
+
+_NESTED = {(TrainConfig, "data"): DataConfig, (TrainConfig, "model"): ModelConfig, (TrainConfig, "optim"): OptimConfig,
+           (TrainConfig, "run"): RunConfig, (OptimConfig, "loss"): LossWeights}
+
+
+def check(cfg: TrainConfig) -> None:
+    """Raise :class:`GradmixError` naming the first bad value."""
+    if cfg.data.regime not in REGIMES:
+        raise GradmixError(f"config.data.regime: {cfg.data.regime!r} is not one of {', '.join(REGIMES)}")
+    if not cfg.data.songs:
+        raise GradmixError("config.data.songs: give at least one dataset folder")
+    for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
+                    ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps)):
+        if not v > 0:
+            raise GradmixError(f"config.{name}: must be > 0, got {v}")
+
+
+def training_songs(cfg: DataConfig) -> list:
+    songs = [s for folder in cfg.songs for s in find_songs(folder) if s.name not in set(cfg.exclude)]
+    if cfg.regime == "supervised":
+        songs = [s for s in songs if s.mix is not None]
+    songs = [s for s in songs if len(s.stems) <= cfg.max_tracks]
+    if not songs:
+        raise GradmixError(f"no training songs in {', '.join(cfg.songs)} for the {cfg.regime} regime")
+    return songs
+
+
+def _lightning_module(cfg: TrainConfig):
+    import lightning as L
+
+    class MixTraining(L.LightningModule):
+        """The controller, the console and the loss; one step renders a batch and compares it with targets."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layout = Layout.default()
+            self.model = MixController(self.layout, cfg.model)
+            self.loss = MixLoss(cfg.data.sample_rate, cfg.optim.loss)
+            self.sr = cfg.data.sample_rate
+
+        def training_step(self, batch, index):
+            tracks, mask, mono = batch.tracks, batch.mask, batch.mono
+            gains = normalization_db(tracks, mask, self.sr)
+            x = tracks * torch.pow(10.0, gains / 20)[..., None, None]
+            controls = self.model(x, sample_rate=self.sr, mask=mask)
+            estimate, _ = self.layout.render_normalized(x, controls, sample_rate=self.sr, mask=mask, mono=mono)
+            target = self._target(batch, x)
+            loss, terms = self.loss(estimate, target)
+            if not torch.isfinite(loss):
+                raise GradmixError(f"non-finite loss at step {self.global_step} (songs {batch.songs})")
+            self.log("loss", loss, prog_bar=True, batch_size=tracks.shape[0])
+            for k, v in terms.items():
+                self.log(f"loss_{k}", v, batch_size=tracks.shape[0])
+            return loss
+
+        def _target(self, batch, x):
+            use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
+            if bool(use_mix.all()):
+                return batch.mix
+            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
+            with torch.no_grad():
+                c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype)
+                made, _ = self.layout.render_normalized(x, c, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
+            return torch.where(use_mix[:, None, None], batch.mix, made)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            total, warm = cfg.run.max_steps, max(1, cfg.optim.warmup_steps)
+
+            def schedule(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                                                       "interval": "step"}}
+
+        def on_train_epoch_start(self) -> None:
+            self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+
+    return MixTraining()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) and return the path of the exported ``model.pt``."""
+    check(cfg)
+    try:
+        import lightning as L
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+    except ImportError:
+        raise GradmixError("training needs Lightning: pip install -e '.[train]'") from None
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    out = Path(cfg.run.out)
+    songs = training_songs(cfg.data)
+    data = SegmentDataset(songs, seconds=cfg.data.seconds, sample_rate=cfg.data.sample_rate, seed=cfg.run.seed,
+                          length=max(len(songs), cfg.data.batch_size * 50))
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.data.batch_size, shuffle=True, collate_fn=collate,
+                                         num_workers=cfg.data.num_workers, drop_last=True,
+                                         persistent_workers=cfg.data.num_workers > 0)
+    module = _lightning_module(cfg)
+    loggers = [CSVLogger(out, name="logs", version=0)]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=0))
+    except ImportError:
+        pass
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.run.checkpoint_every,
+                           save_last=True, save_top_k=0)
+    trainer = L.Trainer(max_steps=cfg.run.max_steps, accelerator=cfg.run.accelerator, devices=cfg.run.devices,
+                        num_nodes=cfg.run.num_nodes, strategy=cfg.run.strategy, precision=cfg.run.precision,
+                        gradient_clip_val=cfg.optim.grad_clip, logger=loggers, callbacks=[ckpt],
+                        log_every_n_steps=cfg.run.log_every, enable_progress_bar=cfg.run.progress,
+                        enable_model_summary=False, default_root_dir=out)
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+    path = out / "model.pt"
+    if trainer.is_global_zero:
+        save_model(path, module.model, sample_rate=cfg.data.sample_rate,
+                   info={"steps": int(trainer.global_step), "songs": [s.name for s in songs],
+                         "excluded": list(cfg.data.exclude), "regime": cfg.data.regime})
+    return path

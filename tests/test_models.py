@@ -1,0 +1,193 @@
+"""The mixing network, its losses, the engineer-like random consoles and model files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import require
+from gradmix.console import Layout
+from gradmix.dsp import integrated_loudness
+from gradmix.errors import GradmixError
+from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
+from gradmix.models.checkpoint import load_model, save_model
+from gradmix.models.controller import MAX_NORM_DB, TRACK_LUFS, mel_filterbank
+from gradmix.models.engineer import engineer_controls
+from gradmix.models.losses import LossWeights
+
+SR = 44100
+TINY = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32)
+
+
+def tracks_batch(batch=2, n=4, seconds=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    freqs = torch.rand(batch, n, 1, 1, generator=g) * 2000 + 60
+    x = torch.sin(2 * math.pi * freqs * t) * (0.05 + 0.3 * torch.rand(batch, n, 1, 1, generator=g))
+    x = x + 0.02 * torch.randn(batch, n, 2, t.numel(), generator=g)
+    return x.expand(batch, n, 2, -1).contiguous()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = MixController(Layout.default(), TINY)
+    with torch.no_grad():  # move the heads off their neutral start so that tests see track-dependent output
+        for head in (m.strip_head, m.master_head):
+            head[-1].weight.normal_(0, 0.5)
+    return m.eval()
+
+
+def test_permuting_tracks_permutes_strips_and_keeps_the_mix(model):
+    x = tracks_batch()
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        c = model(x, sample_rate=SR)
+        cp = model(x[:, perm], sample_rate=SR)
+        assert torch.allclose(cp.strip, c.strip[:, perm], atol=1e-5)
+        assert torch.allclose(cp.sends, c.sends[:, perm], atol=1e-5)
+        assert torch.allclose(cp.master, c.master, atol=1e-5) and torch.allclose(cp.buses, c.buses, atol=1e-5)
+        assert c.strip.std(1).mean() > 1e-3  # tracks really get different settings
+        mix, _ = model.layout.render_normalized(x, c, sample_rate=SR)
+        mixp, _ = model.layout.render_normalized(x[:, perm], cp, sample_rate=SR)
+    assert (mix - mixp).abs().max() < 1e-4 * mix.abs().max()
+
+
+def test_padding_tracks_change_nothing(model):
+    x = tracks_batch(batch=1, n=3)
+    padded = torch.cat([x, torch.randn(1, 2, *x.shape[2:])], 1)  # padding holds garbage, the mask hides it
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        c = model(x, sample_rate=SR)
+        cp = model(padded, sample_rate=SR, mask=mask)
+        mix, _ = model.layout.render_normalized(x, c, sample_rate=SR)
+        mixp, _ = model.layout.render_normalized(padded, cp, sample_rate=SR, mask=mask)
+    assert torch.allclose(cp.strip[:, :3], c.strip, atol=1e-5) and torch.allclose(cp.master, c.master, atol=1e-5)
+    assert (mix - mixp).abs().max() < 1e-4 * mix.abs().max()
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_any_number_of_tracks(model, n):
+    x = tracks_batch(batch=1, n=n, seconds=0.5)
+    with torch.no_grad():
+        c = model(x, sample_rate=SR)
+    assert c.strip.shape[:2] == (1, n) and torch.isfinite(c.strip).all()
+    assert ((c.strip >= 0) & (c.strip <= 1)).all()
+
+
+def test_untrained_model_starts_at_the_neutral_console():
+    layout = Layout.default()
+    m = MixController(layout, TINY)
+    with torch.no_grad():
+        p = layout.denormalize(m(tracks_batch(), sample_rate=SR))
+    assert p.strip[0]["gain_db"].abs().max() < 1.0          # faders near 0 dB
+    assert p.strip[1]["gain_db"].abs().max() < 0.5          # EQ bands near flat
+    assert p.strip[3]["pan"].abs().max() < 0.05             # centred
+    assert p.sends_db.max() < -55                           # sends off
+    assert p.strip[2]["ratio"].max() < 1.2                  # compressors nearly off
+
+
+def test_model_size_of_the_default_config():
+    m = MixController(Layout.default(), ModelConfig())
+    assert m.num_parameters <= 5_000_000
+
+
+def test_normalization_brings_tracks_to_the_target_loudness():
+    x = tracks_batch(batch=1, n=3)
+    x[0, 1] *= 0.1
+    x[0, 2] = 0
+    g = normalization_db(x, None, SR)
+    assert g[0, 2] == 0  # silent: left alone
+    y = x * torch.pow(10.0, g / 20)[..., None, None]
+    lufs = integrated_loudness(y[0, :2].double(), sample_rate=SR)
+    assert torch.allclose(lufs, torch.full_like(lufs, TRACK_LUFS), atol=0.05)
+    assert float(normalization_db(x[:, :1] * 10 ** (-40 / 20), None, SR)) == pytest.approx(MAX_NORM_DB)  # capped
+    assert float(normalization_db(x[:, :1] * 10 ** (40 / 20), None, SR)) == pytest.approx(-MAX_NORM_DB)
+
+
+def test_mel_filterbank_peaks_at_band_centres_and_has_unit_area():
+    fb = mel_filterbank(SR, 2048, 32)
+    assert torch.allclose(fb.sum(-1), torch.ones(32), atol=1e-5)
+    peaks = fb.argmax(-1)
+    assert (peaks[1:] >= peaks[:-1]).all() and peaks[0] < peaks[-1]
+
+
+def test_loss_is_zero_for_identical_mixes_and_grows_with_difference():
+    require("auraloss")
+    loss = MixLoss(SR)
+    x = tracks_batch(batch=1, n=2).sum(1)
+    zero, terms = loss(x, x)
+    assert float(zero) == pytest.approx(0.0, abs=1e-6)
+    small, _ = loss(x * 10 ** (1 / 20), x)
+    big, big_terms = loss(x * 10 ** (6 / 20), x)
+    assert 0 < float(small) < float(big)
+    assert float(big_terms["loudness"]) == pytest.approx(0.6, abs=0.02)  # |6 LU| / 10
+
+
+@pytest.mark.parametrize("case", ["silent_target", "silent_both", "centred_mono"])
+def test_loss_gradients_are_finite(case):
+    require("auraloss")
+    loss = MixLoss(SR)
+    x = tracks_batch(batch=2, n=2).sum(1)
+    if case == "centred_mono":
+        x = x[:, :1].expand(-1, 2, -1).contiguous()
+    est = (torch.zeros_like(x) if case == "silent_both" else x).requires_grad_()
+    target = torch.zeros_like(x) if case != "centred_mono" else x * 0.5
+    value, _ = loss(est, target)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(est.grad).all()
+
+
+def test_training_steps_reduce_the_loss():
+    """End to end through the console: a few optimiser steps on one batch lower the loss."""
+    require("auraloss")
+    torch.manual_seed(0)
+    layout = Layout.default()
+    m = MixController(layout, TINY)
+    x = tracks_batch(batch=1, n=3, seconds=1.0)
+    target, _ = layout.render_normalized(x, engineer_controls(layout, 1, 3, torch.Generator().manual_seed(1)),
+                                         sample_rate=SR)
+    loss = MixLoss(SR, LossWeights(stft=1.0, stereo=1.0, loudness=1.0, features=0.0))
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    values = []
+    for _ in range(8):
+        mix, _ = layout.render_normalized(x, m(x, sample_rate=SR), sample_rate=SR)
+        value, _ = loss(mix, target)
+        opt.zero_grad()
+        value.backward()
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+        opt.step()
+        values.append(float(value.detach()))
+    assert values[-1] < 0.8 * values[0]
+
+
+def test_engineer_controls_are_valid_and_repeatable():
+    layout = Layout.default()
+    a = engineer_controls(layout, 4, 50, torch.Generator().manual_seed(3))
+    b = engineer_controls(layout, 4, 50, torch.Generator().manual_seed(3))
+    for name in ("strip", "sends", "buses", "master"):
+        u = getattr(a, name)
+        assert torch.equal(u, getattr(b, name)) and ((u >= 0) & (u <= 1)).all()
+    p = layout.denormalize(a)
+    reverb_on = (p.sends_db[..., 0] > -59).float().mean()
+    assert 0.45 < float(reverb_on) < 0.75   # 60 % of tracks send to the reverb
+    gains = p.strip[0]["gain_db"]
+    assert gains.min() >= -12 and gains.max() <= 9 and 2.5 < float(gains.std()) < 5
+    assert (p.master[2]["ceiling_db"] <= -0.3).all()
+
+
+def test_model_file_round_trip_and_bad_files(tmp_path, model):
+    path = save_model(tmp_path / "m.pt", model, sample_rate=SR, info={"steps": 0})
+    loaded, meta = load_model(path)
+    assert meta["sample_rate"] == SR and meta["info"] == {"steps": 0}
+    x = tracks_batch()
+    with torch.no_grad():
+        a, b = model(x, sample_rate=SR), loaded(x, sample_rate=SR)
+    assert (a.strip - b.strip).abs().max() < 2e-2  # weights are stored as float16
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(GradmixError, match="not a gradmix model file"):
+        load_model(tmp_path / "bad.pt")
+    with pytest.raises(GradmixError, match="no such model file"):
+        load_model(tmp_path / "missing.pt")
