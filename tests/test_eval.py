@@ -36,4 +36,28 @@ def test_eval_writes_tables_plots_page_and_resumes(tmp_path, capsys):
     stamp = (out / "songs" / "song0.json").stat().st_mtime_ns
     assert main(args) == 0  # resumes: per-song results are kept
     assert (out / "songs" / "song0.json").stat().st_mtime_ns == stamp
-    assert main(["eval", str(tmp_path / "data"), "--systems", "gradmix", "-o", str(out)]) == 2
+    assert main(["eval", str(tmp_path / "data"), "--systems", "magic", "-o", str(out)]) == 2
+
+
+def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):
+    from gradmix.console import Layout
+    from gradmix.models import MixController, ModelConfig
+    from gradmix.models.checkpoint import save_model
+
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        d = tmp_path / "data" / f"song{k}"
+        d.mkdir(parents=True)
+        stems = [rng.standard_normal((SR, 1)) * 0.1, rng.standard_normal((SR, 1)) * 0.05]
+        for i, s in enumerate(stems):
+            sf.write(d / f"t{i}.wav", s.astype(np.float32), SR)
+        sf.write(d / "mix.wav", np.concatenate(stems, 1).astype(np.float32), SR)
+    model = save_model(tmp_path / "m.pt", MixController(Layout.default(), ModelConfig(channels=(4, 8), dim=16, layers=1)),
+                       sample_rate=SR, info={})
+    out = tmp_path / "results"
+    base = ["eval", str(tmp_path / "data"), "--model", str(model), "-o", str(out)]
+    assert main([*base, "--systems", "gradmix,equal_loudness", "--songs", "song1"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["song"], r["system"]) for r in rows] == [("song1", "gradmix"), ("song1", "equal_loudness")]
+    assert (out / "audio" / "song1" / "gradmix.console.json").is_file()
+    assert main([*base, "--systems", "gradmix", "--songs", "nope"]) == 2

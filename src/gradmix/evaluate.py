@@ -28,26 +28,38 @@ from gradmix.metrics import GROUPS, aggregate_score, feature_errors
 from gradmix.metrics import features as F
 from gradmix.progress import progress as show_progress
 
-SYSTEMS = BASELINES + ("target",)
+SYSTEMS = BASELINES + ("gradmix", "target")
 
 
 def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sample_rate: int = 44100,
-             seconds: float | None = 30.0, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Evaluate ``systems`` on every song of ``dataset`` that has a mix; returns the summary table."""
+             seconds: float | None = 30.0, seed: int = 0, progress: bool = False, model_path: str | Path | None = None,
+             songs: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name);
+    ``gradmix`` is the mixing model (``model_path``, default the shipped one). Returns the summary table."""
     for s in systems:
         if s not in SYSTEMS:
-            hint = " (the mixing model arrives with issue 5)" if s == "gradmix" else ""
-            raise GradmixError(f"--systems: {s!r} is not one of {', '.join(SYSTEMS)}{hint}")
+            raise GradmixError(f"--systems: {s!r} is not one of {', '.join(SYSTEMS)}")
+    model = None
+    if "gradmix" in systems:
+        from gradmix.models.checkpoint import load_model
+
+        model = load_model(model_path)[0]
     out = Path(out_dir)
     (out / "songs").mkdir(parents=True, exist_ok=True)
-    songs = [s for s in find_songs(dataset) if s.mix is not None]
+    found = [s for s in find_songs(dataset) if s.mix is not None]
+    if songs is not None:
+        missing = sorted(set(songs) - {s.name for s in found})
+        if missing:
+            raise GradmixError(f"{dataset}: no song named {missing[0]!r} with a mix")
+        found = [s for s in found if s.name in set(songs)]
+    songs = found
     if not songs:
         raise GradmixError(f"{dataset}: no song has a mix to compare with (name it mix.wav)")
     for song in show_progress(songs, "evaluating", progress):
         result_path = out / "songs" / f"{song.name}.json"
         if result_path.is_file():
             continue
-        result = _evaluate_song(song, out, systems, sample_rate, seconds, seed)
+        result = _evaluate_song(song, out, systems, sample_rate, seconds, seed, model)
         tmp = result_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, result_path)
@@ -58,7 +70,8 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     return {"songs": len(songs), "rows": rows}
 
 
-def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, seconds: float | None, seed: int) -> dict:
+def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, seconds: float | None, seed: int,
+                   model=None) -> dict:
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
     tracks = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
     names = [r.name for r in song.stems]
@@ -72,8 +85,13 @@ def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, second
         if system == "target":
             mix = target
         else:
-            setting = baseline(system, names, files, tracks, sample_rate,
-                               **({"seed": seed} if system == "random_console" else {}))
+            if system == "gradmix":
+                from gradmix.mix import automix
+
+                setting = automix(model, names, files, tracks, sample_rate)
+            else:
+                setting = baseline(system, names, files, tracks, sample_rate,
+                                   **({"seed": seed} if system == "random_console" else {}))
             with torch.no_grad():
                 mix = setting.render(tracks, keep_strips=False)[0][None].double()
             setting.save(audio_dir / f"{system}.console.json")

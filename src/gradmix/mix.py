@@ -70,14 +70,17 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
                console_path: str | Path | None = None, report: bool = False, strict: bool = False,
                subtype: str = "float", progress: bool = False) -> MixReport:
     """Mix every stem of ``stems_dir`` with the model into ``output``; write the console file beside it
-    (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``."""
+    (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``.
+
+    Stems are resampled to the model's rate (``strict``: refused instead).
+    """
     stems_dir, output = Path(stems_dir), Path(output)
-    stems, sr = load_stems(stems_dir, strict=strict, progress=progress)
+    model, meta = load_model(model_path)
+    stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
     inputs = [s.path for s in stems]
     output = check_output_path(output, inputs)
     console_path = check_output_path(console_path or output.with_suffix(".console.json"), inputs)
     report_path = check_output_path(output.with_suffix(".report.html"), inputs) if report else None
-    model, _ = load_model(model_path)
     names = [s.name for s in stems]
     files = [str(s.path.relative_to(stems_dir)) if s.path.is_relative_to(stems_dir) else str(s.path) for s in stems]
     files = [f + ("#" + n.partition("#")[2] if "#" in n else "") for f, n in zip(files, names)]

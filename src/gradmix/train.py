@@ -136,6 +136,9 @@ def check(cfg: TrainConfig) -> None:
         raise GradmixError(f"config.data.regime: {cfg.data.regime!r} is not one of {', '.join(REGIMES)}")
     if not cfg.data.songs:
         raise GradmixError("config.data.songs: give at least one dataset folder")
+    if cfg.data.sample_rate < 40000:
+        raise GradmixError(f"config.data.sample_rate: {cfg.data.sample_rate} Hz is too low for the console "
+                           "(its EQ ranges reach 18 kHz); use 44100 or 48000")
     for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
                     ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps)):
         if not v > 0:
@@ -226,12 +229,12 @@ def train(cfg: TrainConfig) -> Path:
                                          num_workers=cfg.data.num_workers, drop_last=True,
                                          persistent_workers=cfg.data.num_workers > 0)
     module = _lightning_module(cfg)
-    loggers = [CSVLogger(out, name="logs", version=0)]
+    loggers = [CSVLogger(out, name="logs")]  # each (re)start writes logs/version_N
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401
 
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version=0))
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
     except ImportError:
         pass
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.run.checkpoint_every,

@@ -90,7 +90,8 @@ def _eval(args: argparse.Namespace) -> None:
     from gradmix.evaluate import evaluate
 
     summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
-                       seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty())
+                       seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty(), model_path=args.model,
+                       songs=[s for s in args.songs.split(",") if s] if args.songs else None)
     print((Path(args.output) / "results.md").read_text())
     print(f"evaluated {summary['songs']} song(s); see {args.output}/index.html")
 
@@ -189,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
     p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
     p.add_argument("--systems", default="plain_sum,equal_loudness,rules,random_console",
-                   help="comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, target")
+                   help="comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
+                        "target")
+    p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
+    p.add_argument("--songs", help="comma-separated song names to evaluate (default: every song with a mix)")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")

@@ -1,0 +1,133 @@
+"""``gradmix mix`` and ``gradmix demo``: the model's console file reproduces the mix, order does not matter,
+bad input is one line and exit 2 with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from gradmix.cli.main import main
+from gradmix.console import Layout
+from gradmix.models import MixController, ModelConfig
+from gradmix.models.checkpoint import DEFAULT_MODEL, save_model
+
+SR = 44100
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = MixController(Layout.default(), ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32))
+    with torch.no_grad():  # off the neutral start, so that tracks get different settings and sends
+        m.strip_head[-1].weight.normal_(0, 0.5)
+        m.strip_head[-1].bias[-2:] = 2.0
+    return save_model(tmp_path_factory.mktemp("model") / "m.pt", m, sample_rate=SR, info={})
+
+
+def make_stems(folder: Path, names=("kick", "bass", "pad"), seconds=2.0, rate=SR) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(names):
+        x = 0.3 * np.sin(2 * np.pi * (60 + 200 * k) * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+        x = x + 0.01 * rng.standard_normal(t.size)
+        data = np.stack([x, 0.7 * x], 1) if k == 2 else x[:, None]
+        sf.write(folder / f"{name}.wav", data.astype(np.float32), rate)
+    return folder
+
+
+def read(path: Path) -> np.ndarray:
+    return sf.read(path, always_2d=True)[0]
+
+
+def test_mix_writes_the_mix_a_console_that_reproduces_it_and_a_report(tmp_path, model_file, capsys):
+    stems = make_stems(tmp_path / "stems")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["mix", str(stems), "-o", str(out / "mix.wav"), "--model", str(model_file), "--report"]) == 0
+    text = capsys.readouterr().out
+    assert "mixed 3 tracks" in text and "LUFS" in text
+    console = json.loads((out / "mix.console.json").read_text())
+    assert console["format"] == "gradmix.console" and [t["file"] for t in console["tracks"]] == \
+        ["bass.wav", "kick.wav", "pad.wav"]
+    assert any(t["sends"] for t in console["tracks"])  # sends the model set are in the file
+    assert main(["render", str(stems), str(out / "mix.console.json"), "-o", str(out / "again.wav")]) == 0
+    mix, again = read(out / "mix.wav"), read(out / "again.wav")
+    assert mix.shape == (2 * SR, 2) and np.isfinite(mix).all() and np.abs(mix).max() > 1e-3
+    assert 20 * math.log10(np.abs(mix - again).max() / np.abs(mix).max() + 1e-30) < -60
+    page = (out / "mix.report.html").read_text()
+    assert "data:image/png;base64," in page and "kick" in page and "LUFS" in page and "<audio" in page
+
+
+def test_track_order_does_not_change_the_mix(tmp_path, model_file):
+    a = make_stems(tmp_path / "a", names=("a1", "b2", "c3"))
+    b = tmp_path / "b"
+    b.mkdir()
+    for src, dst in (("a1", "z1"), ("b2", "y2"), ("c3", "x3")):  # same audio, reversed file order
+        shutil.copy(a / f"{src}.wav", b / f"{dst}.wav")
+    assert main(["mix", str(a), "-o", str(tmp_path / "a.wav"), "--model", str(model_file)]) == 0
+    assert main(["mix", str(b), "-o", str(tmp_path / "b.wav"), "--model", str(model_file)]) == 0
+    x, y = read(tmp_path / "a.wav"), read(tmp_path / "b.wav")
+    assert np.abs(x - y).max() < 1e-4 * np.abs(x).max()
+
+
+def test_stems_at_another_rate_are_resampled_to_the_models(tmp_path, model_file):
+    stems = make_stems(tmp_path / "stems", rate=48000)
+    assert main(["mix", str(stems), "-o", str(tmp_path / "m.wav"), "--model", str(model_file)]) == 0
+    assert sf.info(tmp_path / "m.wav").samplerate == SR
+    assert main(["mix", str(stems), "-o", str(tmp_path / "s.wav"), "--model", str(model_file), "--strict"]) == 2
+    assert not (tmp_path / "s.wav").exists()
+
+
+def _nan(stems: Path) -> None:
+    x = read(stems / "kick.wav")
+    x[10] = np.nan
+    sf.write(stems / "kick.wav", x.astype(np.float32), SR, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "the folder is empty"),
+    ("nan", "NaN"),
+    ("overwrite", "overwrite an input"),
+    ("model", "no such model file"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, message):
+    stems = make_stems(tmp_path / "stems")
+    output = tmp_path / "mix.wav"
+    model = str(model_file)
+    if case == "empty":
+        stems = tmp_path / "empty"
+        stems.mkdir()
+    elif case == "nan":
+        _nan(stems)
+    elif case == "overwrite":
+        output = stems / "kick.wav"
+    elif case == "model":
+        model = str(tmp_path / "missing.pt")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    proc = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "mix", str(stems), "-o", str(output),
+                           "--model", model], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the default model is built by `make model`")
+def test_demo_mixes_the_example_with_the_default_model(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "3"]) == 0
+    out = tmp_path / "demo"
+    stems = sorted(p.name for p in (out / "stems").iterdir())
+    assert stems == sorted(f"{n}.wav" for n in ("kick", "snare", "hats", "bass", "chords", "lead"))
+    mix = read(out / "mix.wav")
+    assert mix.shape == (3 * SR, 2) and np.isfinite(mix).all() and np.abs(mix).max() <= 1.0
+    assert not np.allclose(read(out / "sum.wav"), mix)
+    assert (out / "mix.console.json").is_file() and (out / "mix.report.html").stat().st_size > 10_000
+    assert "report page" in capsys.readouterr().out
