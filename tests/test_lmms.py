@@ -56,3 +56,27 @@ def test_render_a_real_demo_song(tmp_path):
     assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 0  # redoes the missing song only
     assert (song_dir / "metadata.json").is_file()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_skipped_tracks_leave_no_work_files(tmp_path, monkeypatch):
+    """A track that renders silent or unreadable is recorded as skipped; its work files never reach the song."""
+    require_tool("lmms")
+    from gradmix.data import lmms
+
+    def fake_render(project, out_wav, timeout_s=600.0):
+        name = str(out_wav)
+        if name.endswith("stem0.wav"):
+            sf.write(out_wav, np.zeros((4410, 2), np.float32), 44100)       # silent
+        elif name.endswith("stem1.wav"):
+            open(out_wav, "wb").write(b"garbage")                            # unreadable
+        else:
+            sf.write(out_wav, (0.1 * np.random.default_rng(0).standard_normal((4410, 2))).astype(np.float32), 44100)
+
+    monkeypatch.setattr(lmms, "render", fake_render)
+    project = PROJECTS_DIR / "shorties" / "Surrender-Main.mmpz"
+    tracks = len(stem_tracks(read_project(project)))
+    song = lmms.render_song(project, tmp_path)
+    meta = json.loads((song / "metadata.json").read_text())
+    assert len(meta["skipped"]) == 2 and len(meta["stems"]) == tracks - 2
+    assert "silent" in meta["skipped"].values()
+    assert not list(song.glob("stem*")), sorted(p.name for p in song.iterdir())

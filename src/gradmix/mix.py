@@ -37,16 +37,17 @@ def automix(model: MixController, names: list[str], files: list[str | None], tra
     """
     if not tracks:
         raise GradmixError("nothing to mix: no tracks")
-    with torch.no_grad():
-        stereo = torch.stack([t.expand(2, -1) if t.shape[0] == 1 else t for t in tracks])[None]
-        gains = normalization_db(stereo, None, sample_rate)
-        stereo.mul_(torch.pow(10.0, gains / 20)[..., None, None])
-        controls = model(stereo, sample_rate=sample_rate)
-        del stereo
-        params = model.layout.denormalize(controls)
+    with torch.no_grad():  # one track at a time: memory stays at one track's copy, however long the song
+        gains, emb = [], []
+        for t in tracks:
+            x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None]
+            g = normalization_db(x, None, sample_rate)[0, 0]
+            gains.append(float(g))
+            emb.append(model.encoder(x[0] * 10 ** (float(g) / 20), sample_rate))
+        params = model.layout.denormalize(model.decide(torch.cat(emb)[None]))
     setting = ConsoleSetting.from_params(model.layout, params, names=names, files=files, sample_rate=sample_rate,
                                          send_floor_db=SEND_FLOOR_DB)
-    for track, g in zip(setting.tracks, gains[0].tolist()):
+    for track, g in zip(setting.tracks, gains):
         fader = next((e for e in track.chain if e.effect.type_name == "gain"), None)
         if fader is None:
             raise GradmixError("the model's layout has no gain on its strips to carry the track levels")

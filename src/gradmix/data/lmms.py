@@ -209,6 +209,9 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
             except GradmixError as exc:
                 skipped[ref.name] = str(exc).split(": ", 1)[-1]
                 continue
+            finally:  # the work files never reach the song folder, whatever happens to the stem
+                edited.unlink()
+                wav.unlink(missing_ok=True)
             if float(np.abs(audio).max()) < 1e-6:
                 skipped[ref.name] = "silent"
                 continue
@@ -217,8 +220,6 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
             stems[file[:-4]] = {"track": ref.name, "instrument": ref.instrument, "beat_bassline": ref.inside_bb}
             n = min(total.shape[-1], audio.shape[-1])
             total[:, :n] += audio[:, :n] if audio.shape[0] == total.shape[0] else audio[:1, :n]
-            edited.unlink()
-            wav.unlink()
         if not stems:
             raise LmmsError(f"{project}: no track rendered to a non-silent stem")
         residual = 20 * np.log10(np.sqrt(np.mean((total - mix) ** 2)) / max(np.sqrt(np.mean(mix ** 2)), 1e-12) + 1e-12)

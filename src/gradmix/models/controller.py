@@ -155,11 +155,15 @@ class MixController(nn.Module):
             :class:`Controls` (strip ``(B, N, Ps)``, sends ``(B, N, buses)``, buses, master).
         """
         b, n = tracks.shape[:2]
-        emb = self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1)
+        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask)
+
+    def decide(self, emb: Tensor, mask: Tensor | None = None) -> Controls:
+        """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output)."""
+        b = emb.shape[0]
         tokens = torch.cat([self.master_token.expand(b, 1, -1), emb], 1)
         pad = None
         if mask is not None:
-            pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=tracks.device), ~mask.to(torch.bool)], 1)
+            pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=emb.device), ~mask.to(torch.bool)], 1)
         h = self.context(tokens, src_key_padding_mask=pad)
         strip = torch.sigmoid(self.strip_head(h[:, 1:]))
         master = torch.sigmoid(self.master_head(h[:, 0]))
