@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install sysdeps demo test bench clean
+.PHONY: install sysdeps demo test bench model eval-model clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,21 @@ sysdeps:
 test: install sysdeps
 	$(PY) -m pytest -q
 
+# the default model: LMMS demo songs rendered into stems + mixes (resumable), then the training recipe
+# (resumes from runs/default if interrupted), then the weights go into the package
+model: install sysdeps
+	$(VENV)/bin/gradmix dataset lmms data/lmms
+	$(VENV)/bin/gradmix train configs/default.yaml
+	cp runs/default/model.pt src/gradmix/models/default_model.pt
+
+# the default model against the baselines on the songs its training held out
+eval-model: install
+	$(VENV)/bin/gradmix eval data/lmms --held-out --systems plain_sum,equal_loudness,rules,gradmix -o out/eval-model
+
 bench: $(VENV)/.bench
 	$(PY) benchmarks/effects.py
 	$(PY) benchmarks/console.py
+	$(PY) benchmarks/mix.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

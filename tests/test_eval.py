@@ -53,7 +53,7 @@ def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):
             sf.write(d / f"t{i}.wav", s.astype(np.float32), SR)
         sf.write(d / "mix.wav", np.concatenate(stems, 1).astype(np.float32), SR)
     model = save_model(tmp_path / "m.pt", MixController(Layout.default(), ModelConfig(channels=(4, 8), dim=16, layers=1)),
-                       sample_rate=SR, info={})
+                       sample_rate=SR, info={"excluded": ["song0"]})
     out = tmp_path / "results"
     base = ["eval", str(tmp_path / "data"), "--model", str(model), "-o", str(out)]
     assert main([*base, "--systems", "gradmix,equal_loudness", "--songs", "song1"]) == 0
@@ -61,3 +61,6 @@ def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):
     assert [(r["song"], r["system"]) for r in rows] == [("song1", "gradmix"), ("song1", "equal_loudness")]
     assert (out / "audio" / "song1" / "gradmix.console.json").is_file()
     assert main([*base, "--systems", "gradmix", "--songs", "nope"]) == 2
+    assert main([*base[:-1], str(tmp_path / "held"), "--systems", "gradmix", "--held-out"]) == 0
+    assert {r["song"] for r in csv.DictReader(open(tmp_path / "held" / "results.csv"))} == {"song0"}
+    assert main([*base, "--systems", "rules", "--held-out"]) == 2

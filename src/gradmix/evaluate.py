@@ -33,9 +33,10 @@ SYSTEMS = BASELINES + ("gradmix", "target")
 
 def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sample_rate: int = 44100,
              seconds: float | None = 30.0, seed: int = 0, progress: bool = False, model_path: str | Path | None = None,
-             songs: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name);
-    ``gradmix`` is the mixing model (``model_path``, default the shipped one). Returns the summary table."""
+             songs: list[str] | None = None, held_out: bool = False) -> dict[str, Any]:
+    """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name, or with
+    ``held_out`` on the songs the model's training excluded); ``gradmix`` is the mixing model (``model_path``,
+    default the shipped one). Returns the summary table."""
     for s in systems:
         if s not in SYSTEMS:
             raise GradmixError(f"--systems: {s!r} is not one of {', '.join(SYSTEMS)}")
@@ -43,7 +44,13 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     if "gradmix" in systems:
         from gradmix.models.checkpoint import load_model
 
-        model = load_model(model_path)[0]
+        model, meta = load_model(model_path)
+        if held_out:
+            songs = list(meta["info"].get("excluded") or [])
+            if not songs:
+                raise GradmixError("--held-out: the model's training excluded no songs")
+    elif held_out:
+        raise GradmixError("--held-out needs the gradmix system (it names the songs the model never saw)")
     out = Path(out_dir)
     (out / "songs").mkdir(parents=True, exist_ok=True)
     found = [s for s in find_songs(dataset) if s.mix is not None]

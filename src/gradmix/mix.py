@@ -25,34 +25,76 @@ SEND_FLOOR_DB = -55.0
 """Sends the model sets at or below this level are left out of the console file (inaudible)."""
 
 
-def automix(model: MixController, names: list[str], files: list[str | None], tracks: list[Tensor],
-            sample_rate: int) -> ConsoleSetting:
-    """The console setting ``model`` chooses for one song.
+@dataclass
+class Analysis:
+    """What the model heard: per track the loudness-normalisation gain (dB) and the embedding ``(1, N, dim)``."""
+
+    gains_db: list[float]
+    embeddings: Tensor
+
+
+def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Analysis:
+    """Run the track encoder over every track, whole, one track at a time (memory: one track's copy).
 
     Args:
-        model: a trained controller (eval mode).
-        names, files: per track, for the console file.
-        tracks: per track ``(channels, samples)``, channels 1 or 2, all one length.
-        sample_rate: Hz.
+        tracks: per track ``(channels, samples)``, channels 1 or 2.
     """
     if not tracks:
         raise GradmixError("nothing to mix: no tracks")
-    with torch.no_grad():  # one track at a time: memory stays at one track's copy, however long the song
-        gains, emb = [], []
+    gains, emb = [], []
+    with torch.no_grad():
         for t in tracks:
             x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None]
-            g = normalization_db(x, None, sample_rate)[0, 0]
-            gains.append(float(g))
-            emb.append(model.encoder(x[0] * 10 ** (float(g) / 20), sample_rate))
-        params = model.layout.denormalize(model.decide(torch.cat(emb)[None]))
+            g = float(normalization_db(x, None, sample_rate)[0, 0])
+            gains.append(g)
+            emb.append(model.encoder(x[0] * 10 ** (g / 20), sample_rate))
+    return Analysis(gains, torch.cat(emb)[None])
+
+
+def console_for(model: MixController, analysis: Analysis, names: list[str], files: list[str | None],
+                sample_rate: int, z: Tensor | None = None) -> ConsoleSetting:
+    """The console setting the model chooses for analysed tracks, in mix style ``z`` ``(style_dim,)`` (default:
+    the model's centre of human mixes). The normalisation gains are folded into the faders."""
+    with torch.no_grad():
+        params = model.layout.denormalize(model.decide(analysis.embeddings, None, None if z is None else z[None]))
     setting = ConsoleSetting.from_params(model.layout, params, names=names, files=files, sample_rate=sample_rate,
                                          send_floor_db=SEND_FLOOR_DB)
-    for track, g in zip(setting.tracks, gains):
+    for track, g in zip(setting.tracks, analysis.gains_db):
         fader = next((e for e in track.chain if e.effect.type_name == "gain"), None)
         if fader is None:
             raise GradmixError("the model's layout has no gain on its strips to carry the track levels")
         fader.params["gain_db"] = float(fader.params["gain_db"]) + g
     return setting
+
+
+def automix(model: MixController, names: list[str], files: list[str | None], tracks: list[Tensor],
+            sample_rate: int, z: Tensor | None = None) -> ConsoleSetting:
+    """The console setting ``model`` chooses for one song (tracks: per track ``(channels, samples)``)."""
+    return console_for(model, analyse(model, tracks, sample_rate), names, files, sample_rate, z)
+
+
+@dataclass
+class Song:
+    """A folder of stems loaded for a model: names and files for the console file, audio at the model's rate."""
+
+    model: MixController
+    names: list[str]
+    files: list[str]
+    audio: list[Tensor]
+    sample_rate: int
+    inputs: list[Path]
+
+
+def load_song(stems_dir: str | Path, model_path: str | Path | None = None, *, strict: bool = False,
+              progress: bool = False) -> Song:
+    """Load the model (default: the shipped one) and every stem of ``stems_dir`` at the model's sample rate."""
+    stems_dir = Path(stems_dir)
+    model, meta = load_model(model_path)
+    stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
+    names = [s.name for s in stems]
+    files = [str(s.path.relative_to(stems_dir)) if s.path.is_relative_to(stems_dir) else str(s.path) for s in stems]
+    files = [f + ("#" + n.partition("#")[2] if "#" in n else "") for f, n in zip(files, names)]
+    return Song(model, names, files, [s.audio for s in stems], sr, [s.path for s in stems])
 
 
 @dataclass
@@ -75,19 +117,13 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
 
     Stems are resampled to the model's rate (``strict``: refused instead).
     """
-    stems_dir, output = Path(stems_dir), Path(output)
-    model, meta = load_model(model_path)
-    stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
-    inputs = [s.path for s in stems]
-    output = check_output_path(output, inputs)
-    console_path = check_output_path(console_path or output.with_suffix(".console.json"), inputs)
-    report_path = check_output_path(output.with_suffix(".report.html"), inputs) if report else None
-    names = [s.name for s in stems]
-    files = [str(s.path.relative_to(stems_dir)) if s.path.is_relative_to(stems_dir) else str(s.path) for s in stems]
-    files = [f + ("#" + n.partition("#")[2] if "#" in n else "") for f, n in zip(files, names)]
-    audio = [s.audio for s in stems]
-    del stems
+    song = load_song(stems_dir, model_path, strict=strict, progress=progress)
+    model, names, files, audio, sr = song.model, song.names, song.files, song.audio, song.sample_rate
+    output = check_output_path(output, song.inputs)
+    console_path = check_output_path(console_path or Path(output).with_suffix(".console.json"), song.inputs)
+    report_path = check_output_path(output.with_suffix(".report.html"), song.inputs) if report else None
     setting = automix(model, names, files, audio, sr)
+    del song
     with torch.no_grad():
         before = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]).sum(0) if report else None
         mix, strips = setting.render(audio, keep_strips=False, release=not report)

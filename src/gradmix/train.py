@@ -44,6 +44,9 @@ class DataConfig:
     exclude: list[str] = field(default_factory=list)
     """Song names kept out of training (held out for evaluation)."""
     regime: str = "mixed"
+    self_supervised_fraction: float = 0.0
+    """In the ``mixed`` regime, the share of segments that get an engineer-like target even though their song
+    has a mix (more variety of mixes per set of tracks: what a style model needs)."""
     seconds: float = 4.0
     sample_rate: int = 44100
     batch_size: int = 4
@@ -57,6 +60,8 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     grad_clip: float = 1.0
+    kl_weight: float = 0.01
+    """Weight of the KL term of the style latent (models with ``model.style_dim > 0``)."""
     loss: LossWeights = field(default_factory=LossWeights)
 
 
@@ -139,6 +144,8 @@ def check(cfg: TrainConfig) -> None:
     if cfg.data.sample_rate < 40000:
         raise GradmixError(f"config.data.sample_rate: {cfg.data.sample_rate} Hz is too low for the console "
                            "(its EQ ranges reach 18 kHz); use 44100 or 48000")
+    if not 0 <= cfg.data.self_supervised_fraction <= 1:
+        raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
     for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
                     ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps)):
         if not v > 0:
@@ -172,10 +179,18 @@ def _lightning_module(cfg: TrainConfig):
             tracks, mask, mono = batch.tracks, batch.mask, batch.mono
             gains = normalization_db(tracks, mask, self.sr)
             x = tracks * torch.pow(10.0, gains / 20)[..., None, None]
-            controls = self.model(x, sample_rate=self.sr, mask=mask)
-            estimate, _ = self.layout.render_normalized(x, controls, sample_rate=self.sr, mask=mask, mono=mono)
             target = self._target(batch, x)
+            z = kl = None
+            if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
+                mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
+            controls = self.model(x, sample_rate=self.sr, mask=mask, z=z)
+            estimate, _ = self.layout.render_normalized(x, controls, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
+            if kl is not None:
+                loss = loss + cfg.optim.kl_weight * kl
+                terms["kl"] = kl.detach()
             if not torch.isfinite(loss):
                 raise GradmixError(f"non-finite loss at step {self.global_step} (songs {batch.songs})")
             self.log("loss", loss, prog_bar=True, batch_size=tracks.shape[0])
@@ -184,10 +199,12 @@ def _lightning_module(cfg: TrainConfig):
             return loss
 
         def _target(self, batch, x):
+            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
+            if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
+                use_mix = use_mix & (torch.rand(use_mix.shape, generator=g) >= cfg.data.self_supervised_fraction)
             if bool(use_mix.all()):
                 return batch.mix
-            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
             with torch.no_grad():
                 c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype)
                 made, _ = self.layout.render_normalized(x, c, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
@@ -209,6 +226,20 @@ def _lightning_module(cfg: TrainConfig):
             self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     return MixTraining()
+
+
+def style_center(model: MixController, songs: list, data: DataConfig, segments: int = 3) -> torch.Tensor:
+    """Mean of q(z | mix) over a few segments of every song's human mix (zeros when no song has one)."""
+    from gradmix.data import random_example
+
+    mus = []
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for song in [s for s in songs if s.mix is not None]:
+            for _ in range(segments):
+                ex = random_example(song, seconds=data.seconds, sample_rate=data.sample_rate, generator=g)
+                mus.append(model.encode_style(ex.mix[None], sample_rate=data.sample_rate)[0][0])
+    return torch.stack(mus).mean(0) if mus else torch.zeros(model.cfg.style_dim)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -248,6 +279,8 @@ def train(cfg: TrainConfig) -> Path:
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     path = out / "model.pt"
     if trainer.is_global_zero:
+        if cfg.model.style_dim:
+            module.model.style_center.copy_(style_center(module.model, songs, cfg.data))
         save_model(path, module.model, sample_rate=cfg.data.sample_rate,
                    info={"steps": int(trainer.global_step), "songs": [s.name for s in songs],
                          "excluded": list(cfg.data.exclude), "regime": cfg.data.regime})

@@ -27,6 +27,33 @@ def _mix(args: argparse.Namespace) -> None:
         print(f"report: {r.report}")
 
 
+def _sample(args: argparse.Namespace) -> None:
+    from gradmix.generate import sample_folder
+
+    results = sample_folder(args.stems_dir, args.output, n=args.n, seed=args.seed, temperature=args.temperature,
+                            model_path=args.model, progress=sys.stdout.isatty())
+    for r in results:
+        print(f"{r.mix}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:+.1f} dBFS; console {r.console.name}")
+    print(f"compare them: {Path(args.output) / 'index.html'}")
+
+
+def _match(args: argparse.Namespace) -> None:
+    from gradmix.generate import match_folder
+
+    r, d = match_folder(args.stems_dir, args.reference, args.output, refine_steps=args.refine, model_path=args.model,
+                        progress=sys.stdout.isatty())
+    dist = ", ".join(f"{k} {v:.3f}" for k, v in d.items())
+    print(f"wrote {r.mix} ({r.loudness_lufs:.1f} LUFS) and {r.console}; style distance to the reference: {dist}")
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from gradmix.generate import fit_folder
+
+    path, residual, steps = fit_folder(args.stems_dir, args.target, args.output, max_steps=args.steps,
+                                       budget_s=args.budget, model_path=args.model, progress=sys.stdout.isatty())
+    print(f"wrote {path} after {steps} steps: residual {residual:.1f} dB (error energy relative to the target)")
+
+
 def _train(args: argparse.Namespace) -> None:
     from gradmix.train import TrainConfig, train
 
@@ -91,7 +118,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
                        seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty(), model_path=args.model,
-                       songs=[s for s in args.songs.split(",") if s] if args.songs else None)
+                       songs=[s for s in args.songs.split(",") if s] if args.songs else None, held_out=args.held_out)
     print((Path(args.output) / "results.md").read_text())
     print(f"evaluated {summary['songs']} song(s); see {args.output}/index.html")
 
@@ -143,6 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
     p.add_argument("--strict", action="store_true", help="refuse stems at different sample rates")
     p.set_defaults(func=_mix)
+    p = sub.add_parser("sample", help="several distinct mixes of the same stems, each with its console file")
+    p.add_argument("stems_dir")
+    p.add_argument("-n", type=int, default=8, help="number of mixes (default 8)")
+    p.add_argument("-o", "--output", required=True, help="output folder: mix_NN.wav, mix_NN.console.json, index.html")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="spread of the styles (0: the prior's centre)")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.set_defaults(func=_sample)
+    p = sub.add_parser("match", help="mix the stems in the style of a reference song")
+    p.add_argument("stems_dir")
+    p.add_argument("--reference", required=True, help="any mixed song (other content and length are fine)")
+    p.add_argument("-o", "--output", required=True, help="mix file; its console file goes beside it")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="then optimise the console against the reference's features for STEPS steps")
+    p.add_argument("--model", help="model file (default: the shipped model)")
+    p.set_defaults(func=_match)
+    p = sub.add_parser("fit", help="reverse-engineer a mix of these stems: the console that renders it")
+    p.add_argument("stems_dir")
+    p.add_argument("--target", required=True, help="a mix made from these stems")
+    p.add_argument("-o", "--output", required=True, help="console file to write")
+    p.add_argument("--steps", type=int, default=2000, help="most optimisation steps (default 2000)")
+    p.add_argument("--budget", type=float, default=120.0, help="most seconds of optimisation (default 120)")
+    p.add_argument("--model", help="model file for the starting guess (default: the shipped model)")
+    p.set_defaults(func=_fit)
     p = sub.add_parser("train", help="train a mixing model from a YAML config (Lightning; CPU, GPUs, DDP)")
     p.add_argument("config", help="YAML config (see configs/default.yaml)")
     p.add_argument("--devices", help="devices per node (number or 'auto')")
@@ -194,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "target")
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
     p.add_argument("--songs", help="comma-separated song names to evaluate (default: every song with a mix)")
+    p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")

@@ -101,6 +101,19 @@ def mrstft_distance(estimate: Tensor, target: Tensor, sample_rate: float) -> dic
     return {"mrstft_mono": m, "mrstft_stereo": s}
 
 
+STYLE_FEATURES = ("loudness_lufs", "loudness_range_lu", "centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz",
+                  "panning_rms_low", "panning_rms_mid", "panning_rms_high", "crest_factor_db")
+
+
+def style_distance(estimate: Tensor, reference: Tensor, sample_rate: float) -> Tensor:
+    """Distance in mix style between stereo mixes of *any* content and length ``(batch, 2, samples)``: the mean
+    over :data:`STYLE_FEATURES` (song-level values of :func:`gradmix.metrics.mix_features`) of
+    ``|e - r| / max(|r|, floor)``. ``(batch,)``; 0 for mixes with the same features."""
+    e, r = F.mix_features(estimate, sample_rate), F.mix_features(reference, sample_rate)
+    return torch.stack([(e[k] - r[k]).abs().double() / r[k].abs().double().clamp_min(_floor(k))
+                        for k in STYLE_FEATURES]).mean(0)
+
+
 def feature_vector(feats: dict[str, Tensor]) -> Tensor:
     """``(batch, features)`` from a :func:`gradmix.metrics.mix_features` dict, in sorted name order."""
     return torch.stack([feats[k].double() for k in sorted(feats)], -1)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from gradmix.console import Controls, Layout
 from gradmix.dsp import integrated_loudness
+from gradmix.errors import GradmixError
 
 TRACK_LUFS = -28.0
 """Every track is brought to this loudness before the network listens and the console renders it."""
@@ -37,6 +38,8 @@ class ModelConfig:
     heads: int = 4
     layers: int = 3
     ff: int = 256
+    style_dim: int = 0
+    """Size of the latent mix style ``z`` (0: no style; the controller is deterministic given the tracks)."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -141,8 +144,23 @@ class MixController(nn.Module):
         self.master_head = _head(d, layout.num_bus_params + layout.num_master_params,
                                  _neutral([s for _, chain in layout.buses for slot in chain for s in slot.specs]
                                           + [s for slot in layout.master for s in slot.specs]))
+        if self.cfg.style_dim:
+            self.style_encoder = TrackEncoder(self.cfg)
+            self.style_head = nn.Linear(d, 2 * self.cfg.style_dim)
+            self.style_in = nn.Linear(self.cfg.style_dim, d)
+            self.register_buffer("style_center", torch.zeros(self.cfg.style_dim))
+            """Mean style of the human mixes seen in training (``gradmix mix`` mixes with it)."""
 
-    def forward(self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None) -> Controls:
+    def encode_style(self, mix: Tensor, *, sample_rate: float) -> tuple[Tensor, Tensor]:
+        """q(z | mix): mean and log-variance ``(batch, style_dim)`` of the style of stereo mixes
+        ``(batch, 2, samples)`` (any content and length; the mix's own level is part of its style)."""
+        if not self.cfg.style_dim:
+            raise GradmixError("this model has no mix style (style_dim 0): retrain it with model.style_dim > 0")
+        mu, logvar = self.style_head(self.style_encoder(mix, sample_rate)).chunk(2, -1)
+        return mu, logvar.clamp(-10.0, 5.0)
+
+    def forward(self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None,
+                z: Tensor | None = None) -> Controls:
         """Controls for loudness-normalised tracks.
 
         Args:
@@ -150,17 +168,21 @@ class MixController(nn.Module):
                 (:func:`normalization_db`); mono tracks duplicated on both channels.
             sample_rate: Hz.
             mask: ``(batch, tracks)``, 1 for real tracks.
+            z: ``(batch, style_dim)`` mix style; default :attr:`style_center`.
 
         Returns:
             :class:`Controls` (strip ``(B, N, Ps)``, sends ``(B, N, buses)``, buses, master).
         """
         b, n = tracks.shape[:2]
-        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask)
+        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask, z)
 
-    def decide(self, emb: Tensor, mask: Tensor | None = None) -> Controls:
-        """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output)."""
+    def decide(self, emb: Tensor, mask: Tensor | None = None, z: Tensor | None = None) -> Controls:
+        """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output) and a style ``z``."""
         b = emb.shape[0]
         tokens = torch.cat([self.master_token.expand(b, 1, -1), emb], 1)
+        if self.cfg.style_dim:
+            z = self.style_center.expand(b, -1) if z is None else z
+            tokens = tokens + self.style_in(z)[:, None]
         pad = None
         if mask is not None:
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=emb.device), ~mask.to(torch.bool)], 1)
