@@ -46,6 +46,7 @@ model: install sysdeps
 # the default model against the baselines on the songs its training held out
 eval-model: install
 	$(VENV)/bin/gradmix eval data/lmms --held-out --systems plain_sum,equal_loudness,rules,gradmix -o out/eval-model
+	$(VENV)/bin/gradmix eval data/lmms --held-out --generative -o out/eval-model
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/effects.py

@@ -124,3 +124,21 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
     sf.write(tmp_path / "short.wav", b[: SR // 2], SR)
     assert main(["fit", str(stems), "--target", str(tmp_path / "short.wav"), "-o", str(tmp_path / "x.json"),
                  "--model", str(style_model)]) == 2
+
+
+def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, capsys):
+    require("auraloss")
+    rng = np.random.default_rng(2)
+    for k in range(2):
+        d = tmp_path / "data" / f"song{k}"
+        stems = make_stems(d, n=2, seconds=2.0)
+        mix = sum(sf.read(p)[0] for p in sorted(stems.glob("t*.wav")))
+        sf.write(d / "mix.wav", np.stack([mix, 0.8 * mix + 0.01 * rng.standard_normal(mix.size)], 1).astype(np.float32), SR)
+    out = tmp_path / "gen"
+    assert main(["eval", str(tmp_path / "data"), "--generative", "-n", "3", "--refine", "2", "--seconds", "2",
+                 "--model", str(style_model), "-o", str(out)]) == 0
+    summary = json.loads((out / "generative.json").read_text())
+    assert summary["songs"] == ["song0", "song1"] and len(summary["rows"][0]["sample_scores"]) == 3
+    assert summary["diversity_ratio"] > 0 and 0 <= summary["plausible_share"] <= 1
+    assert all(np.isfinite(summary[k]) for k in ("frechet_samples", "frechet_random", "match_ratio"))
+    assert "diversity" in capsys.readouterr().out and (out / "generative.md").is_file()

@@ -114,6 +114,15 @@ def _separate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.generative:
+        from gradmix.evaluate_generative import evaluate_generative, generative_table
+
+        songs = [s for s in args.songs.split(",") if s] if args.songs else None
+        summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
+                                      model_path=args.model, n=args.n, seconds=args.seconds or 30.0, seed=args.seed,
+                                      refine_steps=args.refine, progress=sys.stdout.isatty())
+        print(generative_table(summary))
+        return
     from gradmix.evaluate import evaluate
 
     summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
@@ -246,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
     p.add_argument("--songs", help="comma-separated song names to evaluate (default: every song with a mix)")
     p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
+    p.add_argument("--generative", action="store_true",
+                   help="evaluate sampling (diversity, plausibility) and match instead of the systems")
+    p.add_argument("-n", type=int, default=8, help="--generative: samples per song (default 8)")
+    p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of match (default 30)")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")
