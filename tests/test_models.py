@@ -124,6 +124,9 @@ def test_loss_is_zero_for_identical_mixes_and_grows_with_difference():
     big, big_terms = loss(x * 10 ** (6 / 20), x)
     assert 0 < float(small) < float(big)
     assert float(big_terms["loudness"]) == pytest.approx(0.6, abs=0.02)  # |6 LU| / 10
+    assert float(big_terms["balance"]) == pytest.approx(0.0, abs=1e-4)
+    shifted = x * torch.tensor([1.0, 10 ** (3 / 20)])[None, :, None]  # right channel 3 dB up
+    assert float(loss(shifted, x)[1]["balance"]) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("case", ["silent_target", "silent_both", "centred_mono"])

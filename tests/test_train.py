@@ -119,3 +119,23 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     model, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["info"]["steps"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_style_model_trains_with_kl_and_stores_the_style_of_human_mixes(tmp_path):
+    require("lightning")
+    require("auraloss")
+    from gradmix.train import train
+
+    data = make_dataset(tmp_path / "data")
+    cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run"))
+    cfg.model.style_dim = 3
+    cfg.data.self_supervised_fraction = 0.5
+    model, meta = load_model(train(cfg))
+    assert model.cfg.style_dim == 3 and model.style_center.shape == (3,)
+    assert model.style_center.abs().sum() > 0  # the mean of q(z | human mix), not the prior's zero
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
+    kl = [float(r["loss_kl"]) for r in rows if r.get("loss_kl")]
+    assert len(kl) == 2 and all(np.isfinite(kl)) and all(v >= 0 for v in kl)
+    with pytest.raises(GradmixError, match="self_supervised_fraction"):
+        cfg.data.self_supervised_fraction = 1.5
+        check(cfg)

@@ -31,6 +31,7 @@ from gradmix.metrics.distances import STYLE_FEATURES
 from gradmix.progress import progress as show_progress
 
 SEGMENT_S = 10.0
+REFINE_EXCERPT_S = 10.0
 
 
 def _vectors(mix: torch.Tensor, sample_rate: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
                         held_out: bool = False, model_path: str | Path | None = None, n: int = 8,
                         seconds: float = 30.0, refine_steps: int = 30, seed: int = 0,
                         progress: bool = False) -> dict[str, Any]:
-    from gradmix.generate import _as_batch, _controls, _logits, prior_styles, style_features, style_loss
+    from gradmix.generate import prior_styles, refine
     from gradmix.mix import Song, analyse, console_for
     from gradmix.models.checkpoint import load_model
 
@@ -94,22 +95,9 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         equal = render(baseline("equal_loudness", names, files, tracks, sr))
         with torch.no_grad():
             z = model.encode_style(ref[None], sample_rate=sr)[0][0]
-        start = model.decide(analysis.embeddings, None, z[None])
         matched = render(console_for(model, analysis, names, files, sr, z))
         song_obj = Song(model, names, files, tracks, sr, [])
-        x, mono, _ = _as_batch(song_obj, tracks)
-        logits = _logits(start)
-        opt = torch.optim.Adam(logits, lr=0.05)
-        target_feats = {k: v.detach() for k, v in style_features(ref[None], sr).items()}
-        for _ in range(refine_steps):
-            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-            loss = style_loss(style_features(est, sr), target_feats)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        from gradmix.generate import _setting_from_controls
-
-        refined = render(_setting_from_controls(song_obj, _controls(logits), torch.tensor([analysis.gains_db])))
+        refined = render(refine(song_obj, analysis, z, ref, steps=refine_steps, excerpt_s=REFINE_EXCERPT_S))
         d = {k: float(style_distance(m[None], ref[None], sr)) for k, m in
              (("equal_loudness", equal), ("match", matched), ("match_refined", refined))}
         rows.append({"song": song.name, "reference": found[(i + 1) % len(found)].name,

@@ -211,6 +211,27 @@ def _setting_from_controls(song: Song, controls: Controls, gains: Tensor) -> Con
     return setting
 
 
+def refine(song: Song, analysis, z: Tensor, reference: Tensor, *, steps: int, excerpt_s: float = 15.0,
+           lr: float = 0.05, progress: bool = False) -> ConsoleSetting:
+    """Optimise the console (from the model's choice for style ``z``) so that the mix's style features approach
+    those of ``reference`` ``(2, samples)``; the loudest ``excerpt_s`` seconds of the stems stand for the song."""
+    model, sr = song.model, song.sample_rate
+    window = _loudest_window(song.audio, sr, excerpt_s)
+    x, mono, _ = _as_batch(song, [a[:, window] for a in song.audio])
+    with torch.no_grad():
+        target = style_features(reference[None], sr)
+        start = model.decide(analysis.embeddings, None, z[None])
+    logits = _logits(start)
+    opt = torch.optim.Adam(logits, lr=lr)
+    for _ in show_progress(range(steps), "refining", progress):
+        est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
+        loss = style_loss(style_features(est, sr), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return _setting_from_controls(song, _controls(logits), torch.tensor([analysis.gains_db]))
+
+
 def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *, refine_steps: int = 0,
                  excerpt_s: float = 15.0, model_path: str | Path | None = None,
                  progress: bool = False) -> tuple[Rendered, dict[str, float]]:
@@ -229,36 +250,28 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
     mix = _render(setting, song.audio)
     distances = {"model": float(style_distance(mix[None], ref[None], sr))}
     if refine_steps > 0:
-        window = _loudest_window(song.audio, sr, excerpt_s)
-        x, mono, gains = _as_batch(song, [a[:, window] for a in song.audio])
-        with torch.no_grad():
-            target = style_features(ref[None], sr)
-            start = model.decide(analysis.embeddings, None, z[None])
-        logits = _logits(start)
-        opt = torch.optim.Adam(logits, lr=0.05)
-        for _ in show_progress(range(refine_steps), "refining", progress):
-            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-            loss = style_loss(style_features(est, sr), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        full_gains = torch.tensor([analysis.gains_db])
-        setting = _setting_from_controls(song, _controls(logits), full_gains)
+        setting = refine(song, analysis, z, ref, steps=refine_steps, excerpt_s=excerpt_s, progress=progress)
         mix = _render(setting, song.audio)
         distances["refined"] = float(style_distance(mix[None], ref[None], sr))
     return _write(setting, mix, output, [*song.inputs, Path(reference)]), distances
 
 
+FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
+
+
 def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = 2000,
-               budget_s: float = 120.0, stop_db: float = -40.0, model_path: str | Path | None = None,
-               progress: bool = False) -> tuple[Path, float, int]:
+               budget_s: float = 120.0, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
+               model_path: str | Path | None = None, progress: bool = False) -> tuple[Path, float, int]:
     """Find the console that turns the stems into ``target`` by gradient descent on every control.
 
-    Starts from the model's guess for the target's style, then minimises the multi-resolution spectral
-    distance and the waveform error. Stops at ``stop_db`` residual, ``max_steps`` or ``budget_s`` seconds.
+    Starts from the model's guess for the target's style. Each step renders a random 2.5-s window (after 1 s
+    of warm-up, so that envelopes and tails are in place) and minimises a multi-resolution spectral distance
+    plus the log waveform error there; the learning rate decays over the expected number of steps (cosine).
+    Every 10 steps the whole song is rendered and the best console so far kept. Stops at ``stop_db``
+    residual, ``max_steps`` or ``budget_s`` seconds.
 
     Returns:
-        ``(console file, residual in dB (error energy / target energy), steps)``.
+        ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
     """
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
@@ -278,18 +291,37 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
         analysis = analyse(model, song.audio, sr)
         start = model.decide(analysis.embeddings, None, z)
     logits = _logits(start)
-    opt = torch.optim.Adam(logits, lr=0.03)
+    opt = torch.optim.Adam(logits, lr=lr)
     mrstft = _spectral_loss()
-    best, best_db, steps, t0 = [v.detach().clone() for v in logits], math.inf, 0, time.perf_counter()
-    for steps in show_progress(range(1, max_steps + 1), "fitting", progress, total=max_steps):
-        est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-        err = (est[0] - ref).square().sum()
-        residual_db = 10 * math.log10(max(float(err.detach()) / float(energy), 1e-30))
-        if residual_db < best_db:
-            best, best_db = [v.detach().clone() for v in logits], residual_db
-        if residual_db <= stop_db or time.perf_counter() - t0 > budget_s:
-            break
-        loss = mrstft(est, ref[None]) + 10 * torch.log10(err / energy + 1e-12) / 10
+    gen = torch.Generator().manual_seed(seed)
+    seg, warm = min(n, int(FIT_WINDOW_S * sr)), int(FIT_WARMUP_S * sr)
+
+    def residual_db() -> float:
+        with torch.no_grad():
+            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
+        return 10 * math.log10(max(float((est[0] - ref).square().sum() / energy), 1e-30))
+
+    best, best_db, steps, planned = [v.detach().clone() for v in logits], math.inf, 0, max_steps
+    t0 = time.perf_counter()
+    bar = show_progress(range(max_steps + 1), "fitting", progress, total=max_steps)
+    for steps in bar:
+        if steps % FIT_CHECK_EVERY == 0 or steps == max_steps:
+            r = residual_db()
+            if r < best_db:
+                best, best_db = [v.detach().clone() for v in logits], r
+            elapsed = time.perf_counter() - t0
+            if steps and elapsed > 0:  # the cosine spans the steps the budget allows
+                planned = min(max_steps, max(steps + 1, int(budget_s / (elapsed / steps))))
+            if best_db <= stop_db or elapsed > budget_s or steps == max_steps:
+                break
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
+        s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
+        a0 = max(0, s0 - warm)
+        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], _controls(logits), sample_rate=sr, mono=mono)
+        est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
+        err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
+        loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,12 +1,14 @@
 """Training losses between a predicted mix and a target mix, all finite on silence.
 
 ``MixLoss = w_stft * MR-STFT(mono sum) + w_stereo * MR-STFT(sum and difference) + w_loudness * |dLUFS| / 10
-+ w_features * mean feature error``
++ w_features * mean feature error + w_balance * |d balance| / 3``
 
 - MR-STFT terms are auraloss's (log-magnitude and linear-magnitude distances over FFT sizes 512, 2048 and
   8192). Spectral convergence is left out on purpose: it divides by the target's norm and is undefined on a
   silent target.
 - Loudness uses the soft-gated BS.1770 loudness (finite and differentiable on silence).
+- Balance: the left/right energy ratio in dB; 3 dB of difference costs 1. (The panning features are
+  symmetric, so without it a network can buy "width" by shifting every track to one side.)
 - Feature error: running means (1 s) of the frame features of :func:`gradmix.metrics.frame_features`
   (spectral centroid, bandwidth, flatness, roll-off, panning RMS per band, RMS), each as absolute error over
   ``max(|target|, floor)``: the evaluation's per-feature MAPE, made differentiable.
@@ -33,6 +35,7 @@ class LossWeights:
     stereo: float = 1.0
     loudness: float = 1.0
     features: float = 1.0
+    balance: float = 1.0
 
 
 class MixLoss(nn.Module):
@@ -60,8 +63,16 @@ class MixLoss(nn.Module):
             terms["loudness"] = ((le - lt).abs() / 10).mean()
         if self.w.features:
             terms["features"] = feature_loss(estimate, target, self.sample_rate)
+        if self.w.balance:
+            terms["balance"] = ((balance_db(estimate) - balance_db(target)).abs() / 3).mean()
         total = sum(getattr(self.w, k) * v for k, v in terms.items())
         return total, {k: v.detach() for k, v in terms.items()}
+
+
+def balance_db(x: Tensor) -> Tensor:
+    """Right-to-left energy ratio in dB of ``(batch, 2, samples)``, ``(batch,)`` (0 for silence)."""
+    e = x.square().mean(-1)
+    return 10 * torch.log10((e[:, 1] + 1e-10) / (e[:, 0] + 1e-10))
 
 
 def feature_loss(estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0) -> Tensor:
