@@ -3,8 +3,9 @@
 On every chosen song (its first ``seconds``):
 
 - **diversity**: ``n`` mixes sampled from the prior; the mean pairwise distance between their feature vectors
-  (:data:`gradmix.metrics.distances.STYLE_FEATURES`, measured per 10-s segment and standardised over every
-  vector of the run), divided by the mean pairwise distance between the human mixes of different songs.
+  (:data:`gradmix.metrics.distances.STYLE_FEATURES`, measured per 10-s segment, samples compared on the same
+  segment, standardised over every vector of the run), divided by the mean pairwise distance between the
+  human mixes of different songs (their segment averages).
 - **plausibility**: the share of samples whose aggregate feature error against the song's human mix is below
   the mean error of ``n`` random consoles on that song; and the Fréchet distance of the set of samples to
   the set of human mixes beside that of the random consoles.
@@ -52,7 +53,7 @@ def _mean_pairwise(v: np.ndarray) -> float:
 
 def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list[str] | None = None,
                         held_out: bool = False, model_path: str | Path | None = None, n: int = 8,
-                        seconds: float = 30.0, refine_steps: int = 30, seed: int = 0,
+                        seconds: float = 30.0, refine_steps: int = 30, seed: int = 0, temperature: float = 1.0,
                         progress: bool = False) -> dict[str, Any]:
     from gradmix.generate import prior_styles, refine
     from gradmix.mix import Song, analyse, console_for
@@ -85,10 +86,10 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         def score(mix):
             return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
 
-        samples = [render(console_for(model, analysis, names, files, sr, z)) for z in prior_styles(model, n, seed=seed)]
+        samples = [render(console_for(model, analysis, names, files, sr, z)) for z in prior_styles(model, n, seed=seed, temperature=temperature)]
         randoms = [render(baseline("random_console", names, files, tracks, sr, seed=seed + k)) for k in range(n)]
-        sample_vecs[song.name] = np.concatenate([_vectors(m, sr) for m in samples])
-        random_vecs[song.name] = np.concatenate([_vectors(m, sr) for m in randoms])
+        sample_vecs[song.name] = np.stack([_vectors(m, sr) for m in samples])  # (n, segments, features)
+        random_vecs[song.name] = np.stack([_vectors(m, sr) for m in randoms])
         random_mean = float(np.mean([score(m) for m in randoms]))
         sample_scores = [score(m) for m in samples]
         ref = examples[(i + 1) % len(examples)].mix
@@ -103,21 +104,24 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         rows.append({"song": song.name, "reference": found[(i + 1) % len(found)].name,
                      "sample_scores": sample_scores, "random_mean_score": random_mean,
                      "plausible_share": float(np.mean([s < random_mean for s in sample_scores])), "style": d})
-    every = np.concatenate([*human.values(), *sample_vecs.values(), *random_vecs.values()])
+    flat = {k: v.reshape(-1, v.shape[-1]) for k, v in sample_vecs.items()}
+    flat_random = {k: v.reshape(-1, v.shape[-1]) for k, v in random_vecs.items()}
+    every = np.concatenate([*human.values(), *flat.values(), *flat_random.values()])
     mu, sd = every.mean(0), every.std(0) + 1e-12
 
     def z(v):
         return (v - mu) / sd
 
     between_human = _mean_pairwise(np.stack([z(v).mean(0) for v in human.values()]))
-    within = float(np.mean([_mean_pairwise(z(v)) for v in sample_vecs.values()]))
+    # samples are compared segment by segment: the same 10 s of the song in different mixes
+    within = float(np.mean([_mean_pairwise(z(v[:, k])) for v in sample_vecs.values() for k in range(v.shape[1])]))
     all_human = z(np.concatenate(list(human.values())))
     summary = {
-        "songs": [r["song"] for r in rows], "n": n, "seconds": seconds,
+        "songs": [r["song"] for r in rows], "n": n, "seconds": seconds, "temperature": temperature,
         "diversity_ratio": within / max(between_human, 1e-12),
         "plausible_share": float(np.mean([r["plausible_share"] for r in rows])),
-        "frechet_samples": frechet_distance(z(np.concatenate(list(sample_vecs.values()))), all_human),
-        "frechet_random": frechet_distance(z(np.concatenate(list(random_vecs.values()))), all_human),
+        "frechet_samples": frechet_distance(z(np.concatenate(list(flat.values()))), all_human),
+        "frechet_random": frechet_distance(z(np.concatenate(list(flat_random.values()))), all_human),
         "match_ratio": float(np.mean([r["style"]["match"] / r["style"]["equal_loudness"] for r in rows])),
         "match_refined_ratio": float(np.mean([r["style"]["match_refined"] / r["style"]["equal_loudness"] for r in rows])),
         "refine_steps": refine_steps, "rows": rows,
@@ -132,7 +136,7 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
 def generative_table(s: dict[str, Any]) -> str:
     """The Markdown table of a generative evaluation (criteria of the generative issue beside each value)."""
     lines = [f"Generative evaluation on {len(s['songs'])} song(s) ({', '.join(s['songs'])}), first {s['seconds']:g} s, "
-             f"{s['n']} samples each.", "", "| measure | value | criterion |", "|---|---:|---|",
+             f"{s['n']} samples each (temperature {s.get('temperature', 1.0):g}).", "", "| measure | value | criterion |", "|---|---:|---|",
              f"| diversity: mean pairwise distance of samples / between human mixes | {s['diversity_ratio']:.2f} | >= 0.5 |",
              f"| plausible: share of samples closer to the human mix than the random consoles' mean | "
              f"{s['plausible_share']:.2f} | 1.0 |",

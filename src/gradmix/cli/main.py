@@ -120,7 +120,8 @@ def _eval(args: argparse.Namespace) -> None:
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
         summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
                                       model_path=args.model, n=args.n, seconds=args.seconds or 30.0, seed=args.seed,
-                                      refine_steps=args.refine, progress=sys.stdout.isatty())
+                                      refine_steps=args.refine, temperature=args.temperature,
+                                      progress=sys.stdout.isatty())
         print(generative_table(summary))
         return
     from gradmix.evaluate import evaluate
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate sampling (diversity, plausibility) and match instead of the systems")
     p.add_argument("-n", type=int, default=8, help="--generative: samples per song (default 8)")
     p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of match (default 30)")
+    p.add_argument("--temperature", type=float, default=1.0, help="--generative: spread of the sampled styles")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")
