@@ -62,6 +62,8 @@ def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys
     ConsoleSetting.load(tmp_path / "a" / "mix_02.console.json")  # valid console files
     assert main([*args[:-2], "--model", str(style_model), "--seed", "8", "-o", str(tmp_path / "c")]) == 0
     assert not np.array_equal(sf.read(tmp_path / "c" / "mix_01.wav")[0], mixes[0])
+    assert main([*args, "-o", str(stems)]) == 2  # into the stems folder: refused, nothing written
+    assert sorted(p.name for p in stems.iterdir()) == ["t0.wav", "t1.wav", "t2.wav"]
 
 
 def test_prior_styles_check_their_arguments(style_model):

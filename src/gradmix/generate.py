@@ -74,6 +74,8 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
     song = load_song(stems_dir, model_path, progress=progress)
     zs = prior_styles(song.model, n, seed=seed, temperature=temperature)
     out = Path(out_dir)
+    if out.resolve() == Path(stems_dir).resolve():
+        raise GradmixError(f"{out}: the output folder is the stems folder (the mixes would become stems)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
