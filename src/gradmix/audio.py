@@ -225,15 +225,21 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
             if strict:
                 raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to "
                                  "resample)")
-            import soxr
-
-            data = np.ascontiguousarray(soxr.resample(data.T, rate, sample_rate, quality="HQ").T, dtype=np.float32)
+            data = resample(data, rate, sample_rate)
         stems.append(Stem(name, path, torch.from_numpy(data), rate))
     length = max(s.audio.shape[-1] for s in stems)
     for s in stems:
         if s.audio.shape[-1] < length:
             s.audio = torch.nn.functional.pad(s.audio, (0, length - s.audio.shape[-1]))
     return stems, int(sample_rate)
+
+
+def resample(data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """``(channels, samples)`` audio from ``rate`` to ``sample_rate`` Hz: soxr, high quality; float32, contiguous."""
+    import soxr
+
+    out = soxr.resample(np.ascontiguousarray(data.T), rate, sample_rate, quality="HQ").T
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _try_read(path: Path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gradmix import dsp
 from gradmix.audio import write_audio
 from gradmix.errors import GradmixError
 from gradmix.example import EXAMPLE_TRACKS, example_multitrack
@@ -28,7 +29,7 @@ def run_demo(out_dir: str | Path, seconds: float = 8.0, model_path: str | Path |
     tracks = example_multitrack(seconds, SAMPLE_RATE)
     for name in EXAMPLE_TRACKS:
         write_audio(out / "stems" / f"{name}.wav", tracks[name], SAMPLE_RATE)
-    plain = torch.cat([tracks[n] for n in EXAMPLE_TRACKS]).sum(0).mul(2 ** -0.5).expand(2, -1)  # centred, pan law
+    plain = dsp.pan(torch.stack([tracks[n] for n in EXAMPLE_TRACKS]), pan=0.0).sum(0)  # centred, the console's law
     write_audio(out / "sum.wav", plain, SAMPLE_RATE)
     report = mix_folder(out / "stems", out / "mix.wav", model_path=model_path, report=True)
     files = {"stems": out / "stems", "sum": out / "sum.wav", "mix": report.output, "console": report.console,

@@ -16,7 +16,6 @@ On every chosen song (its first ``seconds``):
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, read_audio, write_audio
+from gradmix.audio import check_output_path, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness, soft_integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics import frame_features
 from gradmix.metrics.distances import _floor
-from gradmix.mix import Song, analyse, console_for, load_song
-from gradmix.models import MixController, normalization_db
+from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
+from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 
@@ -163,9 +163,7 @@ def read_reference(path: str | Path, sample_rate: int) -> Tensor:
     if data.shape[0] > 2:
         raise GradmixError(f"{path}: {data.shape[0]} channels; a reference mix must be mono or stereo")
     if rate != sample_rate:
-        import soxr
-
-        data = np.ascontiguousarray(soxr.resample(data.T, rate, sample_rate, quality="HQ").T, dtype=np.float32)
+        data = resample(data, rate, sample_rate)
     x = torch.from_numpy(np.ascontiguousarray(data))
     return x.expand(2, -1).contiguous() if x.shape[0] == 1 else x
 
@@ -183,12 +181,11 @@ def _loudest_window(audio: list[Tensor], sample_rate: int, seconds: float) -> sl
     return slice(start, min(n, start + w))
 
 
-def _as_batch(song: Song, audio: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Loudness-normalised ``(1, N, 2, T)`` tracks, mono flags ``(1, N)`` and the gains ``(1, N)`` dB."""
-    x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio])[None]
-    mono = torch.tensor([[a.shape[0] == 1 for a in audio]])
-    gains = normalization_db(x, None, song.sample_rate)
-    return x * torch.pow(10.0, gains / 20)[..., None, None], mono, gains
+def _as_batch(audio: list[Tensor], analysis: Analysis) -> tuple[Tensor, Tensor]:
+    """``(1, N, 2, T)`` tracks at the analysis' normalisation gains and mono flags ``(1, N)``."""
+    gains = torch.tensor(analysis.gains_db)[:, None, None]
+    x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]) * torch.pow(10.0, gains / 20)
+    return x[None], torch.tensor([[a.shape[0] == 1 for a in audio]])
 
 
 def _logits(c: Controls) -> list[Tensor]:
@@ -199,27 +196,13 @@ def _controls(logits: list[Tensor]) -> Controls:
     return Controls(*(torch.sigmoid(v) for v in logits))
 
 
-def _setting_from_controls(song: Song, controls: Controls, gains: Tensor) -> ConsoleSetting:
-    from gradmix.mix import SEND_FLOOR_DB
-
-    layout = song.model.layout
-    with torch.no_grad():
-        params = layout.denormalize(controls)
-    setting = ConsoleSetting.from_params(layout, params, names=song.names, files=song.files,
-                                         sample_rate=song.sample_rate, send_floor_db=SEND_FLOOR_DB)
-    for track, g in zip(setting.tracks, gains[0].tolist()):
-        fader = next(e for e in track.chain if e.effect.type_name == "gain")
-        fader.params["gain_db"] = float(fader.params["gain_db"]) + g
-    return setting
-
-
 def refine(song: Song, analysis, z: Tensor, reference: Tensor, *, steps: int, excerpt_s: float = 15.0,
            lr: float = 0.05, progress: bool = False) -> ConsoleSetting:
     """Optimise the console (from the model's choice for style ``z``) so that the mix's style features approach
     those of ``reference`` ``(2, samples)``; the loudest ``excerpt_s`` seconds of the stems stand for the song."""
     model, sr = song.model, song.sample_rate
     window = _loudest_window(song.audio, sr, excerpt_s)
-    x, mono, _ = _as_batch(song, [a[:, window] for a in song.audio])
+    x, mono = _as_batch([a[:, window] for a in song.audio], analysis)
     with torch.no_grad():
         target = style_features(reference[None], sr)
         start = model.decide(analysis.embeddings, None, z[None])
@@ -231,7 +214,7 @@ def refine(song: Song, analysis, z: Tensor, reference: Tensor, *, steps: int, ex
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return _setting_from_controls(song, _controls(logits), torch.tensor([analysis.gains_db]))
+    return setting_from_controls(model, _controls(logits), analysis, song.names, song.files, sr)
 
 
 def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *, refine_steps: int = 0,
@@ -287,10 +270,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     energy = ref.square().sum()
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
-    x, mono, gains = _as_batch(song, song.audio)
+    analysis = analyse(model, song.audio, sr)
+    x, mono = _as_batch(song.audio, analysis)
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
-        analysis = analyse(model, song.audio, sr)
         start = model.decide(analysis.embeddings, None, z)
     logits = _logits(start)
     opt = torch.optim.Adam(logits, lr=lr)
@@ -327,7 +310,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
         opt.zero_grad()
         loss.backward()
         opt.step()
-    setting = _setting_from_controls(song, _controls(best), gains)
+    setting = setting_from_controls(model, _controls(best), analysis, song.names, song.files, sr)
     setting.save(output)
     return output, best_db, steps
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gradmix.audio import check_output_path, load_stems, write_audio
-from gradmix.console import ConsoleSetting
+from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, normalization_db
@@ -54,9 +54,18 @@ def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Ana
 def console_for(model: MixController, analysis: Analysis, names: list[str], files: list[str | None],
                 sample_rate: int, z: Tensor | None = None) -> ConsoleSetting:
     """The console setting the model chooses for analysed tracks, in mix style ``z`` ``(style_dim,)`` (default:
-    the model's centre of human mixes). The normalisation gains are folded into the faders."""
+    the model's centre of human mixes)."""
     with torch.no_grad():
-        params = model.layout.denormalize(model.decide(analysis.embeddings, None, None if z is None else z[None]))
+        controls = model.decide(analysis.embeddings, None, None if z is None else z[None])
+    return setting_from_controls(model, controls, analysis, names, files, sample_rate)
+
+
+def setting_from_controls(model: MixController, controls: Controls, analysis: Analysis, names: list[str],
+                          files: list[str | None], sample_rate: int) -> ConsoleSetting:
+    """The console file of 0..1 ``controls`` (batch of one) for loudness-normalised tracks: the
+    normalisation gains of ``analysis`` are folded into the faders, so the file renders the raw stems."""
+    with torch.no_grad():
+        params = model.layout.denormalize(controls)
     setting = ConsoleSetting.from_params(model.layout, params, names=names, files=files, sample_rate=sample_rate,
                                          send_floor_db=SEND_FLOOR_DB)
     for track, g in zip(setting.tracks, analysis.gains_db):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import STEM_MP4, read_audio, read_stem_mp4
+from gradmix.audio import STEM_MP4, read_audio, read_stem_mp4, resample
 from gradmix.data.songs import Song, StemRef
 from gradmix.errors import AudioError
 
@@ -102,9 +102,7 @@ def read_segment(ref: StemRef, offset_s: float, seconds: float | None, sample_ra
         if not np.isfinite(data).all():
             raise AudioError(f"{ref.path}: contains NaN or Inf samples")
     if rate != sample_rate and data.shape[-1] > 0:
-        import soxr
-
-        data = soxr.resample(np.ascontiguousarray(data.T), rate, sample_rate, quality="HQ").T
+        data = resample(data, rate, sample_rate)
     if data.shape[0] == 1:
         data = np.concatenate([data, data])
     want = None if seconds is None else int(round(seconds * sample_rate))

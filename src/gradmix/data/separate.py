@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gradmix.audio import list_audio_files, read_audio, write_audio
+from gradmix.audio import list_audio_files, read_audio, resample, write_audio
 from gradmix.data.songs import select_shard
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
@@ -48,9 +48,7 @@ def separate_mix(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int) ->
     x = mix if mix.shape[0] == 2 else mix.repeat(2, 1)
     rate = int(getattr(model, "samplerate", sample_rate))
     if rate != sample_rate:
-        import soxr
-
-        x = torch.from_numpy(soxr.resample(x.T.numpy(), sample_rate, rate, quality="HQ").T.copy())
+        x = torch.from_numpy(resample(x.numpy(), sample_rate, rate))
     with torch.no_grad():
         stems = apply_model(model, x[None], split=True, overlap=0.25, progress=False, device="cpu")[0]
     return stems, rate

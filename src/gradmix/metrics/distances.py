@@ -51,14 +51,21 @@ def running_mean(v: Tensor, frames: int) -> Tensor:
     return ((c[..., frames:] - c[..., :-frames]) / frames).to(v.dtype)
 
 
-def feature_errors(estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0) -> dict[str, Tensor]:
-    """Per-feature MAPE ``{name: (batch,)}`` of ``estimate`` against ``target`` (both ``(batch, 2, samples)``)."""
+def frame_feature_errors(estimate: Tensor, target: Tensor, sample_rate: float,
+                         window_s: float = 1.0) -> dict[str, Tensor]:
+    """MAPE ``{name: (batch,)}`` of the running means of the frame features (differentiable in ``estimate``)."""
     frames = max(1, int(round(window_s * sample_rate / F.N_FFT * 4)))  # hop = N_FFT / 4
     est, ref = frame_features(estimate, sample_rate), frame_features(target, sample_rate)
     errors = {}
     for name in est:
         e, r = running_mean(est[name], frames), running_mean(ref[name], frames)
         errors[name] = ((e - r).abs() / r.abs().clamp_min(_floor(name))).mean(-1)
+    return errors
+
+
+def feature_errors(estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0) -> dict[str, Tensor]:
+    """Per-feature MAPE ``{name: (batch,)}`` of ``estimate`` against ``target`` (both ``(batch, 2, samples)``)."""
+    errors = frame_feature_errors(estimate, target, sample_rate, window_s)
     song_est = {**F.loudness_features(estimate, sample_rate), **F.dynamics_features(estimate, sample_rate)}
     song_ref = {**F.loudness_features(target, sample_rate), **F.dynamics_features(target, sample_rate)}
     for name in ("loudness_lufs", "loudness_range_lu", "crest_factor_db", "plr_db"):

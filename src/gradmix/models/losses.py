@@ -22,9 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from gradmix.dsp import soft_integrated_loudness
-from gradmix.metrics import frame_features
-from gradmix.metrics.distances import _floor, running_mean
-from gradmix.metrics import features as F
+from gradmix.metrics.distances import frame_feature_errors
 
 FFT_SIZES = (512, 2048, 8192)
 
@@ -77,10 +75,5 @@ def balance_db(x: Tensor) -> Tensor:
 
 def feature_loss(estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0) -> Tensor:
     """Mean over frame features of the relative error of their running means (scalar)."""
-    frames = max(1, int(round(window_s * sample_rate / F.N_FFT * 4)))
-    est, ref = frame_features(estimate, sample_rate), frame_features(target.detach(), sample_rate)
-    errors = []
-    for name in est:
-        e, r = running_mean(est[name], frames), running_mean(ref[name], frames)
-        errors.append(((e - r).abs() / r.abs().clamp_min(_floor(name))).mean())
-    return torch.stack(errors).mean()
+    errors = frame_feature_errors(estimate, target.detach(), sample_rate, window_s)
+    return torch.stack(list(errors.values())).mean()
