@@ -25,13 +25,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/gradmix demo -o out/demo
 
-# ffmpeg reads MUSDB .stem.mp4 files, lmms renders real multitracks; the tests need both (under CI=true
-# they fail without them).
+# ffmpeg reads MUSDB .stem.mp4 files, lmms renders real multitracks, chromium runs the studio's browser
+# tests; the tests need all three (under CI=true they fail without them).
 sysdeps:
-	@{ command -v ffmpeg >/dev/null && command -v lmms >/dev/null; } || { command -v apt-get >/dev/null && \
-		[ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		--no-install-recommends ffmpeg lmms lmms-common; } || \
-		echo "note: install ffmpeg (.stem.mp4 files) and lmms + lmms-common (gradmix dataset lmms)"
+	@{ command -v ffmpeg >/dev/null && command -v lmms >/dev/null && [ -x /usr/bin/chromium ]; } || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg lmms lmms-common \
+		chromium; } || \
+		echo "note: install ffmpeg (.stem.mp4 files), lmms + lmms-common (gradmix dataset lmms), chromium (studio tests)"
 
 test: install sysdeps
 	$(PY) -m pytest -q

@@ -168,7 +168,8 @@ def read_reference(path: str | Path, sample_rate: int) -> Tensor:
     return x.expand(2, -1).contiguous() if x.shape[0] == 1 else x
 
 
-def _loudest_window(audio: list[Tensor], sample_rate: int, seconds: float) -> slice:
+def loudest_window(audio: list[Tensor], sample_rate: int, seconds: float) -> slice:
+    """The ``seconds``-long window (whole seconds) where the plain sum of ``audio`` is loudest, in samples."""
     total = sum(a.mean(0) for a in audio)
     n = total.shape[-1]
     w = int(seconds * sample_rate)
@@ -201,7 +202,7 @@ def refine(song: Song, analysis, z: Tensor, reference: Tensor, *, steps: int, ex
     """Optimise the console (from the model's choice for style ``z``) so that the mix's style features approach
     those of ``reference`` ``(2, samples)``; the loudest ``excerpt_s`` seconds of the stems stand for the song."""
     model, sr = song.model, song.sample_rate
-    window = _loudest_window(song.audio, sr, excerpt_s)
+    window = loudest_window(song.audio, sr, excerpt_s)
     x, mono = _as_batch([a[:, window] for a in song.audio], analysis)
     with torch.no_grad():
         target = style_features(reference[None], sr)

@@ -82,6 +82,27 @@ def _render(args: argparse.Namespace) -> None:
               "limiter", file=sys.stderr)
 
 
+def _studio(args: argparse.Namespace) -> None:
+    from gradmix.studio import run_studio
+
+    run_studio(args.stems_dir, console=args.console, out_dir=args.out, model_path=args.model, host=args.host,
+               port=args.port, strict=args.strict, open_browser=args.open)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from gradmix.audio import check_output_path
+    from gradmix.console import ConsoleSetting
+    from gradmix.daw import export_session
+
+    console = Path(args.console)
+    setting = ConsoleSetting.load(console)
+    output = check_output_path(args.output, [console])
+    stems = Path(args.stems) if args.stems else console.parent
+    path = export_session(setting, args.format, output, stems_dir=stems, embed=args.embed)
+    how = "with the stems inside" if args.embed else f"playing the stems in {stems}"
+    print(f"wrote {path} ({args.format}, {len(setting.tracks)} tracks, {len(setting.buses)} buses, {how})")
+
+
 def _normalize(args: argparse.Namespace) -> None:
     from gradmix.data.fxnorm import normalize_dataset
 
@@ -221,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse stems whose sample rate differs from the console's")
     p.add_argument("--stems-out", help="also write each processed track (post-fader, post-pan) to this folder")
     p.set_defaults(func=_render)
+    p = sub.add_parser("studio", help="a local web page to hear, compare, tweak and save the mix (studio extra)")
+    p.add_argument("stems_dir", help="folder of stems (never modified)")
+    p.add_argument("--console", help="open this console file (default: the model's automatic mix)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs the token printed at start-up)")
+    p.add_argument("--out", help="folder for saved files (default: STEMS_DIR.studio beside the stems folder)")
+    p.add_argument("--model", help="mixing model file (default: the shipped model)")
+    p.add_argument("--strict", action="store_true", help="refuse stems at another sample rate than the console's")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(func=_studio)
+    p = sub.add_parser("export", help="write a console file as a DAW session (DAWproject or REAPER) playing the stems")
+    p.add_argument("console", help="console file (JSON)")
+    p.add_argument("--format", choices=["dawproject", "reaper"], required=True,
+                   help="dawproject: a .dawproject (Bitwig Studio, Studio One, Cubase); reaper: a REAPER .RPP")
+    p.add_argument("-o", "--output", required=True, help="session file to write (.dawproject or .RPP)")
+    p.add_argument("--stems", help="folder holding the files the console names (default: the console file's folder)")
+    p.add_argument("--embed", action="store_true", help="dawproject: copy the stems into the file")
+    p.set_defaults(func=_export)
     p = sub.add_parser("dataset", help="build training data")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
     p = dsub.add_parser("normalize", help="effect-normalise every stem of a dataset (FxNorm), with labels")
