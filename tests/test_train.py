@@ -130,12 +130,15 @@ def test_style_model_trains_with_kl_and_stores_the_style_of_human_mixes(tmp_path
     cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run"))
     cfg.model.style_dim = 3
     cfg.data.self_supervised_fraction = 0.5
+    cfg.optim.style_info_weight = 1.0
     model, meta = load_model(train(cfg))
     assert model.cfg.style_dim == 3 and model.style_center.shape == (3,)
     assert model.style_center.abs().sum() > 0  # the mean of q(z | human mix), not the prior's zero
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
     kl = [float(r["loss_kl"]) for r in rows if r.get("loss_kl")]
     assert len(kl) == 2 and all(np.isfinite(kl)) and all(v >= 0 for v in kl)
+    info = [float(r["loss_style_info"]) for r in rows if r.get("loss_style_info")]
+    assert len(info) == 2 and all(np.isfinite(info)) and all(v > 0 for v in info)
     with pytest.raises(GradmixError, match="self_supervised_fraction"):
         cfg.data.self_supervised_fraction = 1.5
         check(cfg)

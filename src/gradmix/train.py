@@ -62,6 +62,10 @@ class OptimConfig:
     grad_clip: float = 1.0
     kl_weight: float = 0.01
     """Weight of the KL term of the style latent (models with ``model.style_dim > 0``)."""
+    style_info_weight: float = 0.0
+    """Weight of the style-consistency term: the style encoder, shown the rendered mix, should find the ``z``
+    the controller was given (mean squared error of the means). It makes the controller use ``z``, which a
+    reconstruction loss alone lets it ignore when the tracks already explain most of the mix."""
     loss: LossWeights = field(default_factory=LossWeights)
 
 
@@ -191,6 +195,10 @@ def _lightning_module(cfg: TrainConfig):
             if kl is not None:
                 loss = loss + cfg.optim.kl_weight * kl
                 terms["kl"] = kl.detach()
+            if z is not None and cfg.optim.style_info_weight > 0:
+                info = (self.model.encode_style(estimate, sample_rate=self.sr)[0] - z.detach()).square().mean()
+                loss = loss + cfg.optim.style_info_weight * info
+                terms["style_info"] = info.detach()
             if not torch.isfinite(loss):
                 raise GradmixError(f"non-finite loss at step {self.global_step} (songs {batch.songs})")
             self.log("loss", loss, prog_bar=True, batch_size=tracks.shape[0])
