@@ -167,6 +167,17 @@ def test_save_writes_console_mix_stems_and_daw_sessions_and_never_the_stems(sess
     assert json.loads(console.read_text())["tracks"][0]["chain"][0]["gain_db"] == -3.0
 
 
+def test_one_track_and_a_region_past_the_end(tmp_path):
+    s = Session(make_song(tmp_path / "one", names=("solo",), seconds=3.0), tmp_path / "out")
+    assert s.region == (0, 3 * SR)  # a song shorter than the default region loops whole
+    s.set_region(2.5, 99.0)
+    assert s.region == (int(2.5 * SR), 3 * SR)
+    assert s.render_region(EDITED).mix.shape == (2, SR // 2)
+    assert torch.isfinite(s.render_region(EDITED).mix).all()
+    with pytest.raises(GradmixError, match="numbers"):
+        s.set_region(float("nan"), 1.0)
+
+
 def test_the_output_folder_must_lie_outside_the_stems(song):
     with pytest.raises(GradmixError, match="outside the stems folder"):
         Session(song, song / "mixes")
