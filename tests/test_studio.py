@@ -363,6 +363,20 @@ def test_the_page_plays_switches_edits_and_saves(browser, session, song, tmp_pat
         page.click("#versions button[data-version='edited']")
         page.wait_for_function("studio.playingVersion === 'edited'")
 
+        # sample another, match a reference (an upload), and a non-audio upload gets one clear line
+        page.click("#sample")
+        page.wait_for_function("studio.playingVersion === 'sample 1'", timeout=60_000)
+        ref = tmp_path / "reference.wav"
+        sf.write(ref, np.random.default_rng(3).standard_normal((2 * SR, 2)).astype(np.float32) * 0.1, SR)
+        page.set_input_files("#reference", str(ref))
+        page.wait_for_function("studio.playingVersion === 'match'", timeout=60_000)
+        junk = tmp_path / "junk.wav"
+        junk.write_text("certainly not audio")
+        page.set_input_files("#reference", str(junk))
+        page.wait_for_function("document.getElementById('status').className === 'error'", timeout=60_000)
+        assert "junk" not in page.evaluate("studio.state.versions").__repr__()
+        assert page.locator("#versions button").count() == 5
+
         # save: a console that gradmix render reproduces
         page.fill("#save-name", "from_page")
         page.click("#save")
