@@ -6,7 +6,8 @@
    track-second, median of several runs after a warm-up.
 2. The same strips from dasp-pytorch (gain, parametric_eq, compressor, stereo_panner; master
    parametric_eq + compressor), with its reverb bus switched off (its direct convolution takes minutes).
-3. ``gradmix render`` (a new process) of 8 stereo tracks x 5 min: wall time and peak memory (max RSS).
+3. ``gradmix render`` (a new process) of 8 stereo tracks x 5 min, 3 runs: wall time, peak memory (max RSS),
+   CPU time, where the time goes (``--timings``) and the machine's load average before each run.
 
 Run from the repository root: ``python benchmarks/console.py [--quick] [--markdown]``.
 """
@@ -14,7 +15,9 @@ Run from the repository root: ``python benchmarks/console.py [--quick] [--markdo
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -105,9 +108,13 @@ def median_time(fn, x, grad: bool, runs: int) -> float:
     return statistics.median(fn(x, grad) for _ in range(runs))
 
 
-def render_benchmark(minutes: float, tracks: int) -> tuple[float, float]:
+def render_benchmark(minutes: float, tracks: int, runs: int) -> list[dict]:
+    """``gradmix render`` of ``tracks`` stereo noise tracks x ``minutes``, ``runs`` times, each a new process:
+    per run wall seconds, peak GB (max RSS), user and system CPU seconds, the stages of ``--timings`` and
+    the 1-minute load average before it started."""
     import soundfile as sf
 
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "song"
         folder.mkdir()
@@ -126,17 +133,20 @@ def render_benchmark(minutes: float, tracks: int) -> tuple[float, float]:
             t.sends = {"reverb": -12.0}
         setting.buses[0].chain[0].params.update(mix=1.0, decay_s=[2.5, 2.0, 1.6, 1.0])
         console = setting.save(Path(tmp) / "console.json")
-        # a small wrapper process starts render, so that the peak memory reported is render's own (a child
-        # forked straight from this large process would count this process's pages too)
+        # a small wrapper process starts render, so that the peak memory and CPU time reported are render's
+        # own (a child forked straight from this large process would count this process's pages too)
         cmd = [sys.executable, "-m", "gradmix.cli.main", "render", str(folder), str(console), "-o",
-               str(Path(tmp) / "mix.wav")]
-        wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                   f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL); "
-                   "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-        out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True).stdout
-        wall, peak_kb = (float(v) for v in out.split())
-        peak_gb = peak_kb / 1024 ** 2
-    return wall, peak_gb
+               str(Path(tmp) / "mix.wav"), "--timings"]
+        wrapper = ("import json, resource, subprocess, time; t = time.perf_counter(); "
+                   f"out = subprocess.run({cmd!r}, check=True, capture_output=True, text=True).stdout; "
+                   "wall = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+                   "print(json.dumps(dict(wall=wall, peak_gb=r.ru_maxrss / 1024 ** 2, user=r.ru_utime, "
+                   "sys=r.ru_stime, stages=out.split('timings: ')[-1].strip())))")
+        for _ in range(runs):
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True).stdout
+            results.append({**json.loads(out), "load": load})
+    return results
 
 
 def main() -> None:
@@ -159,7 +169,9 @@ def main() -> None:
             note = "not installed (pip install -e '.[bench]')"
         rows.append((name, fwd, both, note))
     minutes = 0.5 if args.quick else 5.0
-    wall, peak = render_benchmark(minutes, 8)
+    renders = render_benchmark(minutes, 8, 1 if args.quick else 3)
+    wall = statistics.median(r["wall"] for r in renders)
+    peak = max(r["peak_gb"] for r in renders)
     sep = " | "
     print(f"console: 16 mono tracks x {seconds:g} s, {SR} Hz, 2 threads, median of {runs}; seconds per track-second")
     print(sep.join(["implementation", "fwd", "fwd+bwd", "notes"]))
@@ -167,7 +179,11 @@ def main() -> None:
         print(sep.join(["---"] * 4))
     for name, fwd, both, note in rows:
         print(sep.join([name, f"{fwd:.4f}", f"{both:.4f}", note]))
-    print(f"\ngradmix render, 8 stereo tracks x {minutes:g} min (new process): {wall:.1f} s wall, {peak:.2f} GB peak RSS")
+    print(f"\ngradmix render, 8 stereo tracks x {minutes:g} min (new process each run): median {wall:.1f} s wall, "
+          f"{peak:.2f} GB peak RSS")
+    for r in renders:
+        print(f"  {r['wall']:.1f} s wall, CPU {r['user']:.1f} s user + {r['sys']:.1f} s system, {r['peak_gb']:.2f} GB, "
+              f"load {r['load']:.1f} before; {r['stages']} (the rest: start-up and imports)")
     g = rows[0]
     print("\nGoals:")
     print(f"  {'MET' if g[2] <= GOAL_CONSOLE else 'NOT MET'}: console fwd+bwd <= {GOAL_CONSOLE} s/track-s: {g[2]:.4f}")

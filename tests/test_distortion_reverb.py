@@ -160,3 +160,10 @@ def test_fft_convolve_long_signals_by_overlap_add(rng):
     xt = torch.tensor(x[..., :20_000], requires_grad=True)
     ht = torch.tensor(h[..., :700], requires_grad=True)
     assert torch.autograd.gradcheck(fft_convolve, (xt, ht), fast_mode=True)
+    xt, ht = torch.tensor(x, dtype=torch.float32), torch.tensor(h, dtype=torch.float32)
+    with torch.no_grad():  # the in-place inference path: the same values, the input untouched
+        fast = fft_convolve(xt, ht)
+        wet = reverb(xt, sample_rate=SR, decay_s=0.05, mix=0.7)
+    assert torch.equal(xt, torch.tensor(x, dtype=torch.float32))
+    assert torch.equal(fast, fft_convolve(xt, ht.requires_grad_()).detach())
+    assert torch.equal(wet, reverb(xt.requires_grad_(), sample_rate=SR, decay_s=0.05, mix=0.7).detach())

@@ -179,6 +179,20 @@ def test_limiter_inference_path_equals_the_differentiable_path(rng, lookahead_ms
     assert fast.abs().max().item() <= 10 ** (-2 / 20)
 
 
+@pytest.mark.parametrize("fn,kw", [
+    (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0)),
+    (limiter, dict(gain_db=6.0)),
+    (limiter, dict(gain_db=0.0, lookahead_ms=0.0)),
+])
+def test_inference_paths_leave_the_input_untouched(rng, fn, kw):
+    """They reuse their own temporaries in place, never the caller's audio."""
+    x = torch.tensor(music_like(rng) * 3, dtype=torch.float32)[None]
+    before = x.clone()
+    with torch.no_grad():
+        fn(x, sample_rate=SR, **kw)
+    assert torch.equal(x, before)
+
+
 def test_running_min():
     x = torch.tensor([[5.0, 3.0, 4.0, 1.0, 6.0, 2.0, 7.0]])
     np.testing.assert_array_equal(running_min(x, 3).numpy(), [[3.0, 1.0, 1.0, 1.0, 2.0]])

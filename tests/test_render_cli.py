@@ -48,7 +48,7 @@ def test_render_pads_resamples_and_writes(tmp_path, capsys):
     mix, sr = sf.read(out, always_2d=True)
     assert sr == SR and mix.shape == (SR, 2) and np.isfinite(mix).all()
     text = capsys.readouterr().out
-    assert "dBFS" in text and "LUFS" in text
+    assert "dBFS" in text and "LUFS" in text and "timings" not in text
     stems, _ = load_stems(song, files=["track0.wav", "track1.wav", "track2.wav"], sample_rate=SR)
     assert stems[1].source_rate == 48000 and stems[1].audio.shape == (2, SR)
     assert stems[2].audio[:, int(0.5 * SR):].abs().max() == 0  # padded with silence
@@ -59,6 +59,13 @@ def test_render_pads_resamples_and_writes(tmp_path, capsys):
     assert written == ["track0.wav", "track1.wav", "track2.wav"]
     s0, _ = sf.read(tmp_path / "stems" / "track0.wav", always_2d=True)
     assert error_db(s0.T, strips[0].numpy()) < -120
+
+
+def test_render_timings(tmp_path, capsys):
+    console = make_song(tmp_path / "song")
+    assert main(["render", str(tmp_path / "song"), str(console), "-o", str(tmp_path / "mix.wav"), "--timings"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("timings: read ") and all(f"{s} " in line for s in ("render", "measure", "write"))
 
 
 def test_render_24_bit_warns_when_clipping(tmp_path):

@@ -27,6 +27,8 @@ STEM_MP4 = ".stem.mp4"
 MUSDB_STEMS = ("drums", "bass", "other", "vocals")
 SUBTYPES = {"float": "FLOAT", "24": "PCM_24", "16": "PCM_16"}
 MAX_TRACKS = 256
+_BLOCK_FRAMES = 1 << 16
+"""Frames per read or write: an interleaved block stays in cache while it is split into or joined from channels."""
 
 
 @dataclass
@@ -84,14 +86,22 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(path) as f:
             rate, channels, frames = f.samplerate, f.channels, f.frames
-            data = f.read(dtype="float32", always_2d=True)
+            data = np.empty((channels, frames), dtype=np.float32)
+            block = np.empty((min(frames, _BLOCK_FRAMES), channels), dtype=np.float32)
+            done = 0
+            while done < frames:  # in cache-sized blocks, straight into the (channels, samples) array
+                got = f.read(min(frames - done, len(block)), dtype="float32", always_2d=True, out=block)
+                if len(got) == 0:
+                    break
+                data[:, done: done + len(got)] = got.T
+                done += len(got)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: cannot be read as audio ({_short(exc)})") from None
-    if data.shape[0] < frames:
-        raise AudioError(f"{path}: truncated: the header promises {frames} frames, the file holds {data.shape[0]}")
+    if done < frames:
+        raise AudioError(f"{path}: truncated: the header promises {frames} frames, the file holds {done}")
     if path.suffix.lower() == ".wav":
         _check_wav_length(path)
-    return _checked(path, data.T, channels, rate)
+    return _checked(path, data, channels, rate)
 
 
 def _check_wav_length(path: Path) -> None:
@@ -291,7 +301,9 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sampl
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, data.T.astype(np.float32), int(sample_rate), subtype=SUBTYPES[subtype], format=fmt)
+        with sf.SoundFile(tmp, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as f:
+            for start in range(0, data.shape[1], _BLOCK_FRAMES):  # interleaved block by block: no song-long copy
+                f.write(data[:, start: start + _BLOCK_FRAMES].T.astype(np.float32))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

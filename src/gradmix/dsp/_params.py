@@ -103,6 +103,12 @@ def db_to_amplitude(db: Tensor) -> Tensor:
     return torch.pow(10.0, db / 20.0)
 
 
+def inference(*tensors: Tensor) -> bool:
+    """True when no gradient is wanted through ``tensors``: fused compiled paths may run and a
+    function's own song-long temporaries may be reused in place."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def bcast(t: Tensor) -> Tensor:
     """``(batch,)`` -> ``(batch, 1, 1)`` so that it multiplies ``(batch, channels, samples)``."""
     return t.reshape(-1, 1, 1)

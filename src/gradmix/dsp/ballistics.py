@@ -92,39 +92,42 @@ def _kernels():
 
         @njit(parallel=True, cache=True)
         def limiter_gain(peak, ceiling, lookahead, release, out):  # pragma: no cover - compiled
+            # one pass over need[n] = min(1, ceiling / peak[n - L]) (1 outside the signal): a running minimum
+            # over windows of L + 1 (monotonic queue), then their moving average and the release; only the
+            # last L + 2 values are kept (rings), and out[n] is written after every read of peak[<= n]
             batch, samples = peak.shape
             L = lookahead
             for b in prange(batch):
-                need = np.empty(samples + 2 * L, dtype=np.float64)
-                for n in range(need.size):
-                    k = n - L
-                    need[n] = 1.0 if k < 0 or k >= samples else min(1.0, ceiling[b] / max(peak[b, k], 1e-30))
-                # running minimum over windows of L + 1 (monotonic queue of indices), then their moving average
-                queue = np.empty(need.size, dtype=np.int64)
-                head, tail = 0, 0
-                held = np.empty(samples + L, dtype=np.float64)
-                for n in range(need.size):
-                    while tail > head and need[queue[tail - 1]] >= need[n]:
-                        tail -= 1
-                    queue[tail] = n
-                    tail += 1
-                    start = n - L
-                    if queue[head] < start:
-                        head += 1
-                    if start >= 0:
-                        held[start] = need[queue[head]]
+                queue = np.empty(L + 2, dtype=np.int64)  # indices of `need`, in a ring
+                mins = np.empty(L + 2, dtype=np.float64)  # their values
+                held = np.empty(L + 1, dtype=np.float64)  # the last L + 1 window minima, in a ring
+                head, count = 0, 0
                 total = 0.0
                 prev = 1.0
                 rt = release[b]
-                for m in range(held.size):
-                    total += held[m]
+                for n in range(samples + 2 * L):
+                    k = n - L
+                    v = 1.0 if k < 0 or k >= samples else min(1.0, ceiling[b] / max(peak[b, k], 1e-30))
+                    while count > 0 and mins[(head + count - 1) % (L + 2)] >= v:
+                        count -= 1
+                    queue[(head + count) % (L + 2)] = n
+                    mins[(head + count) % (L + 2)] = v
+                    count += 1
+                    m = n - L  # the window [m, m + L] of `need` is complete: held[m] is its minimum
+                    if queue[head] < m:
+                        head = (head + 1) % (L + 2)
+                        count -= 1
+                    if m < 0:
+                        continue
+                    total += mins[head]
                     if m > L:
-                        total -= held[m - L - 1]
+                        total -= held[(m - L - 1) % (L + 1)]
+                    held[m % (L + 1)] = mins[head]
                     if m >= L:
-                        n = m - L
+                        i = m - L
                         g = total / (L + 1)
                         prev = g if g < prev else prev + rt * (g - prev)
-                        out[b, n] = min(prev, need[n + L])
+                        out[b, i] = min(prev, min(1.0, ceiling[b] / max(peak[b, i], 1e-30)))
 
         _KERNELS = (forward, backward, curve_forward, limiter_gain)
     return _KERNELS
@@ -190,7 +193,8 @@ def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
 
     Computes exactly what ``smooth(compressor_gain_db(level_db, ...), attack, release)`` (or the expander
     curve, with ``attack``/``release`` already swapped by the caller) computes, without the whole-signal
-    temporaries; used when no gradient is needed (rendering long songs).
+    temporaries; used when no gradient is needed (rendering long songs). The result is written over
+    ``level_db`` (when it is a contiguous CPU tensor) and returned.
 
     Args:
         level_db: ``(batch, samples)``.
@@ -199,19 +203,18 @@ def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
     kernel = _kernels()[2]
     ln = _np(level_db)
     dt = ln.dtype
-    y = np.empty_like(ln)
     floor = range_db if range_db is not None else torch.full_like(threshold_db, np.inf)
     kernel(ln, *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)), expander,
-           _np(attack).astype(dt), _np(release).astype(dt), y)
-    return torch.from_numpy(y).to(level_db.device)
+           _np(attack).astype(dt), _np(release).astype(dt), ln)
+    return torch.from_numpy(ln).to(level_db.device)
 
 
 def limiter_gain(peak: Tensor, *, ceiling: Tensor, lookahead: int, release: Tensor) -> Tensor:
     """Inference-only limiter gain in one compiled pass per item (no autograd): what
     :func:`gradmix.dsp.dynamics.limiter` computes from the linked peak ``(batch, samples)``, the linear
-    ``ceiling`` and ``release`` weight ``(batch,)`` and the look-ahead in samples."""
+    ``ceiling`` and ``release`` weight ``(batch,)`` and the look-ahead in samples. The gain is written over
+    ``peak`` (when it is a contiguous CPU tensor) and returned; memory beyond it is O(look-ahead)."""
     kernel = _kernels()[3]
     pn = _np(peak)
-    out = np.empty_like(pn)
-    kernel(pn, _np(ceiling).astype(np.float64), int(lookahead), _np(release).astype(np.float64), out)
-    return torch.from_numpy(out).to(peak.device)
+    kernel(pn, _np(ceiling).astype(np.float64), int(lookahead), _np(release).astype(np.float64), pn)
+    return torch.from_numpy(pn).to(peak.device)

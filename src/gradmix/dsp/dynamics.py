@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gradmix.dsp.ballistics import curve_and_smooth, limiter_gain, smooth
-from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
+from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, inference, param
 
 GATE_RATIO = 10.0
 """Expansion ratio of :func:`noise_gate` (a gate is a steep expander with a floor)."""
@@ -36,25 +36,27 @@ def time_to_coefficient(time_ms: Tensor, sample_rate: float) -> Tensor:
     return -torch.expm1(-1000.0 / (time_ms * sample_rate))
 
 
-def _level_db(x: Tensor) -> Tensor:
-    """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
+def _linked_peak(x: Tensor) -> Tensor:
+    """``max_c |x[:, c]|``, ``(batch, samples)``; without autograd, into one new buffer."""
+    in_place = inference(x)
     peak = x[:, 0].abs()
     for c in range(1, x.shape[1]):
-        peak = torch.maximum(peak, x[:, c].abs())
-    if torch.is_grad_enabled() and x.requires_grad:
+        peak = torch.maximum(peak, x[:, c].abs(), out=peak if in_place else None)
+    return peak
+
+
+def _level_db(x: Tensor) -> Tensor:
+    """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
+    peak = _linked_peak(x)
+    if not inference(x):
         return 20.0 * torch.log10(peak.clamp_min(1e-12))
     return peak.clamp_min_(1e-12).log10_().mul_(20.0)  # in place: no page faults on new whole-song buffers
-
-
-def _inference(*tensors: Tensor) -> bool:
-    """True when no gradient is wanted, so the fused compiled path may run."""
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
     """``10 ** ((gain_db + makeup_db) / 20)`` as ``(batch, 1, samples)``, in one exp."""
     offset = (makeup_db * _DB_TO_NEPER)[:, None]
-    if _inference(gain_db, makeup_db):
+    if inference(gain_db, makeup_db):
         return gain_db.mul_(_DB_TO_NEPER).add_(offset).exp_().unsqueeze(1)
     return torch.exp(gain_db * _DB_TO_NEPER + offset).unsqueeze(1)
 
@@ -122,7 +124,7 @@ def compressor(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Par
     check_range(r, "ratio", 1.0)
     check_range(w, "knee_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    if _inference(x, t, r, w, m, at, rt):
+    if inference(x, t, r, w, m, at, rt):
         g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=at, release=rt)
     else:
         g = _smooth(compressor_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w), at, rt)
@@ -151,7 +153,7 @@ def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param
     check_range(w, "knee_db", 0.0)
     check_range(rg, "range_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    if _inference(x, t, r, w, rg, m, at, rt):
+    if inference(x, t, r, w, rg, m, at, rt):
         g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=rt, release=at, expander=True,
                              range_db=rg)
     else:
@@ -214,10 +216,11 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
     L = limiter_latency_samples(lookahead_ms, sample_rate)
     x = x * bcast(torch.pow(10.0, g_db / 20.0))
     ceiling = torch.pow(10.0, c_db / 20.0) * (1 - 1e-6)
+    if inference(x, ceiling, rel):
+        gain = limiter_gain(_linked_peak(x), ceiling=ceiling, lookahead=L,
+                            release=time_to_coefficient(rel, sample_rate))
+        return x.mul_(gain.unsqueeze(1))  # x is already this function's own copy
     peak = x.abs().amax(dim=1)
-    if _inference(x, ceiling, rel):
-        gain = limiter_gain(peak, ceiling=ceiling, lookahead=L, release=time_to_coefficient(rel, sample_rate))
-        return x * gain.unsqueeze(1)
     need = torch.clamp(ceiling[:, None] / peak.clamp_min(1e-30), max=1.0)
     gain = need
     if L > 0:

@@ -38,7 +38,7 @@ def pan(x: Tensor, *, pan: Param) -> Tensor:
     p = param(pan, "pan", x)
     check_range(p, "pan", -1.0, 1.0)
     theta = (p + 1) * (math.pi / 4)
-    return torch.cat([x * bcast(torch.cos(theta)), x * bcast(torch.sin(theta))], dim=1)
+    return x * torch.stack([torch.cos(theta), torch.sin(theta)], 1)[:, :, None]  # one output, no concatenation
 
 
 def balance(x: Tensor, *, pan: Param) -> Tensor:
@@ -60,7 +60,7 @@ def balance(x: Tensor, *, pan: Param) -> Tensor:
     one = torch.ones_like(fade)
     left = torch.where(p > 0, fade, one)
     right = torch.where(p < 0, fade, one)
-    return torch.cat([x[:, :1] * bcast(left), x[:, 1:] * bcast(right)], dim=1)
+    return x * torch.stack([left, right], 1)[:, :, None]
 
 
 def stereo_width(x: Tensor, *, width: Param) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
+from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, inference, param
 from gradmix.dsp.delay_line import delay_line
 from gradmix.errors import ParameterError
 
@@ -43,8 +43,13 @@ def fft_convolve(x: Tensor, h: Tensor) -> Tensor:
     blocks = -(-n // block)
     size = 2 * block
     segments = F.pad(x, (0, blocks * block - n)).unflatten(-1, (blocks, block))
-    y = torch.fft.irfft(torch.fft.rfft(segments, size) * torch.fft.rfft(h, size).unsqueeze(-2), size)
-    tails = F.pad(y[..., :-1, block:], (0, 0, 1, 0))  # each block's tail spills into the next block
+    spectra, response = torch.fft.rfft(segments, size), torch.fft.rfft(h, size).unsqueeze(-2)
+    if inference(x, h):  # the same values, in place: two song-long temporaries fewer
+        y = torch.fft.irfft(spectra.mul_(response), size)
+        y[..., 1:, :block] += y[..., :-1, block:]  # each block's tail spills into the next block
+        return y[..., :block].flatten(-2)[..., :n]
+    y = torch.fft.irfft(spectra * response, size)
+    tails = F.pad(y[..., :-1, block:], (0, 0, 1, 0))
     return (y[..., :block] + tails).flatten(-2)[..., :n]
 
 
@@ -179,6 +184,8 @@ def reverb(x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param 
         raise ParameterError(f"seed: {seed!r} is not an integer")
     h = reverb_impulse_response(sample_rate=sample_rate, decay_s=d, channels=x.shape[1], seed=seed)
     wet = fft_convolve(x, fractional_shift(h, p * (sample_rate / 1000.0)))
+    if inference(x, wet, m):
+        return wet.mul_(bcast(m)).add_((1 - bcast(m)) * x)
     return (1 - bcast(m)) * x + bcast(m) * wet
 
 
