@@ -11,6 +11,7 @@ import torch
 
 from conftest import error_db, require, response_db_from_impulse
 from gradmix.dsp import SHAPES, biquad, biquad_coefficients, frequency_response_db, sos_filter
+from gradmix.dsp.eq import eq_coefficients
 from gradmix.errors import ParameterError, ShapeError
 
 SAMPLE_RATES = (22050.0, 44100.0, 48000.0, 96000.0)
@@ -176,6 +177,17 @@ def test_sos_filter_is_scipy_sosfilt_to_the_last_bit(rng, dtype):
         ref = scipy.signal.sosfilt(np.concatenate([b[i], a[i]], -1), x[i].double().numpy(), axis=-1)
         assert np.array_equal(fast[i].numpy(), ref.astype(fast.numpy().dtype))
         assert np.array_equal(kept[i].numpy(), ref.astype(fast.numpy().dtype))
+
+
+def test_zero_db_sections_are_left_out_without_changing_a_sample(rng):
+    """A 0 dB peak or shelf (numerator = denominator) returns its input exactly, so inference skips it."""
+    x = torch.tensor(rng.standard_normal((2, 2, 3000)), dtype=torch.float32)
+    f, g = torch.tensor([[100.0, 1000.0, 6000.0]] * 2), torch.tensor([[0.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    b, a = eq_coefficients(["low_shelf", "peak", "high_shelf"], sample_rate=44100, freq_hz=f, gain_db=g,
+                           q=torch.full((2, 3), 0.8))
+    fast = sos_filter(x, b, a)
+    assert torch.equal(fast, sos_filter(x, b.requires_grad_(), a).detach())
+    assert torch.equal(fast[1], x[1])
 
 
 def test_input_gradient_is_time_reversed_filter(rng):

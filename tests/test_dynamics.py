@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from conftest import error_db
 from gradmix.dsp import compressor, expander, limiter, limiter_latency_samples, noise_gate
+from gradmix.dsp.ballistics import linked_peak
 from gradmix.dsp.dynamics import GATE_RATIO, running_min
 from gradmix.errors import ParameterError
 
@@ -191,6 +192,13 @@ def test_inference_paths_leave_the_input_untouched(rng, fn, kw):
     with torch.no_grad():
         fn(x, sample_rate=SR, **kw)
     assert torch.equal(x, before)
+
+
+def test_linked_peak_is_torch_maximum_of_abs_then_clamp(rng):
+    x = torch.tensor(rng.standard_normal((3, 2, 500)), dtype=torch.float32)
+    x[0, 0, 5], x[1, 1, 7], x[2, :, 9] = float("nan"), float("inf"), 0.0
+    ref = torch.maximum(x[:, 0].abs(), x[:, 1].abs()).clamp_min(1e-12)
+    assert torch.equal(linked_peak(x, 1e-12).nan_to_num(-1.0), ref.nan_to_num(-1.0))
 
 
 def test_running_min():

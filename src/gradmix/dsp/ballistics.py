@@ -129,7 +129,19 @@ def _kernels():
                         prev = g if g < prev else prev + rt * (g - prev)
                         out[b, i] = min(prev, min(1.0, ceiling[b] / max(peak[b, i], 1e-30)))
 
-        _KERNELS = (forward, backward, curve_forward, limiter_gain)
+        @njit(parallel=True, cache=True)
+        def linked_peak(x, floor, out):  # pragma: no cover - compiled
+            batch, channels, samples = x.shape
+            for b in prange(batch):
+                for n in range(samples):
+                    m = abs(x[b, 0, n])
+                    for c in range(1, channels):
+                        v = abs(x[b, c, n])
+                        if v > m or v != v:  # NaN wins, as in torch.maximum
+                            m = v
+                    out[b, n] = m if m >= floor or m != m else floor
+
+        _KERNELS = (forward, backward, curve_forward, limiter_gain, linked_peak)
     return _KERNELS
 
 
@@ -207,6 +219,15 @@ def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
     kernel(ln, *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)), expander,
            _np(attack).astype(dt), _np(release).astype(dt), ln)
     return torch.from_numpy(ln).to(level_db.device)
+
+
+def linked_peak(x: Tensor, floor: float) -> Tensor:
+    """``max(max_c |x[:, c]|, floor)``, ``(batch, samples)`` from ``(batch, channels, samples)``: what
+    ``torch.maximum`` over the channels' ``abs`` then ``clamp_min`` give, in one compiled pass (no autograd)."""
+    xn = _np(x)
+    out = np.empty((xn.shape[0], xn.shape[2]), dtype=xn.dtype)
+    _kernels()[4](xn, xn.dtype.type(floor), out)
+    return torch.from_numpy(out).to(x.device)
 
 
 def limiter_gain(peak: Tensor, *, ceiling: Tensor, lookahead: int, release: Tensor) -> Tensor:

@@ -223,8 +223,10 @@ class _SOSFilter(torch.autograd.Function):
 
         def run(i: int) -> None:
             sos = np.concatenate([bn[i], an[i]], -1)
-            if not keep:  # the whole cascade in one pass, float64 only inside the kernel
-                _cascade(sos, xn[i], out[i])
+            if not keep:  # the whole cascade in one pass, float64 only inside the kernel, without the
+                # sections whose numerator is their denominator (0 dB peaks and shelves): their recursion
+                # returns its input exactly (its state stays 0), so leaving them out changes no sample
+                _cascade(sos[(sos[:, :3] != sos[:, 3:]).any(1)], xn[i], out[i])
                 return
             sig = xn[i].astype(np.float64)
             stages[0, i] = sig

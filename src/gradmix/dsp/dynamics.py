@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradmix.dsp.ballistics import curve_and_smooth, limiter_gain, smooth
+from gradmix.dsp.ballistics import curve_and_smooth, limiter_gain, linked_peak, smooth
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, inference, param
 
 GATE_RATIO = 10.0
@@ -36,21 +36,14 @@ def time_to_coefficient(time_ms: Tensor, sample_rate: float) -> Tensor:
     return -torch.expm1(-1000.0 / (time_ms * sample_rate))
 
 
-def _linked_peak(x: Tensor) -> Tensor:
-    """``max_c |x[:, c]|``, ``(batch, samples)``; without autograd, into one new buffer."""
-    in_place = inference(x)
-    peak = x[:, 0].abs()
-    for c in range(1, x.shape[1]):
-        peak = torch.maximum(peak, x[:, c].abs(), out=peak if in_place else None)
-    return peak
-
-
 def _level_db(x: Tensor) -> Tensor:
     """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
-    peak = _linked_peak(x)
-    if not inference(x):
-        return 20.0 * torch.log10(peak.clamp_min(1e-12))
-    return peak.clamp_min_(1e-12).log10_().mul_(20.0)  # in place: no page faults on new whole-song buffers
+    if inference(x):  # one compiled pass, then in place: no page faults on new whole-song buffers
+        return linked_peak(x, 1e-12).log10_().mul_(20.0)
+    peak = x[:, 0].abs()
+    for c in range(1, x.shape[1]):
+        peak = torch.maximum(peak, x[:, c].abs())
+    return 20.0 * torch.log10(peak.clamp_min(1e-12))
 
 
 def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
@@ -217,7 +210,7 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
     x = x * bcast(torch.pow(10.0, g_db / 20.0))
     ceiling = torch.pow(10.0, c_db / 20.0) * (1 - 1e-6)
     if inference(x, ceiling, rel):
-        gain = limiter_gain(_linked_peak(x), ceiling=ceiling, lookahead=L,
+        gain = limiter_gain(linked_peak(x, 0.0), ceiling=ceiling, lookahead=L,
                             release=time_to_coefficient(rel, sample_rate))
         return x.mul_(gain.unsqueeze(1))  # x is already this function's own copy
     peak = x.abs().amax(dim=1)
