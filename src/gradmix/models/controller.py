@@ -40,6 +40,9 @@ class ModelConfig:
     ff: int = 256
     style_dim: int = 0
     """Size of the latent mix style ``z`` (0: no style; the controller is deterministic given the tracks)."""
+    style_direct: bool = False
+    """Also map ``z`` linearly onto every control's logit (one offset per control, the same for every track),
+    besides feeding it to the transformer: a short path that a reconstruction loss can use from the first step."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -150,6 +153,12 @@ class MixController(nn.Module):
             self.style_in = nn.Linear(self.cfg.style_dim, d)
             self.register_buffer("style_center", torch.zeros(self.cfg.style_dim))
             """Mean style of the human mixes seen in training (``gradmix mix`` mixes with it)."""
+            if self.cfg.style_direct:
+                self.style_strip = nn.Linear(self.cfg.style_dim, layout.num_strip_params + self.sends, bias=False)
+                self.style_master = nn.Linear(self.cfg.style_dim, layout.num_bus_params + layout.num_master_params,
+                                              bias=False)
+                nn.init.zeros_(self.style_strip.weight)
+                nn.init.zeros_(self.style_master.weight)
 
     def encode_style(self, mix: Tensor, *, sample_rate: float) -> tuple[Tensor, Tensor]:
         """q(z | mix): mean and log-variance ``(batch, style_dim)`` of the style of stereo mixes
@@ -187,8 +196,10 @@ class MixController(nn.Module):
         if mask is not None:
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=emb.device), ~mask.to(torch.bool)], 1)
         h = self.context(tokens, src_key_padding_mask=pad)
-        strip = torch.sigmoid(self.strip_head(h[:, 1:]))
-        master = torch.sigmoid(self.master_head(h[:, 0]))
+        strip, master = self.strip_head(h[:, 1:]), self.master_head(h[:, 0])
+        if self.cfg.style_dim and self.cfg.style_direct:
+            strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
+        strip, master = torch.sigmoid(strip), torch.sigmoid(master)
         ps, pb = self.layout.num_strip_params, self.layout.num_bus_params
         return Controls(strip[..., :ps], strip[..., ps:], master[:, :pb], master[:, pb:])
 
