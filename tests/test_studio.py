@@ -197,7 +197,7 @@ def test_opening_a_console_file(song, tmp_path):
 @pytest.fixture
 def client(session):
     require("starlette")
-    require("httpx")
+    require("httpx2")
     from starlette.testclient import TestClient
 
     from gradmix.studio.server import create_app
