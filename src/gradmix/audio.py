@@ -259,6 +259,11 @@ def _try_read(path: Path):
         return exc
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None) -> Path:
     """Refuse an output that is one of the inputs or lies in a folder that is missing or unwritable."""
     output = Path(output)

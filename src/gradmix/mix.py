@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, load_stems, write_audio
+from gradmix.audio import Stem, check_output_path, load_stems, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
@@ -100,10 +100,15 @@ def load_song(stems_dir: str | Path, model_path: str | Path | None = None, *, st
     stems_dir = Path(stems_dir)
     model, meta = load_model(model_path)
     stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
-    names = [s.name for s in stems]
+    return Song(model, [s.name for s in stems], console_files(stems, stems_dir), [s.audio for s in stems], sr,
+                [s.path for s in stems])
+
+
+def console_files(stems: list[Stem], stems_dir: Path) -> list[str]:
+    """What a console file names for each stem: its path relative to ``stems_dir`` (``song.stem.mp4#vocals`` for
+    a stream of a MUSDB file)."""
     files = [str(s.path.relative_to(stems_dir)) if s.path.is_relative_to(stems_dir) else str(s.path) for s in stems]
-    files = [f + ("#" + n.partition("#")[2] if "#" in n else "") for f, n in zip(files, names)]
-    return Song(model, names, files, [s.audio for s in stems], sr, [s.path for s in stems])
+    return [f + ("#" + s.name.partition("#")[2] if "#" in s.name else "") for f, s in zip(files, stems)]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from gradmix import dsp
-from gradmix.audio import check_output_path, load_stems, write_audio
+from gradmix.audio import check_output_path, load_stems, safe_file_name, write_audio
 from gradmix.console import ConsoleSetting
 from gradmix.errors import GradmixError
 
@@ -60,7 +60,7 @@ def render_folder(stems_dir: str | Path, console_file: str | Path, output: str |
         if out_dir.exists() and not out_dir.is_dir():
             raise GradmixError(f"{out_dir}: --stems-out must be a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem_paths = [check_output_path(out_dir / f"{_safe(t.name)}.wav", inputs) for t in setting.tracks]
+        stem_paths = [check_output_path(out_dir / f"{safe_file_name(t.name)}.wav", inputs) for t in setting.tracks]
     def write_strip(i: int, strip: torch.Tensor) -> None:
         write_audio(stem_paths[i], strip, sr, subtype)
 
@@ -87,7 +87,3 @@ def _load_kernels() -> None:
         dsp.limiter(dsp.compressor(x, sample_rate=44100, threshold_db=-20.0, ratio=2.0, attack_ms=1.0, release_ms=10.0),
                     sample_rate=44100)
         dsp.integrated_loudness(x, sample_rate=44100)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -260,7 +260,16 @@ class ConsoleSetting:
                 if release:
                     for i in idx:
                         tracks[i] = None
+        return self.finish(mix, buses_in), strips
+
+    def finish(self, mix: Tensor, buses_in: Sequence[Tensor | None]) -> Tensor:
+        """Add each bus chain's output to the strip sum ``mix (1, 2, samples)`` and run the master chain.
+
+        ``buses_in``: per bus its input ``(1, 2, samples)`` (the sends summed), or ``None`` if nothing is sent.
+        Returns the ``(2, samples)`` mix.
+        """
         layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
                         tuple(Slot(e.effect) for e in self.master))
-        params = Params([], sends[None], [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
-        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0], strips
+        params = Params([], mix.new_zeros(1, 0, len(self.buses)), [[e.params for e in b.chain] for b in self.buses],
+                        [e.params for e in self.master])
+        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0]

@@ -62,11 +62,12 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
     async def meters(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(session.meters, request.query_params.get("version", "")))
 
+    async def done(result: Any) -> Response:
+        return JSONResponse({"ok": True, "result": result, "state": await run_in_threadpool(session.state)})
+
     def action(fn):
         async def endpoint(request: Request) -> Response:
-            body = await _json(request)
-            result = await run_in_threadpool(fn, body)
-            return JSONResponse({"ok": True, "result": result, "state": await run_in_threadpool(session.state)})
+            return await done(await run_in_threadpool(fn, await _json(request)))
         return endpoint
 
     async def match(request: Request) -> Response:
@@ -86,7 +87,7 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
             if received == 0:
                 return _error("the upload is empty: choose a reference audio file")
             name = await run_in_threadpool(session.match, path)
-        return JSONResponse({"ok": True, "result": name, "state": await run_in_threadpool(session.state)})
+        return await done(name)
 
     async def files(request: Request) -> Response:
         root = roots.get(request.path_params["root"])
@@ -103,10 +104,8 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
 
     async def guard(scope, receive, send, app):
         if token is not None and scope["type"] == "http":
-            from starlette.requests import Request as R
-
-            req = R(scope)
-            given = req.headers.get("x-gradmix-token") or req.query_params.get("token") or req.cookies.get("gradmix_token")
+            req = Request(scope)
+            given = req.headers.get("x-gradmix-token") or req.query_params.get("token")
             if not (given and secrets.compare_digest(given, token)):
                 await JSONResponse({"error": "this studio needs the token printed at start-up"}, 403)(scope, receive, send)
                 return

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, load_stems, read_audio, resample, write_audio
-from gradmix.console import ConsoleSetting, Layout
-from gradmix.console.layout import Params, Slot, finish
+from gradmix.audio import check_output_path, load_stems, safe_file_name, write_audio
+from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.loudness import _lufs, block_powers
 from gradmix.errors import ConsoleFileError, GradmixError
+from gradmix.mix import console_files
 
 PREROLL_S = 1.0
 """Audio rendered before the loop region and dropped, so that compressors, delays and reverbs are settled."""
@@ -40,6 +40,7 @@ MAX_REGION_S = 60.0
 DEFAULT_REGION_S = 30.0
 EQ_FREQS_HZ = np.geomspace(20.0, 20000.0, 160)
 METER_STEP_S = 0.1
+SHORT_TERM_S = 3.0
 MAX_UNDO = 200
 MAX_RENDERS = 16
 EDITED, SUM = "edited", "plain sum"
@@ -83,7 +84,7 @@ class Session:
         stems, self.sample_rate = load_stems(self.stems_dir, files=files, sample_rate=rate, strict=strict,
                                              progress=progress)
         self.names = [t.name for t in opened.tracks] if opened is not None else [s.name for s in stems]
-        self.files = files or [_relative(s.path, self.stems_dir) for s in stems]
+        self.files = files or console_files(stems, self.stems_dir)
         self.audio = [s.audio for s in stems]
         self.inputs = [s.path for s in stems]
         self.length = self.audio[0].shape[-1]
@@ -101,7 +102,7 @@ class Session:
         self.revision = 0
         self._strips: dict[tuple[int, str], Tensor] = {}
         self._renders: dict[str, RegionAudio] = {}
-        self._gr: dict[tuple[int, str], dict[str, Any]] = {}
+        self._gr: dict[tuple[int, str], list[float]] = {}
         self._overview = self.overview()
         self.set_region(*self._default_region())
 
@@ -140,13 +141,9 @@ class Session:
 
     def match(self, reference: Path) -> str:
         """Add the mix in the style of the reference file (any length, mono or stereo, any rate)."""
-        data, rate = read_audio(reference)
-        if data.shape[0] > 2:
-            raise GradmixError(f"the reference has {data.shape[0]} channels; upload a mono or stereo mix")
-        if rate != self.sample_rate:
-            data = resample(data, rate, self.sample_rate)
-        ref = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-        ref = ref.expand(2, -1).contiguous() if ref.shape[0] == 1 else ref
+        from gradmix.generate import read_reference
+
+        ref = read_reference(reference, self.sample_rate)
         with self.lock:
             with torch.no_grad():
                 z = self.model.encode_style(ref[None], sample_rate=self.sample_rate)[0][0]
@@ -280,11 +277,7 @@ class Session:
                 if level is not None:
                     acc = buses_in[k] if buses_in[k] is not None else like.new_zeros(1, 2, like.shape[-1])
                     buses_in[k] = acc.add_(strip, alpha=10 ** (level / 20))
-        layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in setting.buses),
-                        tuple(Slot(e.effect) for e in setting.master))
-        params = Params([], torch.zeros(1, 0, len(setting.buses)), [[e.params for e in b.chain] for b in setting.buses],
-                        [e.params for e in setting.master])
-        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0]
+        return setting.finish(mix, buses_in)
 
     # ---- what the page shows ------------------------------------------------------------------------
 
@@ -303,11 +296,11 @@ class Session:
         with self.lock:
             r = self.render_region(version)
             setting = self.versions[version]
-            short = _lufs(block_powers(r.mix[None].double(), sample_rate=self.sample_rate, block_s=3.0,
+            short = _lufs(block_powers(r.mix[None].double(), sample_rate=self.sample_rate, block_s=SHORT_TERM_S,
                                        step_s=METER_STEP_S))[0]
             return {"version": version, "integrated_lufs": r.loudness_lufs, "peak_dbfs": r.peak_dbfs,
                     "short_term_lufs": [round(max(v, -70.0), 2) for v in short.tolist()],
-                    "short_term_offset_s": 3.0, "step_s": METER_STEP_S,
+                    "short_term_offset_s": SHORT_TERM_S, "step_s": METER_STEP_S,
                     "gain_reduction_db": [self._gain_reduction(i, setting) for i in range(len(setting.tracks))]}
 
     def _gain_reduction(self, i: int, setting: ConsoleSetting) -> list[float] | None:
@@ -378,7 +371,7 @@ class Session:
         folder; every file is written atomically, and none over a stem."""
         from gradmix.daw import export_session
 
-        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "studio_mix"
+        stem = safe_file_name(name) or "studio_mix"
         with self.lock:
             setting = copy.deepcopy(self.edited)
             try:
@@ -390,7 +383,7 @@ class Session:
             inputs = list(self.inputs)
             console = check_output_path(self.out_dir / f"{stem}.console.json", inputs)
             mix_path = check_output_path(self.out_dir / f"{stem}.wav", inputs)
-            strip_paths = [check_output_path(stems_out / f"{i + 1:02d}_{_safe(t.name)}.wav", inputs)
+            strip_paths = [check_output_path(stems_out / f"{i + 1:02d}_{safe_file_name(t.name)}.wav", inputs)
                            for i, t in enumerate(setting.tracks)]
             with torch.no_grad():
                 mix, _ = setting.render(list(self.audio), keep_strips=False,
@@ -447,11 +440,3 @@ def _apply_entry(entry, x: Tensor, sample_rate: int) -> Tensor:
     if entry.effect.type_name == "pan":
         return _place(x, params["pan"], None)
     return entry.effect(x, params, sample_rate=sample_rate)
-
-
-def _relative(path: Path, root: Path) -> str:
-    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 // Exposed for the browser tests and the benchmark.
 const studio = {
   state: null, buffers: {}, meters: {}, current: "edited", playing: false, playingVersion: null,
-  playingBuffer: null, latencies: [], busy: 0,
+  playingBuffer: null, latencies: [],
 };
 window.studio = studio;
 
@@ -40,7 +40,6 @@ function say(text, isError = false) {
 }
 
 async function run(label, work) {
-  studio.busy += 1;
   if (label) say(label + "…");
   try {
     const out = await work();
@@ -48,8 +47,6 @@ async function run(label, work) {
     return out;
   } catch (e) {
     say(e.message, true);
-  } finally {
-    studio.busy -= 1;
   }
 }
 
@@ -222,7 +219,6 @@ async function command(path, label, versionsToLoad = ["edited"], body = {}) {
 // ---------------------------------------------------------------- mixer ----
 
 const EQ_MIN_DB = -18, EQ_MAX_DB = 18, F_LO = 20, F_HI = 20000;
-const eqViews = [];
 let stripViews = [];
 
 function control(parent, label, min, max, step, path, format, scale = "lin") {
@@ -301,7 +297,6 @@ function buildMixer() {
   const s = studio.state;
   const mixer = $("mixer");
   mixer.replaceChildren();
-  eqViews.length = 0;
   stripViews = s.tracks.map((track, i) => {
     const box = document.createElement("section");
     box.className = "strip";
@@ -477,7 +472,6 @@ function eqView(box, getChain, path, curve) {
     queueEdit([...path(), "bands", view.selected, "q"], b.q);
     view.draw();
   }, { passive: false });
-  eqViews.push(view);
   return view;
 }
 
