@@ -14,8 +14,10 @@ from conftest import require
 from gradmix.cli.main import main
 from gradmix.console import ConsoleSetting, Layout
 from gradmix.errors import GradmixError
-from gradmix.generate import prior_styles, style_features, style_loss
-from gradmix.metrics import style_distance
+from gradmix.generate import build_style_bank, draw_styles, refine_controls, song_excerpt
+from gradmix.metrics import mix_features, style_distance, style_features
+from gradmix.metrics.distances import STYLE_FEATURES
+from gradmix.mix import analyse
 from gradmix.models import MixController, ModelConfig
 from gradmix.models.checkpoint import save_model
 
@@ -31,7 +33,23 @@ def style_model(tmp_path_factory):
         m.style_in.weight.normal_(0, 2.0)
         for head in (m.strip_head, m.master_head):
             head[-1].weight.normal_(0, 0.3)
+    build_style_bank(m, human_windows(), SR)
     return save_model(tmp_path_factory.mktemp("model") / "style.pt", m, sample_rate=SR, info={})
+
+
+def human_windows() -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Five windows of 4 s: the same two tracks (a mono and a stereo one) and human mixes in distinct styles:
+    dark and centred, bright and wide, quiet and one-sided, loud and clipped, swelling."""
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(2, 4 * SR, generator=g)
+    tracks = [noise[:1] * 0.1, torch.roll(noise, 999, -1) * 0.05]
+    dark = torch.cumsum(noise, -1) * 0.002
+    dark = (dark - dark.mean(-1, keepdim=True)).mean(0, keepdim=True).expand(2, -1).contiguous()
+    bright = torch.diff(noise, dim=-1, prepend=noise[:, :1]) * 0.1
+    quiet = noise * torch.tensor([[0.05], [0.005]])
+    loud = (noise * 0.5).clamp(-0.6, 0.6)
+    swell = noise * torch.linspace(0.001, 0.2, 4 * SR) * torch.tensor([[0.5], [1.0]])
+    return [(tracks, mix) for mix in (dark, bright, quiet, loud, swell)]
 
 
 def make_stems(folder: Path, n=3, seconds=1.5) -> Path:
@@ -46,7 +64,7 @@ def make_stems(folder: Path, n=3, seconds=1.5) -> Path:
 
 def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys):
     stems = make_stems(tmp_path / "stems")
-    args = ["sample", str(stems), "-n", "3", "--seed", "7", "--model", str(style_model)]
+    args = ["sample", str(stems), "-n", "3", "--seed", "7", "--refine", "5", "--model", str(style_model)]
     assert main([*args, "-o", str(tmp_path / "a")]) == 0
     assert main([*args, "-o", str(tmp_path / "b")]) == 0
     mixes = [sf.read(tmp_path / "a" / f"mix_0{k}.wav")[0] for k in (1, 2, 3)]
@@ -66,17 +84,70 @@ def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys
     assert sorted(p.name for p in stems.iterdir()) == ["t0.wav", "t1.wav", "t2.wav"]
 
 
-def test_prior_styles_check_their_arguments(style_model):
+def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
     from gradmix.models.checkpoint import load_model
 
     model = load_model(style_model)[0]
-    assert torch.equal(prior_styles(model, 2, seed=1), prior_styles(model, 2, seed=1))
-    assert prior_styles(model, 2, seed=1, temperature=0).abs().max() == 0
+    assert model.style_bank.shape == (5, 4) and model.style_bank_offsets.shape == (5, len(STYLE_FEATURES))
+    z, f = draw_styles(model, 5, seed=1, temperature=1.0)
+    z2, f2 = draw_styles(model, 5, seed=1, temperature=1.0)
+    assert torch.equal(z, z2) and torch.equal(f, f2)
+    assert len({tuple(v.tolist()) for v in f}) == 5  # without replacement while the bank lasts
+    assert not torch.equal(draw_styles(model, 5, seed=2, temperature=1.0)[1], f)
+    centre, none = draw_styles(model, 3, seed=1, temperature=0)
+    assert torch.allclose(centre, model.style_center.expand(3, -1)) and none.abs().max() == 0
+    half, half_offsets = draw_styles(model, 5, seed=1, temperature=0.5)
+    assert torch.allclose(half, (z + model.style_center) / 2, atol=1e-6) and torch.allclose(half_offsets, f / 2)
+    assert draw_styles(model, 12, seed=0)[0].shape == (12, 4)  # more mixes than styles: the bank again
     with pytest.raises(GradmixError, match="at least 1"):
-        prior_styles(model, 0)
+        draw_styles(model, 0)
+    with pytest.raises(GradmixError, match=">= 0"):
+        draw_styles(model, 2, temperature=-1)
     plain = MixController(Layout.default(), ModelConfig(**TINY))
     with pytest.raises(GradmixError, match="no mix style"):
-        prior_styles(plain, 2)
+        draw_styles(plain, 2)
+    unbanked = MixController(Layout.default(), ModelConfig(**TINY, style_dim=4))
+    with pytest.raises(GradmixError, match="no style bank"):
+        draw_styles(unbanked, 2)
+
+
+def test_style_bank_holds_how_each_human_mix_differs_from_the_model_s(tmp_path):
+    from gradmix.generate import style_coordinates, style_from_coordinates
+    from gradmix.mix import automix
+    from gradmix.models.checkpoint import load_model
+
+    torch.manual_seed(1)
+    m = MixController(Layout.default(), ModelConfig(**TINY, style_dim=4))
+    windows = human_windows()
+    build_style_bank(m, [*windows, ([torch.zeros(1, SR)], torch.zeros(2, SR))], SR)  # the silent one: left out
+    assert m.style_bank.shape[0] == 5
+    tracks, mix = windows[1]
+    with torch.no_grad():  # the model's own mix of the window, by the console file's renderer
+        own = automix(m, ["a", "b"], [None, None], tracks, SR).render(tracks, keep_strips=False)[0]
+        assert torch.allclose(m.style_bank[1], m.encode_style(mix[None], sample_rate=SR)[0][0])
+    expected = style_coordinates(style_features(mix[None].double(), SR)) - style_coordinates(style_features(own[None], SR))
+    assert torch.allclose(m.style_bank_offsets[1], expected[0].float(), atol=1e-2)  # two renderers, float32
+    c = style_coordinates(style_features(mix[None], SR))
+    back = style_from_coordinates(c)
+    assert all(torch.allclose(back[k], style_features(mix[None], SR)[k], rtol=1e-5) for k in STYLE_FEATURES)
+    loaded = load_model(save_model(tmp_path / "m.pt", m, sample_rate=SR, info={}))[0]
+    assert torch.allclose(loaded.style_bank_offsets, m.style_bank_offsets, rtol=1e-3, atol=1e-3)  # float16 in the file
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("style_bank")}
+    torch.save({**torch.load(tmp_path / "m.pt", weights_only=True),
+                "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt")[0].style_bank.shape == (0, 4)  # a file from before the bank loads
+
+
+def test_style_features_are_the_measured_ones_and_differentiable():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 4 * SR, generator=g) * torch.linspace(0.01, 0.3, 4 * SR)
+    x[:, 1] *= 0.5
+    mine, measured = style_features(x, SR), mix_features(x, SR)
+    for k in STYLE_FEATURES:
+        assert torch.allclose(mine[k], measured[k], rtol=1e-5), k
+    x.requires_grad_()
+    style_distance(x, {k: v * 1.1 for k, v in mine.items()}, SR).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_style_distance_is_zero_for_the_same_mix_and_ignores_length():
@@ -87,7 +158,44 @@ def test_style_distance_is_zero_for_the_same_mix_and_ignores_length():
     assert float(style_distance(tiled, x, SR)) < 0.02
     brighter = torch.stack([torch.sin(2 * torch.pi * 3000 * t)] * 2)[None] * 0.3
     assert float(style_distance(brighter, x, SR)) > 0.3
-    assert float(style_loss(style_features(x, SR), style_features(x, SR))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_song_excerpt_spreads_chunks_over_the_song_after_a_preroll():
+    audio = [torch.arange(20 * 100, dtype=torch.float32)[None] + 1, torch.ones(2, 20 * 100)]
+    analysis = type("A", (), {"gains_db": [0.0, 0.0]})()
+    ex = song_excerpt(audio, analysis, 100, seconds=12.0, chunk_s=4.0, preroll_s=1.0)
+    assert ex.x.shape == (3, 2, 2, 500) and ex.preroll == 100
+    assert ex.x[:, 0, 0, 100].tolist() == [1.0, 801.0, 1601.0]  # chunks start at 0, 8, 16 s
+    assert ex.x[0, 0, :, :100].abs().max() == 0  # the first chunk's pre-roll is silence
+    assert ex.x[1, 0, 0, 0] == 701.0  # the others' is the song before them
+    assert ex.mono.tolist() == [[True, False]] * 3
+    short = song_excerpt(audio, analysis, 100, seconds=30.0)
+    assert short.x.shape == (1, 2, 2, 2100)
+
+
+def test_refining_the_mix_section_moves_the_style_and_keeps_the_strips(style_model):
+    from gradmix.models.checkpoint import load_model
+
+    model = load_model(style_model)[0]
+    tracks = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in
+              (torch.randn(1, 3 * SR, generator=torch.Generator().manual_seed(k)).numpy() * 0.1 for k in range(3))]
+    analysis = analyse(model, tracks, SR)
+    ex = song_excerpt(tracks, analysis, SR, seconds=2.0, chunk_s=1.0, preroll_s=0.5)
+    start = model.decide(analysis.embeddings)
+    target = style_features(human_windows()[2][1][None], SR)  # the quiet, one-sided style
+
+    def distance(c):
+        with torch.no_grad():
+            est, _ = model.layout.render_normalized(ex.x, type(c)(*(v.expand(2, *v.shape[1:]) for v in
+                                                                    (c.strip, c.sends, c.buses, c.master))),
+                                                    sample_rate=SR, mono=ex.mono)
+        return float(style_distance(est[..., ex.preroll:].transpose(0, 1).reshape(1, 2, -1), target, SR))
+
+    end = refine_controls(model, ex, start, target, SR, steps=15, lr=0.1, mix_section_only=True)
+    assert distance(end) < 0.8 * distance(start)
+    pan = model.layout.num_strip_params - 1  # the strip's last control is its pan
+    assert torch.allclose(end.strip[..., :pan], start.strip[..., :pan], atol=1e-4)
+    assert not torch.allclose(end.master, start.master)
 
 
 def test_match_follows_the_reference_and_refine_gets_closer(tmp_path, style_model, capsys):
@@ -126,6 +234,37 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
     sf.write(tmp_path / "short.wav", b[: SR // 2], SR)
     assert main(["fit", str(stems), "--target", str(tmp_path / "short.wav"), "-o", str(tmp_path / "x.json"),
                  "--model", str(style_model)]) == 2
+
+
+def test_delay_search_finds_the_echo_time_to_the_sample():
+    from gradmix.generate import _controls, _logits, _search_delay
+
+    model = MixController(Layout.default(), ModelConfig(**TINY))
+    layout = model.layout
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 2, 2 * SR, generator=g) * 0.1
+    mono = torch.zeros(1, 2, dtype=torch.bool)
+    truth = layout.random_controls(1, 2, g)
+    truth.sends[..., layout.bus_names.index("delay")] = 0.9
+    delay = next(i for i, (name, _) in enumerate(layout.buses) if name == "delay")
+    j = sum(len(s.specs) for _, chain in layout.buses[:delay] for s in chain)  # the delay's time_ms control
+    with torch.no_grad():
+        ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
+        true_ms = float(layout.denormalize(truth).buses[delay][0]["time_ms"][0])
+    logits = _logits(truth)
+    with torch.no_grad():
+        logits[2][0, j] = float(torch.logit(torch.tensor(0.2 if truth.buses[0, j] > 0.5 else 0.8)))
+
+    def error():
+        with torch.no_grad():
+            return float((layout.render_normalized(x, _controls(logits), sample_rate=SR, mono=mono)[0][0] - ref).square().sum())
+
+    before = error()
+    assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]  # the found time is to be held
+    with torch.no_grad():
+        found = float(layout.denormalize(_controls(logits)).buses[delay][0]["time_ms"][0])
+    assert abs(found - true_ms) * SR / 1000 < 0.2  # samples: the parabola through the peak finds the fraction
+    assert error() < 0.02 * before
 
 
 def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, capsys):

@@ -2,7 +2,8 @@
 
 On every chosen song (its first ``seconds``):
 
-- **diversity**: ``n`` mixes sampled from the prior; the mean pairwise distance between their feature vectors
+- **diversity**: ``n`` mixes sampled (:func:`gradmix.generate.sample_settings`, ``refine_steps`` steps each); the
+  mean pairwise distance between their feature vectors
   (:data:`gradmix.metrics.distances.STYLE_FEATURES`, measured per 10-s segment, samples compared on the same
   segment, standardised over every vector of the run), divided by the mean pairwise distance between the
   human mixes of different songs (their segment averages).
@@ -31,7 +32,6 @@ from gradmix.metrics.distances import STYLE_FEATURES
 from gradmix.progress import progress as show_progress
 
 SEGMENT_S = 10.0
-REFINE_EXCERPT_S = 10.0
 
 
 def _vectors(mix: torch.Tensor, sample_rate: int) -> np.ndarray:
@@ -52,12 +52,13 @@ def _mean_pairwise(v: np.ndarray) -> float:
 
 def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list[str] | None = None,
                         held_out: bool = False, model_path: str | Path | None = None, n: int = 8,
-                        seconds: float = 30.0, refine_steps: int = 30, seed: int = 0, temperature: float = 1.0,
+                        seconds: float = 30.0, refine_steps: int = 30, seed: int = 0, temperature: float | None = None,
                         progress: bool = False) -> dict[str, Any]:
-    from gradmix.generate import prior_styles, refine
+    from gradmix.generate import SAMPLE_TEMPERATURE, refine, sample_settings
     from gradmix.mix import Song, analyse, console_for
     from gradmix.models.checkpoint import load_model
 
+    temperature = SAMPLE_TEMPERATURE if temperature is None else temperature
     model, meta = load_model(model_path)
     sr = int(meta["sample_rate"])
     if held_out:
@@ -77,6 +78,7 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
         target = ex.mix[None].double()
         analysis = analyse(model, tracks, sr)
+        song_obj = Song(model, names, files, tracks, sr, [])
 
         def render(setting):
             with torch.no_grad():
@@ -85,7 +87,8 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         def score(mix):
             return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
 
-        samples = [render(console_for(model, analysis, names, files, sr, z)) for z in prior_styles(model, n, seed=seed, temperature=temperature)]
+        samples = [render(s) for s in sample_settings(song_obj, analysis, n, seed=seed, temperature=temperature,
+                                                     refine_steps=refine_steps)]
         randoms = [render(baseline("random_console", names, files, tracks, sr, seed=seed + k)) for k in range(n)]
         sample_vecs[song.name] = np.stack([_vectors(m, sr) for m in samples])  # (n, segments, features)
         random_vecs[song.name] = np.stack([_vectors(m, sr) for m in randoms])
@@ -96,8 +99,7 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         with torch.no_grad():
             z = model.encode_style(ref[None], sample_rate=sr)[0][0]
         matched = render(console_for(model, analysis, names, files, sr, z))
-        song_obj = Song(model, names, files, tracks, sr, [])
-        refined = render(refine(song_obj, analysis, z, ref, steps=refine_steps, excerpt_s=REFINE_EXCERPT_S))
+        refined = render(refine(song_obj, analysis, z, ref, steps=refine_steps))
         d = {k: float(style_distance(m[None], ref[None], sr)) for k, m in
              (("equal_loudness", equal), ("match", matched), ("match_refined", refined))}
         rows.append({"song": song.name, "reference": found[(i + 1) % len(found)].name,

@@ -1,13 +1,19 @@
 """Generative mixing on the console: several mixes of the same tracks, mixing in the style of a reference,
 and reverse-engineering a mix by gradient descent.
 
-- :func:`sample_folder` (``gradmix sample``): mix styles ``z ~ N(0, T^2 I)`` from the model's prior, one console
-  setting each, with a page to compare them.
+- :func:`sample_settings` (``gradmix sample``): each mix draws a window from the model's bank of human mix
+  styles (:func:`build_style_bank`: its ``z`` and how the human mix differed in style from the model's own
+  mix of those tracks), lets the controller set the console for that ``z``, then refines the mix section
+  (pans, sends, bus and master effects) through the differentiable console until the mix's style features
+  approach the automatic mix's own plus that offset.
 - :func:`match_folder` (``gradmix match``): ``z`` = the mean of q(z | reference mix); ``refine_steps`` then
-  optimises the console's controls through the differentiable console so that the mix's song-level features
-  (:func:`gradmix.metrics.style_distance`) approach the reference's.
+  optimises every control so that the mix's :func:`gradmix.metrics.style_distance` to the reference falls.
 - :func:`fit_folder` (``gradmix fit``): gradient descent on every control of the console so that the render
   equals a given mix of the same stems; reports the residual in dB.
+
+Refinement renders an excerpt that stands for the song: a few chunks spread evenly over it (each after a
+second of pre-roll, so that envelopes and reverb tails are in place), joined; features such as the loudness
+range then see the song's quiet and loud parts.
 """
 
 from __future__ import annotations
@@ -25,25 +31,76 @@ from torch import Tensor
 
 from gradmix.audio import check_output_path, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
-from gradmix.dsp import integrated_loudness, soft_integrated_loudness
+from gradmix.console.layout import bus_inputs, finish, mix_down, render_strips
+from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
-from gradmix.metrics import frame_features
-from gradmix.metrics.distances import _floor
+from gradmix.metrics import style_distance, style_features
+from gradmix.metrics.distances import STYLE_FEATURES
 from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
+SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 0.7
 
-def prior_styles(model: MixController, n: int, *, seed: int = 0, temperature: float = 1.0) -> Tensor:
-    """``(n, style_dim)`` mix styles drawn from the prior N(0, T^2 I) with a seeded generator."""
+
+def draw_styles(model: MixController, n: int, *, seed: int = 0,
+                temperature: float = SAMPLE_TEMPERATURE) -> tuple[Tensor, Tensor]:
+    """``n`` mix styles from the model's style bank, seeded: ``(n, style_dim)`` z, moved from the model's centre
+    towards a drawn window's ``z`` by ``temperature``, and ``(n, features)`` that window's style offsets times
+    ``temperature`` (0: the automatic mix; 1: as far from it as that human mix was from the model's own mix of
+    its stems). Windows are drawn without replacement while the bank lasts."""
     if not model.cfg.style_dim:
         raise GradmixError("this model has no mix style (style_dim 0): sampling needs a style model")
     if n < 1:
         raise GradmixError(f"-n: need at least 1 mix, got {n}")
     if not temperature >= 0:
         raise GradmixError(f"--temperature: must be >= 0, got {temperature}")
+    bank = model.style_bank
+    if not len(bank):
+        raise GradmixError("this model has no style bank (made before gradmix sampled from human mix styles): "
+                           "retrain it, or add one with gradmix.generate.build_style_bank")
     g = torch.Generator().manual_seed(seed)
-    return temperature * torch.randn(n, model.cfg.style_dim, generator=g)
+    picks = torch.cat([torch.randperm(len(bank), generator=g) for _ in range(-(-n // len(bank)))])[:n]
+    z = model.style_center + temperature * (bank[picks] - model.style_center)
+    return z, temperature * model.style_bank_offsets[picks]
+
+
+LOG_FEATURES = ("centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz")
+"""Style features whose offsets are ratios (compared in log): the others are differences (dB, LU, panning)."""
+
+
+def style_coordinates(f: dict[str, Tensor]) -> Tensor:
+    """``(batch, features)``: :data:`STYLE_FEATURES` with the :data:`LOG_FEATURES` in natural log, where human
+    styles are offsets that carry over between songs."""
+    return torch.stack([torch.log(f[k].clamp_min(1e-6)) if k in LOG_FEATURES else f[k] for k in STYLE_FEATURES], -1)
+
+
+def style_from_coordinates(c: Tensor) -> dict[str, Tensor]:
+    """The inverse of :func:`style_coordinates` (levels below 0 LU, 0 dB crest or no panning become those)."""
+    return {k: torch.exp(c[..., i]) if k in LOG_FEATURES else c[..., i] if k == "loudness_lufs" else c[..., i].clamp_min(0)
+            for i, k in enumerate(STYLE_FEATURES)}
+
+
+def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Tensor]], sample_rate: int) -> None:
+    """Fill ``model.style_bank`` and ``style_bank_offsets`` from windows of human-mixed songs ``[(tracks, mix)]``
+    (tracks: per track ``(channels, samples)``; mix ``(2, samples)``): per window q(z | mix)'s mean, and how
+    the human mix's style differs from the model's own mix of those tracks (:func:`style_coordinates`).
+    Silent windows are left out."""
+    zs, offsets = [], []
+    with torch.no_grad():
+        for tracks, mix in windows:
+            if not mix.abs().max() > 0 or not any(t.abs().max() > 0 for t in tracks):
+                continue
+            analysis = analyse(model, tracks, sample_rate)
+            whole = song_excerpt(tracks, analysis, sample_rate, seconds=None, preroll_s=0.0)
+            own = _excerpt_style(model, whole, model.decide(analysis.embeddings), sample_rate)
+            human = style_coordinates(style_features(mix[None].double(), sample_rate))[0].float()
+            zs.append(model.encode_style(mix[None], sample_rate=sample_rate)[0][0])
+            offsets.append(human - own)
+    if not zs:
+        raise GradmixError("no human-mixed window to build a style bank from (all silent)")
+    model.style_bank = torch.stack(zs)
+    model.style_bank_offsets = torch.stack(offsets)
 
 
 def _render(setting: ConsoleSetting, audio: list[Tensor]) -> Tensor:
@@ -68,24 +125,25 @@ def _write(setting: ConsoleSetting, mix: Tensor, path: Path, inputs: list[Path])
     return Rendered(path, console, lufs, 20 * math.log10(max(mix.abs().max().item(), 1e-12)))
 
 
-def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, seed: int = 0, temperature: float = 1.0,
-                  model_path: str | Path | None = None, progress: bool = False) -> list[Rendered]:
+def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, seed: int = 0,
+                  temperature: float = SAMPLE_TEMPERATURE,
+                  refine_steps: int = SAMPLE_REFINE_STEPS, model_path: str | Path | None = None,
+                  progress: bool = False) -> list[Rendered]:
     """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them."""
     song = load_song(stems_dir, model_path, progress=progress)
-    zs = prior_styles(song.model, n, seed=seed, temperature=temperature)
     out = Path(out_dir)
     if out.resolve() == Path(stems_dir).resolve():
         raise GradmixError(f"{out}: the output folder is the stems folder (the mixes would become stems)")
+    draw_styles(song.model, n, seed=seed, temperature=temperature)  # argument errors before any work
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GradmixError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     analysis = analyse(song.model, song.audio, song.sample_rate)
-    results, settings = [], []
-    for k, z in enumerate(show_progress(list(zs), "sampling mixes", progress)):
-        setting = console_for(song.model, analysis, song.names, song.files, song.sample_rate, z)
-        results.append(_write(setting, _render(setting, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs))
-        settings.append(setting)
+    settings = sample_settings(song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps,
+                               progress=progress)
+    results = [_write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs)
+               for k, s in enumerate(show_progress(settings, "rendering", progress))]
     _comparison_page(out / "index.html", settings, results)
     return results
 
@@ -140,23 +198,6 @@ def _comparison_page(path: Path, settings: list[ConsoleSetting], results: list[R
     os.replace(tmp, path)
 
 
-# ---- style features ------------------------------------------------------------------------------------
-
-
-def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
-    """Song-level, differentiable features of stereo mixes ``(batch, 2, samples)``: the time averages of the
-    frame features of :func:`gradmix.metrics.frame_features`, and soft-gated integrated loudness."""
-    feats = {k: v.mean(-1) for k, v in frame_features(x, sample_rate).items()}
-    feats["loudness_lufs"] = soft_integrated_loudness(x, sample_rate=sample_rate)
-    return feats
-
-
-def style_loss(estimate: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
-    """Mean relative error of the features (denominators floored as in the evaluation)."""
-    errs = [((estimate[k] - target[k]).abs() / target[k].abs().clamp_min(_floor(k))).mean() for k in target]
-    return torch.stack(errs).mean()
-
-
 def read_reference(path: str | Path, sample_rate: int) -> Tensor:
     """A reference or target mix as ``(2, samples)`` at ``sample_rate`` (mono is duplicated; soxr resampling)."""
     data, rate = read_audio(path)
@@ -182,49 +223,135 @@ def loudest_window(audio: list[Tensor], sample_rate: int, seconds: float) -> sli
     return slice(start, min(n, start + w))
 
 
-def _as_batch(audio: list[Tensor], analysis: Analysis) -> tuple[Tensor, Tensor]:
-    """``(1, N, 2, T)`` tracks at the analysis' normalisation gains and mono flags ``(1, N)``."""
+@dataclass
+class Excerpt:
+    """Chunks of a song that stand for it in refinement: loudness-normalised tracks ``x (chunks, N, 2, T)``
+    whose first ``preroll`` samples only warm the effects up, and mono flags ``(chunks, N)``."""
+
+    x: Tensor
+    mono: Tensor
+    preroll: int
+
+
+def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, seconds: float | None = 12.0,
+                 chunk_s: float = 4.0, preroll_s: float = 1.0) -> Excerpt:
+    """``seconds`` of the song in ``chunk_s`` chunks spread evenly over it (the whole song if it is shorter or
+    ``seconds`` is None)."""
+    n = audio[0].shape[-1]
+    chunk, pre = int(chunk_s * sample_rate), int(preroll_s * sample_rate)
+    count = max(1, round(seconds / chunk_s)) if seconds is not None else 1
+    if seconds is None or n <= count * chunk:
+        starts, chunk = [0], n
+    else:
+        starts = [round(i * (n - chunk) / max(count - 1, 1)) for i in range(count)]
     gains = torch.tensor(analysis.gains_db)[:, None, None]
     x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]) * torch.pow(10.0, gains / 20)
-    return x[None], torch.tensor([[a.shape[0] == 1 for a in audio]])
+    parts = [torch.nn.functional.pad(x[..., max(0, s - pre): s + chunk], (max(0, pre - s), 0)) for s in starts]
+    mono = torch.tensor([[a.shape[0] == 1 for a in audio]]).expand(len(parts), -1)
+    return Excerpt(torch.stack(parts), mono, pre)
 
 
 def _logits(c: Controls) -> list[Tensor]:
     return [torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_() for u in (c.strip, c.sends, c.buses, c.master)]
 
 
-def _controls(logits: list[Tensor]) -> Controls:
-    return Controls(*(torch.sigmoid(v) for v in logits))
+def _controls(logits: list[Tensor], batch: int = 1) -> Controls:
+    return _batch(Controls(*(torch.sigmoid(v) for v in logits)), batch)
 
 
-def refine(song: Song, analysis, z: Tensor, reference: Tensor, *, steps: int, excerpt_s: float = 15.0,
-           lr: float = 0.05, progress: bool = False) -> ConsoleSetting:
-    """Optimise the console (from the model's choice for style ``z``) so that the mix's style features approach
-    those of ``reference`` ``(2, samples)``; the loudest ``excerpt_s`` seconds of the stems stand for the song."""
-    model, sr = song.model, song.sample_rate
-    window = loudest_window(song.audio, sr, excerpt_s)
-    x, mono = _as_batch([a[:, window] for a in song.audio], analysis)
+def _batch(c: Controls, batch: int) -> Controls:
+    """Controls of a batch of one repeated ``batch`` times (a view)."""
+    return Controls(*(v.expand(batch, *v.shape[1:]) for v in (c.strip, c.sends, c.buses, c.master)))
+
+
+def _excerpt_style(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
+    """``(features,)`` :func:`style_coordinates` of the excerpt mixed with ``controls`` (batch of one)."""
     with torch.no_grad():
-        target = style_features(reference[None], sr)
-        start = model.decide(analysis.embeddings, None, z[None])
+        est, _ = model.layout.render_normalized(excerpt.x, _batch(controls, excerpt.x.shape[0]),
+                                                sample_rate=sample_rate, mono=excerpt.mono)
+        return style_coordinates(style_features(_joined(est, excerpt), sample_rate))[0].float()
+
+
+def _joined(est: Tensor, excerpt: Excerpt) -> Tensor:
+    """The chunks' mixes ``(chunks, 2, T)`` without their pre-roll, joined into one ``(1, 2, samples)``."""
+    return est[..., excerpt.preroll:].transpose(0, 1).reshape(1, 2, -1)
+
+
+def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, target: dict[str, Tensor],
+                    sample_rate: int, *, steps: int, lr: float = 0.05, mix_section_only: bool = False,
+                    progress: bool = False) -> Controls:
+    """Adam on the controls' logits (from ``start``, batch of one) so that the excerpt's mix has the style
+    features ``target`` (``{name: (1,)}``): minimises :func:`gradmix.metrics.style_distance`.
+
+    ``mix_section_only`` keeps each track's gain, EQ and compressor as they are (rendered once) and moves only
+    the pans, sends, bus and master effects: several times cheaper a step (used by sampling)."""
+    layout, k = model.layout, excerpt.x.shape[0]
     logits = _logits(start)
     opt = torch.optim.Adam(logits, lr=lr)
+    if mix_section_only:
+        if layout.strip[-1].effect.type_name != "pan":
+            raise GradmixError("refining the mix section needs a layout whose strips end with a pan")
+        with torch.no_grad():
+            params = layout.denormalize(_controls(logits, k))
+            before_pan = render_strips(layout.strip[:-1], excerpt.x, params.strip[:-1], sample_rate=sample_rate,
+                                       mono=excerpt.mono)
     for _ in show_progress(range(steps), "refining", progress):
-        est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-        loss = style_loss(style_features(est, sr), target)
+        controls = _controls(logits, k)
+        if mix_section_only:
+            params = layout.denormalize(controls)
+            strips = render_strips(layout.strip[-1:], before_pan, params.strip[-1:], sample_rate=sample_rate,
+                                   mono=excerpt.mono)
+            est = mix_down(layout, strips, params, sample_rate=sample_rate)
+        else:
+            est, _ = layout.render_normalized(excerpt.x, controls, sample_rate=sample_rate, mono=excerpt.mono)
+        loss = style_distance(_joined(est, excerpt), target, sample_rate).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return setting_from_controls(model, _controls(logits), analysis, song.names, song.files, sr)
+    return _controls([v.detach() for v in logits])
+
+
+def refine(song: Song, analysis: Analysis, z: Tensor, reference: Tensor, *, steps: int, lr: float = 0.05,
+           progress: bool = False) -> ConsoleSetting:
+    """The model's console for style ``z``, then every control refined (:func:`refine_controls`) towards the
+    style features of ``reference`` ``(2, samples)``."""
+    model, sr = song.model, song.sample_rate
+    with torch.no_grad():
+        target = style_features(reference[None], sr)
+        start = model.decide(analysis.embeddings, None, z[None])
+    controls = refine_controls(model, song_excerpt(song.audio, analysis, sr), start, target, sr, steps=steps, lr=lr,
+                               progress=progress)
+    return setting_from_controls(model, controls, analysis, song.names, song.files, sr)
+
+
+def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, temperature: float = SAMPLE_TEMPERATURE,
+                    refine_steps: int = SAMPLE_REFINE_STEPS, skip: int = 0,
+                    progress: bool = False) -> list[ConsoleSetting]:
+    """``n`` console settings in styles drawn by :func:`draw_styles`: the controller's console for each ``z``,
+    then ``refine_steps`` steps on the mix section towards the style's features (0: the controller alone).
+    ``skip``: leave out the first draws (the studio's next sample continues the same sequence)."""
+    model, sr = song.model, song.sample_rate
+    zs, offsets = (v[skip:] for v in draw_styles(model, n + skip, seed=seed, temperature=temperature))
+    excerpt = song_excerpt(song.audio, analysis, sr) if refine_steps > 0 else None
+    if excerpt is not None:  # each style is an offset from the automatic mix's own
+        own = _excerpt_style(model, excerpt, model.decide(analysis.embeddings), sr)
+    out = []
+    for z, offset in zip(show_progress(list(zs), "sampling mixes", progress), offsets):
+        with torch.no_grad():
+            controls = model.decide(analysis.embeddings, None, z[None])
+        if excerpt is not None:
+            target = {k: v[None].to(excerpt.x.dtype) for k, v in style_from_coordinates(own + offset).items()}
+            controls = refine_controls(model, excerpt, controls, target, sr, steps=refine_steps, lr=SAMPLE_REFINE_LR,
+                                       mix_section_only=True)
+        out.append(setting_from_controls(model, controls, analysis, song.names, song.files, sr))
+    return out
 
 
 def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *, refine_steps: int = 0,
-                 excerpt_s: float = 15.0, model_path: str | Path | None = None,
+                 model_path: str | Path | None = None,
                  progress: bool = False) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
     (``before_refine``, ``after``) of the mix to the reference."""
-    from gradmix.metrics import style_distance
-
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
     ref = read_reference(reference, sr)
@@ -236,13 +363,13 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
     mix = _render(setting, song.audio)
     distances = {"model": float(style_distance(mix[None], ref[None], sr))}
     if refine_steps > 0:
-        setting = refine(song, analysis, z, ref, steps=refine_steps, excerpt_s=excerpt_s, progress=progress)
+        setting = refine(song, analysis, z, ref, steps=refine_steps, progress=progress)
         mix = _render(setting, song.audio)
         distances["refined"] = float(style_distance(mix[None], ref[None], sr))
     return _write(setting, mix, output, [*song.inputs, Path(reference)]), distances
 
 
-FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
+FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY, FIT_DELAY_SEARCH_AT = 2.5, 1.0, 10, 0.4
 
 
 def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = 2000,
@@ -252,9 +379,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
 
     Starts from the model's guess for the target's style. Each step renders a random 2.5-s window (after 1 s
     of warm-up, so that envelopes and tails are in place) and minimises a multi-resolution spectral distance
-    plus the log waveform error there; the learning rate decays over the expected number of steps (cosine).
-    Every 10 steps the whole song is rendered and the best console so far kept. Stops at ``stop_db``
-    residual, ``max_steps`` or ``budget_s`` seconds.
+    plus the log waveform error there (Adam; the learning rate decays over the steps the budget allows,
+    cosine). At 40 % of the way, the delay bus's time, which gradients cannot find (the error oscillates with
+    it), is searched (:func:`_search_delay`). Every 10 steps the whole song is rendered and the best console
+    so far kept. Stops at ``stop_db`` residual, ``max_steps`` or ``budget_s`` seconds.
 
     Returns:
         ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
@@ -272,7 +400,8 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
     analysis = analyse(model, song.audio, sr)
-    x, mono = _as_batch(song.audio, analysis)
+    whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
+    x, mono = whole.x, whole.mono
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
         start = model.decide(analysis.embeddings, None, z)
@@ -287,11 +416,16 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
             est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
         return 10 * math.log10(max(float((est[0] - ref).square().sum() / energy), 1e-30))
 
-    best, best_db, steps, planned = [v.detach().clone() for v in logits], math.inf, 0, max_steps
+    best, best_db, steps, planned, searched = [v.detach().clone() for v in logits], math.inf, 0, max_steps, False
+    held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
     t0 = time.perf_counter()
     bar = show_progress(range(max_steps + 1), "fitting", progress, total=max_steps)
     for steps in bar:
         if steps % FIT_CHECK_EVERY == 0 or steps == max_steps:
+            elapsed = time.perf_counter() - t0
+            if not searched and (elapsed > FIT_DELAY_SEARCH_AT * budget_s or steps >= FIT_DELAY_SEARCH_AT * max_steps):
+                held = _search_delay(model, x, mono, logits, ref, sr)
+                searched = True
             r = residual_db()
             if r < best_db:
                 best, best_db = [v.detach().clone() for v in logits], r
@@ -311,9 +445,86 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            for j, value in held.items():
+                logits[2][0, j] = value
     setting = setting_from_controls(model, _controls(best), analysis, song.names, song.files, sr)
     setting.save(output)
     return output, best_db, steps
+
+
+def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
+                  sample_rate: int) -> dict[int, float]:
+    """Set the delay bus's time (to a fraction of a sample) and feedback in ``logits`` (in place) where the
+    whole song's waveform error is least: time candidates are the peaks of the cross-correlation between the
+    target minus the console's output without the delay bus and the delay bus's input.
+
+    Returns:
+        ``{index in the bus controls: logit}`` of the delay time when the search moved it (to be held: its
+        gradient only sees the nearest ripple of the error), else ``{}``.
+    """
+    layout = model.layout
+    found = [(k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain)
+             if s.effect.type_name == "delay"]
+    if not found:
+        return {}
+    k, i = found[0]
+    offset = sum(len(s.specs) for _, chain in layout.buses[:k] for s in chain) + sum(len(s.specs) for s in layout.buses[k][1][:i])
+    specs = {s.name: (offset + j, s) for j, s in enumerate(layout.buses[k][1][i].specs)}
+    if "time_ms" not in specs or "feedback" not in specs:
+        return {}
+    with torch.no_grad():
+        params = layout.denormalize(_controls(logits))
+        strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
+        buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
+        dry = strips.sum(1)
+        del strips
+
+        def set_values(target: list[Tensor], values: dict[str, float]) -> None:
+            for name, value in values.items():
+                j, spec = specs[name]
+                u = spec.normalize(torch.tensor(value, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
+                target[2][0, j] = float(torch.logit(u))
+
+        def output(values: dict[str, float], mute: bool = False) -> Tensor:
+            trial = [v.detach().clone() for v in logits]
+            set_values(trial, values)
+            inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
+            return finish(layout, dry, inputs, layout.denormalize(_controls(trial)), sample_rate=sample_rate)[0]
+
+        def error(values: dict[str, float]) -> float:
+            return float((output(values) - ref).square().sum())
+
+        current = {name: float(params.buses[k][i][name][0]) for name in ("time_ms", "feedback")}
+        start_time = current["time_ms"]
+        best_err = error(current)
+        unexplained = (ref - output(current, mute=True)).mean(0)
+        send = buses_in[k][0].mean(0)
+        size = 1 << (2 * unexplained.shape[-1] - 1).bit_length()
+        xc = torch.fft.irfft(torch.fft.rfft(unexplained, size) * torch.fft.rfft(send, size).conj(), size)
+        spec = specs["time_ms"][1]
+        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), unexplained.shape[-1] - 1)
+        if hi <= lo:
+            return {}
+        window = xc[lo: hi + 1].abs()
+        peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
+                           min(8, window.numel())).indices
+        for lag in (peaks + lo).tolist():
+            a, b, c = (float(xc[lag + d]) for d in (-1, 0, 1))
+            bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
+            frac = 0.5 * (a - c) / bend if bend != 0 else 0.0
+            trial = {**current, "time_ms": (lag + max(-0.5, min(0.5, frac))) * 1000.0 / sample_rate}
+            e = error(trial)
+            if e < best_err:
+                best_err, current = e, trial
+        for fb in torch.linspace(specs["feedback"][1].min, specs["feedback"][1].max, 19).tolist():
+            trial = {**current, "feedback": fb}
+            e = error(trial)
+            if e < best_err:
+                best_err, current = e, trial
+        set_values([v.data for v in logits], current)
+    j = specs["time_ms"][0]
+    return {j: float(logits[2][0, j])} if current["time_ms"] != start_time else {}
 
 
 def _spectral_loss():

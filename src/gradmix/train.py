@@ -250,6 +250,23 @@ def style_center(model: MixController, songs: list, data: DataConfig, segments: 
     return torch.stack(mus).mean(0) if mus else torch.zeros(model.cfg.style_dim)
 
 
+def add_style_bank(model: MixController, songs: list, sample_rate: int, *, window_s: float = 10.0,
+                   most_s: float = 90.0) -> None:
+    """The styles ``gradmix sample`` draws from (:func:`gradmix.generate.build_style_bank`): every whole
+    ``window_s`` window of the first ``most_s`` seconds of each song with a human mix."""
+    from gradmix.data import read_example, song_seconds
+    from gradmix.generate import build_style_bank
+
+    windows = []
+    for song in [s for s in songs if s.mix is not None]:
+        length = min(most_s, song_seconds(song))
+        for k in range(max(1, int(length // window_s))):
+            ex = read_example(song, offset_s=k * window_s, seconds=min(window_s, length), sample_rate=sample_rate)
+            windows.append(([t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)], ex.mix))
+    if windows:
+        build_style_bank(model, windows, sample_rate)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the path of the exported ``model.pt``."""
     check(cfg)
@@ -289,6 +306,7 @@ def train(cfg: TrainConfig) -> Path:
     if trainer.is_global_zero:
         if cfg.model.style_dim:
             module.model.style_center.copy_(style_center(module.model, songs, cfg.data))
+            add_style_bank(module.model, songs, cfg.data.sample_rate)
         save_model(path, module.model, sample_rate=cfg.data.sample_rate,
                    info={"steps": int(trainer.global_step), "songs": [s.name for s in songs],
                          "excluded": list(cfg.data.exclude), "regime": cfg.data.regime})

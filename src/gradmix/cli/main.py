@@ -33,8 +33,9 @@ def _mix(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from gradmix.generate import sample_folder
 
-    results = sample_folder(args.stems_dir, args.output, n=args.n, seed=args.seed, temperature=args.temperature,
-                            model_path=args.model, progress=sys.stdout.isatty())
+    given = {k: v for k, v in (("temperature", args.temperature), ("refine_steps", args.refine)) if v is not None}
+    results = sample_folder(args.stems_dir, args.output, n=args.n, seed=args.seed, model_path=args.model,
+                            progress=sys.stdout.isatty(), **given)
     for r in results:
         print(f"{r.mix}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:+.1f} dBFS; console {r.console.name}")
     print(f"compare them: {Path(args.output) / 'index.html'}")
@@ -237,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=8, help="number of mixes (default 8)")
     p.add_argument("-o", "--output", required=True, help="output folder: mix_NN.wav, mix_NN.console.json, index.html")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="spread of the styles (0: the prior's centre)")
+    p.add_argument("--temperature", type=float,
+                   help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
+                        "1: all the way; default 0.7)")
+    p.add_argument("--refine", type=int, metavar="STEPS",
+                   help="steps optimising each mix's pans, sends, buses and master towards its style "
+                        "(default 30; 0: the model's console alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_sample)
     p = sub.add_parser("match", help="mix the stems in the style of a reference song")
@@ -331,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generative", action="store_true",
                    help="evaluate sampling (diversity, plausibility) and match instead of the systems")
     p.add_argument("-n", type=int, default=8, help="--generative: samples per song (default 8)")
-    p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of match (default 30)")
-    p.add_argument("--temperature", type=float, default=1.0, help="--generative: spread of the sampled styles")
+    p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of each sample and of match (default 30)")
+    p.add_argument("--temperature", type=float, help="--generative: as gradmix sample's (default 0.7)")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")

@@ -2,7 +2,7 @@
 
 from gradmix.metrics.distances import (GROUPS, aggregate_score, diversity, feature_errors, feature_vector,
                                        frame_features, frechet_distance, mrstft_distance, running_mean,
-                                       style_distance)
+                                       style_distance, style_features)
 from gradmix.metrics.features import (dynamics_features, loudness_features, loudness_range, mix_features,
                                       panning_features, spectral_features, spectral_frames,
                                       stereo_panning_spectrum, true_peak_dbtp)
@@ -10,4 +10,4 @@ from gradmix.metrics.features import (dynamics_features, loudness_features, loud
 __all__ = ["GROUPS", "aggregate_score", "diversity", "dynamics_features", "feature_errors", "feature_vector",
            "frame_features", "frechet_distance", "loudness_features", "loudness_range", "mix_features",
            "mrstft_distance", "panning_features", "running_mean", "spectral_features", "spectral_frames",
-           "stereo_panning_spectrum", "style_distance", "true_peak_dbtp"]
+           "stereo_panning_spectrum", "style_distance", "style_features", "true_peak_dbtp"]

@@ -112,13 +112,33 @@ STYLE_FEATURES = ("loudness_lufs", "loudness_range_lu", "centroid_hz", "bandwidt
                   "panning_rms_low", "panning_rms_mid", "panning_rms_high", "crest_factor_db")
 
 
-def style_distance(estimate: Tensor, reference: Tensor, sample_rate: float) -> Tensor:
-    """Distance in mix style between stereo mixes of *any* content and length ``(batch, 2, samples)``: the mean
-    over :data:`STYLE_FEATURES` (song-level values of :func:`gradmix.metrics.mix_features`) of
-    ``|e - r| / max(|r|, floor)``. ``(batch,)``; 0 for mixes with the same features."""
-    e, r = F.mix_features(estimate, sample_rate), F.mix_features(reference, sample_rate)
-    return torch.stack([(e[k] - r[k]).abs().double() / r[k].abs().double().clamp_min(_floor(k))
-                        for k in STYLE_FEATURES]).mean(0)
+def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
+    """The song-level :data:`STYLE_FEATURES` of stereo mixes ``(batch, 2, samples)``, ``{name: (batch,)}``: the
+    same values as :func:`gradmix.metrics.mix_features` (one STFT for the spectral and panning features), and
+    differentiable in ``x`` (hard loudness gates and peaks pass gradients to the blocks and samples they keep),
+    so that ``gradmix match --refine`` optimises the measured distance itself."""
+    F.check_audio(x, channels=2)
+    spec = F._stft(x)
+    mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()
+    weight = mag.square().sum(1)
+    feats = {k: F._weighted_mean(v, weight) for k, v in F.spectral_frames(mag, sample_rate).items()}
+    sps, energy = F.stereo_panning_spectrum(spec)
+    feats.update(F.panning_band_rms(sps, energy, sample_rate, (1, 2)))
+    feats["loudness_lufs"] = F.integrated_loudness(x, sample_rate=sample_rate)
+    feats["loudness_range_lu"] = F.loudness_range(x, sample_rate)
+    rms = x.square().mean((1, 2)).sqrt()
+    feats["crest_factor_db"] = 20 * torch.log10((x.abs().amax((-1, -2)) + F.EPS) / (rms + F.EPS))
+    return {k: feats[k] for k in STYLE_FEATURES}
+
+
+def style_distance(estimate: Tensor | dict[str, Tensor], reference: Tensor | dict[str, Tensor],
+                   sample_rate: float) -> Tensor:
+    """Distance in mix style between stereo mixes of *any* content and length ``(batch, 2, samples)`` (or their
+    :func:`style_features`): the mean over :data:`STYLE_FEATURES` of ``|e - r| / max(|r|, floor)``.
+    ``(batch,)``; 0 for mixes with the same features; differentiable in ``estimate``."""
+    e = estimate if isinstance(estimate, dict) else style_features(estimate, sample_rate)
+    r = reference if isinstance(reference, dict) else style_features(reference, sample_rate)
+    return torch.stack([(e[k] - r[k]).abs() / r[k].abs().clamp_min(_floor(k)) for k in STYLE_FEATURES]).mean(0)
 
 
 def feature_vector(feats: dict[str, Tensor]) -> Tensor:

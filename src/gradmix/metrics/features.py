@@ -166,7 +166,7 @@ def loudness_range(x: Tensor, sample_rate: float) -> Tensor:
         v = st[i][st[i] > -70]
         if v.numel() == 0:
             continue
-        rel = -0.691 + 10 * math.log10(float((10 ** ((v + 0.691) / 10)).mean())) - 20
+        rel = -0.691 + 10 * math.log10(float((10 ** ((v.detach() + 0.691) / 10)).mean())) - 20
         v = v[v > rel]
         if v.numel():
             out[i] = torch.quantile(v, 0.95) - torch.quantile(v, 0.10)

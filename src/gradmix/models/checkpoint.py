@@ -50,6 +50,10 @@ def load_model(path: str | os.PathLike | None = None) -> tuple[MixController, di
         raise GradmixError(f"{path}: model file version {blob.get('version')} / layout {blob.get('layout')!r} "
                            f"is not supported by this gradmix")
     model = MixController(Layout.default(), ModelConfig.from_dict(blob["config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    for name in ("style_bank", "style_bank_offsets"):  # sized by the file; absent from older files
+        if hasattr(model, name):
+            setattr(model, name, state.setdefault(name, getattr(model, name)))
+    model.load_state_dict(state)
     model.eval()
     return model, {k: blob[k] for k in ("sample_rate", "config", "info")}

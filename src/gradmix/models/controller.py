@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from gradmix.console import Controls, Layout
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
+from gradmix.metrics.distances import STYLE_FEATURES
 
 TRACK_LUFS = -28.0
 """Every track is brought to this loudness before the network listens and the console renders it."""
@@ -153,6 +154,12 @@ class MixController(nn.Module):
             self.style_in = nn.Linear(self.cfg.style_dim, d)
             self.register_buffer("style_center", torch.zeros(self.cfg.style_dim))
             """Mean style of the human mixes seen in training (``gradmix mix`` mixes with it)."""
+            self.register_buffer("style_bank", torch.zeros(0, self.cfg.style_dim))
+            """``(windows, style_dim)``: q(z | mix) means of windows of the human mixes seen in training, the
+            styles ``gradmix sample`` draws from (:func:`gradmix.generate.build_style_bank`)."""
+            self.register_buffer("style_bank_offsets", torch.zeros(0, len(STYLE_FEATURES)))
+            """``(windows, features)``: how each window's human mix differs in style from the model's own mix of
+            its tracks (:func:`gradmix.generate.style_coordinates`)."""
             if self.cfg.style_direct:
                 self.style_strip = nn.Linear(self.cfg.style_dim, layout.num_strip_params + self.sends, bias=False)
                 self.style_master = nn.Linear(self.cfg.style_dim, layout.num_bus_params + layout.num_master_params,

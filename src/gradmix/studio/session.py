@@ -128,14 +128,17 @@ class Session:
             self._replace_edited(self._automix())
 
     def sample(self) -> str:
-        """Add one more mix sampled from the model's prior of mix styles; returns its version name."""
-        from gradmix.generate import prior_styles
+        """Add one more mix in a style drawn from the model's bank (``gradmix sample``'s sequence, seed 0);
+        returns its version name."""
+        from gradmix.generate import sample_settings
+        from gradmix.mix import Song
 
         with self.lock:
-            z = prior_styles(self.model, 1, seed=self.samples_drawn)[0]
+            song = Song(self.model, self.names, self.files, self.audio, self.sample_rate, [])
+            setting = sample_settings(song, self._analyse(), 1, skip=self.samples_drawn)[0]
             self.samples_drawn += 1
             name = f"sample {self.samples_drawn}"
-            self.versions[name] = self._automix(z)
+            self.versions[name] = setting
             self._move_edited_last()
             return name
 
