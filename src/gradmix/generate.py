@@ -40,7 +40,7 @@ from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
-SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 0.7
+SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.3
 
 
 def draw_styles(model: MixController, n: int, *, seed: int = 0,
