@@ -215,3 +215,16 @@ def test_load_reports_bad_json(tmp_path):
         ConsoleSetting.load(p)
     with pytest.raises(ConsoleFileError, match="no such console file"):
         ConsoleSetting.load(tmp_path / "missing.json")
+
+
+def test_bus_control_index_points_at_the_parameter_denormalize_reads():
+    layout = Layout.default()
+    delay = layout.bus_names.index("delay")
+    j = layout.bus_control_index(delay, 0, "time_ms")
+    c = layout.random_controls(1, 1, torch.Generator().manual_seed(0))
+    c.buses[0, j] = 0.0  # the bottom of the range, wherever the other controls are
+    assert float(layout.denormalize(c).buses[delay][0]["time_ms"][0]) == pytest.approx(10.0)
+    c.buses[0, j] = 1.0
+    assert float(layout.denormalize(c).buses[delay][0]["time_ms"][0]) == pytest.approx(2000.0)
+    with pytest.raises(ParameterError, match="mix"):
+        layout.bus_control_index(delay, 0, "mix")  # fixed, not controlled

@@ -247,7 +247,7 @@ def test_delay_search_finds_the_echo_time_to_the_sample():
     truth = layout.random_controls(1, 2, g)
     truth.sends[..., layout.bus_names.index("delay")] = 0.9
     delay = next(i for i, (name, _) in enumerate(layout.buses) if name == "delay")
-    j = sum(len(s.specs) for _, chain in layout.buses[:delay] for s in chain)  # the delay's time_ms control
+    j = layout.bus_control_index(delay, 0, "time_ms")
     with torch.no_grad():
         ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
         true_ms = float(layout.denormalize(truth).buses[delay][0]["time_ms"][0])

@@ -469,8 +469,7 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
     if not found:
         return {}
     k, i = found[0]
-    offset = sum(len(s.specs) for _, chain in layout.buses[:k] for s in chain) + sum(len(s.specs) for s in layout.buses[k][1][:i])
-    specs = {s.name: (offset + j, s) for j, s in enumerate(layout.buses[k][1][i].specs)}
+    specs = {s.name: (layout.bus_control_index(k, i, s.name), s) for s in layout.buses[k][1][i].specs}
     if "time_ms" not in specs or "feedback" not in specs:
         return {}
     with torch.no_grad():

@@ -123,6 +123,15 @@ class Layout:
         master = [s.denormalize(u) for s, u in zip(self.master, _split(c.master, self.master))]
         return Params(strip, SEND_SPEC.denormalize(c.sends), buses, master)
 
+    def bus_control_index(self, bus: int, slot: int, name: str) -> int:
+        """Column of parameter ``name`` of slot ``slot`` of bus ``bus`` in ``Controls.buses``."""
+        chain = self.buses[bus][1]
+        before = sum(len(s.specs) for _, c in self.buses[:bus] for s in c) + sum(len(s.specs) for s in chain[:slot])
+        names = [s.name for s in chain[slot].specs]
+        if name not in names:
+            raise ParameterError(f"bus {self.buses[bus][0]!r} slot {slot}: no controlled parameter {name!r}")
+        return before + names.index(name)
+
     def random_controls(self, batch: int, tracks: int, generator: torch.Generator | None = None,
                         dtype=torch.float32) -> Controls:
         """Uniform 0..1 controls (for tests and random-console baselines)."""

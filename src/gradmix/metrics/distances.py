@@ -126,8 +126,7 @@ def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     feats.update(F.panning_band_rms(sps, energy, sample_rate, (1, 2)))
     feats["loudness_lufs"] = F.integrated_loudness(x, sample_rate=sample_rate)
     feats["loudness_range_lu"] = F.loudness_range(x, sample_rate)
-    rms = x.square().mean((1, 2)).sqrt()
-    feats["crest_factor_db"] = 20 * torch.log10((x.abs().amax((-1, -2)) + F.EPS) / (rms + F.EPS))
+    feats["crest_factor_db"] = F.crest_factor_db(x)
     return {k: feats[k] for k in STYLE_FEATURES}
 
 

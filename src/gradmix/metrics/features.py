@@ -173,6 +173,13 @@ def loudness_range(x: Tensor, sample_rate: float) -> Tensor:
     return out
 
 
+def crest_factor_db(x: Tensor) -> Tensor:
+    """``20 log10(peak / RMS)`` over channels and time, ``(batch,)`` dB (differentiable)."""
+    x64 = x.double()
+    rms = x64.square().mean((1, 2)).sqrt()
+    return (20 * torch.log10((x64.abs().amax((-1, -2)) + EPS) / (rms + EPS))).to(x.dtype)
+
+
 def dynamics_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """RMS, dynamic spread, crest factor, peak-to-loudness ratio."""
     check_audio(x)
@@ -184,9 +191,8 @@ def dynamics_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     gate = levels > -70
     mean = (levels * gate).sum(-1) / gate.sum(-1).clamp_min(1)
     spread = ((levels - mean[:, None]).abs() * gate).sum(-1) / gate.sum(-1).clamp_min(1)
-    peak = x.double().abs().amax((-1, -2))
     return {"rms_dbfs": (20 * torch.log10(rms + EPS)).to(x.dtype), "dynamic_spread_db": spread.to(x.dtype),
-            "crest_factor_db": (20 * torch.log10((peak + EPS) / (rms + EPS))).to(x.dtype),
+            "crest_factor_db": crest_factor_db(x),
             "plr_db": true_peak_dbtp(x) - integrated_loudness(x, sample_rate=sample_rate)}
 
 
