@@ -67,9 +67,13 @@ def control_errors(true, fitted) -> dict[str, float]:
                 out.setdefault(f"{key}.{name}", []).append(abs(u[0] - u[1]))
 
     assert isinstance(true, ConsoleSetting)
-    for ta, tb in zip(true.tracks, fitted.tracks):
+    by_name = {t.name: t for t in fitted.tracks}  # the fit lists the stems in file-name order
+    for ta in true.tracks:
+        tb = by_name[ta.name]
         for ea, eb in zip(ta.chain, tb.chain):
             add(ea.effect.type_name, ea, eb)
+        for bus, level in ta.sends.items():
+            out.setdefault("sends.level_db", []).append(abs(level - tb.sends.get(bus, -60.0)) / 60.0)
     for ba, bb in zip(true.buses, fitted.buses):
         for ea, eb in zip(ba.chain, bb.chain):
             add(f"bus {ba.name}", ea, eb)
@@ -89,7 +93,7 @@ def main() -> None:
     from rich.table import Table
 
     from gradmix.console import ConsoleSetting
-    from gradmix.generate import fit_folder
+    from gradmix.fit import fit_folder
 
     table = Table(title=f"gradmix fit: 8 tracks x 10 s, engineer-like console with reverb + delay, budget {args.budget:.0f} s")
     for col in ("seed", "residual", "steps", "wall", "goal"):

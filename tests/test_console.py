@@ -228,3 +228,16 @@ def test_bus_control_index_points_at_the_parameter_denormalize_reads():
     assert float(layout.denormalize(c).buses[delay][0]["time_ms"][0]) == pytest.approx(2000.0)
     with pytest.raises(ParameterError, match="mix"):
         layout.bus_control_index(delay, 0, "mix")  # fixed, not controlled
+
+
+def test_strip_control_index_points_at_the_parameter_denormalize_reads():
+    layout = Layout.default()
+    comp = [s.effect.type_name for s in layout.strip].index("compressor")
+    j = layout.strip_control_index(comp, "makeup_db")
+    c = layout.random_controls(1, 3, torch.Generator().manual_seed(0))
+    c.strip[0, 1, j] = 1.0  # track 1 only
+    makeup = layout.denormalize(c).strip[comp]["makeup_db"][0]
+    assert float(makeup[1]) == pytest.approx(24.0) and float(makeup.max()) == float(makeup[1])
+    assert layout.strip_control_index(len(layout.strip) - 1, "pan") == layout.num_strip_params - 1
+    with pytest.raises(ParameterError, match="knob"):
+        layout.strip_control_index(comp, "knob")

@@ -198,6 +198,49 @@ def test_refining_the_mix_section_moves_the_style_and_keeps_the_strips(style_mod
     assert not torch.allclose(end.master, start.master)
 
 
+def test_pan_nudge_moves_only_the_pans_seeded_and_within_bounds(style_model):
+    from gradmix.generate import SAMPLE_PAN_NUDGE, _nudge_pans
+    from gradmix.models.checkpoint import load_model
+
+    model = load_model(style_model)[0]
+    start = model.layout.random_controls(1, 5, torch.Generator().manual_seed(0))
+    a, b, c = (_nudge_pans(model, start, seed) for seed in (7, 7, 8))
+    pan = model.layout.num_strip_params - 1
+    assert torch.equal(a.strip, b.strip) and not torch.equal(a.strip, c.strip)
+    assert torch.equal(a.strip[..., :pan], start.strip[..., :pan]) and torch.equal(a.master, start.master)
+    moved = (a.strip[..., pan] - start.strip[..., pan]).abs()
+    assert moved.max() <= SAMPLE_PAN_NUDGE + 1e-7 and (moved > 0).all()
+
+
+def test_balanced_refinement_widens_to_both_sides(style_model):
+    from gradmix.metrics.features import panning_features
+    from gradmix.models.checkpoint import load_model
+
+    model = load_model(style_model)[0]
+    tracks = [0.1 * torch.randn(1, 3 * SR, generator=torch.Generator().manual_seed(k)) for k in range(4)]
+    analysis = analyse(model, tracks, SR)
+    ex = song_excerpt(tracks, analysis, SR, seconds=2.0, chunk_s=1.0, preroll_s=0.5)
+    start = model.decide(analysis.embeddings)
+    pan = model.layout.num_strip_params - 1
+    start.strip[..., pan] = 0.45  # every track a little left of centre
+    target = {k: v.clone() for k, v in style_features(ex.x[:1, 0], SR).items()}  # the centred mix's style ...
+    for band in ("low", "mid", "high"):
+        target[f"panning_rms_{band}"] = torch.tensor([0.4], dtype=ex.x.dtype)  # ... but wide
+
+    def side(c):
+        with torch.no_grad():
+            est, _ = model.layout.render_normalized(ex.x, type(c)(*(v.expand(2, *v.shape[1:]) for v in
+                                                                    (c.strip, c.sends, c.buses, c.master))),
+                                                    sample_rate=SR, mono=ex.mono)
+        return float(panning_features(est[..., ex.preroll:].transpose(0, 1).reshape(1, 2, -1), SR)["panning_index"].abs())
+
+    leaning = refine_controls(model, ex, start, target, SR, steps=20, lr=0.1, mix_section_only=True)
+    balanced = refine_controls(model, ex, start, target, SR, steps=20, lr=0.1, mix_section_only=True, balanced=True)
+    pans = balanced.strip[0, :, pan]
+    assert side(balanced) < 0.5 * side(leaning)
+    assert (pans < 0.5).any() and (pans > 0.5).any()  # tracks on both sides
+
+
 def test_match_follows_the_reference_and_refine_gets_closer(tmp_path, style_model, capsys):
     require("auraloss")
     stems = make_stems(tmp_path / "stems")
@@ -237,7 +280,8 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
 
 
 def test_delay_search_finds_the_echo_time_to_the_sample():
-    from gradmix.generate import _controls, _logits, _search_delay
+    from gradmix.fit import _search_delay
+    from gradmix.generate import _controls, _logits
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
@@ -267,6 +311,43 @@ def test_delay_search_finds_the_echo_time_to_the_sample():
     assert error() < 0.02 * before
 
 
+def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
+    from gradmix.example import example_multitrack
+    from gradmix.fit import _solve_levels
+    from gradmix.generate import _controls, _logits
+    from gradmix.models.engineer import engineer_controls
+
+    layout = Layout.default()
+    model = MixController(layout, ModelConfig(**TINY))
+    tracks = list(example_multitrack(3.0, SR, seed=0).values())[:4]
+    mono = torch.tensor([[t.shape[0] == 1 for t in tracks]])
+    x = torch.stack([t.expand(2, -1) for t in tracks])[None]
+    true = engineer_controls(layout, 1, len(tracks), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = layout.render_normalized(x, true, sample_rate=SR, mono=mono)[0][0]
+    logits = _logits(true)
+    pan, makeup = layout.num_strip_params - 1, layout.strip_control_index(2, "makeup_db")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the truth with every level, pan and send moved
+        logits[0][0, :, pan] += torch.randn(len(tracks), generator=g)
+        logits[0][0, :, makeup] += 0.5 * torch.randn(len(tracks), generator=g)
+        logits[1] += torch.randn(logits[1].shape, generator=g)
+
+    def error_db():
+        with torch.no_grad():
+            est = layout.render_normalized(x, _controls(logits), sample_rate=SR, mono=mono)[0][0]
+        return 10 * np.log10(float((est - ref).square().sum() / ref.square().sum()))
+
+    before = error_db()
+    assert _solve_levels(model, x, mono, logits, ref, SR) and _solve_levels(model, x, mono, logits, ref, SR)
+    assert before > -15 and error_db() < -40
+    found = _controls([v.detach() for v in logits])
+    assert torch.allclose(found.strip[0, :, pan], true.strip[0, :, pan], atol=0.01)
+    params, truth = layout.denormalize(found), layout.denormalize(true)
+    audible = truth.sends_db > -50  # a send far below the dry signal has no level to recover
+    assert torch.allclose(params.sends_db[audible], truth.sends_db[audible], atol=1.0)
+
+
 def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, capsys):
     require("auraloss")
     rng = np.random.default_rng(2)
@@ -283,3 +364,6 @@ def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, ca
     assert summary["diversity_ratio"] > 0 and 0 <= summary["plausible_share"] <= 1
     assert all(np.isfinite(summary[k]) for k in ("frechet_samples", "frechet_random", "match_ratio"))
     assert "diversity" in capsys.readouterr().out and (out / "generative.md").is_file()
+    vectors = np.load(out / "vectors.npz")
+    assert vectors["samples/song0"].shape[0] == 3 and vectors["samples/song0"].shape[-1] == len(vectors["features"])
+    assert vectors["human/song1"].shape[-1] == len(vectors["features"])

@@ -12,6 +12,10 @@ On every chosen song (its first ``seconds``):
   the set of human mixes beside that of the random consoles.
 - **match**: the reference is the human mix of the next song in the list (other content); the style distance
   of ``match`` (and of ``match --refine``) to the reference over that of the equal-loudness mix.
+
+Writes ``generative.json`` (summary and per-song rows), ``generative.md`` (the table) and ``vectors.npz`` (the
+feature vectors: ``human/SONG`` ``(segments, features)``, ``samples/SONG`` and ``random/SONG``
+``(n, segments, features)``, unstandardised) for further analysis.
 """
 
 from __future__ import annotations
@@ -131,6 +135,9 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out / "generative.json")
     (out / "generative.md").write_text(generative_table(summary))
+    np.savez(out / "vectors.npz", features=np.array(STYLE_FEATURES), songs=np.array(summary["songs"]),
+             **{f"human/{k}": v for k, v in human.items()}, **{f"samples/{k}": v for k, v in sample_vecs.items()},
+             **{f"random/{k}": v for k, v in random_vecs.items()})
     return summary
 
 

@@ -1,5 +1,5 @@
-"""Generative mixing on the console: several mixes of the same tracks, mixing in the style of a reference,
-and reverse-engineering a mix by gradient descent.
+"""Generative mixing on the console: several mixes of the same tracks, and mixing in the style of a reference
+(reverse-engineering a given mix is :mod:`gradmix.fit`).
 
 - :func:`sample_settings` (``gradmix sample``): each mix draws a window from the model's bank of human mix
   styles (:func:`build_style_bank`: its ``z`` and how the human mix differed in style from the model's own
@@ -8,8 +8,6 @@ and reverse-engineering a mix by gradient descent.
   approach the automatic mix's own plus that offset.
 - :func:`match_folder` (``gradmix match``): ``z`` = the mean of q(z | reference mix); ``refine_steps`` then
   optimises every control so that the mix's :func:`gradmix.metrics.style_distance` to the reference falls.
-- :func:`fit_folder` (``gradmix fit``): gradient descent on every control of the console so that the render
-  equals a given mix of the same stems; reports the residual in dB.
 
 Refinement renders an excerpt that stands for the song: a few chunks spread evenly over it (each after a
 second of pre-roll, so that envelopes and reverb tails are in place), joined; features such as the loudness
@@ -21,7 +19,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +28,20 @@ from torch import Tensor
 
 from gradmix.audio import check_output_path, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
-from gradmix.console.layout import bus_inputs, finish, mix_down, render_strips
+from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
-from gradmix.metrics.distances import STYLE_FEATURES
+from gradmix.metrics.distances import FLOORS, STYLE_FEATURES
+from gradmix.metrics.features import panning_features
 from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.3
+SAMPLE_PAN_NUDGE = 0.03
+"""Largest seeded move of each track's pan control (0..1) before a sample's refinement: a console of centred
+tracks is a saddle of the width features, and each sample should widen its own way."""
 
 
 def draw_styles(model: MixController, n: int, *, seed: int = 0,
@@ -279,12 +280,15 @@ def _joined(est: Tensor, excerpt: Excerpt) -> Tensor:
 
 def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, target: dict[str, Tensor],
                     sample_rate: int, *, steps: int, lr: float = 0.05, mix_section_only: bool = False,
-                    progress: bool = False) -> Controls:
+                    balanced: bool = False, progress: bool = False) -> Controls:
     """Adam on the controls' logits (from ``start``, batch of one) so that the excerpt's mix has the style
     features ``target`` (``{name: (1,)}``): minimises :func:`gradmix.metrics.style_distance`.
 
     ``mix_section_only`` keeps each track's gain, EQ and compressor as they are (rendered once) and moves only
-    the pans, sends, bus and master effects: several times cheaper a step (used by sampling)."""
+    the pans, sends, bus and master effects: several times cheaper a step (used by sampling). ``balanced`` adds
+    the mix's energy-weighted panning index (0 for a mix as heavy on the left as on the right) as one more
+    feature with target 0: the panning RMS features measure width, not side, and are largest when every track
+    leans the same way."""
     layout, k = model.layout, excerpt.x.shape[0]
     logits = _logits(start)
     opt = torch.optim.Adam(logits, lr=lr)
@@ -304,7 +308,11 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
             est = mix_down(layout, strips, params, sample_rate=sample_rate)
         else:
             est, _ = layout.render_normalized(excerpt.x, controls, sample_rate=sample_rate, mono=excerpt.mono)
-        loss = style_distance(_joined(est, excerpt), target, sample_rate).mean()
+        joined = _joined(est, excerpt)
+        loss = style_distance(joined, target, sample_rate).mean()
+        if balanced:
+            side = panning_features(joined, sample_rate)["panning_index"].abs() / FLOORS["panning_rms"]
+            loss = loss + side.mean() / len(STYLE_FEATURES)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -336,15 +344,25 @@ def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, te
     if excerpt is not None:  # each style is an offset from the automatic mix's own
         own = _excerpt_style(model, excerpt, model.decide(analysis.embeddings), sr)
     out = []
-    for z, offset in zip(show_progress(list(zs), "sampling mixes", progress), offsets):
+    for i, (z, offset) in enumerate(zip(show_progress(list(zs), "sampling mixes", progress), offsets), start=skip):
         with torch.no_grad():
             controls = model.decide(analysis.embeddings, None, z[None])
         if excerpt is not None:
             target = {k: v[None].to(excerpt.x.dtype) for k, v in style_from_coordinates(own + offset).items()}
-            controls = refine_controls(model, excerpt, controls, target, sr, steps=refine_steps, lr=SAMPLE_REFINE_LR,
-                                       mix_section_only=True)
+            controls = refine_controls(model, excerpt, _nudge_pans(model, controls, seed * 100003 + i), target, sr,
+                                       steps=refine_steps, lr=SAMPLE_REFINE_LR, mix_section_only=True, balanced=True)
         out.append(setting_from_controls(model, controls, analysis, song.names, song.files, sr))
     return out
+
+
+def _nudge_pans(model: MixController, controls: Controls, seed: int) -> Controls:
+    """``controls`` with each track's pan control moved by up to :data:`SAMPLE_PAN_NUDGE`, seeded."""
+    j = model.layout.strip_control_index(len(model.layout.strip) - 1, "pan")
+    g = torch.Generator().manual_seed(seed)
+    strip = controls.strip.clone()
+    move = (2 * torch.rand(strip.shape[:2], generator=g, dtype=strip.dtype) - 1) * SAMPLE_PAN_NUDGE
+    strip[..., j] = (strip[..., j] + move).clamp(0, 1)
+    return Controls(strip, controls.sends, controls.buses, controls.master)
 
 
 def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *, refine_steps: int = 0,
@@ -367,168 +385,3 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
         mix = _render(setting, song.audio)
         distances["refined"] = float(style_distance(mix[None], ref[None], sr))
     return _write(setting, mix, output, [*song.inputs, Path(reference)]), distances
-
-
-FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY, FIT_DELAY_SEARCH_AT = 2.5, 1.0, 10, 0.4
-
-
-def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = 2000,
-               budget_s: float = 120.0, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
-               model_path: str | Path | None = None, progress: bool = False) -> tuple[Path, float, int]:
-    """Find the console that turns the stems into ``target`` by gradient descent on every control.
-
-    Starts from the model's guess for the target's style. Each step renders a random 2.5-s window (after 1 s
-    of warm-up, so that envelopes and tails are in place) and minimises a multi-resolution spectral distance
-    plus the log waveform error there (Adam; the learning rate decays over the steps the budget allows,
-    cosine). At 40 % of the way, the delay bus's time, which gradients cannot find (the error oscillates with
-    it), is searched (:func:`_search_delay`). Every 10 steps the whole song is rendered and the best console
-    so far kept. Stops at ``stop_db`` residual, ``max_steps`` or ``budget_s`` seconds.
-
-    Returns:
-        ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
-    """
-    song = load_song(stems_dir, model_path, progress=progress)
-    model, sr = song.model, song.sample_rate
-    ref = read_reference(target, sr)
-    output = check_output_path(output, [*song.inputs, Path(target)])
-    n = song.audio[0].shape[-1]
-    if abs(ref.shape[-1] - n) > sr * 0.05:
-        raise GradmixError(f"{target}: {ref.shape[-1] / sr:.2f} s long, the stems {n / sr:.2f} s: fit needs a mix "
-                           "of these stems")
-    ref = torch.nn.functional.pad(ref, (0, max(0, n - ref.shape[-1])))[:, :n]
-    energy = ref.square().sum()
-    if energy <= 0:
-        raise GradmixError(f"{target}: silent; nothing to fit")
-    analysis = analyse(model, song.audio, sr)
-    whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
-    x, mono = whole.x, whole.mono
-    with torch.no_grad():
-        z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
-        start = model.decide(analysis.embeddings, None, z)
-    logits = _logits(start)
-    opt = torch.optim.Adam(logits, lr=lr)
-    mrstft = _spectral_loss()
-    gen = torch.Generator().manual_seed(seed)
-    seg, warm = min(n, int(FIT_WINDOW_S * sr)), int(FIT_WARMUP_S * sr)
-
-    def residual_db() -> float:
-        with torch.no_grad():
-            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-        return 10 * math.log10(max(float((est[0] - ref).square().sum() / energy), 1e-30))
-
-    best, best_db, steps, planned, searched = [v.detach().clone() for v in logits], math.inf, 0, max_steps, False
-    held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
-    t0 = time.perf_counter()
-    bar = show_progress(range(max_steps + 1), "fitting", progress, total=max_steps)
-    for steps in bar:
-        if steps % FIT_CHECK_EVERY == 0 or steps == max_steps:
-            elapsed = time.perf_counter() - t0
-            if not searched and (elapsed > FIT_DELAY_SEARCH_AT * budget_s or steps >= FIT_DELAY_SEARCH_AT * max_steps):
-                held = _search_delay(model, x, mono, logits, ref, sr)
-                searched = True
-            r = residual_db()
-            if r < best_db:
-                best, best_db = [v.detach().clone() for v in logits], r
-            elapsed = time.perf_counter() - t0
-            if steps and elapsed > 0:  # the cosine spans the steps the budget allows
-                planned = min(max_steps, max(steps + 1, int(budget_s / (elapsed / steps))))
-            if best_db <= stop_db or elapsed > budget_s or steps == max_steps:
-                break
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
-        s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
-        a0 = max(0, s0 - warm)
-        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], _controls(logits), sample_rate=sr, mono=mono)
-        est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
-        err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
-        loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for j, value in held.items():
-                logits[2][0, j] = value
-    setting = setting_from_controls(model, _controls(best), analysis, song.names, song.files, sr)
-    setting.save(output)
-    return output, best_db, steps
-
-
-def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
-                  sample_rate: int) -> dict[int, float]:
-    """Set the delay bus's time (to a fraction of a sample) and feedback in ``logits`` (in place) where the
-    whole song's waveform error is least: time candidates are the peaks of the cross-correlation between the
-    target minus the console's output without the delay bus and the delay bus's input.
-
-    Returns:
-        ``{index in the bus controls: logit}`` of the delay time when the search moved it (to be held: its
-        gradient only sees the nearest ripple of the error), else ``{}``.
-    """
-    layout = model.layout
-    found = [(k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain)
-             if s.effect.type_name == "delay"]
-    if not found:
-        return {}
-    k, i = found[0]
-    specs = {s.name: (layout.bus_control_index(k, i, s.name), s) for s in layout.buses[k][1][i].specs}
-    if "time_ms" not in specs or "feedback" not in specs:
-        return {}
-    with torch.no_grad():
-        params = layout.denormalize(_controls(logits))
-        strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
-        buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
-        dry = strips.sum(1)
-        del strips
-
-        def set_values(target: list[Tensor], values: dict[str, float]) -> None:
-            for name, value in values.items():
-                j, spec = specs[name]
-                u = spec.normalize(torch.tensor(value, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
-                target[2][0, j] = float(torch.logit(u))
-
-        def output(values: dict[str, float], mute: bool = False) -> Tensor:
-            trial = [v.detach().clone() for v in logits]
-            set_values(trial, values)
-            inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
-            return finish(layout, dry, inputs, layout.denormalize(_controls(trial)), sample_rate=sample_rate)[0]
-
-        def error(values: dict[str, float]) -> float:
-            return float((output(values) - ref).square().sum())
-
-        current = {name: float(params.buses[k][i][name][0]) for name in ("time_ms", "feedback")}
-        start_time = current["time_ms"]
-        best_err = error(current)
-        unexplained = (ref - output(current, mute=True)).mean(0)
-        send = buses_in[k][0].mean(0)
-        size = 1 << (2 * unexplained.shape[-1] - 1).bit_length()
-        xc = torch.fft.irfft(torch.fft.rfft(unexplained, size) * torch.fft.rfft(send, size).conj(), size)
-        spec = specs["time_ms"][1]
-        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), unexplained.shape[-1] - 1)
-        if hi <= lo:
-            return {}
-        window = xc[lo: hi + 1].abs()
-        peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
-                           min(8, window.numel())).indices
-        for lag in (peaks + lo).tolist():
-            a, b, c = (float(xc[lag + d]) for d in (-1, 0, 1))
-            bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
-            frac = 0.5 * (a - c) / bend if bend != 0 else 0.0
-            trial = {**current, "time_ms": (lag + max(-0.5, min(0.5, frac))) * 1000.0 / sample_rate}
-            e = error(trial)
-            if e < best_err:
-                best_err, current = e, trial
-        for fb in torch.linspace(specs["feedback"][1].min, specs["feedback"][1].max, 19).tolist():
-            trial = {**current, "feedback": fb}
-            e = error(trial)
-            if e < best_err:
-                best_err, current = e, trial
-        set_values([v.data for v in logits], current)
-    j = specs["time_ms"][0]
-    return {j: float(logits[2][0, j])} if current["time_ms"] != start_time else {}
-
-
-def _spectral_loss():
-    import auraloss
-
-    return auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[256, 1024, 4096], hop_sizes=[64, 256, 1024],
-                                                 win_lengths=[256, 1024, 4096], w_sc=0.0, w_log_mag=1.0,
-                                                 w_lin_mag=1.0)

@@ -51,7 +51,7 @@ def _match(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from gradmix.generate import fit_folder
+    from gradmix.fit import fit_folder
 
     path, residual, steps = fit_folder(args.stems_dir, args.target, args.output, max_steps=args.steps,
                                        budget_s=args.budget, model_path=args.model, progress=sys.stdout.isatty())

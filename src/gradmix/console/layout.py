@@ -123,6 +123,13 @@ class Layout:
         master = [s.denormalize(u) for s, u in zip(self.master, _split(c.master, self.master))]
         return Params(strip, SEND_SPEC.denormalize(c.sends), buses, master)
 
+    def strip_control_index(self, slot: int, name: str) -> int:
+        """Column of parameter ``name`` of strip slot ``slot`` in ``Controls.strip``."""
+        names = [s.name for s in self.strip[slot].specs]
+        if name not in names:
+            raise ParameterError(f"strip slot {slot}: no controlled parameter {name!r}")
+        return sum(len(s.specs) for s in self.strip[:slot]) + names.index(name)
+
     def bus_control_index(self, bus: int, slot: int, name: str) -> int:
         """Column of parameter ``name`` of slot ``slot`` of bus ``bus`` in ``Controls.buses``."""
         chain = self.buses[bus][1]

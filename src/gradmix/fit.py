@@ -1,0 +1,388 @@
+"""``gradmix fit``: reverse-engineer a mix of known stems — the console whose render equals it.
+
+Gradient descent (Adam) on every control of the console, from the model's guess for the target's style, with
+two closed-form moves where gradients are weak: the track levels, pans and sends by least squares
+(:func:`_solve_levels`: the console is linear in them once the master's dynamics are held), and the delay
+bus's time by the peaks of a cross-correlation (:func:`_search_delay`: the error oscillates with it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gradmix.audio import check_output_path
+from gradmix.console.layout import SEND_SPEC, bus_inputs, finish, render_strips
+from gradmix.errors import GradmixError
+from gradmix.generate import _controls, _logits, read_reference, song_excerpt
+from gradmix.mix import analyse, load_song, setting_from_controls
+from gradmix.models import MixController
+from gradmix.progress import progress as show_progress
+
+FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
+FIT_MOVES = ((0.0, "levels"), (0.4, "delay"), (0.4, "levels"), (0.7, "levels"))
+"""Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
+
+
+def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = 2000,
+               budget_s: float = 120.0, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
+               model_path: str | Path | None = None, progress: bool = False) -> tuple[Path, float, int]:
+    """Find the console that turns the stems into ``target`` by gradient descent on every control.
+
+    Starts from the model's guess for the target's style. Each step renders a random 2.5-s window (after 1 s
+    of warm-up, so that envelopes and tails are in place) and minimises a multi-resolution spectral distance
+    plus the log waveform error there (Adam; the learning rate decays over the steps the budget allows,
+    cosine). Between the steps, at the shares of the way in :data:`FIT_MOVES`, closed-form moves: every
+    track's level, pan and sends by least squares (:func:`_solve_levels`), and the delay bus's time, which
+    gradients cannot find (the error oscillates with it; :func:`_search_delay`). Every 10 steps the whole song
+    is rendered and the best console so far kept. Stops at ``stop_db`` residual, ``max_steps`` or
+    ``budget_s`` seconds.
+
+    Returns:
+        ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
+    """
+    song = load_song(stems_dir, model_path, progress=progress)
+    model, sr = song.model, song.sample_rate
+    ref = read_reference(target, sr)
+    output = check_output_path(output, [*song.inputs, Path(target)])
+    n = song.audio[0].shape[-1]
+    if abs(ref.shape[-1] - n) > sr * 0.05:
+        raise GradmixError(f"{target}: {ref.shape[-1] / sr:.2f} s long, the stems {n / sr:.2f} s: fit needs a mix "
+                           "of these stems")
+    ref = torch.nn.functional.pad(ref, (0, max(0, n - ref.shape[-1])))[:, :n]
+    energy = ref.square().sum()
+    if energy <= 0:
+        raise GradmixError(f"{target}: silent; nothing to fit")
+    analysis = analyse(model, song.audio, sr)
+    whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
+    x, mono = whole.x, whole.mono
+    with torch.no_grad():
+        z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
+        start = model.decide(analysis.embeddings, None, z)
+    logits = _logits(start)
+    opt = torch.optim.Adam(logits, lr=lr)
+    mrstft = _spectral_loss()
+    gen = torch.Generator().manual_seed(seed)
+    seg, warm = min(n, int(FIT_WINDOW_S * sr)), int(FIT_WARMUP_S * sr)
+
+    def residual_db() -> float:
+        with torch.no_grad():
+            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
+        return 10 * math.log10(max(float((est[0] - ref).square().sum() / energy), 1e-30))
+
+    best, best_db, steps, planned, moves = [v.detach().clone() for v in logits], math.inf, 0, max_steps, list(FIT_MOVES)
+    held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
+    t0 = time.perf_counter()
+    bar = show_progress(range(max_steps + 1), "fitting", progress, total=max_steps)
+    for steps in bar:
+        if steps % FIT_CHECK_EVERY == 0 or steps == max_steps:
+            while moves and max((time.perf_counter() - t0) / budget_s, steps / max_steps) >= moves[0][0]:
+                move = moves.pop(0)[1]
+                if move == "delay":
+                    held = _search_delay(model, x, mono, logits, ref, sr)
+                elif _solve_levels(model, x, mono, logits, ref, sr):
+                    opt = torch.optim.Adam(logits, lr=lr)  # its moment estimates were for the old levels
+            r = residual_db()
+            if r < best_db:
+                best, best_db = [v.detach().clone() for v in logits], r
+            elapsed = time.perf_counter() - t0
+            if steps and elapsed > 0:  # the cosine spans the steps the budget allows
+                planned = min(max_steps, max(steps + 1, int(budget_s / (elapsed / steps))))
+            if best_db <= stop_db or elapsed > budget_s or steps == max_steps:
+                break
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
+        s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
+        a0 = max(0, s0 - warm)
+        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], _controls(logits), sample_rate=sr, mono=mono)
+        est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
+        err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
+        loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for j, value in held.items():
+                logits[2][0, j] = value
+    setting = setting_from_controls(model, _controls(best), analysis, song.names, song.files, sr)
+    setting.save(output)
+    return output, best_db, steps
+
+
+def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
+                  sample_rate: int) -> dict[int, float]:
+    """Set the delay bus's time (to a fraction of a sample) and feedback in ``logits`` (in place) where the
+    whole song's waveform error is least: time candidates are the peaks of the cross-correlation between the
+    target minus the console's output without the delay bus and the delay bus's input.
+
+    Returns:
+        ``{index in the bus controls: logit}`` of the delay time when the search moved it (to be held: its
+        gradient only sees the nearest ripple of the error), else ``{}``.
+    """
+    layout = model.layout
+    found = [(k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain)
+             if s.effect.type_name == "delay"]
+    if not found:
+        return {}
+    k, i = found[0]
+    specs = {s.name: (layout.bus_control_index(k, i, s.name), s) for s in layout.buses[k][1][i].specs}
+    if "time_ms" not in specs or "feedback" not in specs:
+        return {}
+    with torch.no_grad():
+        params = layout.denormalize(_controls(logits))
+        strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
+        buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
+        dry = strips.sum(1)
+        del strips
+
+        def set_values(target: list[Tensor], values: dict[str, float]) -> None:
+            for name, value in values.items():
+                j, spec = specs[name]
+                u = spec.normalize(torch.tensor(value, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
+                target[2][0, j] = float(torch.logit(u))
+
+        def output(values: dict[str, float], mute: bool = False) -> Tensor:
+            trial = [v.detach().clone() for v in logits]
+            set_values(trial, values)
+            inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
+            return finish(layout, dry, inputs, layout.denormalize(_controls(trial)), sample_rate=sample_rate)[0]
+
+        def error(values: dict[str, float]) -> float:
+            return float((output(values) - ref).square().sum())
+
+        current = {name: float(params.buses[k][i][name][0]) for name in ("time_ms", "feedback")}
+        start_time = current["time_ms"]
+        best_err = error(current)
+        unexplained = (ref - output(current, mute=True)).mean(0)
+        send = buses_in[k][0].mean(0)
+        size = 1 << (2 * unexplained.shape[-1] - 1).bit_length()
+        xc = torch.fft.irfft(torch.fft.rfft(unexplained, size) * torch.fft.rfft(send, size).conj(), size)
+        spec = specs["time_ms"][1]
+        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), unexplained.shape[-1] - 1)
+        if hi <= lo:
+            return {}
+        window = xc[lo: hi + 1].abs()
+        peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
+                           min(8, window.numel())).indices
+        for lag in (peaks + lo).tolist():
+            a, b, c = (float(xc[lag + d]) for d in (-1, 0, 1))
+            bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
+            frac = 0.5 * (a - c) / bend if bend != 0 else 0.0
+            trial = {**current, "time_ms": (lag + max(-0.5, min(0.5, frac))) * 1000.0 / sample_rate}
+            e = error(trial)
+            if e < best_err:
+                best_err, current = e, trial
+        for fb in torch.linspace(specs["feedback"][1].min, specs["feedback"][1].max, 19).tolist():
+            trial = {**current, "feedback": fb}
+            e = error(trial)
+            if e < best_err:
+                best_err, current = e, trial
+        set_values([v.data for v in logits], current)
+    j = specs["time_ms"][0]
+    return {j: float(logits[2][0, j].detach())} if current["time_ms"] != start_time else {}
+
+
+def _spectral_loss():
+    import auraloss
+
+    return auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[256, 1024, 4096], hop_sizes=[64, 256, 1024],
+                                                 win_lengths=[256, 1024, 4096], w_sc=0.0, w_log_mag=1.0,
+                                                 w_lin_mag=1.0)
+
+
+LINEAR_EFFECTS = frozenset({"gain", "eq", "graphic_eq", "width", "reverb", "delay"})
+"""Effects whose output is a linear function of their input (for fixed parameters)."""
+ENVELOPE_EFFECTS = frozenset({"compressor", "expander", "gate", "limiter"})
+"""Effects that multiply their input by one gain envelope for all channels: linear once the envelope is held."""
+LEVEL_SOLVE_S = 20.0
+"""Seconds of the song (from its start) that the least-squares fit of levels, pans and sends looks at."""
+
+
+def _side_gains(pan: Tensor, mono: Tensor) -> Tensor:
+    """``(tracks, 2)`` left/right gains of the console's pan slot: constant-power law for mono tracks, balance
+    for stereo ones (see :func:`gradmix.dsp.pan`, :func:`gradmix.dsp.balance`)."""
+    theta = (pan + 1) * (math.pi / 4)
+    fade = torch.cos(pan.abs() * (math.pi / 2))
+    one = torch.ones_like(fade)
+    stereo = torch.stack([torch.where(pan > 0, fade, one), torch.where(pan < 0, fade, one)], -1)
+    return torch.where(mono[:, None], torch.stack([torch.cos(theta), torch.sin(theta)], -1), stereo)
+
+
+def _pan_and_level(gains: Tensor, mono: Tensor) -> tuple[Tensor, Tensor]:
+    """The inverse of :func:`_side_gains` up to a level: ``(tracks, 2)`` gains >= 0 -> pan ``(tracks,)`` and the
+    level in dB that the track needs besides."""
+    left, right = gains.unbind(-1)
+    theta = torch.atan2(right, left)
+    loud = torch.maximum(left, right).clamp_min(1e-12)
+    side = 2 / math.pi * torch.acos((torch.minimum(left, right) / loud).clamp(0, 1))
+    pan = torch.where(mono, 4 / math.pi * theta - 1, torch.where(right < left, -side, side))
+    level = torch.where(mono, torch.hypot(left, right), loud)
+    return pan.clamp(-1, 1), 20 * torch.log10(level.clamp_min(1e-12))
+
+
+def _held_envelope(before: Tensor, after: Tensor) -> Tensor:
+    """``(batch, 1, samples)`` gain with ``after = before * gain`` (a linked envelope), read from the channel
+    with the larger magnitude; 0 where the input is silent."""
+    pick = before.abs().argmax(1, keepdim=True)
+    b, a = before.gather(1, pick), after.gather(1, pick)
+    return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(b))
+
+
+def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
+                  sample_rate: int, *, rounds: int = 4) -> bool:
+    """Set every track's level, pan and sends in ``logits`` (in place) by least squares on the waveform error
+    (``x (1, N, 2, samples)``, ``ref (2, samples)``), every other control held.
+
+    With each master effect either linear or a gain envelope held at the current mix's, the output is linear
+    in each track's left and right gains and, for fixed gains, in its send levels: alternating least squares
+    on the first :data:`LEVEL_SOLVE_S` seconds. A track's new level goes to its compressor's make-up gain
+    (exact: after the dynamics), beyond that range to its input gain with the thresholds moved by as much
+    (exact too: the dynamics see the same level relative to threshold). Kept only if the whole song's error
+    falls.
+
+    Returns:
+        whether the controls changed.
+    """
+    layout = model.layout
+    types = [s.effect.type_name for s in layout.strip]
+    master_types = [s.effect.type_name for s in layout.master]
+    if (types[-1] != "pan" or "gain" not in types or any(t not in LINEAR_EFFECTS | ENVELOPE_EFFECTS for t in
+                                                           types[:-1] + master_types)):
+        return False
+    bus_types = [s.effect.type_name for _, chain in layout.buses for s in chain]
+    if any(t not in LINEAR_EFFECTS for t in bus_types):
+        return False
+    n_tracks, n_buses = x.shape[1], len(layout.buses)
+    span = min(x.shape[-1], int(LEVEL_SOLVE_S * sample_rate))
+    with torch.no_grad():
+        def error(trial: list[Tensor]) -> float:
+            est, _ = layout.render_normalized(x, _controls(trial), sample_rate=sample_rate, mono=mono)
+            return float((est[0] - ref).square().sum())
+
+        params = layout.denormalize(_controls(logits))
+        pre = render_strips(layout.strip[:-1], x, params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
+        gains = _side_gains(params.strip[-1]["pan"][0], mono[0])
+        sends = torch.pow(10.0, params.sends_db[0] / 20)  # (N, buses)
+        strips = pre * gains[:, :, None]
+        stage = strips.sum(0, keepdim=True)
+        for k, (_, chain) in enumerate(layout.buses):
+            y = bus_inputs(strips[None], params.sends_db)[:, k]
+            for slot, p in zip(chain, params.buses[k]):
+                y = slot.effect(y, p, sample_rate=sample_rate)
+            stage = stage + y
+        envelopes = []
+        for slot, p in zip(layout.master, params.master):
+            out = slot.effect(stage, p, sample_rate=sample_rate)
+            envelopes.append(_held_envelope(stage, out)[..., :span] if slot.effect.type_name in ENVELOPE_EFFECTS else None)
+            stage = out
+        del strips
+
+        def run(chain, chain_params, y: Tensor) -> Tensor:
+            m = y.shape[0]
+            for slot, p in zip(chain, chain_params):
+                y = slot.effect(y, {k: v.expand(m, *v.shape[1:]) for k, v in p.items()}, sample_rate=sample_rate)
+            return y
+
+        def master(y: Tensor) -> Tensor:
+            for slot, p, env in zip(layout.master, params.master, envelopes):
+                y = y * env if env is not None else run([slot], [p], y)
+            return y
+
+        basis = torch.zeros(n_tracks, 2, 2, span, dtype=x.dtype)  # (track, side, channel, samples)
+        basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0, :span], pre[:, 1, :span]
+        flat = basis.flatten(0, 1)
+        columns = [master(flat)] + [master(run(chain, params.buses[k], flat)) for k, (_, chain) in enumerate(layout.buses)]
+        F = torch.stack(columns, 1).reshape(n_tracks, 2, 1 + n_buses, -1).double()  # (track, side, 1 + bus, 2 x samples)
+        del basis, flat, columns
+        target = ref[:, :span].reshape(-1).double()
+        J = F.reshape(-1, F.shape[-1])
+        Q, r = J @ J.T, J @ target
+        ridge = 1e-9 * Q.diagonal().mean().clamp_min(1e-30)
+        g, s = gains.double(), sends.double()
+
+        def solve(A: Tensor, b: Tensor) -> Tensor:
+            return torch.linalg.solve(A + ridge * torch.eye(len(A), dtype=A.dtype), b)
+
+        for _ in range(rounds):
+            # gains: coefficient of column (track, side, j) = g[track, side] * (1, sends[track])[j]
+            W = torch.zeros(n_tracks, 2, 1 + n_buses, n_tracks, 2, dtype=torch.float64)
+            idx = torch.arange(n_tracks)
+            for side in range(2):
+                W[idx, side, :, idx, side] = torch.cat([torch.ones(n_tracks, 1, dtype=torch.float64), s], 1)
+            W = W.reshape(-1, 2 * n_tracks)
+            g = solve(W.T @ Q @ W, W.T @ r).reshape(n_tracks, 2).clamp_min(0)
+            if n_buses:
+                a0 = torch.zeros(n_tracks, 2, 1 + n_buses, dtype=torch.float64)
+                a0[:, :, 0] = g
+                V = torch.zeros(n_tracks, 2, 1 + n_buses, n_tracks, n_buses, dtype=torch.float64)
+                for b in range(n_buses):
+                    V[idx, :, 1 + b, idx, b] = g
+                V = V.reshape(-1, n_tracks * n_buses)
+                a0 = a0.reshape(-1)
+                s = solve(V.T @ Q @ V, V.T @ (r - Q @ a0)).reshape(n_tracks, n_buses)
+                s = s.clamp(10 ** (SEND_SPEC.min / 20), 10 ** (SEND_SPEC.max / 20))
+
+        pan, level_db = _pan_and_level(g.to(x.dtype), mono[0])
+        j_pan = layout.strip_control_index(len(layout.strip) - 1, "pan")
+        pan_spec = layout.strip[-1].specs[[p.name for p in layout.strip[-1].specs].index("pan")]
+
+        def with_offset(offset_db: float) -> list[Tensor]:
+            trial = [v.detach().clone() for v in logits]
+            _set_level(layout, trial, params, level_db + offset_db)
+            trial[0][0, :, j_pan] = _to_logit(pan_spec, pan)
+            if n_buses:
+                trial[1][0] = _to_logit(SEND_SPEC, 20 * torch.log10(s.to(x.dtype)))
+            return trial
+
+        # the held envelopes do not see the master's dynamics answer a change of the overall level: that one
+        # number is searched on the real console (a parabola through three levels, twice)
+        tried = {c: error(with_offset(c)) for c in (-1.0, 0.0, 1.0)}
+        for width in (1.0, 0.25):
+            centre = min(tried, key=tried.get)
+            a, b, c = (tried.setdefault(centre + d, error(with_offset(centre + d))) for d in (-width, 0.0, width))
+            bend = a - 2 * b + c
+            if bend > 0:
+                best = centre + max(-2.0, min(2.0, 0.5 * width * (a - c) / bend))
+                tried.setdefault(best, error(with_offset(best)))
+        best = min(tried, key=tried.get)
+        if tried[best] >= error(logits):
+            return False
+        for v, t in zip(logits, with_offset(best)):
+            v.data.copy_(t)
+    return True
+
+
+def _to_logit(spec, value: Tensor) -> Tensor:
+    u = spec.normalize(value.clamp(spec.min, spec.max)).clamp(1e-4, 1 - 1e-4)
+    return torch.logit(u)
+
+
+def _set_level(layout, logits: list[Tensor], params, level_db: Tensor) -> None:
+    """Add ``level_db (tracks,)`` to each track: make-up gain of the strip's last dynamics slot first, then
+    its gain slot with every threshold after it moved by as much."""
+    types = [s.effect.type_name for s in layout.strip]
+    rest = level_db
+    dynamics = [i for i, s in enumerate(layout.strip) if "makeup_db" in [p.name for p in s.specs]]
+    if dynamics:
+        i = dynamics[-1]
+        spec = layout.strip[i].specs[[p.name for p in layout.strip[i].specs].index("makeup_db")]
+        now = params.strip[i]["makeup_db"][0]
+        new = (now + rest).clamp(spec.min, spec.max)
+        logits[0][0, :, layout.strip_control_index(i, "makeup_db")] = _to_logit(spec, new)
+        rest = rest - (new - now)
+    g = types.index("gain")
+    spec = layout.strip[g].specs[0]
+    now = params.strip[g]["gain_db"][0]
+    new = (now + rest).clamp(spec.min, spec.max)
+    moved = new - now
+    logits[0][0, :, layout.strip_control_index(g, "gain_db")] = _to_logit(spec, new)
+    for i in range(g + 1, len(layout.strip)):
+        names = [p.name for p in layout.strip[i].specs]
+        if "threshold_db" in names:
+            spec = layout.strip[i].specs[names.index("threshold_db")]
+            t = params.strip[i]["threshold_db"][0]
+            logits[0][0, :, layout.strip_control_index(i, "threshold_db")] = _to_logit(spec, t + moved)
