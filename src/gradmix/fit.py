@@ -85,7 +85,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
                 if move == "delay":
                     held = _search_delay(model, x, mono, logits, ref, sr)
                 elif _solve_levels(model, x, mono, logits, ref, sr):
-                    opt = torch.optim.Adam(logits, lr=lr)  # its moment estimates were for the old levels
+                    opt = torch.optim.Adam(logits, lr=lr)  # its moment estimates were for the old controls
             r = residual_db()
             if r < best_db:
                 best, best_db = [v.detach().clone() for v in logits], r
@@ -232,6 +232,47 @@ def _held_envelope(before: Tensor, after: Tensor) -> Tensor:
     return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(b))
 
 
+def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
+    """``(run, master)`` for the console at ``params`` whose strips give ``strips (N, 2, samples)``:
+    ``run(chain, chain_params, y)`` applies a chain to a batch ``(m, 2, span)``; ``master(y)`` applies the
+    master chain with each dynamics effect's gain envelope held at the current mix's (a linear map of the
+    first ``span`` samples)."""
+    stage = strips.sum(0, keepdim=True)
+    for k, (_, chain) in enumerate(layout.buses):
+        y = bus_inputs(strips[None], params.sends_db)[:, k]
+        for slot, p in zip(chain, params.buses[k]):
+            y = slot.effect(y, p, sample_rate=sample_rate)
+        stage = stage + y
+    envelopes = []
+    for slot, p in zip(layout.master, params.master):
+        out = slot.effect(stage, p, sample_rate=sample_rate)
+        envelopes.append(_held_envelope(stage, out)[..., :span] if slot.effect.type_name in ENVELOPE_EFFECTS else None)
+        stage = out
+
+    def run(chain, chain_params, y: Tensor) -> Tensor:
+        m = y.shape[0]
+        for slot, p in zip(chain, chain_params):
+            y = slot.effect(y, {k: v.expand(m, *v.shape[1:]) for k, v in p.items()}, sample_rate=sample_rate)
+        return y
+
+    def master(y: Tensor) -> Tensor:
+        for slot, p, env in zip(layout.master, params.master, envelopes):
+            y = y * env if env is not None else run([slot], [p], y)
+        return y
+
+    return run, master
+
+
+def _linear_console(layout) -> bool:
+    """Whether ``layout`` is one the closed-form moves understand: strips of linear and dynamics effects ending
+    in a pan, linear buses, a master of linear and dynamics effects."""
+    strip = [s.effect.type_name for s in layout.strip]
+    master = [s.effect.type_name for s in layout.master]
+    buses = [s.effect.type_name for _, chain in layout.buses for s in chain]
+    return (strip[-1] == "pan" and all(t in LINEAR_EFFECTS | ENVELOPE_EFFECTS for t in strip[:-1] + master)
+            and all(t in LINEAR_EFFECTS for t in buses))
+
+
 def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
                   sample_rate: int, *, rounds: int = 4) -> bool:
     """Set every track's level, pan and sends in ``logits`` (in place) by least squares on the waveform error
@@ -248,13 +289,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         whether the controls changed.
     """
     layout = model.layout
-    types = [s.effect.type_name for s in layout.strip]
-    master_types = [s.effect.type_name for s in layout.master]
-    if (types[-1] != "pan" or "gain" not in types or any(t not in LINEAR_EFFECTS | ENVELOPE_EFFECTS for t in
-                                                           types[:-1] + master_types)):
-        return False
-    bus_types = [s.effect.type_name for _, chain in layout.buses for s in chain]
-    if any(t not in LINEAR_EFFECTS for t in bus_types):
+    if not _linear_console(layout) or "gain" not in [s.effect.type_name for s in layout.strip]:
         return False
     n_tracks, n_buses = x.shape[1], len(layout.buses)
     span = min(x.shape[-1], int(LEVEL_SOLVE_S * sample_rate))
@@ -267,30 +302,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         pre = render_strips(layout.strip[:-1], x, params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
         gains = _side_gains(params.strip[-1]["pan"][0], mono[0])
         sends = torch.pow(10.0, params.sends_db[0] / 20)  # (N, buses)
-        strips = pre * gains[:, :, None]
-        stage = strips.sum(0, keepdim=True)
-        for k, (_, chain) in enumerate(layout.buses):
-            y = bus_inputs(strips[None], params.sends_db)[:, k]
-            for slot, p in zip(chain, params.buses[k]):
-                y = slot.effect(y, p, sample_rate=sample_rate)
-            stage = stage + y
-        envelopes = []
-        for slot, p in zip(layout.master, params.master):
-            out = slot.effect(stage, p, sample_rate=sample_rate)
-            envelopes.append(_held_envelope(stage, out)[..., :span] if slot.effect.type_name in ENVELOPE_EFFECTS else None)
-            stage = out
-        del strips
-
-        def run(chain, chain_params, y: Tensor) -> Tensor:
-            m = y.shape[0]
-            for slot, p in zip(chain, chain_params):
-                y = slot.effect(y, {k: v.expand(m, *v.shape[1:]) for k, v in p.items()}, sample_rate=sample_rate)
-            return y
-
-        def master(y: Tensor) -> Tensor:
-            for slot, p, env in zip(layout.master, params.master, envelopes):
-                y = y * env if env is not None else run([slot], [p], y)
-            return y
+        run, master = _linearised(layout, params, pre * gains[:, :, None], sample_rate, span)
 
         basis = torch.zeros(n_tracks, 2, 2, span, dtype=x.dtype)  # (track, side, channel, samples)
         basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0, :span], pre[:, 1, :span]
@@ -386,3 +398,4 @@ def _set_level(layout, logits: list[Tensor], params, level_db: Tensor) -> None:
             spec = layout.strip[i].specs[names.index("threshold_db")]
             t = params.strip[i]["threshold_db"][0]
             logits[0][0, :, layout.strip_control_index(i, "threshold_db")] = _to_logit(spec, t + moved)
+
