@@ -84,6 +84,17 @@ def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys
     assert sorted(p.name for p in stems.iterdir()) == ["t0.wav", "t1.wav", "t2.wav"]
 
 
+def test_the_studio_s_next_sample_is_gradmix_sample_s_next(tmp_path, style_model):
+    from gradmix.generate import sample_settings
+    from gradmix.mix import load_song
+
+    song = load_song(make_stems(tmp_path / "stems", n=2, seconds=1.0), style_model)
+    analysis = analyse(song.model, song.audio, song.sample_rate)
+    both = sample_settings(song, analysis, 2, seed=3, refine_steps=2)
+    second = sample_settings(song, analysis, 1, seed=3, refine_steps=2, skip=1)[0]
+    assert second.to_json() == both[1].to_json() and second.to_json() != both[0].to_json()
+
+
 def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
     from gradmix.models.checkpoint import load_model
 
@@ -223,7 +234,7 @@ def test_balanced_refinement_widens_to_both_sides(style_model):
     start = model.decide(analysis.embeddings)
     pan = model.layout.num_strip_params - 1
     start.strip[..., pan] = 0.45  # every track a little left of centre
-    target = {k: v.clone() for k, v in style_features(ex.x[:1, 0], SR).items()}  # the centred mix's style ...
+    target = {k: v.clone() for k, v in style_features(ex.x[:1, 0], SR).items()}  # one centred track's style ...
     for band in ("low", "mid", "high"):
         target[f"panning_rms_{band}"] = torch.tensor([0.4], dtype=ex.x.dtype)  # ... but wide
 
@@ -339,13 +350,45 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
         return 10 * np.log10(float((est - ref).square().sum() / ref.square().sum()))
 
     before = error_db()
-    assert _solve_levels(model, x, mono, logits, ref, SR) and _solve_levels(model, x, mono, logits, ref, SR)
+    assert _solve_levels(model, x, mono, logits, ref, SR)
+    _solve_levels(model, x, mono, logits, ref, SR)  # the master's envelopes, held in the first, have moved
     assert before > -15 and error_db() < -40
     found = _controls([v.detach() for v in logits])
     assert torch.allclose(found.strip[0, :, pan], true.strip[0, :, pan], atol=0.01)
     params, truth = layout.denormalize(found), layout.denormalize(true)
     audible = truth.sends_db > -50  # a send far below the dry signal has no level to recover
     assert torch.allclose(params.sends_db[audible], truth.sends_db[audible], atol=1.0)
+
+
+def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
+    from gradmix import dsp
+    from gradmix.console.layout import render_strips
+    from gradmix.fit import _pan_and_level, _set_level, _side_gains
+    from gradmix.generate import _controls, _logits
+
+    pan = torch.tensor([-0.9, -0.3, 0.0, 0.4, 1.0, -0.5, 0.0, 0.7])
+    mono = torch.tensor([True] * 5 + [False] * 3)
+    ones = torch.ones(len(pan), 2, 1)
+    placed = torch.where(mono[:, None, None], dsp.pan(ones[:, :1], pan=pan), dsp.balance(ones, pan=pan))[..., 0]
+    assert torch.allclose(_side_gains(pan, mono), placed, atol=1e-6)
+    found, level = _pan_and_level(3.0 * placed, mono)  # the same placement, 9.54 dB louder
+    assert torch.allclose(found, pan, atol=1e-5) and torch.allclose(level, torch.full_like(level, 9.542), atol=1e-3)
+
+    layout = Layout.default()
+    x = 0.3 * torch.randn(1, 2, 2, SR, generator=torch.Generator().manual_seed(0))
+    logits = _logits(layout.random_controls(1, 2, torch.Generator().manual_seed(1)))
+    params = layout.denormalize(_controls(logits))
+    with torch.no_grad():
+        comp = [s.effect.type_name for s in layout.strip].index("compressor")
+        params.strip[comp]["threshold_db"].fill_(-30.0)  # room to move it
+        logits[0][0, :, layout.strip_control_index(comp, "threshold_db")] = torch.logit(
+            layout.strip[comp].specs[0].normalize(torch.tensor(-30.0)))
+        params = layout.denormalize(_controls(logits))
+        before = render_strips(layout.strip, x, params.strip, sample_rate=SR)
+        _set_level(layout, logits, params, torch.tensor([-20.0, 6.0]))  # -20 dB: below any make-up gain
+        after = render_strips(layout.strip, x, layout.denormalize(_controls(logits)).strip, sample_rate=SR)
+    gain = torch.tensor([0.1, 10 ** (6 / 20)])[None, :, None, None]
+    assert torch.allclose(after, before * gain, atol=1e-4 * float(before.abs().max()))
 
 
 def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, capsys):

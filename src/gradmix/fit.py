@@ -84,7 +84,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
                 move = moves.pop(0)[1]
                 if move == "delay":
                     held = _search_delay(model, x, mono, logits, ref, sr)
-                elif _solve_levels(model, x, mono, logits, ref, sr):
+                    moved = bool(held)
+                else:
+                    moved = _solve_levels(model, x, mono, logits, ref, sr)
+                if moved:
                     opt = torch.optim.Adam(logits, lr=lr)  # its moment estimates were for the old controls
             r = residual_db()
             if r < best_db:
@@ -198,7 +201,7 @@ LINEAR_EFFECTS = frozenset({"gain", "eq", "graphic_eq", "width", "reverb", "dela
 """Effects whose output is a linear function of their input (for fixed parameters)."""
 ENVELOPE_EFFECTS = frozenset({"compressor", "expander", "gate", "limiter"})
 """Effects that multiply their input by one gain envelope for all channels: linear once the envelope is held."""
-LEVEL_SOLVE_S = 20.0
+LEVEL_SOLVE_S = 15.0
 """Seconds of the song (from its start) that the least-squares fit of levels, pans and sends looks at."""
 
 
@@ -238,8 +241,7 @@ def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
     master chain with each dynamics effect's gain envelope held at the current mix's (a linear map of the
     first ``span`` samples)."""
     stage = strips.sum(0, keepdim=True)
-    for k, (_, chain) in enumerate(layout.buses):
-        y = bus_inputs(strips[None], params.sends_db)[:, k]
+    for k, ((_, chain), y) in enumerate(zip(layout.buses, bus_inputs(strips[None], params.sends_db).unbind(1))):
         for slot, p in zip(chain, params.buses[k]):
             y = slot.effect(y, p, sample_rate=sample_rate)
         stage = stage + y
@@ -280,10 +282,11 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
 
     With each master effect either linear or a gain envelope held at the current mix's, the output is linear
     in each track's left and right gains and, for fixed gains, in its send levels: alternating least squares
-    on the first :data:`LEVEL_SOLVE_S` seconds. A track's new level goes to its compressor's make-up gain
-    (exact: after the dynamics), beyond that range to its input gain with the thresholds moved by as much
-    (exact too: the dynamics see the same level relative to threshold). Kept only if the whole song's error
-    falls.
+    on the first :data:`LEVEL_SOLVE_S` seconds (every effect is causal, so the song's start alone is rendered);
+    a track silent there keeps its level, pan and sends. A track's new level goes to its compressor's make-up
+    gain (exact: after the dynamics), beyond that range to its input gain with the thresholds moved by as
+    much (exact too while they stay in range: the dynamics see the same level relative to threshold). Kept
+    only if the whole song's error falls.
 
     Returns:
         whether the controls changed.
@@ -299,22 +302,26 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
             return float((est[0] - ref).square().sum())
 
         params = layout.denormalize(_controls(logits))
-        pre = render_strips(layout.strip[:-1], x, params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
+        pre = render_strips(layout.strip[:-1], x[..., :span], params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
         gains = _side_gains(params.strip[-1]["pan"][0], mono[0])
         sends = torch.pow(10.0, params.sends_db[0] / 20)  # (N, buses)
         run, master = _linearised(layout, params, pre * gains[:, :, None], sample_rate, span)
 
         basis = torch.zeros(n_tracks, 2, 2, span, dtype=x.dtype)  # (track, side, channel, samples)
-        basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0, :span], pre[:, 1, :span]
+        basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0], pre[:, 1]
         flat = basis.flatten(0, 1)
+        del basis, pre
         columns = [master(flat)] + [master(run(chain, params.buses[k], flat)) for k, (_, chain) in enumerate(layout.buses)]
-        F = torch.stack(columns, 1).reshape(n_tracks, 2, 1 + n_buses, -1).double()  # (track, side, 1 + bus, 2 x samples)
-        del basis, flat, columns
+        del flat
+        F = torch.stack(columns, 1)
+        del columns
+        F = F.reshape(n_tracks, 2, 1 + n_buses, -1).double()  # (track, side, 1 + bus, 2 x samples)
         target = ref[:, :span].reshape(-1).double()
         J = F.reshape(-1, F.shape[-1])
         Q, r = J @ J.T, J @ target
         ridge = 1e-9 * Q.diagonal().mean().clamp_min(1e-30)
         g, s = gains.double(), sends.double()
+        heard = Q.diagonal().reshape(n_tracks, 2 * (1 + n_buses)).amax(1) > 1e-12 * float(Q.diagonal().max())
 
         def solve(A: Tensor, b: Tensor) -> Tensor:
             return torch.linalg.solve(A + ridge * torch.eye(len(A), dtype=A.dtype), b)
@@ -338,6 +345,8 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
                 s = solve(V.T @ Q @ V, V.T @ (r - Q @ a0)).reshape(n_tracks, n_buses)
                 s = s.clamp(10 ** (SEND_SPEC.min / 20), 10 ** (SEND_SPEC.max / 20))
 
+        g = torch.where(heard[:, None], g, gains.double())
+        s = torch.where(heard[:, None], s, sends.double())
         pan, level_db = _pan_and_level(g.to(x.dtype), mono[0])
         j_pan = layout.strip_control_index(len(layout.strip) - 1, "pan")
         pan_spec = layout.strip[-1].specs[[p.name for p in layout.strip[-1].specs].index("pan")]
@@ -355,11 +364,15 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         tried = {c: error(with_offset(c)) for c in (-1.0, 0.0, 1.0)}
         for width in (1.0, 0.25):
             centre = min(tried, key=tried.get)
-            a, b, c = (tried.setdefault(centre + d, error(with_offset(centre + d))) for d in (-width, 0.0, width))
+            for d in (-width, width):
+                if centre + d not in tried:
+                    tried[centre + d] = error(with_offset(centre + d))
+            a, b, c = (tried[centre + d] for d in (-width, 0.0, width))
             bend = a - 2 * b + c
             if bend > 0:
                 best = centre + max(-2.0, min(2.0, 0.5 * width * (a - c) / bend))
-                tried.setdefault(best, error(with_offset(best)))
+                if best not in tried:
+                    tried[best] = error(with_offset(best))
         best = min(tried, key=tried.get)
         if tried[best] >= error(logits):
             return False
