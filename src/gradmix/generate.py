@@ -38,7 +38,7 @@ from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
-SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.3
+SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.4
 SAMPLE_PAN_NUDGE = 0.03
 """Largest seeded move of each track's pan control (0..1) before a sample's refinement: a console of centred
 tracks is a saddle of the width features, and each sample should widen its own way."""

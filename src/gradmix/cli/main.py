@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float,
                    help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
-                        "1: as far as a human engineer was from the model; default 1.3)")
+                        "1: as far as a human engineer was from the model; default 1.4)")
     p.add_argument("--refine", type=int, metavar="STEPS",
                    help="steps optimising each mix's pans, sends, buses and master towards its style "
                         "(default 30; 0: the model's console alone)")
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate sampling (diversity, plausibility) and match instead of the systems")
     p.add_argument("-n", type=int, default=8, help="--generative: samples per song (default 8)")
     p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of each sample and of match (default 30)")
-    p.add_argument("--temperature", type=float, help="--generative: as gradmix sample's (default 1.3)")
+    p.add_argument("--temperature", type=float, help="--generative: as gradmix sample's (default 1.4)")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random console")
