@@ -70,9 +70,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     seg, warm = min(n, int(FIT_WINDOW_S * sr)), int(FIT_WARMUP_S * sr)
 
     def residual_db() -> float:
-        with torch.no_grad():
-            est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sr, mono=mono)
-        return 10 * math.log10(max(float((est[0] - ref).square().sum() / energy), 1e-30))
+        return 10 * math.log10(max(_song_error(model, x, mono, logits, ref, sr) / float(energy), 1e-30))
 
     best, best_db, steps, planned, moves = [v.detach().clone() for v in logits], math.inf, 0, max_steps, list(FIT_MOVES)
     held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
@@ -116,6 +114,14 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     return output, best_db, steps
 
 
+def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
+                sample_rate: int) -> float:
+    """Sum of squares of the whole song's render with ``logits`` minus ``ref (2, samples)``."""
+    with torch.no_grad():
+        est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sample_rate, mono=mono)
+    return float((est[0] - ref).square().sum())
+
+
 def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
                   sample_rate: int) -> dict[int, float]:
     """Set the delay bus's time (to a fraction of a sample) and feedback in ``logits`` (in place) where the
@@ -145,8 +151,7 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         def set_values(target: list[Tensor], values: dict[str, float]) -> None:
             for name, value in values.items():
                 j, spec = specs[name]
-                u = spec.normalize(torch.tensor(value, dtype=torch.float64)).clamp(1e-4, 1 - 1e-4)
-                target[2][0, j] = float(torch.logit(u))
+                target[2][0, j] = float(_to_logit(spec, torch.tensor(value, dtype=torch.float64)))
 
         def output(values: dict[str, float], mute: bool = False) -> Tensor:
             trial = [v.detach().clone() for v in logits]
@@ -298,8 +303,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
     span = min(x.shape[-1], int(LEVEL_SOLVE_S * sample_rate))
     with torch.no_grad():
         def error(trial: list[Tensor]) -> float:
-            est, _ = layout.render_normalized(x, _controls(trial), sample_rate=sample_rate, mono=mono)
-            return float((est[0] - ref).square().sum())
+            return _song_error(model, x, mono, trial, ref, sample_rate)
 
         params = layout.denormalize(_controls(logits))
         pre = render_strips(layout.strip[:-1], x[..., :span], params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
@@ -311,7 +315,8 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0], pre[:, 1]
         flat = basis.flatten(0, 1)
         del basis, pre
-        columns = [master(flat)] + [master(run(chain, params.buses[k], flat)) for k, (_, chain) in enumerate(layout.buses)]
+        columns = [master(flat)] + [master(run(chain, params.buses[k], flat))
+                                    for k, (_, chain) in enumerate(layout.buses)]
         del flat
         F = torch.stack(columns, 1)
         del columns

@@ -287,8 +287,8 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
     ``mix_section_only`` keeps each track's gain, EQ and compressor as they are (rendered once) and moves only
     the pans, sends, bus and master effects: several times cheaper a step (used by sampling). ``balanced`` adds
     the mix's energy-weighted panning index (0 for a mix as heavy on the left as on the right), weighted as
-    one of the style features, with target 0: the panning RMS features measure width, not side, and are largest when every track
-    leans the same way."""
+    one of the style features, with target 0: the panning RMS features measure width, not side, and are
+    largest when every track leans the same way."""
     layout, k = model.layout, excerpt.x.shape[0]
     logits = _logits(start)
     opt = torch.optim.Adam(logits, lr=lr)
