@@ -47,9 +47,11 @@ tracks is a saddle of the width features, and each sample should widen its own w
 def draw_styles(model: MixController, n: int, *, seed: int = 0,
                 temperature: float = SAMPLE_TEMPERATURE) -> tuple[Tensor, Tensor]:
     """``n`` mix styles from the model's style bank, seeded: ``(n, style_dim)`` z, moved from the model's centre
-    towards a drawn window's ``z`` by ``temperature``, and ``(n, features)`` that window's style offsets times
-    ``temperature`` (0: the automatic mix; 1: as far from it as that human mix was from the model's own mix of
-    its stems). Windows are drawn without replacement while the bank lasts."""
+    towards a drawn window's ``z`` by ``temperature``, and ``(n, features)`` that window's style offset less the
+    bank's mean offset, times ``temperature`` (0: the automatic mix; 1: as far from it as that human mix was
+    from the model's own mix of its stems, beyond the average difference over the bank, which is the model's
+    bias on its training songs rather than a style). Windows are drawn without replacement while the bank
+    lasts."""
     if not model.cfg.style_dim:
         raise GradmixError("this model has no mix style (style_dim 0): sampling needs a style model")
     if n < 1:
@@ -63,7 +65,8 @@ def draw_styles(model: MixController, n: int, *, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     picks = torch.cat([torch.randperm(len(bank), generator=g) for _ in range(-(-n // len(bank)))])[:n]
     z = model.style_center + temperature * (bank[picks] - model.style_center)
-    return z, temperature * model.style_bank_offsets[picks]
+    offsets = model.style_bank_offsets
+    return z, temperature * (offsets[picks] - offsets.mean(0))
 
 
 LOG_FEATURES = ("centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz")
