@@ -5,7 +5,7 @@
   styles (:func:`build_style_bank`: its ``z`` and how the human mix differed in style from the model's own
   mix of those tracks), lets the controller set the console for that ``z``, then refines the mix section
   (pans, sends, bus and master effects) through the differentiable console until the mix's style features
-  approach the automatic mix's own plus that offset.
+  approach the automatic mix's own plus that offset (less the bank's mean offset: the model's bias).
 - :func:`match_folder` (``gradmix match``): ``z`` = the mean of q(z | reference mix); ``refine_steps`` then
   optimises every control so that the mix's :func:`gradmix.metrics.style_distance` to the reference falls.
 
