@@ -241,3 +241,6 @@ def test_strip_control_index_points_at_the_parameter_denormalize_reads():
     assert layout.strip_control_index(len(layout.strip) - 1, "pan") == layout.num_strip_params - 1
     with pytest.raises(ParameterError, match="knob"):
         layout.strip_control_index(comp, "knob")
+    assert float(layout.strip[comp].spec("makeup_db").max) == 24.0  # the spec that column denormalises with
+    with pytest.raises(ParameterError, match="knob"):
+        layout.strip[comp].spec("knob")

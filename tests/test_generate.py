@@ -107,7 +107,7 @@ def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
     assert not torch.equal(draw_styles(model, 5, seed=2, temperature=1.0)[1], f)
     bank = model.style_bank_offsets  # the whole bank drawn: offsets less their mean, which is the model's bias
     assert torch.allclose(f.mean(0), torch.zeros(len(STYLE_FEATURES)), atol=1e-4)
-    assert torch.allclose(f[0] - f[1], bank[_row(bank, f[0] + bank.mean(0))] - bank[_row(bank, f[1] + bank.mean(0))])
+    assert torch.cdist(f + bank.mean(0), bank).min(1).values.max() < 1e-5  # each is a window's, shifted alike
     centre, none = draw_styles(model, 3, seed=1, temperature=0)
     assert torch.allclose(centre, model.style_center.expand(3, -1)) and none.abs().max() == 0
     half, half_offsets = draw_styles(model, 5, seed=1, temperature=0.5)
@@ -123,10 +123,6 @@ def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
     unbanked = MixController(Layout.default(), ModelConfig(**TINY, style_dim=4))
     with pytest.raises(GradmixError, match="no style bank"):
         draw_styles(unbanked, 2)
-
-
-def _row(bank: torch.Tensor, v: torch.Tensor) -> int:
-    return int((bank - v).abs().sum(1).argmin())
 
 
 def test_style_bank_holds_how_each_human_mix_differs_from_the_model_s(tmp_path):

@@ -354,7 +354,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         s = torch.where(heard[:, None], s, sends.double())
         pan, level_db = _pan_and_level(g.to(x.dtype), mono[0])
         j_pan = layout.strip_control_index(len(layout.strip) - 1, "pan")
-        pan_spec = layout.strip[-1].specs[[p.name for p in layout.strip[-1].specs].index("pan")]
+        pan_spec = layout.strip[-1].spec("pan")
 
         def with_offset(offset_db: float) -> list[Tensor]:
             trial = [v.detach().clone() for v in logits]
@@ -399,21 +399,20 @@ def _set_level(layout, logits: list[Tensor], params, level_db: Tensor) -> None:
     dynamics = [i for i, s in enumerate(layout.strip) if "makeup_db" in [p.name for p in s.specs]]
     if dynamics:
         i = dynamics[-1]
-        spec = layout.strip[i].specs[[p.name for p in layout.strip[i].specs].index("makeup_db")]
+        spec = layout.strip[i].spec("makeup_db")
         now = params.strip[i]["makeup_db"][0]
         new = (now + rest).clamp(spec.min, spec.max)
         logits[0][0, :, layout.strip_control_index(i, "makeup_db")] = _to_logit(spec, new)
         rest = rest - (new - now)
     g = types.index("gain")
-    spec = layout.strip[g].specs[0]
+    spec = layout.strip[g].spec("gain_db")
     now = params.strip[g]["gain_db"][0]
     new = (now + rest).clamp(spec.min, spec.max)
     moved = new - now
     logits[0][0, :, layout.strip_control_index(g, "gain_db")] = _to_logit(spec, new)
     for i in range(g + 1, len(layout.strip)):
-        names = [p.name for p in layout.strip[i].specs]
-        if "threshold_db" in names:
-            spec = layout.strip[i].specs[names.index("threshold_db")]
+        if "threshold_db" in [p.name for p in layout.strip[i].specs]:
+            spec = layout.strip[i].spec("threshold_db")
             t = params.strip[i]["threshold_db"][0]
             logits[0][0, :, layout.strip_control_index(i, "threshold_db")] = _to_logit(spec, t + moved)
 

@@ -45,6 +45,13 @@ class Slot:
         """The controlled specs (the effect's, minus the fixed ones), in order."""
         return [s for s in self.effect.specs if s.name not in self.fixed]
 
+    def spec(self, name: str) -> ParamSpec:
+        """The controlled spec called ``name``."""
+        found = [s for s in self.specs if s.name == name]
+        if not found:
+            raise ParameterError(f"{self.effect.type_name}: no controlled parameter {name!r}")
+        return found[0]
+
     def denormalize(self, u: Tensor) -> dict[str, Tensor]:
         """``(items, len(specs))`` controls -> physical ``{name: (items,) or (items, bands)}``, fixed included."""
         full = torch.zeros(u.shape[0], self.effect.num_params, dtype=u.dtype, device=u.device)
