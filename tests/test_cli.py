@@ -5,14 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from gradmix.audio import write_audio
 from gradmix.cli.main import main
-from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 
 

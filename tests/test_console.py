@@ -141,6 +141,19 @@ def test_controls_of_the_wrong_shape_raise():
         layout.denormalize(c)
 
 
+def test_controls_logits_round_trip_and_repeat():
+    layout = Layout.default()
+    c = layout.random_controls(1, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    c.master[0, 0] = 1.0  # kept 1e-4 inside the range, so that its logit is finite
+    logits = c.logits()
+    assert all(v.requires_grad and v.is_leaf for v in logits)
+    back = Controls.from_logits(logits, batch=2)
+    for a, b in zip((c.strip, c.sends, c.buses, c.master), (back.strip, back.sends, back.buses, back.master)):
+        assert b.shape == (2, *a.shape[1:])
+        assert torch.allclose(b[1], a[0].clamp(1e-4, 1 - 1e-4), atol=1e-12)
+    assert float(back.master[0, 0]) == pytest.approx(1 - 1e-4)
+
+
 def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):
     layout = Layout.default()
     x = tracks_mono(3, samples=22050, dtype=torch.float32)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import require
 from gradmix.cli.main import main
-from gradmix.console import ConsoleSetting, Layout
+from gradmix.console import ConsoleSetting, Controls, Layout
 from gradmix.errors import GradmixError
 from gradmix.generate import build_style_bank, draw_styles, refine_controls, song_excerpt
 from gradmix.metrics import mix_features, style_distance, style_features
@@ -295,7 +295,6 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
 
 def test_delay_search_finds_the_echo_time_to_the_sample():
     from gradmix.fit import _search_delay
-    from gradmix.generate import _controls, _logits
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
@@ -309,18 +308,18 @@ def test_delay_search_finds_the_echo_time_to_the_sample():
     with torch.no_grad():
         ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
         true_ms = float(layout.denormalize(truth).buses[delay][0]["time_ms"][0])
-    logits = _logits(truth)
+    logits = truth.logits()
     with torch.no_grad():
         logits[2][0, j] = float(torch.logit(torch.tensor(0.2 if truth.buses[0, j] > 0.5 else 0.8)))
 
     def error():
         with torch.no_grad():
-            return float((layout.render_normalized(x, _controls(logits), sample_rate=SR, mono=mono)[0][0] - ref).square().sum())
+            return float((layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0] - ref).square().sum())
 
     before = error()
     assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]  # the found time is to be held
     with torch.no_grad():
-        found = float(layout.denormalize(_controls(logits)).buses[delay][0]["time_ms"][0])
+        found = float(layout.denormalize(Controls.from_logits(logits)).buses[delay][0]["time_ms"][0])
     assert abs(found - true_ms) * SR / 1000 < 0.2  # samples: the parabola through the peak finds the fraction
     assert error() < 0.02 * before
 
@@ -328,7 +327,6 @@ def test_delay_search_finds_the_echo_time_to_the_sample():
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     from gradmix.example import example_multitrack
     from gradmix.fit import _solve_levels
-    from gradmix.generate import _controls, _logits
     from gradmix.models.engineer import engineer_controls
 
     layout = Layout.default()
@@ -339,7 +337,7 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     true = engineer_controls(layout, 1, len(tracks), torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = layout.render_normalized(x, true, sample_rate=SR, mono=mono)[0][0]
-    logits = _logits(true)
+    logits = true.logits()
     pan, makeup = layout.num_strip_params - 1, layout.strip_control_index(2, "makeup_db")
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # the truth with every level, pan and send moved
@@ -349,14 +347,14 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
 
     def error_db():
         with torch.no_grad():
-            est = layout.render_normalized(x, _controls(logits), sample_rate=SR, mono=mono)[0][0]
+            est = layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
         return 10 * np.log10(float((est - ref).square().sum() / ref.square().sum()))
 
     before = error_db()
     assert _solve_levels(model, x, mono, logits, ref, SR)
     _solve_levels(model, x, mono, logits, ref, SR)  # the master's envelopes, held in the first, have moved
     assert before > -15 and error_db() < -40
-    found = _controls([v.detach() for v in logits])
+    found = Controls.from_logits([v.detach() for v in logits])
     assert torch.allclose(found.strip[0, :, pan], true.strip[0, :, pan], atol=0.01)
     params, truth = layout.denormalize(found), layout.denormalize(true)
     audible = truth.sends_db > -50  # a send far below the dry signal has no level to recover
@@ -367,7 +365,6 @@ def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
     from gradmix import dsp
     from gradmix.console.layout import render_strips
     from gradmix.fit import _pan_and_level, _set_level, _side_gains
-    from gradmix.generate import _controls, _logits
 
     pan = torch.tensor([-0.9, -0.3, 0.0, 0.4, 1.0, -0.5, 0.0, 0.7])
     mono = torch.tensor([True] * 5 + [False] * 3)
@@ -379,17 +376,17 @@ def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
 
     layout = Layout.default()
     x = 0.3 * torch.randn(1, 2, 2, SR, generator=torch.Generator().manual_seed(0))
-    logits = _logits(layout.random_controls(1, 2, torch.Generator().manual_seed(1)))
-    params = layout.denormalize(_controls(logits))
+    logits = layout.random_controls(1, 2, torch.Generator().manual_seed(1)).logits()
+    params = layout.denormalize(Controls.from_logits(logits))
     with torch.no_grad():
         comp = [s.effect.type_name for s in layout.strip].index("compressor")
         params.strip[comp]["threshold_db"].fill_(-30.0)  # room to move it
         logits[0][0, :, layout.strip_control_index(comp, "threshold_db")] = torch.logit(
             layout.strip[comp].specs[0].normalize(torch.tensor(-30.0)))
-        params = layout.denormalize(_controls(logits))
+        params = layout.denormalize(Controls.from_logits(logits))
         before = render_strips(layout.strip, x, params.strip, sample_rate=SR)
         _set_level(layout, logits, params, torch.tensor([-20.0, 6.0]))  # -20 dB: below any make-up gain
-        after = render_strips(layout.strip, x, layout.denormalize(_controls(logits)).strip, sample_rate=SR)
+        after = render_strips(layout.strip, x, layout.denormalize(Controls.from_logits(logits)).strip, sample_rate=SR)
     gain = torch.tensor([0.1, 10 ** (6 / 20)])[None, :, None, None]
     assert torch.allclose(after, before * gain, atol=1e-4 * float(before.abs().max()))
 

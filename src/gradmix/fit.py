@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from gradmix.audio import check_output_path
+from gradmix.console import Controls
 from gradmix.console.layout import SEND_SPEC, bus_inputs, finish, render_strips
 from gradmix.errors import GradmixError
-from gradmix.generate import _controls, _logits, read_reference, song_excerpt
+from gradmix.generate import read_reference, song_excerpt
 from gradmix.mix import analyse, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
@@ -63,7 +64,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
         start = model.decide(analysis.embeddings, None, z)
-    logits = _logits(start)
+    logits = start.logits()
     opt = torch.optim.Adam(logits, lr=lr)
     mrstft = _spectral_loss()
     gen = torch.Generator().manual_seed(seed)
@@ -99,7 +100,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
         s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
         a0 = max(0, s0 - warm)
-        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], _controls(logits), sample_rate=sr, mono=mono)
+        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], Controls.from_logits(logits), sample_rate=sr, mono=mono)
         est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
         err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
         loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
@@ -109,7 +110,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
         with torch.no_grad():
             for j, value in held.items():
                 logits[2][0, j] = value
-    setting = setting_from_controls(model, _controls(best), analysis, song.names, song.files, sr)
+    setting = setting_from_controls(model, Controls.from_logits(best), analysis, song.names, song.files, sr)
     setting.save(output)
     return output, best_db, steps
 
@@ -118,7 +119,7 @@ def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tens
                 sample_rate: int) -> float:
     """Sum of squares of the whole song's render with ``logits`` minus ``ref (2, samples)``."""
     with torch.no_grad():
-        est, _ = model.layout.render_normalized(x, _controls(logits), sample_rate=sample_rate, mono=mono)
+        est, _ = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=sample_rate, mono=mono)
     return float((est[0] - ref).square().sum())
 
 
@@ -142,7 +143,7 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
     if "time_ms" not in specs or "feedback" not in specs:
         return {}
     with torch.no_grad():
-        params = layout.denormalize(_controls(logits))
+        params = layout.denormalize(Controls.from_logits(logits))
         strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
         dry = strips.sum(1)
@@ -157,7 +158,7 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
             inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
-            return finish(layout, dry, inputs, layout.denormalize(_controls(trial)), sample_rate=sample_rate)[0]
+            return finish(layout, dry, inputs, layout.denormalize(Controls.from_logits(trial)), sample_rate=sample_rate)[0]
 
         def error(values: dict[str, float]) -> float:
             return float((output(values) - ref).square().sum())
@@ -305,7 +306,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         def error(trial: list[Tensor]) -> float:
             return _song_error(model, x, mono, trial, ref, sample_rate)
 
-        params = layout.denormalize(_controls(logits))
+        params = layout.denormalize(Controls.from_logits(logits))
         pre = render_strips(layout.strip[:-1], x[..., :span], params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
         gains = _side_gains(params.strip[-1]["pan"][0], mono[0])
         sends = torch.pow(10.0, params.sends_db[0] / 20)  # (N, buses)

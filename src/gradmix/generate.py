@@ -255,23 +255,10 @@ def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, s
     return Excerpt(torch.stack(parts), mono, pre)
 
 
-def _logits(c: Controls) -> list[Tensor]:
-    return [torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_() for u in (c.strip, c.sends, c.buses, c.master)]
-
-
-def _controls(logits: list[Tensor], batch: int = 1) -> Controls:
-    return _batch(Controls(*(torch.sigmoid(v) for v in logits)), batch)
-
-
-def _batch(c: Controls, batch: int) -> Controls:
-    """Controls of a batch of one repeated ``batch`` times (a view)."""
-    return Controls(*(v.expand(batch, *v.shape[1:]) for v in (c.strip, c.sends, c.buses, c.master)))
-
-
 def _excerpt_style(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
     """``(features,)`` :func:`style_coordinates` of the excerpt mixed with ``controls`` (batch of one)."""
     with torch.no_grad():
-        est, _ = model.layout.render_normalized(excerpt.x, _batch(controls, excerpt.x.shape[0]),
+        est, _ = model.layout.render_normalized(excerpt.x, controls.repeat(excerpt.x.shape[0]),
                                                 sample_rate=sample_rate, mono=excerpt.mono)
         return style_coordinates(style_features(_joined(est, excerpt), sample_rate))[0].float()
 
@@ -293,17 +280,17 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
     one of the style features, with target 0: the panning RMS features measure width, not side, and are
     largest when every track leans the same way."""
     layout, k = model.layout, excerpt.x.shape[0]
-    logits = _logits(start)
+    logits = start.logits()
     opt = torch.optim.Adam(logits, lr=lr)
     if mix_section_only:
         if layout.strip[-1].effect.type_name != "pan":
             raise GradmixError("refining the mix section needs a layout whose strips end with a pan")
         with torch.no_grad():
-            params = layout.denormalize(_controls(logits, k))
+            params = layout.denormalize(Controls.from_logits(logits, k))
             before_pan = render_strips(layout.strip[:-1], excerpt.x, params.strip[:-1], sample_rate=sample_rate,
                                        mono=excerpt.mono)
     for _ in show_progress(range(steps), "refining", progress):
-        controls = _controls(logits, k)
+        controls = Controls.from_logits(logits, k)
         if mix_section_only:
             params = layout.denormalize(controls)
             strips = render_strips(layout.strip[-1:], before_pan, params.strip[-1:], sample_rate=sample_rate,
@@ -319,7 +306,7 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return _controls([v.detach() for v in logits])
+    return Controls.from_logits([v.detach() for v in logits])
 
 
 def refine(song: Song, analysis: Analysis, z: Tensor, reference: Tensor, *, steps: int, lr: float = 0.05,

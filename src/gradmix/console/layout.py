@@ -193,6 +193,21 @@ class Controls:
     buses: Tensor
     master: Tensor
 
+    def logits(self) -> list[Tensor]:
+        """The four blocks as logits (of controls kept 1e-4 inside 0..1): new leaf tensors that require grad,
+        what an optimiser moves."""
+        return [torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_()
+                for u in (self.strip, self.sends, self.buses, self.master)]
+
+    @classmethod
+    def from_logits(cls, logits: Sequence[Tensor], batch: int = 1) -> Controls:
+        """The inverse of :meth:`logits` (the sigmoid of each block), a batch of one repeated ``batch`` times."""
+        return cls(*(torch.sigmoid(v) for v in logits)).repeat(batch)
+
+    def repeat(self, batch: int) -> Controls:
+        """Controls of a batch of one repeated ``batch`` times (a view)."""
+        return Controls(*(v.expand(batch, *v.shape[1:]) for v in (self.strip, self.sends, self.buses, self.master)))
+
 
 @dataclass
 class Params:
