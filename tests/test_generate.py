@@ -271,6 +271,11 @@ def test_match_follows_the_reference_and_refine_gets_closer(tmp_path, style_mode
     assert out.is_file() and out.with_suffix(".console.json").is_file()
     assert main(["match", str(stems), "--reference", str(tmp_path / "missing.wav"), "-o", str(out),
                  "--model", str(style_model)]) == 2
+    sf.write(tmp_path / "silent.wav", np.zeros((SR, 2), np.float32), SR)
+    out.unlink()
+    assert main(["match", str(stems), "--reference", str(tmp_path / "silent.wav"), "-o", str(out),
+                 "--model", str(style_model)]) == 2
+    assert "silent.wav: silent" in capsys.readouterr().err and not out.exists()
 
 
 def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys):

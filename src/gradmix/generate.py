@@ -203,10 +203,13 @@ def _comparison_page(path: Path, settings: list[ConsoleSetting], results: list[R
 
 
 def read_reference(path: str | Path, sample_rate: int) -> Tensor:
-    """A reference or target mix as ``(2, samples)`` at ``sample_rate`` (mono is duplicated; soxr resampling)."""
+    """A reference or target mix as ``(2, samples)`` at ``sample_rate`` (mono is duplicated; soxr resampling);
+    a silent one raises :class:`GradmixError` (it has no style to follow)."""
     data, rate = read_audio(path)
     if data.shape[0] > 2:
         raise GradmixError(f"{path}: {data.shape[0]} channels; a reference mix must be mono or stereo")
+    if not np.abs(data).max() > 0:
+        raise GradmixError(f"{path}: silent; a reference or target mix needs sound")
     if rate != sample_rate:
         data = resample(data, rate, sample_rate)
     x = torch.from_numpy(np.ascontiguousarray(data))
