@@ -263,11 +263,15 @@ def test_match_follows_the_reference_and_refine_gets_closer(tmp_path, style_mode
     ref = np.stack([rng.standard_normal(t.size), rng.standard_normal(t.size)], 1) * 0.2
     sf.write(tmp_path / "ref.wav", ref.astype(np.float32), SR)
     out = tmp_path / "m.wav"
-    assert main(["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(out), "--refine", "15",
-                 "--model", str(style_model)]) == 0
+    assert main(["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(out),
+                 "--model", str(style_model)]) == 0  # refined by default
     text = capsys.readouterr().out
     before, after = (float(text.split(f"{k} ")[1].split(",")[0].split()[0]) for k in ("model", "refined"))
     assert after < before
+    assert main(["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(tmp_path / "m0.wav"),
+                 "--refine", "0", "--model", str(style_model)]) == 0
+    text = capsys.readouterr().out
+    assert "refined" not in text and float(text.split("model ")[1].split()[0]) == pytest.approx(before, rel=1e-6)
     assert out.is_file() and out.with_suffix(".console.json").is_file()
     assert main(["match", str(stems), "--reference", str(tmp_path / "missing.wav"), "-o", str(out),
                  "--model", str(style_model)]) == 2

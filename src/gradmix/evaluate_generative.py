@@ -11,7 +11,8 @@ On every chosen song (its first ``seconds``):
   the mean error of ``n`` random consoles on that song; and the Fréchet distance of the set of samples to
   the set of human mixes beside that of the random consoles.
 - **match**: the reference is the human mix of the next song in the list (other content); the style distance
-  of ``match`` (and of ``match --refine``) to the reference over that of the equal-loudness mix.
+  of ``match`` (with ``refine_steps`` steps, and with none: the style encoder and decoder alone) to the
+  reference over that of the equal-loudness mix.
 
 Writes ``generative.json`` (summary and per-song rows), ``generative.md`` (the table) and ``vectors.npz`` (the
 feature vectors: ``human/SONG`` ``(segments, features)``, ``samples/SONG`` and ``random/SONG``
@@ -150,6 +151,7 @@ def generative_table(s: dict[str, Any]) -> str:
              f"{s['plausible_share']:.2f} | 1.0 |",
              f"| Fréchet distance to the human mixes: samples | {s['frechet_samples']:.2f} | below random |",
              f"| Fréchet distance to the human mixes: random consoles | {s['frechet_random']:.2f} | |",
-             f"| match: style distance to the reference / equal loudness's | {s['match_ratio']:.2f} | <= 0.5 |",
-             f"| match --refine {s['refine_steps']}: same ratio | {s['match_refined_ratio']:.2f} | <= 0.5 |"]
+             f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal loudness's | "
+             f"{s['match_refined_ratio']:.2f} | <= 0.5 |",
+             f"| match --refine 0 (the style encoder and decoder alone): same ratio | {s['match_ratio']:.2f} | |"]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,8 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.4
+MATCH_REFINE_STEPS = 30
+"""Steps of ``match``'s refinement by default: the style encoder and decoder alone move little with ``z``."""
 SAMPLE_PAN_NUDGE = 0.03
 """Largest seeded move of each track's pan control (0..1) before a sample's refinement: a console of centred
 tracks is a saddle of the width features, and each sample should widen its own way."""
@@ -358,7 +360,8 @@ def _nudge_pans(model: MixController, controls: Controls, seed: int) -> Controls
     return Controls(strip, controls.sends, controls.buses, controls.master)
 
 
-def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *, refine_steps: int = 0,
+def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *,
+                 refine_steps: int = MATCH_REFINE_STEPS,
                  model_path: str | Path | None = None,
                  progress: bool = False) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances

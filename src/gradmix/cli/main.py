@@ -44,8 +44,9 @@ def _sample(args: argparse.Namespace) -> None:
 def _match(args: argparse.Namespace) -> None:
     from gradmix.generate import match_folder
 
-    r, d = match_folder(args.stems_dir, args.reference, args.output, refine_steps=args.refine, model_path=args.model,
-                        progress=sys.stdout.isatty())
+    given = {} if args.refine is None else {"refine_steps": args.refine}
+    r, d = match_folder(args.stems_dir, args.reference, args.output, model_path=args.model,
+                        progress=sys.stdout.isatty(), **given)
     dist = ", ".join(f"{k} {v:.3f}" for k, v in d.items())
     print(f"wrote {r.mix} ({r.loudness_lufs:.1f} LUFS) and {r.console}; style distance to the reference: {dist}")
 
@@ -250,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stems_dir")
     p.add_argument("--reference", required=True, help="any mixed song (other content and length are fine)")
     p.add_argument("-o", "--output", required=True, help="mix file; its console file goes beside it")
-    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
-                   help="then optimise the console against the reference's features for STEPS steps")
+    p.add_argument("--refine", type=int, metavar="STEPS",
+                   help="steps optimising the console against the reference's features (default 30; 0: the "
+                        "style encoder and decoder alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_match)
     p = sub.add_parser("fit", help="reverse-engineer a mix of these stems: the console that renders it")

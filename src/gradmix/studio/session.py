@@ -117,10 +117,10 @@ class Session:
             self._analysis = analyse(self.model, self.audio, self.sample_rate)
         return self._analysis
 
-    def _automix(self, z: Tensor | None = None) -> ConsoleSetting:
+    def _automix(self) -> ConsoleSetting:
         from gradmix.mix import console_for
 
-        return console_for(self.model, self._analyse(), self.names, self.files, self.sample_rate, z)
+        return console_for(self.model, self._analyse(), self.names, self.files, self.sample_rate)
 
     def mix_again(self) -> None:
         """The model's automatic mix becomes the edited version (undoable)."""
@@ -144,13 +144,15 @@ class Session:
 
     def match(self, reference: Path) -> str:
         """Add the mix in the style of the reference file (any length, mono or stereo, any rate)."""
-        from gradmix.generate import read_reference
+        from gradmix.generate import MATCH_REFINE_STEPS, read_reference, refine
+        from gradmix.mix import Song
 
         ref = read_reference(reference, self.sample_rate)
         with self.lock:
             with torch.no_grad():
                 z = self.model.encode_style(ref[None], sample_rate=self.sample_rate)[0][0]
-            self.versions["match"] = self._automix(z)
+            song = Song(self.model, self.names, self.files, self.audio, self.sample_rate, [])
+            self.versions["match"] = refine(song, self._analyse(), z, ref, steps=MATCH_REFINE_STEPS)
             self._move_edited_last()
             return "match"
 
