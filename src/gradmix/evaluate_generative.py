@@ -151,7 +151,7 @@ def generative_table(s: dict[str, Any]) -> str:
              f"{s['plausible_share']:.2f} | 1.0 |",
              f"| Fréchet distance to the human mixes: samples | {s['frechet_samples']:.2f} | below random |",
              f"| Fréchet distance to the human mixes: random consoles | {s['frechet_random']:.2f} | |",
-             f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal loudness's | "
-             f"{s['match_refined_ratio']:.2f} | <= 0.5 |",
+             f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal "
+             f"loudness's | {s['match_refined_ratio']:.2f} | <= 0.5 |",
              f"| match --refine 0 (the style encoder and decoder alone): same ratio | {s['match_ratio']:.2f} | |"]
     return "\n".join(lines) + "\n"

@@ -100,7 +100,8 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
         s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
         a0 = max(0, s0 - warm)
-        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], Controls.from_logits(logits), sample_rate=sr, mono=mono)
+        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], Controls.from_logits(logits), sample_rate=sr,
+                                                mono=mono)
         est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
         err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
         loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
@@ -158,7 +159,8 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
             inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
-            return finish(layout, dry, inputs, layout.denormalize(Controls.from_logits(trial)), sample_rate=sample_rate)[0]
+            trial_params = layout.denormalize(Controls.from_logits(trial))
+            return finish(layout, dry, inputs, trial_params, sample_rate=sample_rate)[0]
 
         def error(values: dict[str, float]) -> float:
             return float((output(values) - ref).square().sum())
