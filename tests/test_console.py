@@ -152,6 +152,7 @@ def test_controls_logits_round_trip_and_repeat():
         assert b.shape == (2, *a.shape[1:])
         assert torch.allclose(b[1], a[0].clamp(1e-4, 1 - 1e-4), atol=1e-12)
     assert float(back.master[0, 0]) == pytest.approx(1 - 1e-4)
+    assert c.expand(3).strip.shape == (3, 3, layout.num_strip_params) and c.expand(3).strip.data_ptr() == c.strip.data_ptr()
 
 
 def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):

@@ -263,7 +263,7 @@ def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, s
 def _excerpt_style(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
     """``(features,)`` :func:`style_coordinates` of the excerpt mixed with ``controls`` (batch of one)."""
     with torch.no_grad():
-        est, _ = model.layout.render_normalized(excerpt.x, controls.repeat(excerpt.x.shape[0]),
+        est, _ = model.layout.render_normalized(excerpt.x, controls.expand(excerpt.x.shape[0]),
                                                 sample_rate=sample_rate, mono=excerpt.mono)
         return style_coordinates(style_features(_joined(est, excerpt), sample_rate))[0].float()
 

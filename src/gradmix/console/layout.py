@@ -202,9 +202,9 @@ class Controls:
     @classmethod
     def from_logits(cls, logits: Sequence[Tensor], batch: int = 1) -> Controls:
         """The inverse of :meth:`logits` (the sigmoid of each block), a batch of one repeated ``batch`` times."""
-        return cls(*(torch.sigmoid(v) for v in logits)).repeat(batch)
+        return cls(*(torch.sigmoid(v) for v in logits)).expand(batch)
 
-    def repeat(self, batch: int) -> Controls:
+    def expand(self, batch: int) -> Controls:
         """Controls of a batch of one repeated ``batch`` times (a view)."""
         return Controls(*(v.expand(batch, *v.shape[1:]) for v in (self.strip, self.sends, self.buses, self.master)))
 
