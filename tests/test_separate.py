@@ -46,7 +46,9 @@ def test_separate_then_normalise(tmp_path, tiny_model):
     classes = json.loads((out / "normalized" / "classes.json").read_text())["classes"]
     assert set(classes) == {"drums", "bass", "other", "vocals"}
     assert len(find_songs(out / "normalized")) == 2
-    assert main(["dataset", "separate", str(mixes), "-o", str(out), "--model", str(tiny_model)]) == 0  # resumes
+    made = {p: p.stat().st_mtime_ns for p in (out / "stems").rglob("*.wav")}
+    assert main(["dataset", "separate", str(mixes), "-o", str(out), "--model", str(tiny_model)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "stems").rglob("*.wav")} == made  # resumed: nothing redone
 
 
 def test_missing_model_is_one_clear_error(tmp_path, capsys):
