@@ -297,6 +297,11 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
     assert main(["render", str(stems), str(tmp_path / "fit.json"), "-o", str(tmp_path / "again.wav")]) == 0
     a, b = sf.read(tmp_path / "again.wav")[0], sf.read(tmp_path / "target.wav")[0]
     assert 10 * np.log10(((a - b) ** 2).sum() / (b ** 2).sum()) == pytest.approx(residual, abs=1.0)
+    for bad in (["--steps", "0"], ["--budget", "nan"]):
+        assert main(["fit", str(stems), "--target", str(tmp_path / "target.wav"), "-o", str(tmp_path / "x.json"),
+                     "--model", str(style_model), *bad]) == 2
+    assert main(["sample", str(stems), "-n", "2", "-o", str(tmp_path / "s"), "--refine", "-1",
+                 "--model", str(style_model)]) == 2 and not (tmp_path / "s").exists()
     sf.write(tmp_path / "short.wav", b[: SR // 2], SR)
     assert main(["fit", str(stems), "--target", str(tmp_path / "short.wav"), "-o", str(tmp_path / "x.json"),
                  "--model", str(style_model)]) == 2

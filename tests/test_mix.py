@@ -99,6 +99,11 @@ def _nan(stems: Path) -> None:
     ("nan", "NaN"),
     ("overwrite", "overwrite an input"),
     ("model", "no such model file"),
+    ("inside", "inside the input folder"),  # the mix would be read as a stem next time
+    ("model over", "overwrite an input"),  # the model file given as the output
+    ("console", "the console file and the mix would be the same file"),
+    ("short", "gradmix needs at least 0.5 s"),
+    ("silent", "every stem is silent"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, message):
     stems = make_stems(tmp_path / "stems")
@@ -113,15 +118,27 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, me
         output = stems / "kick.wav"
     elif case == "model":
         model = str(tmp_path / "missing.pt")
+    elif case == "inside":
+        output = stems / "new_mix.wav"
+    elif case == "model over":
+        model = str(tmp_path / "model.pt")
+        shutil.copy(model_file, model)
+        output = Path(model)
+    elif case in ("short", "silent"):
+        for f in stems.iterdir():
+            x = read(f)
+            sf.write(f, x[: SR // 4] if case == "short" else np.zeros_like(x), SR)
+    extra = ["--console", str(output)] if case == "console" else []
     before = sorted(p.name for p in tmp_path.rglob("*"))
     proc = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "mix", str(stems), "-o", str(output),
-                           "--model", model], capture_output=True, text=True)
+                           "--model", model, *extra], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def test_demo_mixes_the_example_with_the_default_model(tmp_path, capsys):
     assert DEFAULT_MODEL.is_file()  # shipped in the package: the demo must run out of the box
+    assert main(["demo", "-o", str(tmp_path / "bad"), "--seconds", "0"]) == 2 and not (tmp_path / "bad").exists()
     assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "3"]) == 0
     out = tmp_path / "demo"
     stems = sorted(p.name for p in (out / "stems").iterdir())

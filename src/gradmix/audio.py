@@ -265,10 +265,13 @@ def safe_file_name(name: str) -> str:
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None) -> Path:
-    """Refuse an output that is one of the inputs or lies in a folder that is missing or unwritable."""
+    """Refuse an output that is one of the inputs, lies inside an input folder (a stems folder: it would be
+    read as a stem next time), or in a folder that is missing or unwritable."""
     output = Path(output)
-    for p in inputs or []:
-        if output.exists() and p.exists() and output.resolve() == Path(p).resolve():
+    for p in map(Path, inputs or []):
+        if p.is_dir() and output.resolve().is_relative_to(p.resolve()):
+            raise GradmixError(f"{output}: the output is inside the input folder {p} (it would be read as an input)")
+        if output.exists() and p.exists() and output.resolve() == p.resolve():
             raise GradmixError(f"{output}: the output would overwrite an input file")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():

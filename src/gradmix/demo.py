@@ -21,6 +21,8 @@ def run_demo(out_dir: str | Path, seconds: float = 8.0, model_path: str | Path |
     """Write the example's stems to ``out_dir/stems`` and mix them; returns the written files by role."""
     from gradmix.mix import mix_folder
 
+    if not 1.0 <= seconds <= 600.0:  # also refuses NaN
+        raise GradmixError(f"--seconds: {seconds:g} is not between 1 and 600")
     out = Path(out_dir)
     try:
         (out / "stems").mkdir(parents=True, exist_ok=True)

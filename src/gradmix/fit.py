@@ -46,6 +46,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     Returns:
         ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
     """
+    if max_steps < 1:
+        raise GradmixError(f"--steps: {max_steps} is not at least 1")
+    if not 0 < budget_s < math.inf:  # also refuses NaN
+        raise GradmixError(f"--budget: {budget_s:g} is not a positive number of seconds")
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
     ref = read_reference(target, sr)

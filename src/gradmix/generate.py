@@ -34,7 +34,7 @@ from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
 from gradmix.metrics.distances import FLOORS, STYLE_FEATURES
 from gradmix.metrics.features import panning_features
-from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
+from gradmix.mix import MIN_SECONDS, Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
@@ -136,10 +136,11 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
                   refine_steps: int = SAMPLE_REFINE_STEPS, model_path: str | Path | None = None,
                   progress: bool = False) -> list[Rendered]:
     """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them."""
+    _check_refine_steps(refine_steps)
     song = load_song(stems_dir, model_path, progress=progress)
     out = Path(out_dir)
-    if out.resolve() == Path(stems_dir).resolve():
-        raise GradmixError(f"{out}: the output folder is the stems folder (the mixes would become stems)")
+    if out.resolve().is_relative_to(Path(stems_dir).resolve()):
+        raise GradmixError(f"{out}: the output folder is in the stems folder (the mixes would become stems)")
     draw_styles(song.model, n, seed=seed, temperature=temperature)  # argument errors before any work
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +153,11 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
                for k, s in enumerate(show_progress(settings, "rendering", progress))]
     _comparison_page(out / "index.html", settings, results)
     return results
+
+
+def _check_refine_steps(steps: int) -> None:
+    if steps < 0:
+        raise GradmixError(f"--refine: {steps} steps; give 0 or more")
 
 
 def _comparison_page(path: Path, settings: list[ConsoleSetting], results: list[Rendered]) -> None:
@@ -212,6 +218,9 @@ def read_reference(path: str | Path, sample_rate: int) -> Tensor:
         raise GradmixError(f"{path}: {data.shape[0]} channels; a reference mix must be mono or stereo")
     if not np.abs(data).max() > 0:
         raise GradmixError(f"{path}: silent; a reference or target mix needs sound")
+    if data.shape[-1] < MIN_SECONDS * rate:
+        raise GradmixError(f"{path}: {data.shape[-1] / rate:.2f} s long; a reference or target mix needs at least "
+                           f"{MIN_SECONDS} s")
     if rate != sample_rate:
         data = resample(data, rate, sample_rate)
     x = torch.from_numpy(np.ascontiguousarray(data))
@@ -366,6 +375,7 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
                  progress: bool = False) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
     (``before_refine``, ``after``) of the mix to the reference."""
+    _check_refine_steps(refine_steps)
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
     ref = read_reference(reference, sr)

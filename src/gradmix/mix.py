@@ -100,8 +100,22 @@ def load_song(stems_dir: str | Path, model_path: str | Path | None = None, *, st
     stems_dir = Path(stems_dir)
     model, meta = load_model(model_path)
     stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
-    return Song(model, [s.name for s in stems], console_files(stems, stems_dir), [s.audio for s in stems], sr,
-                [s.path for s in stems])
+    check_mixable([s.audio for s in stems], sr, stems_dir)
+    inputs = [s.path for s in stems] + [stems_dir] + ([Path(model_path)] if model_path else [])
+    return Song(model, [s.name for s in stems], console_files(stems, stems_dir), [s.audio for s in stems], sr, inputs)
+
+
+MIN_SECONDS = 0.5
+"""Shortest song the model listens to (its analysis frames need that much)."""
+
+
+def check_mixable(audio: list[Tensor], sample_rate: int, where: str | Path) -> None:
+    """Refuse stems too short for the model or all silent: there is nothing to mix."""
+    longest = max(a.shape[-1] for a in audio) / sample_rate
+    if longest < MIN_SECONDS:
+        raise GradmixError(f"{where}: the stems are {longest:.2f} s long; gradmix needs at least {MIN_SECONDS} s")
+    if not any(bool(a.abs().max() > 0) for a in audio):
+        raise GradmixError(f"{where}: every stem is silent; nothing to mix")
 
 
 def console_files(stems: list[Stem], stems_dir: Path) -> list[str]:
@@ -135,6 +149,8 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
     model, names, files, audio, sr = song.model, song.names, song.files, song.audio, song.sample_rate
     output = check_output_path(output, song.inputs)
     console_path = check_output_path(console_path or Path(output).with_suffix(".console.json"), song.inputs)
+    if console_path.resolve() == output.resolve():
+        raise GradmixError(f"{console_path}: the console file and the mix would be the same file")
     report_path = check_output_path(output.with_suffix(".report.html"), song.inputs) if report else None
     setting = automix(model, names, files, audio, sr)
     del song

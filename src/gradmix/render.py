@@ -52,7 +52,7 @@ def render_folder(stems_dir: str | Path, console_file: str | Path, output: str |
                                strict=strict, progress=progress)
     finally:
         warm_up.join()
-    inputs = [s.path for s in stems] + [Path(console_file)]
+    inputs = [s.path for s in stems] + [Path(console_file), Path(stems_dir)]
     output = check_output_path(output, inputs)
     stem_paths: list[Path] = []
     if stems_out is not None:

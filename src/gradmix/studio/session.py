@@ -32,7 +32,7 @@ from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.loudness import _lufs, block_powers
 from gradmix.errors import ConsoleFileError, GradmixError
-from gradmix.mix import console_files
+from gradmix.mix import check_mixable, console_files
 
 PREROLL_S = 1.0
 """Audio rendered before the loop region and dropped, so that compressors, delays and reverbs are settled."""
@@ -86,7 +86,8 @@ class Session:
         self.names = [t.name for t in opened.tracks] if opened is not None else [s.name for s in stems]
         self.files = files or console_files(stems, self.stems_dir)
         self.audio = [s.audio for s in stems]
-        self.inputs = [s.path for s in stems]
+        check_mixable(self.audio, self.sample_rate, self.stems_dir)
+        self.inputs = [s.path for s in stems] + [self.stems_dir]
         self.length = self.audio[0].shape[-1]
         self._analysis = None
         self.versions: OrderedDict[str, ConsoleSetting] = OrderedDict()
