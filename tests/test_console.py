@@ -229,6 +229,11 @@ def test_load_reports_bad_json(tmp_path):
         ConsoleSetting.load(p)
     with pytest.raises(ConsoleFileError, match="no such console file"):
         ConsoleSetting.load(tmp_path / "missing.json")
+    data = _base()
+    data["tracks"][0]["chain"][0]["gain_db"] = math.nan
+    p.write_text(json.dumps(data))  # Python writes the NaN literal, which JSON readers take
+    with pytest.raises(ConsoleFileError, match="c.json: NaN is not a value a console file may hold"):
+        ConsoleSetting.load(p)
 
 
 def test_bus_control_index_points_at_the_parameter_denormalize_reads():

@@ -286,6 +286,9 @@ def test_cli_refuses_a_missing_folder_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path / "nope"), "--port", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path), "--port", "99999"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "gradmix: error: --port: 99999 is not a port (0..65535)"
 
 
 def test_cli_serves_and_stops_cleanly_on_ctrl_c(song, tmp_path):

@@ -118,6 +118,8 @@ def _render(args: argparse.Namespace) -> None:
 def _studio(args: argparse.Namespace) -> None:
     from gradmix.studio import run_studio
 
+    if not 0 <= args.port <= 65535:
+        raise GradmixError(f"--port: {args.port} is not a port (0..65535)")
     run_studio(args.stems_dir, console=args.console, out_dir=args.out, model_path=args.model, host=args.host,
                port=args.port, strict=args.strict, open_browser=args.open)
 

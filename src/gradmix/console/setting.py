@@ -156,8 +156,13 @@ class ConsoleSetting:
         path = Path(path)
         if not path.is_file():
             raise ConsoleFileError(f"{path}: no such console file")
+        def constant(name: str) -> float:  # -Infinity is an absent send; NaN and +Infinity are no setting
+            if name != "-Infinity":
+                raise ConsoleFileError(f"{path}: {name} is not a value a console file may hold")
+            return -math.inf
+
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), parse_constant=constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConsoleFileError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_json(data, str(path))
