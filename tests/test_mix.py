@@ -104,6 +104,7 @@ def _nan(stems: Path) -> None:
     ("console", "the console file and the mix would be the same file"),
     ("short", "gradmix needs at least 0.5 s"),
     ("silent", "every stem is silent"),
+    ("mp3", "gradmix writes .wav or .flac audio files, not '.mp3'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, message):
     stems = make_stems(tmp_path / "stems")
@@ -124,6 +125,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, me
         model = str(tmp_path / "model.pt")
         shutil.copy(model_file, model)
         output = Path(model)
+    elif case == "mp3":
+        output = tmp_path / "mix.mp3"
     elif case in ("short", "silent"):
         for f in stems.iterdir():
             x = read(f)

@@ -264,15 +264,18 @@ def safe_file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None) -> Path:
+def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = None, *, audio: bool = False) -> Path:
     """Refuse an output that is one of the inputs, lies inside an input folder (a stems folder: it would be
-    read as a stem next time), or in a folder that is missing or unwritable."""
+    read as a stem next time), or in a folder that is missing or unwritable; with ``audio``, one that is not
+    a .wav or .flac file (what :func:`write_audio` writes)."""
     output = Path(output)
     for p in map(Path, inputs or []):
         if p.is_dir() and output.resolve().is_relative_to(p.resolve()):
             raise GradmixError(f"{output}: the output is inside the input folder {p} (it would be read as an input)")
         if output.exists() and p.exists() and output.resolve() == p.resolve():
             raise GradmixError(f"{output}: the output would overwrite an input file")
+    if audio and output.suffix.lower() not in (".wav", ".flac"):
+        raise GradmixError(f"{output}: gradmix writes .wav or .flac audio files, not {output.suffix or 'no suffix'!r}")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise GradmixError(f"{parent}: output folder does not exist")
@@ -304,7 +307,7 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sampl
         raise GradmixError(f"{path}: expected audio of shape (channels, samples), got {data.shape}")
     if not np.isfinite(data).all():
         raise GradmixError(f"{path}: refusing to write audio that contains NaN or Inf")
-    check_output_path(path)
+    check_output_path(path, audio=True)
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -379,7 +379,7 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
     ref = read_reference(reference, sr)
-    output = check_output_path(output, [*song.inputs, Path(reference)])
+    output = check_output_path(output, [*song.inputs, Path(reference)], audio=True)
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0][0]
     analysis = analyse(model, song.audio, sr)

@@ -147,7 +147,7 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
     """
     song = load_song(stems_dir, model_path, strict=strict, progress=progress)
     model, names, files, audio, sr = song.model, song.names, song.files, song.audio, song.sample_rate
-    output = check_output_path(output, song.inputs)
+    output = check_output_path(output, song.inputs, audio=True)
     console_path = check_output_path(console_path or Path(output).with_suffix(".console.json"), song.inputs)
     if console_path.resolve() == output.resolve():
         raise GradmixError(f"{console_path}: the console file and the mix would be the same file")

@@ -53,7 +53,7 @@ def render_folder(stems_dir: str | Path, console_file: str | Path, output: str |
     finally:
         warm_up.join()
     inputs = [s.path for s in stems] + [Path(console_file), Path(stems_dir)]
-    output = check_output_path(output, inputs)
+    output = check_output_path(output, inputs, audio=True)
     stem_paths: list[Path] = []
     if stems_out is not None:
         out_dir = Path(stems_out)
