@@ -21,6 +21,20 @@ def test_effects_listing(capsys):
         assert name in text
 
 
+@pytest.mark.parametrize("args, message", [
+    (["sample", "x", "-n", "1000", "-o", "y"], "-n: 1000 is outside 1..100"),
+    (["eval", "x", "-o", "y", "--seconds", "nan"], "--seconds: nan is outside 0..inf"),
+    (["dataset", "normalize", "x", "-o", "y", "--sample-rate", "0"], "--sample-rate: 0 is outside 1..inf"),
+    (["dataset", "lmms", "y", "--workers", "0"], "--workers: 0 is outside 1..inf"),
+    (["match", "x", "--reference", "r.wav", "-o", "m.wav", "--refine", "-2"], "--refine: -2 is outside 0..inf"),
+])
+def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)  # the relative outputs would land here
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"gradmix: error: {message}\n"
+    assert not any(tmp_path.iterdir())
+
+
 def test_bad_output_folder_is_one_line_and_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

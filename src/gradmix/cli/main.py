@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import math
 import os
 import sys
 from pathlib import Path
@@ -352,9 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NUMBER_RANGES = {"n": (1, 100), "refine": (0, None), "workers": (1, None), "sample_rate": (1, None),
+                 "seconds": (0, None)}
+"""Ranges of numeric options that argparse checks only for type (``None``: no upper bound)."""
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    for name, (low, high) in NUMBER_RANGES.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not (value >= low and (high is None or value <= high) and math.isfinite(value)):
+            flag = "-n" if name == "n" else "--" + name.replace("_", "-")
+            raise GradmixError(f"{flag}: {value:g} is outside {low}..{high if high is not None else 'inf'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_numbers(args)
         args.func(args)
     except GradmixError as exc:
         print(f"gradmix: error: {exc}", file=sys.stderr)
