@@ -35,6 +35,11 @@ def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch
     assert not any(tmp_path.iterdir())
 
 
+def test_eval_of_a_missing_dataset_leaves_no_output_folder(tmp_path):
+    assert main(["eval", str(tmp_path / "nosuch"), "-o", str(tmp_path / "ev")]) == 2
+    assert not (tmp_path / "ev").exists()
+
+
 def test_bad_output_folder_is_one_line_and_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -289,6 +289,16 @@ def check_output_path(output: str | os.PathLike, inputs: list[Path] | None = Non
     return output
 
 
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) or raise :class:`GradmixError` saying why not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GradmixError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    return folder
+
+
 def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int,
                 subtype: str = "float") -> Path:
     """Write ``(channels, samples)`` audio to a WAV/FLAC file atomically (temp file + rename).

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gradmix import dsp
-from gradmix.audio import write_audio
+from gradmix.audio import make_output_folder, write_audio
 from gradmix.errors import GradmixError
 from gradmix.example import EXAMPLE_TRACKS, example_multitrack
 
@@ -24,10 +24,7 @@ def run_demo(out_dir: str | Path, seconds: float = 8.0, model_path: str | Path |
     if not 1.0 <= seconds <= 600.0:  # also refuses NaN
         raise GradmixError(f"--seconds: {seconds:g} is not between 1 and 600")
     out = Path(out_dir)
-    try:
-        (out / "stems").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GradmixError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    make_output_folder(out / "stems")
     tracks = example_multitrack(seconds, SAMPLE_RATE)
     for name in EXAMPLE_TRACKS:
         write_audio(out / "stems" / f"{name}.wav", tracks[name], SAMPLE_RATE)

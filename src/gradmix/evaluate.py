@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradmix.audio import write_audio
+from gradmix.audio import make_output_folder, write_audio
 from gradmix.baselines import BASELINES, baseline
 from gradmix.data import find_songs, read_example
 from gradmix.errors import GradmixError
@@ -52,7 +52,6 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     elif held_out:
         raise GradmixError("--held-out needs the gradmix system (it names the songs the model never saw)")
     out = Path(out_dir)
-    (out / "songs").mkdir(parents=True, exist_ok=True)
     found = [s for s in find_songs(dataset) if s.mix is not None]
     if songs is not None:
         missing = sorted(set(songs) - {s.name for s in found})
@@ -62,6 +61,7 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     songs = found
     if not songs:
         raise GradmixError(f"{dataset}: no song has a mix to compare with (name it mix.wav)")
+    make_output_folder(out / "songs")
     for song in show_progress(songs, "evaluating", progress):
         result_path = out / "songs" / f"{song.name}.json"
         if result_path.is_file():

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradmix.audio import make_output_folder
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example
 from gradmix.errors import GradmixError
@@ -74,7 +75,7 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
     if len(found) < 2:
         raise GradmixError(f"{dataset}: the generative evaluation needs at least 2 songs with a mix")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out)
     examples = [read_example(s, seconds=seconds, sample_rate=sr) for s in found]
     human = {s.name: _vectors(e.mix, sr) for s, e in zip(found, examples)}
     rows, sample_vecs, random_vecs = [], {}, {}

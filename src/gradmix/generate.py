@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, read_audio, resample, write_audio
+from gradmix.audio import check_output_path, make_output_folder, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
@@ -142,10 +142,7 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
     if out.resolve().is_relative_to(Path(stems_dir).resolve()):
         raise GradmixError(f"{out}: the output folder is in the stems folder (the mixes would become stems)")
     draw_styles(song.model, n, seed=seed, temperature=temperature)  # argument errors before any work
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GradmixError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    make_output_folder(out)
     analysis = analyse(song.model, song.audio, song.sample_rate)
     settings = sample_settings(song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps,
                                progress=progress)

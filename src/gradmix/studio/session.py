@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, load_stems, safe_file_name, write_audio
+from gradmix.audio import check_output_path, load_stems, make_output_folder, safe_file_name, write_audio
 from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
@@ -380,10 +380,7 @@ class Session:
         stem = safe_file_name(name) or "studio_mix"
         with self.lock:
             setting = copy.deepcopy(self.edited)
-            try:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise GradmixError(f"{self.out_dir}: cannot create the output folder ({exc.strerror})") from None
+            make_output_folder(self.out_dir)
             stems_out = self.out_dir / f"{stem}_stems"
             stems_out.mkdir(exist_ok=True)
             inputs = list(self.inputs)
