@@ -32,7 +32,7 @@ from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.loudness import _lufs, block_powers
 from gradmix.errors import ConsoleFileError, GradmixError
-from gradmix.mix import check_mixable, console_files
+from gradmix.mix import Song, check_mixable, console_files
 
 PREROLL_S = 1.0
 """Audio rendered before the loop region and dropped, so that compressors, delays and reverbs are settled."""
@@ -118,6 +118,10 @@ class Session:
             self._analysis = analyse(self.model, self.audio, self.sample_rate)
         return self._analysis
 
+    def _song(self) -> Song:
+        """The session's stems as the generative functions take them."""
+        return Song(self.model, self.names, self.files, self.audio, self.sample_rate, self.inputs)
+
     def _automix(self) -> ConsoleSetting:
         from gradmix.mix import console_for
 
@@ -132,10 +136,9 @@ class Session:
         """Add one more mix in a style drawn from the model's bank (``gradmix sample``'s sequence, seed 0);
         returns its version name."""
         from gradmix.generate import sample_settings
-        from gradmix.mix import Song
 
         with self.lock:
-            song = Song(self.model, self.names, self.files, self.audio, self.sample_rate, [])
+            song = self._song()
             setting = sample_settings(song, self._analyse(), 1, skip=self.samples_drawn)[0]
             self.samples_drawn += 1
             name = f"sample {self.samples_drawn}"
@@ -146,14 +149,12 @@ class Session:
     def match(self, reference: Path) -> str:
         """Add the mix in the style of the reference file (any length, mono or stereo, any rate)."""
         from gradmix.generate import MATCH_REFINE_STEPS, read_reference, refine
-        from gradmix.mix import Song
 
         ref = read_reference(reference, self.sample_rate)
         with self.lock:
             with torch.no_grad():
                 z = self.model.encode_style(ref[None], sample_rate=self.sample_rate)[0][0]
-            song = Song(self.model, self.names, self.files, self.audio, self.sample_rate, [])
-            self.versions["match"] = refine(song, self._analyse(), z, ref, steps=MATCH_REFINE_STEPS)
+            self.versions["match"] = refine(self._song(), self._analyse(), z, ref, steps=MATCH_REFINE_STEPS)
             self._move_edited_last()
             return "match"
 
