@@ -27,6 +27,9 @@ def test_effects_listing(capsys):
     (["dataset", "normalize", "x", "-o", "y", "--sample-rate", "0"], "--sample-rate: 0 is outside 1..inf"),
     (["dataset", "lmms", "y", "--workers", "0"], "--workers: 0 is outside 1..inf"),
     (["match", "x", "--reference", "r.wav", "-o", "m.wav", "--refine", "-2"], "--refine: -2 is outside 0..inf"),
+    (["dataset", "normalize", "x", "-o", "y", "--target-lufs", "nan"], "--target-lufs: nan is outside -70..0"),
+    (["dataset", "separate", "x", "-o", "y", "--model", "m", "--target-lufs", "inf"],
+     "--target-lufs: inf is outside -70..0"),
 ])
 def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)  # the relative outputs would land here

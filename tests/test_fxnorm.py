@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.signal
 import soundfile as sf
 import torch
@@ -118,3 +119,42 @@ def test_sharded_run_equals_a_single_run(tmp_path, capsys):
         a, _ = sf.read(tmp_path / "one" / song / "hats.wav")
         b, _ = sf.read(out / song / "hats.wav")
         assert np.array_equal(a, b)
+
+
+def _truncate(folder: Path) -> str:
+    data = (folder / "bass.wav").read_bytes()
+    (folder / "bass.wav").write_bytes(data[: len(data) // 2])
+    return "bass.wav: truncated"
+
+
+def _two_samples(folder: Path) -> str:
+    for p in folder.glob("*.wav"):
+        p.unlink()
+    sf.write(folder / "blip.wav", np.array([0.1, 0.2], np.float32), SR)
+    return "the stems are 0.00 s long; gradmix needs at least 0.5 s"
+
+
+def _silent(folder: Path) -> str:
+    for p in folder.glob("*.wav"):
+        sf.write(p, np.zeros(SR, np.float32), SR)
+    return "every stem is silent"
+
+
+@pytest.mark.parametrize("spoil", [_truncate, _two_samples, _silent])
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_song_that_mix_refuses_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, spoil, resume):
+    root, out = tmp_path / "raw", tmp_path / "norm"
+    make_dataset(root, songs=2)
+    if resume:  # pass 1 already done: the song is read first in pass 2
+        assert main(["dataset", "normalize", str(root), "-o", str(out), "--stats-only"]) == 0
+    message = spoil(root / "song1")
+    before = sorted(p.name for p in out.iterdir()) if resume else None
+    capsys.readouterr()
+    assert main(["dataset", "normalize", str(root), "-o", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gradmix: error: ") and message in err, err
+    if resume:  # song0 may be done (whole); nothing of song1, no partial folder
+        assert not (out / "song1").exists() and not list(out.glob(".*partial"))
+        assert set(p.name for p in out.iterdir()) <= set(before) | {"song0"}
+    else:
+        assert not out.exists()

@@ -244,6 +244,20 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
     return stems, int(sample_rate)
 
 
+MIN_SECONDS = 0.5
+"""Shortest song the model listens to (its analysis frames need that much)."""
+
+
+def check_mixable(audio: list[torch.Tensor], sample_rate: int, where: str | os.PathLike) -> None:
+    """Refuse stems (each ``(channels, samples)`` at ``sample_rate`` Hz) too short for the model or all silent:
+    there is nothing to mix (``gradmix mix``, the studio, ``dataset normalize``)."""
+    longest = max(a.shape[-1] for a in audio) / sample_rate
+    if longest < MIN_SECONDS:
+        raise GradmixError(f"{where}: the stems are {longest:.2f} s long; gradmix needs at least {MIN_SECONDS} s")
+    if not any(bool(a.abs().max() > 0) for a in audio):
+        raise GradmixError(f"{where}: every stem is silent; nothing to mix")
+
+
 def resample(data: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     """``(channels, samples)`` audio from ``rate`` to ``sample_rate`` Hz: soxr, high quality; float32, contiguous."""
     import soxr

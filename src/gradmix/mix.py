@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gradmix.audio import Stem, check_output_path, load_stems, write_audio
+from gradmix.audio import MIN_SECONDS, Stem, check_mixable, check_output_path, load_stems, write_audio  # noqa: F401
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
@@ -103,19 +103,6 @@ def load_song(stems_dir: str | Path, model_path: str | Path | None = None, *, st
     check_mixable([s.audio for s in stems], sr, stems_dir)
     inputs = [s.path for s in stems] + [stems_dir] + ([Path(model_path)] if model_path else [])
     return Song(model, [s.name for s in stems], console_files(stems, stems_dir), [s.audio for s in stems], sr, inputs)
-
-
-MIN_SECONDS = 0.5
-"""Shortest song the model listens to (its analysis frames need that much)."""
-
-
-def check_mixable(audio: list[Tensor], sample_rate: int, where: str | Path) -> None:
-    """Refuse stems too short for the model or all silent: there is nothing to mix."""
-    longest = max(a.shape[-1] for a in audio) / sample_rate
-    if longest < MIN_SECONDS:
-        raise GradmixError(f"{where}: the stems are {longest:.2f} s long; gradmix needs at least {MIN_SECONDS} s")
-    if not any(bool(a.abs().max() > 0) for a in audio):
-        raise GradmixError(f"{where}: every stem is silent; nothing to mix")
 
 
 def console_files(stems: list[Stem], stems_dir: Path) -> list[str]:

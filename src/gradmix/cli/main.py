@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 NUMBER_RANGES = {"n": (1, 100), "refine": (0, None), "workers": (1, None), "sample_rate": (1, None),
-                 "seconds": (0, None)}
-"""Ranges of numeric options that argparse checks only for type (``None``: no upper bound)."""
+                 "seconds": (0, None), "target_lufs": (-70, 0)}
+"""Ranges of numeric options that argparse checks only for type (``None``: no upper bound); NaN is outside."""
 
 
 def _check_numbers(args: argparse.Namespace) -> None:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from gradmix import dsp
-from gradmix.audio import write_audio
-from gradmix.data.segments import read_example
+from gradmix.audio import check_mixable, make_output_folder, write_audio
+from gradmix.data.segments import Example, read_example
 from gradmix.data.songs import Song, find_songs, select_shard
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
@@ -165,9 +165,16 @@ def _class_of(song: Song, index: int, labelled: bool) -> str:
     return (song.stems[index].label or "unlabelled") if labelled else "all"
 
 
+def _read_song(song: Song, sample_rate: int) -> Example:
+    """The whole song, refused as ``gradmix mix`` refuses it (unreadable, truncated, too short, all silent)."""
+    ex = read_example(song, sample_rate=sample_rate)
+    check_mixable(list(ex.tracks), sample_rate, song.stems[0].path.parent)
+    return ex
+
+
 def _measure(args: tuple[Song, int, bool]) -> list[tuple[str, StemFeatures]]:
     song, sample_rate, labelled = args
-    ex = read_example(song, sample_rate=sample_rate)
+    ex = _read_song(song, sample_rate)
     return [(_class_of(song, i, labelled), stem_features(ex.tracks[i], sample_rate, bool(ex.mono[i])))
             for i in range(len(song.stems))]
 
@@ -175,11 +182,11 @@ def _measure(args: tuple[Song, int, bool]) -> list[tuple[str, StemFeatures]]:
 def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
     song, sample_rate, labelled, stats, target_lufs, out_dir = args
     torch.set_num_threads(1)
+    ex = _read_song(song, sample_rate)
     out = Path(out_dir) / song.name
     tmp = Path(out_dir) / f".{song.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    ex = read_example(song, sample_rate=sample_rate)
     labels = {}
     for i, ref in enumerate(song.stems):
         cls = _class_of(song, i, labelled)
@@ -216,7 +223,6 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
     if out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents:
         raise GradmixError(f"{out_dir}: the output must not be the dataset or lie inside it")
     songs = find_songs(root, layout)
-    out_dir.mkdir(parents=True, exist_ok=True)
     labelled = any(r.label for s in songs for r in s.stems)
     workers = workers or os.cpu_count() or 1
     stats_path = out_dir / "classes.json"
@@ -229,6 +235,7 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
             measured = list(show_progress(pool.map(_measure, [(s, sample_rate, labelled) for s in songs]),
                                            "pass 1: measuring stems", progress, total=len(songs)))
         stats = class_statistics(f for song in measured for f in song)
+        make_output_folder(out_dir)  # once every song has been read and checked
         tmp = out_dir / ".classes.json.tmp"
         tmp.write_text(json.dumps({"labelled": labelled, "classes": stats}, indent=1))
         os.replace(tmp, stats_path)

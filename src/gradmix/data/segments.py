@@ -76,6 +76,11 @@ def _mp4_stream(ref: StemRef) -> tuple[np.ndarray, int]:
     raise AudioError(f"{ref.path}: has no stream {ref.stream!r}")
 
 
+def _fit(x: np.ndarray, length: int) -> np.ndarray:
+    """``(channels, samples)`` cut or padded with silence to ``length`` samples."""
+    return np.pad(x[:, :length], ((0, 0), (0, max(length - x.shape[-1], 0))))
+
+
 def read_segment(ref: StemRef, offset_s: float, seconds: float | None, sample_rate: int) -> np.ndarray:
     """``(2, samples)`` float32 of one stem from ``offset_s`` for ``seconds`` (``None``: to the end), at
     ``sample_rate``; mono is duplicated; past the end of the file is silence."""
@@ -105,11 +110,8 @@ def read_segment(ref: StemRef, offset_s: float, seconds: float | None, sample_ra
         data = resample(data, rate, sample_rate)
     if data.shape[0] == 1:
         data = np.concatenate([data, data])
-    want = None if seconds is None else int(round(seconds * sample_rate))
-    if want is not None:
-        data = data[:, :want]
-        if data.shape[-1] < want:
-            data = np.pad(data, ((0, 0), (0, want - data.shape[-1])))
+    if seconds is not None:
+        data = _fit(data, int(round(seconds * sample_rate)))
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
@@ -128,12 +130,17 @@ def song_seconds(song: Song) -> float:
 
 def read_example(song: Song, *, offset_s: float = 0.0, seconds: float | None = None,
                  sample_rate: int = 44100) -> Example:
-    """The stems (and mix) of ``song`` from ``offset_s`` for ``seconds`` (``None``: the whole song)."""
-    if seconds is None:
+    """The stems (and mix) of ``song`` from ``offset_s`` for ``seconds`` (``None``: the whole song; from the start,
+    every file is read whole and checked as ``gradmix mix`` reads stems, truncation included), padded with
+    silence to the longest stem."""
+    if seconds is None and offset_s != 0:
         seconds = song_seconds(song) - offset_s
-    tracks = torch.from_numpy(np.stack([read_segment(r, offset_s, seconds, sample_rate) for r in song.stems]))
+    parts = [read_segment(r, offset_s, seconds, sample_rate) for r in song.stems]
+    mix = None if song.mix is None else read_segment(song.mix, offset_s, seconds, sample_rate)
+    length = max(x.shape[-1] for x in parts)
+    tracks = torch.from_numpy(np.stack([_fit(x, length) for x in parts]))
     mono = torch.tensor([_is_mono(r) for r in song.stems])
-    mix = None if song.mix is None else torch.from_numpy(read_segment(song.mix, offset_s, seconds, sample_rate))
+    mix = None if mix is None else torch.from_numpy(_fit(mix, length))
     return Example(song.name, tracks, mono, mix, [r.label for r in song.stems], offset_s)
 
 
