@@ -38,6 +38,30 @@ def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["mix", "stems"], "the following arguments are required: -o/--output (see gradmix mix --help)"),
+    (["dataset", "normalize", "x", "-o", "y", "--bogus"], "unrecognized arguments: --bogus (see gradmix --help)"),
+    (["render", "s", "c.json", "-o", "m.wav", "--format", "16"],
+     "argument --format: invalid choice: '16' (choose from 'float', '24') (see gradmix render --help)"),
+    (["sample", "s", "-o", "y", "-n", "many"], "argument -n: invalid int value: 'many' (see gradmix sample --help)"),
+    (["dataset"], "the following arguments are required: dataset_command (see gradmix dataset --help)"),
+])
+def test_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"gradmix: error: {message}\n"
+    assert not any(tmp_path.iterdir())
+
+
+def test_help_is_argparse_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["mix", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and out.startswith("usage: gradmix mix [-h] -o OUTPUT") and "--strict" in out
+
+
 def test_eval_of_a_missing_dataset_leaves_no_output_folder(tmp_path):
     assert main(["eval", str(tmp_path / "nosuch"), "-o", str(tmp_path / "ev")]) == 2
     assert not (tmp_path / "ev").exists()

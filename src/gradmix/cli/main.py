@@ -221,8 +221,16 @@ def _shard_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see README)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, ``gradmix: error: ... (see PROG --help)``, exit status 2; its
+    subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"gradmix: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradmix", description="Automatic mixing through a differentiable console.")
+    parser = _Parser(prog="gradmix", description="Automatic mixing through a differentiable console.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="mix the built-in example multitrack with the default model")
     p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
