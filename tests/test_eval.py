@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from gradmix.cli.main import main
@@ -37,6 +38,17 @@ def test_eval_writes_tables_plots_page_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # resumes: per-song results are kept
     assert (out / "songs" / "song0.json").stat().st_mtime_ns == stamp
     assert main(["eval", str(tmp_path / "data"), "--systems", "magic", "-o", str(out)]) == 2
+
+
+@pytest.mark.parametrize("systems", ["", " , "])
+def test_eval_of_no_systems_is_one_line_before_any_work(tmp_path, capsys, systems):
+    (tmp_path / "data" / "song0").mkdir(parents=True)
+    for name in ("t0.wav", "mix.wav"):
+        sf.write(tmp_path / "data" / "song0" / name, np.full(SR, 0.1, np.float32), SR)
+    assert main(["eval", str(tmp_path / "data"), "--systems", systems, "-o", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gradmix: error: --systems: name at least one of plain_sum")
+    assert not (tmp_path / "results").exists()
 
 
 def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):

@@ -37,6 +37,8 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
     """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name, or with
     ``held_out`` on the songs the model's training excluded); ``gradmix`` is the mixing model (``model_path``,
     default the shipped one). Returns the summary table."""
+    if not systems:
+        raise GradmixError(f"--systems: name at least one of {', '.join(SYSTEMS)}")
     for s in systems:
         if s not in SYSTEMS:
             raise GradmixError(f"--systems: {s!r} is not one of {', '.join(SYSTEMS)}")
