@@ -66,6 +66,30 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.optim.loss.features == 0.5
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "abc"], "config.run.devices (--devices): 'abc' is not a number of devices (>= 1) or 'auto'"),
+    (["--devices", "0"], "config.run.devices (--devices): 0 is not a number of devices (>= 1) or 'auto'"),
+    (["--num-nodes", "0"], "config.run.num_nodes: must be > 0, got 0"),
+    (["--accelerator", "tpu9"], "config.run.accelerator (--accelerator): 'tpu9' is not one of auto, gpu, cpu"),
+    (["--strategy", "nope"], "config.run.strategy (--strategy): 'nope' is not one of auto, ddp, "),
+    (["--out", "afile"], "afile: cannot create the output folder (File exists)"),
+    (["--out", "afile/run"], "afile/run: cannot create the output folder (Not a directory)"),
+])
+def test_bad_run_settings_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    require("lightning")
+    from gradmix.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "data", songs=1)
+    write_config(tmp_path / "cfg.yaml", data, tmp_path / "run")
+    (tmp_path / "afile").write_text("not a folder")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["train", "cfg.yaml", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gradmix: error: {message}"), err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
     require("lightning")
     require("auraloss")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from gradmix.audio import make_output_folder
 from gradmix.console import Layout
 from gradmix.data import SegmentDataset, collate, find_songs
 from gradmix.errors import GradmixError
@@ -151,9 +152,26 @@ def check(cfg: TrainConfig) -> None:
     if not 0 <= cfg.data.self_supervised_fraction <= 1:
         raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
     for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
-                    ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps)):
+                    ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps),
+                    ("run.num_nodes", cfg.run.num_nodes)):
         if not v > 0:
             raise GradmixError(f"config.{name}: must be > 0, got {v}")
+    devices = cfg.run.devices
+    if devices != "auto" and not (isinstance(devices, int) and devices > 0):
+        raise GradmixError(f"config.run.devices (--devices): {devices!r} is not a number of devices (>= 1) or 'auto'")
+
+
+def check_lightning(cfg: TrainConfig) -> None:
+    """Refuse an accelerator or strategy name Lightning does not know (its own error is a traceback)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    for key, known in (("accelerator", ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]),
+                       ("strategy", ["auto", *StrategyRegistry.available_strategies()])):
+        value = getattr(cfg.run, key)
+        if value not in known:
+            names = ", ".join(known[:6]) + (", ..." if len(known) > 6 else "")
+            raise GradmixError(f"config.run.{key} (--{key}): {value!r} is not one of {names}")
 
 
 def training_songs(cfg: DataConfig) -> list:
@@ -276,9 +294,10 @@ def train(cfg: TrainConfig) -> Path:
         from lightning.pytorch.loggers import CSVLogger
     except ImportError:
         raise GradmixError("training needs Lightning: pip install -e '.[train]'") from None
+    check_lightning(cfg)
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    out = Path(cfg.run.out)
     songs = training_songs(cfg.data)
+    out = make_output_folder(cfg.run.out)
     data = SegmentDataset(songs, seconds=cfg.data.seconds, sample_rate=cfg.data.sample_rate, seed=cfg.run.seed,
                           length=max(len(songs), cfg.data.batch_size * 50))
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.data.batch_size, shuffle=True, collate_fn=collate,
