@@ -291,6 +291,15 @@ def test_cli_refuses_a_missing_folder_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == "gradmix: error: --port: 99999 is not a port (0..65535)"
 
 
+def test_cli_refuses_an_output_folder_that_is_a_file_in_one_line(song, tmp_path):
+    blocker = tmp_path / "saves"
+    blocker.write_text("not a folder")
+    r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(song), "--port", "0",
+                        "--out", str(blocker)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == f"gradmix: error: {blocker}: is a file; saves go into a folder\n"
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["saves"]
+
+
 def test_cli_serves_and_stops_cleanly_on_ctrl_c(song, tmp_path):
     require("uvicorn")
     import urllib.request

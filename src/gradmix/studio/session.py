@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, load_stems, make_output_folder, safe_file_name, write_audio
+from gradmix.audio import (check_mixable, check_output_path, load_stems, make_output_folder, safe_file_name,
+                           write_audio)
 from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.loudness import _lufs, block_powers
 from gradmix.errors import ConsoleFileError, GradmixError
-from gradmix.mix import Song, check_mixable, console_files
+from gradmix.mix import Song, console_files
 
 PREROLL_S = 1.0
 """Audio rendered before the loop region and dropped, so that compressors, delays and reverbs are settled."""
@@ -73,6 +74,8 @@ class Session:
         self.out_dir = Path(out_dir).resolve()
         if self.out_dir == self.stems_dir or self.out_dir.is_relative_to(self.stems_dir):
             raise GradmixError(f"{out_dir}: the output folder must lie outside the stems folder {stems_dir}")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise GradmixError(f"{out_dir}: is a file; saves go into a folder")
         self.lock = threading.RLock()
         self.model, meta = load_model(model_path)
         self.model_rate = int(meta["sample_rate"])
