@@ -427,6 +427,46 @@ def test_bad_inputs_give_one_line_and_write_nothing(song, tmp_path, capsys):
     assert exc.value.code == 2 and "invalid choice: 'logic'" in capsys.readouterr().err
 
 
+def _truncated(path: Path) -> str:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return "truncated"
+
+
+def _nan(path: Path) -> str:
+    x = np.full((SR, 2), 0.1, np.float32)
+    x[100, 0] = np.nan
+    sf.write(path, x, 48000, subtype="FLOAT")
+    return "contains NaN or Inf samples"
+
+
+def _three_channels(path: Path) -> str:
+    sf.write(path, np.full((SR, 3), 0.1, np.float32), 48000, subtype="FLOAT")
+    return "has 3 channels"
+
+
+@pytest.mark.parametrize("spoil", [_truncated, _nan, _three_channels])
+def test_embedding_refuses_stems_mix_would_refuse_in_one_line(song, tmp_path, capsys, spoil):
+    message = spoil(song.parent / "gtr.wav")
+    out = tmp_path / "s.dawproject"
+    assert main(["export", str(song), "--format", "dawproject", "-o", str(out), "--embed"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gradmix: error: {song.parent / 'gtr.wav'}: ") and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song"]
+
+
+@pytest.mark.parametrize("fmt, name, message", [
+    ("reaper", "s.dawproject", "a reaper session is a .rpp file, not '.dawproject'"),
+    ("dawproject", "s.RPP", "a dawproject session is a .dawproject file, not '.RPP'"),
+    ("dawproject", "session", "a dawproject session is a .dawproject file, not 'no suffix'"),
+])
+def test_a_suffix_that_is_not_the_formats_is_one_line(song, tmp_path, capsys, fmt, name, message):
+    out = tmp_path / name
+    assert main(["export", str(song), "--format", fmt, "-o", str(out)]) == 2
+    assert capsys.readouterr().err == f"gradmix: error: {out}: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song"]
+
+
 def test_export_session_refuses_what_a_daw_cannot_open(song, tmp_path):
     setting = ConsoleSetting.load(song)
     out = tmp_path / "s.RPP"

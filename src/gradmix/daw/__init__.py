@@ -22,8 +22,8 @@ from typing import BinaryIO
 from gradmix.console.setting import ConsoleSetting
 from gradmix.errors import AudioError, GradmixError
 
-FORMATS = ("dawproject", "reaper")
-"""What :func:`export_session` writes."""
+FORMATS = {"dawproject": ".dawproject", "reaper": ".rpp"}
+"""What :func:`export_session` writes, and the file suffix of each (any case)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir
     Returns:
         ``output``. Everything is read and checked before anything is written; the file is written atomically.
     """
-    from gradmix.audio import check_output_path
+    from gradmix.audio import check_output_path, read_audio
 
     if fmt not in FORMATS:
         raise GradmixError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -121,6 +121,12 @@ def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir
         raise GradmixError(f"--embed needs --format dawproject: a {fmt} project cannot hold audio")
     stems = stem_files(setting, stems_dir)
     output = check_output_path(output, [s.path for s in stems])
+    if output.suffix.lower() != FORMATS[fmt]:
+        raise GradmixError(f"{output}: a {fmt} session is a {FORMATS[fmt]} file, not "
+                           f"{output.suffix or 'no suffix'!r}")
+    if embed:  # the stems go inside: checked as gradmix mix reads them (truncated, NaN, > 2 channels)
+        for path in dict.fromkeys(s.path for s in stems):
+            read_audio(path)
     if fmt == "dawproject":
         from gradmix.daw.dawproject import write_dawproject
 
