@@ -80,3 +80,15 @@ def test_skipped_tracks_leave_no_work_files(tmp_path, monkeypatch):
     assert len(meta["skipped"]) == 2 and len(meta["stems"]) == tracks - 2
     assert "silent" in meta["skipped"].values()
     assert not list(song.glob("stem*")), sorted(p.name for p in song.iterdir())
+
+
+def test_a_missing_project_or_a_file_for_the_output_folder_is_one_line(tmp_path, capsys):
+    out = tmp_path / "lmms"
+    assert main(["dataset", "lmms", str(out), "--projects", str(tmp_path / "nope.mmpz")]) == 2
+    assert capsys.readouterr().err == f"gradmix: error: {tmp_path / 'nope.mmpz'}: no such LMMS project\n"
+    assert not any(tmp_path.iterdir())
+    require_tool("lmms")
+    out.write_text("not a folder")
+    assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 2
+    assert capsys.readouterr().err == f"gradmix: error: {out}: cannot create the output folder (File exists)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["lmms"] and out.read_text() == "not a folder"

@@ -30,7 +30,7 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from gradmix.audio import read_audio, write_audio
+from gradmix.audio import make_output_folder, read_audio, write_audio
 from gradmix.data.songs import select_shard
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
@@ -246,11 +246,14 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
     from concurrent.futures import ThreadPoolExecutor
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in projects or []:
+        if not Path(p).is_file():
+            raise LmmsError(f"{p}: no such LMMS project")
     _lmms()
     projects = projects if projects is not None else shipped_projects()
     if not projects:
         raise LmmsError("no LMMS projects found (install lmms-common, or name projects)")
+    make_output_folder(out_dir)
     projects = select_shard(projects, shard)
     todo = [p for p in projects if not (out_dir / _safe(Path(p).name.split(".mmp")[0]) / DONE).is_file()]
     failed: dict[str, str] = {}
