@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import check_output_path, make_output_folder, read_audio, resample, write_audio
+from gradmix.audio import MIN_SECONDS, check_output_path, make_output_folder, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
@@ -34,7 +34,7 @@ from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
 from gradmix.metrics.distances import FLOORS, STYLE_FEATURES
 from gradmix.metrics.features import panning_features
-from gradmix.mix import MIN_SECONDS, Analysis, Song, analyse, console_for, load_song, setting_from_controls
+from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from gradmix.audio import MIN_SECONDS, Stem, check_mixable, check_output_path, load_stems, write_audio  # noqa: F401
+from gradmix.audio import Stem, check_mixable, check_output_path, load_stems, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
