@@ -14,9 +14,9 @@ from conftest import require
 from gradmix.cli.main import main
 from gradmix.console import ConsoleSetting, Controls, Layout
 from gradmix.errors import GradmixError
-from gradmix.generate import build_style_bank, draw_styles, refine_controls, song_excerpt
+from gradmix.generate import build_style_bank, draw_styles, refine_controls, song_excerpt, toned_spectral_features
 from gradmix.metrics import mix_features, style_distance, style_features
-from gradmix.metrics.distances import STYLE_FEATURES
+from gradmix.metrics.distances import STYLE_FEATURES, TONE_CENTRES_HZ, tonal_balance
 from gradmix.mix import analyse
 from gradmix.models import MixController, ModelConfig
 from gradmix.models.checkpoint import save_model
@@ -100,18 +100,22 @@ def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
 
     model = load_model(style_model)[0]
     assert model.style_bank.shape == (5, 4) and model.style_bank_offsets.shape == (5, len(STYLE_FEATURES))
-    z, f = draw_styles(model, 5, seed=1, temperature=1.0)
-    z2, f2 = draw_styles(model, 5, seed=1, temperature=1.0)
-    assert torch.equal(z, z2) and torch.equal(f, f2)
+    z, f, t = draw_styles(model, 5, seed=1, temperature=1.0)
+    z2, f2, t2 = draw_styles(model, 5, seed=1, temperature=1.0)
+    assert torch.equal(z, z2) and torch.equal(f, f2) and torch.equal(t, t2)
     assert len({tuple(v.tolist()) for v in f}) == 5  # without replacement while the bank lasts
     assert not torch.equal(draw_styles(model, 5, seed=2, temperature=1.0)[1], f)
-    bank = model.style_bank_offsets  # the whole bank drawn: offsets less their mean, which is the model's bias
-    assert torch.allclose(f.mean(0), torch.zeros(len(STYLE_FEATURES)), atol=1e-4)
-    assert torch.cdist(f + bank.mean(0), bank).min(1).values.max() < 1e-5  # each is a window's, shifted alike
-    centre, none = draw_styles(model, 3, seed=1, temperature=0)
-    assert torch.allclose(centre, model.style_center.expand(3, -1)) and none.abs().max() == 0
-    half, half_offsets = draw_styles(model, 5, seed=1, temperature=0.5)
+    for drawn, bank in ((f, model.style_bank_offsets), (t, model.style_bank_tones)):
+        # the whole bank drawn: offsets less their mean, which is the model's bias
+        assert torch.allclose(drawn.mean(0), torch.zeros(bank.shape[1]), atol=1e-4)
+        assert torch.cdist(drawn + bank.mean(0), bank).min(1).values.max() < 1e-4  # each is a window's, shifted alike
+    assert torch.equal(torch.cdist(f + model.style_bank_offsets.mean(0), model.style_bank_offsets).argmin(1),
+                       torch.cdist(t + model.style_bank_tones.mean(0), model.style_bank_tones).argmin(1))  # same windows
+    centre, none, flat = draw_styles(model, 3, seed=1, temperature=0)
+    assert torch.allclose(centre, model.style_center.expand(3, -1)) and none.abs().max() == 0 and flat.abs().max() == 0
+    half, half_offsets, half_tones = draw_styles(model, 5, seed=1, temperature=0.5)
     assert torch.allclose(half, (z + model.style_center) / 2, atol=1e-6) and torch.allclose(half_offsets, f / 2)
+    assert torch.allclose(half_tones, t / 2)
     assert draw_styles(model, 12, seed=0)[0].shape == (12, 4)  # more mixes than styles: the bank again
     with pytest.raises(GradmixError, match="at least 1"):
         draw_styles(model, 0)
@@ -122,6 +126,9 @@ def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
         draw_styles(plain, 2)
     unbanked = MixController(Layout.default(), ModelConfig(**TINY, style_dim=4))
     with pytest.raises(GradmixError, match="no style bank"):
+        draw_styles(unbanked, 2)
+    unbanked.style_bank, unbanked.style_bank_offsets = model.style_bank, model.style_bank_offsets
+    with pytest.raises(GradmixError, match="no style bank with tonal offsets"):  # a bank from an older gradmix
         draw_styles(unbanked, 2)
 
 
@@ -141,15 +148,55 @@ def test_style_bank_holds_how_each_human_mix_differs_from_the_model_s(tmp_path):
         assert torch.allclose(m.style_bank[1], m.encode_style(mix[None], sample_rate=SR)[0][0])
     expected = style_coordinates(style_features(mix[None].double(), SR)) - style_coordinates(style_features(own[None], SR))
     assert torch.allclose(m.style_bank_offsets[1], expected[0].float(), atol=1e-2)  # two renderers, float32
+    tones = tonal_balance(mix[None].double(), SR) - tonal_balance(own[None], SR)
+    assert torch.allclose(m.style_bank_tones[1], tones[0].float(), atol=0.05)  # dB
+    assert m.style_bank_tones[1, -3:].mean() > m.style_bank_tones[0, -3:].mean() + 20  # bright human mix against dark
     c = style_coordinates(style_features(mix[None], SR))
     back = style_from_coordinates(c)
     assert all(torch.allclose(back[k], style_features(mix[None], SR)[k], rtol=1e-5) for k in STYLE_FEATURES)
     loaded = load_model(save_model(tmp_path / "m.pt", m, sample_rate=SR, info={}))[0]
     assert torch.allclose(loaded.style_bank_offsets, m.style_bank_offsets, rtol=1e-3, atol=1e-3)  # float16 in the file
+    assert torch.allclose(loaded.style_bank_tones, m.style_bank_tones, rtol=1e-3, atol=0.05)
     state = {k: v for k, v in m.state_dict().items() if not k.startswith("style_bank")}
     torch.save({**torch.load(tmp_path / "m.pt", weights_only=True),
                 "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}, tmp_path / "old.pt")
     assert load_model(tmp_path / "old.pt")[0].style_bank.shape == (0, 4)  # a file from before the bank loads
+
+
+def test_tonal_balance_is_each_octave_s_share_of_the_energy():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 1, 8 * SR, generator=g, dtype=torch.float64).expand(1, 2, -1)
+    white = tonal_balance(noise, SR)[0]
+    assert abs(float((10 ** (white / 10)).sum()) - 1) < 1e-9  # shares of the whole
+    steps = white[2:-1].diff()  # white noise: each octave has twice the bandwidth, +3.01 dB
+    assert torch.allclose(steps, torch.full_like(steps, 10 * np.log10(2)), atol=0.25), steps
+    t = torch.arange(4 * SR, dtype=torch.float64) / SR
+    for k in (3, 6):
+        sine = torch.sin(2 * np.pi * TONE_CENTRES_HZ[k] * t)[None, None].expand(1, 2, -1)
+        tone = tonal_balance(sine, SR)[0]
+        assert tone[k] > -0.1 and (tone[torch.arange(len(tone)) != k] < -25).all()  # all of it in its band
+    assert (tonal_balance(torch.zeros(1, 2, SR), SR) >= -60).all()  # silence: the floor, not -inf
+
+
+def test_toned_spectral_features_are_those_of_the_mix_through_the_eq_curve():
+    g = torch.Generator().manual_seed(1)
+    x = torch.cumsum(torch.randn(1, 2, 6 * SR, generator=g, dtype=torch.float64), -1) * 1e-3  # a dark mix
+    x = x - x.mean(-1, keepdim=True)
+    flat = toned_spectral_features(x, torch.zeros(len(TONE_CENTRES_HZ)), SR)
+    measured = style_features(x, SR)
+    for k in flat:
+        assert torch.allclose(flat[k], measured[k], rtol=1e-9), k
+    curve = torch.linspace(-6, 12, len(TONE_CENTRES_HZ))  # a tilt towards the highs
+    toned = toned_spectral_features(x, curve, SR)
+    # independently: filter the audio by the same curve (whole-signal FFT) and measure it
+    freqs = np.fft.rfftfreq(x.shape[-1], 1 / SR)
+    gain = 10 ** (np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), curve.numpy()) / 20)
+    filtered = torch.from_numpy(np.fft.irfft(np.fft.rfft(x.numpy(), axis=-1) * gain, n=x.shape[-1], axis=-1))
+    heard = style_features(filtered, SR)
+    for k in ("centroid_hz", "bandwidth_hz", "rolloff_hz"):
+        assert abs(float(toned[k] / heard[k]) - 1) < 0.03, (k, toned[k], heard[k])
+    assert abs(float(torch.log(toned["flatness"] / heard["flatness"]))) < 0.1
+    assert toned["centroid_hz"] > 1.5 * flat["centroid_hz"] and toned["rolloff_hz"] > flat["rolloff_hz"]
 
 
 def test_style_features_are_the_measured_ones_and_differentiable():

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import require
 from gradmix.errors import GradmixError
+from gradmix.metrics.distances import TONE_CENTRES_HZ
 from gradmix.models.checkpoint import load_model
 from gradmix.train import TrainConfig, check
 
@@ -160,6 +161,7 @@ def test_style_model_trains_with_kl_and_stores_the_style_of_human_mixes(tmp_path
     assert model.style_center.abs().sum() > 0  # the mean of q(z | human mix), not the prior's zero
     assert model.style_bank.shape == (2, 3)  # one window of each 2-s song: the styles `gradmix sample` draws
     assert torch.isfinite(model.style_bank_offsets).all() and model.style_bank_offsets.abs().sum() > 0
+    assert model.style_bank_tones.shape == (2, len(TONE_CENTRES_HZ)) and torch.isfinite(model.style_bank_tones).all()
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
     kl = [float(r["loss_kl"]) for r in rows if r.get("loss_kl")]
     assert len(kl) == 2 and all(np.isfinite(kl)) and all(v >= 0 for v in kl)

@@ -5,7 +5,8 @@
   styles (:func:`build_style_bank`: its ``z`` and how the human mix differed in style from the model's own
   mix of those tracks), lets the controller set the console for that ``z``, then refines the mix section
   (pans, sends, bus and master effects) through the differentiable console until the mix's style features
-  approach the automatic mix's own plus that offset (less the bank's mean offset: the model's bias).
+  approach the automatic mix's own plus that offset (less the bank's mean offset: the model's bias); the
+  spectral features approach those of the automatic mix heard through the window's tonal offset, an EQ curve.
 - :func:`match_folder` (``gradmix match``): ``z`` = the mean of q(z | reference mix); ``refine_steps`` then
   optimises every control so that the mix's :func:`gradmix.metrics.style_distance` to the reference falls.
 
@@ -32,8 +33,8 @@ from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
-from gradmix.metrics.distances import FLOORS, STYLE_FEATURES
-from gradmix.metrics.features import panning_features
+from gradmix.metrics.distances import FLOORS, STYLE_FEATURES, TONE_CENTRES_HZ, tonal_balance
+from gradmix.metrics.features import _freqs, _mid_magnitude, _weighted_mean, panning_features, spectral_frames
 from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
@@ -47,13 +48,13 @@ tracks is a saddle of the width features, and each sample should widen its own w
 
 
 def draw_styles(model: MixController, n: int, *, seed: int = 0,
-                temperature: float = SAMPLE_TEMPERATURE) -> tuple[Tensor, Tensor]:
+                temperature: float = SAMPLE_TEMPERATURE) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` mix styles from the model's style bank, seeded: ``(n, style_dim)`` z, moved from the model's centre
-    towards a drawn window's ``z`` by ``temperature``, and ``(n, features)`` that window's style offset less the
-    bank's mean offset, times ``temperature`` (0: the automatic mix; 1: as far from it as that human mix was
-    from the model's own mix of its stems, beyond the average difference over the bank, which is the model's
-    bias on its training songs rather than a style). Windows are drawn without replacement while the bank
-    lasts."""
+    towards a drawn window's ``z`` by ``temperature``; ``(n, features)`` that window's style offset and
+    ``(n, bands)`` its tonal offset (dB), each less the bank's mean and times ``temperature`` (0: the automatic
+    mix; 1: as far from it as that human mix was from the model's own mix of its stems, beyond the average
+    difference over the bank, which is the model's bias on its training songs rather than a style). Windows
+    are drawn without replacement while the bank lasts."""
     if not model.cfg.style_dim:
         raise GradmixError("this model has no mix style (style_dim 0): sampling needs a style model")
     if n < 1:
@@ -61,14 +62,27 @@ def draw_styles(model: MixController, n: int, *, seed: int = 0,
     if not temperature >= 0:
         raise GradmixError(f"--temperature: must be >= 0, got {temperature}")
     bank = model.style_bank
-    if not len(bank):
-        raise GradmixError("this model has no style bank (made before gradmix sampled from human mix styles): "
+    if not len(bank) or len(model.style_bank_tones) != len(bank):
+        raise GradmixError("this model has no style bank with tonal offsets (made before this gradmix): "
                            "retrain it, or add one with gradmix.generate.build_style_bank")
     g = torch.Generator().manual_seed(seed)
     picks = torch.cat([torch.randperm(len(bank), generator=g) for _ in range(-(-n // len(bank)))])[:n]
     z = model.style_center + temperature * (bank[picks] - model.style_center)
-    offsets = model.style_bank_offsets
-    return z, temperature * (offsets[picks] - offsets.mean(0))
+    offsets, tones = model.style_bank_offsets, model.style_bank_tones
+    return z, temperature * (offsets[picks] - offsets.mean(0)), temperature * (tones[picks] - tones.mean(0))
+
+
+def toned_spectral_features(mix: Tensor, gain_db: Tensor, sample_rate: float) -> dict[str, Tensor]:
+    """Centroid, bandwidth, flatness and roll-off ``{name: (1,)}`` of the stereo mix ``(1, 2, samples)`` heard
+    through the EQ curve ``gain_db`` ``(bands,)`` (dB at :data:`TONE_CENTRES_HZ`, linear in log frequency
+    between them, flat beyond): where a tonal offset takes that mix, in the measured features."""
+    mag = _mid_magnitude(mix)
+    freqs = _freqs(sample_rate, mag).double().numpy()
+    curve = np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ),
+                      gain_db.double().numpy())
+    mag = mag * torch.from_numpy(10 ** (curve / 20)).to(mag.dtype)[:, None]
+    weight = mag.square().sum(1)
+    return {k: _weighted_mean(v, weight) for k, v in spectral_frames(mag, sample_rate).items()}
 
 
 LOG_FEATURES = ("centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz")
@@ -88,25 +102,27 @@ def style_from_coordinates(c: Tensor) -> dict[str, Tensor]:
 
 
 def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Tensor]], sample_rate: int) -> None:
-    """Fill ``model.style_bank`` and ``style_bank_offsets`` from windows of human-mixed songs ``[(tracks, mix)]``
-    (tracks: per track ``(channels, samples)``; mix ``(2, samples)``): per window q(z | mix)'s mean, and how
-    the human mix's style differs from the model's own mix of those tracks (:func:`style_coordinates`).
-    Silent windows are left out."""
-    zs, offsets = [], []
+    """Fill ``model.style_bank``, ``style_bank_offsets`` and ``style_bank_tones`` from windows of human-mixed
+    songs ``[(tracks, mix)]`` (tracks: per track ``(channels, samples)``; mix ``(2, samples)``): per window
+    q(z | mix)'s mean, and how the human mix differs from the model's own mix of those tracks in style
+    (:func:`style_coordinates`) and in tonal balance (:func:`tonal_balance`, dB). Silent windows are left out."""
+    zs, offsets, tones = [], [], []
     with torch.no_grad():
         for tracks, mix in windows:
             if not mix.abs().max() > 0 or not any(t.abs().max() > 0 for t in tracks):
                 continue
             analysis = analyse(model, tracks, sample_rate)
             whole = song_excerpt(tracks, analysis, sample_rate, seconds=None, preroll_s=0.0)
-            own = _excerpt_style(model, whole, model.decide(analysis.embeddings), sample_rate)
-            human = style_coordinates(style_features(mix[None].double(), sample_rate))[0].float()
+            own = _excerpt_mix(model, whole, model.decide(analysis.embeddings), sample_rate)
+            human = mix[None].double()
             zs.append(model.encode_style(mix[None], sample_rate=sample_rate)[0][0])
-            offsets.append(human - own)
+            offsets.append((style_coordinates(style_features(human, sample_rate)) - _coordinates(own, sample_rate))[0].float())
+            tones.append((tonal_balance(human, sample_rate) - tonal_balance(own.double(), sample_rate))[0].float())
     if not zs:
         raise GradmixError("no human-mixed window to build a style bank from (all silent)")
     model.style_bank = torch.stack(zs)
     model.style_bank_offsets = torch.stack(offsets)
+    model.style_bank_tones = torch.stack(tones)
 
 
 def _render(setting: ConsoleSetting, audio: list[Tensor]) -> Tensor:
@@ -266,12 +282,16 @@ def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, s
     return Excerpt(torch.stack(parts), mono, pre)
 
 
-def _excerpt_style(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
-    """``(features,)`` :func:`style_coordinates` of the excerpt mixed with ``controls`` (batch of one)."""
+def _excerpt_mix(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
+    """``(1, 2, samples)``: the excerpt mixed with ``controls`` (batch of one), its chunks joined."""
     with torch.no_grad():
         est, _ = model.layout.render_normalized(excerpt.x, controls.expand(excerpt.x.shape[0]),
                                                 sample_rate=sample_rate, mono=excerpt.mono)
-        return style_coordinates(style_features(_joined(est, excerpt), sample_rate))[0].float()
+        return _joined(est, excerpt)
+
+
+def _coordinates(mix: Tensor, sample_rate: int) -> Tensor:
+    return style_coordinates(style_features(mix, sample_rate)).float()
 
 
 def _joined(est: Tensor, excerpt: Excerpt) -> Tensor:
@@ -340,16 +360,21 @@ def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, te
     then ``refine_steps`` steps on the mix section towards the style's features (0: the controller alone).
     ``skip``: leave out the first draws (the studio's next sample continues the same sequence)."""
     model, sr = song.model, song.sample_rate
-    zs, offsets = (v[skip:] for v in draw_styles(model, n + skip, seed=seed, temperature=temperature))
+    zs, offsets, tones = (v[skip:] for v in draw_styles(model, n + skip, seed=seed, temperature=temperature))
     excerpt = song_excerpt(song.audio, analysis, sr) if refine_steps > 0 else None
     if excerpt is not None:  # each style is an offset from the automatic mix's own
-        own = _excerpt_style(model, excerpt, model.decide(analysis.embeddings), sr)
+        own_mix = _excerpt_mix(model, excerpt, model.decide(analysis.embeddings), sr)
+        own = _coordinates(own_mix, sr)[0]
     out = []
-    for i, (z, offset) in enumerate(zip(show_progress(list(zs), "sampling mixes", progress), offsets), start=skip):
+    for i, (z, offset, tone) in enumerate(zip(show_progress(list(zs), "sampling mixes", progress), offsets, tones),
+                                          start=skip):
         with torch.no_grad():
             controls = model.decide(analysis.embeddings, None, z[None])
         if excerpt is not None:
             target = {k: v[None].to(excerpt.x.dtype) for k, v in style_from_coordinates(own + offset).items()}
+            # spectral features move as the human's EQ difference would move this song's, not by a ratio: a
+            # third brighter is a small boost on a bright song and a huge one on a dark song
+            target.update({k: v.to(excerpt.x.dtype) for k, v in toned_spectral_features(own_mix, tone, sr).items()})
             controls = refine_controls(model, excerpt, _nudge_pans(model, controls, seed * 100003 + i), target, sr,
                                        steps=refine_steps, lr=SAMPLE_REFINE_LR, mix_section_only=True, balanced=True)
         out.append(setting_from_controls(model, controls, analysis, song.names, song.files, sr))

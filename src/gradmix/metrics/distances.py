@@ -130,6 +130,24 @@ def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     return {k: feats[k] for k in STYLE_FEATURES}
 
 
+TONE_CENTRES_HZ = tuple(31.25 * 2.0 ** k for k in range(10))
+"""Centres of the octave bands of a mix's tonal balance (31.25 Hz to 16 kHz)."""
+TONE_FLOOR_DB = -60.0
+"""Lowest band share (dB) of :func:`tonal_balance`: an empty band is not infinitely far from a quiet one."""
+
+
+def tonal_balance(x: Tensor, sample_rate: float) -> Tensor:
+    """``(batch, bands)`` dB: each octave band's share of the energy of stereo mixes ``(batch, 2, samples)``
+    (mid signal; bands centred on :data:`TONE_CENTRES_HZ`, the outer ones reaching 0 Hz and Nyquist). A tonal
+    offset between two mixes is the EQ curve that turns one's balance into the other's."""
+    power = F._mid_magnitude(x).square().sum(-1)
+    freqs = F._freqs(sample_rate, power)
+    edges = [0.0, *(c * math.sqrt(2) for c in TONE_CENTRES_HZ[:-1]), math.inf]
+    bands = torch.stack([power[:, (freqs >= lo) & (freqs < hi)].sum(1) for lo, hi in zip(edges[:-1], edges[1:])], -1)
+    share = bands / power.sum(1, keepdim=True).clamp_min(1e-20)
+    return (10 * torch.log10(share.clamp_min(1e-20))).clamp_min(TONE_FLOOR_DB)
+
+
 def style_distance(estimate: Tensor | dict[str, Tensor], reference: Tensor | dict[str, Tensor],
                    sample_rate: float) -> Tensor:
     """Distance in mix style between stereo mixes of *any* content and length ``(batch, 2, samples)`` (or their

@@ -51,7 +51,7 @@ def load_model(path: str | os.PathLike | None = None) -> tuple[MixController, di
                            f"is not supported by this gradmix")
     model = MixController(Layout.default(), ModelConfig.from_dict(blob["config"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
-    for name in ("style_bank", "style_bank_offsets"):  # sized by the file; absent from older files
+    for name in ("style_bank", "style_bank_offsets", "style_bank_tones"):  # sized by the file; absent from older files
         if hasattr(model, name):
             setattr(model, name, state.setdefault(name, getattr(model, name)))
     model.load_state_dict(state)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from gradmix.console import Controls, Layout
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
-from gradmix.metrics.distances import STYLE_FEATURES
+from gradmix.metrics.distances import STYLE_FEATURES, TONE_CENTRES_HZ
 
 TRACK_LUFS = -28.0
 """Every track is brought to this loudness before the network listens and the console renders it."""
@@ -160,6 +160,9 @@ class MixController(nn.Module):
             self.register_buffer("style_bank_offsets", torch.zeros(0, len(STYLE_FEATURES)))
             """``(windows, features)``: how each window's human mix differs in style from the model's own mix of
             its tracks (:func:`gradmix.generate.style_coordinates`)."""
+            self.register_buffer("style_bank_tones", torch.zeros(0, len(TONE_CENTRES_HZ)))
+            """``(windows, bands)`` dB: how each window's human mix differs from the model's own mix of its
+            tracks in tonal balance (:func:`gradmix.generate.tonal_balance`)."""
             if self.cfg.style_direct:
                 self.style_strip = nn.Linear(self.cfg.style_dim, layout.num_strip_params + self.sends, bias=False)
                 self.style_master = nn.Linear(self.cfg.style_dim, layout.num_bus_params + layout.num_master_params,
