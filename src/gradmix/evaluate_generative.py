@@ -8,8 +8,9 @@ On every chosen song (its first ``seconds``):
   segment, standardised over every vector of the run), divided by the mean pairwise distance between the
   human mixes of different songs (their segment averages).
 - **plausibility**: the share of samples whose aggregate feature error against the song's human mix is below
-  the mean error of ``n`` random consoles on that song; and the Fréchet distance of the set of samples to
-  the set of human mixes beside that of the random consoles.
+  the mean error of ``n`` random consoles on that song; the share of (sample, random console) pairs of a song
+  in which the sample is the closer, over all samples and for the worst one; and the Fréchet distance of the
+  set of samples to the set of human mixes beside that of the random consoles.
 - **match**: the reference is the human mix of the next song in the list (other content); the style distance
   of ``match`` (with ``refine_steps`` steps, and with none: the style encoder and decoder alone) to the
   reference over that of the equal-loudness mix.
@@ -98,7 +99,8 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         randoms = [render(baseline("random_console", names, files, tracks, sr, seed=seed + k)) for k in range(n)]
         sample_vecs[song.name] = np.stack([_vectors(m, sr) for m in samples])  # (n, segments, features)
         random_vecs[song.name] = np.stack([_vectors(m, sr) for m in randoms])
-        random_mean = float(np.mean([score(m) for m in randoms]))
+        random_scores = [score(m) for m in randoms]
+        random_mean = float(np.mean(random_scores))
         sample_scores = [score(m) for m in samples]
         ref = examples[(i + 1) % len(examples)].mix
         equal = render(baseline("equal_loudness", names, files, tracks, sr))
@@ -109,7 +111,8 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         d = {k: float(style_distance(m[None], ref[None], sr)) for k, m in
              (("equal_loudness", equal), ("match", matched), ("match_refined", refined))}
         rows.append({"song": song.name, "reference": found[(i + 1) % len(found)].name,
-                     "sample_scores": sample_scores, "random_mean_score": random_mean,
+                     "sample_scores": sample_scores, "random_scores": random_scores, "random_mean_score": random_mean,
+                     "sample_win_rates": [float(np.mean([s < r for r in random_scores])) for s in sample_scores],
                      "plausible_share": float(np.mean([s < random_mean for s in sample_scores])), "style": d})
     flat = {k: v.reshape(-1, v.shape[-1]) for k, v in sample_vecs.items()}
     flat_random = {k: v.reshape(-1, v.shape[-1]) for k, v in random_vecs.items()}
@@ -127,6 +130,8 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         "songs": [r["song"] for r in rows], "n": n, "seconds": seconds, "temperature": temperature,
         "diversity_ratio": within / max(between_human, 1e-12),
         "plausible_share": float(np.mean([r["plausible_share"] for r in rows])),
+        "win_rate": float(np.mean([w for r in rows for w in r["sample_win_rates"]])),
+        "worst_win_rate": float(min(w for r in rows for w in r["sample_win_rates"])),
         "frechet_samples": frechet_distance(z(np.concatenate(list(flat.values()))), all_human),
         "frechet_random": frechet_distance(z(np.concatenate(list(flat_random.values()))), all_human),
         "match_ratio": float(np.mean([r["style"]["match"] / r["style"]["equal_loudness"] for r in rows])),
@@ -150,6 +155,8 @@ def generative_table(s: dict[str, Any]) -> str:
              f"| diversity: mean pairwise distance of samples / between human mixes | {s['diversity_ratio']:.2f} | >= 0.5 |",
              f"| plausible: share of samples closer to the human mix than the random consoles' mean | "
              f"{s['plausible_share']:.2f} | 1.0 |",
+             f"| share of (sample, random console) pairs in which the sample is closer to the human mix: all samples "
+             f"(the worst sample) | {s['win_rate']:.2f} ({s['worst_win_rate']:.2f}) | |",
              f"| Fréchet distance to the human mixes: samples | {s['frechet_samples']:.2f} | below random |",
              f"| Fréchet distance to the human mixes: random consoles | {s['frechet_random']:.2f} | |",
              f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal "
