@@ -478,3 +478,14 @@ def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, ca
     vectors = np.load(out / "vectors.npz")
     assert vectors["samples/song0"].shape[0] == 3 and vectors["samples/song0"].shape[-1] == len(vectors["features"])
     assert vectors["human/song1"].shape[-1] == len(vectors["features"])
+
+
+def test_the_shipped_model_samples_out_of_the_box(tmp_path):
+    from gradmix.models.checkpoint import load_model
+
+    model = load_model()[0]
+    assert len(model.style_bank) == len(model.style_bank_offsets) == len(model.style_bank_tones) > 50
+    stems = make_stems(tmp_path / "stems", n=2, seconds=2.0)
+    assert main(["sample", str(stems), "-n", "2", "--refine", "2", "-o", str(tmp_path / "s")]) == 0
+    a, b = (sf.read(tmp_path / "s" / f"mix_0{k}.wav")[0] for k in (1, 2))
+    assert np.isfinite(a).all() and np.abs(a - b).max() > 1e-3
