@@ -116,7 +116,7 @@ def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Ten
             own = _excerpt_mix(model, whole, model.decide(analysis.embeddings), sample_rate)
             human = mix[None].double()
             zs.append(model.encode_style(mix[None], sample_rate=sample_rate)[0][0])
-            offsets.append((style_coordinates(style_features(human, sample_rate)) - _coordinates(own, sample_rate))[0].float())
+            offsets.append((_coordinates(human, sample_rate) - _coordinates(own, sample_rate))[0])
             tones.append((tonal_balance(human, sample_rate) - tonal_balance(own.double(), sample_rate))[0].float())
     if not zs:
         raise GradmixError("no human-mixed window to build a style bank from (all silent)")

@@ -162,7 +162,7 @@ class MixController(nn.Module):
             its tracks (:func:`gradmix.generate.style_coordinates`)."""
             self.register_buffer("style_bank_tones", torch.zeros(0, len(TONE_CENTRES_HZ)))
             """``(windows, bands)`` dB: how each window's human mix differs from the model's own mix of its
-            tracks in tonal balance (:func:`gradmix.generate.tonal_balance`)."""
+            tracks in tonal balance (:func:`gradmix.metrics.distances.tonal_balance`)."""
             if self.cfg.style_direct:
                 self.style_strip = nn.Linear(self.cfg.style_dim, layout.num_strip_params + self.sends, bias=False)
                 self.style_master = nn.Linear(self.cfg.style_dim, layout.num_bus_params + layout.num_master_params,
