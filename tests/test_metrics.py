@@ -29,6 +29,37 @@ def test_centroid_of_a_sine_is_its_frequency(freq):
     assert f["flatness"].item() < 0.01
 
 
+def test_rolloff_is_its_bin_s_frequency_with_the_interpolated_crossing_s_gradient():
+    from gradmix.metrics.features import spectral_frames
+
+    mag = torch.rand(1, 1025, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mag[:, 300:] *= 0.01  # most of the power below 6.5 kHz
+    mag.requires_grad_()
+    rolloff = spectral_frames(mag, SR)["rolloff_hz"]
+    freqs = np.fft.rfftfreq(2048, 1 / SR)
+    m = mag.detach()[0, :, 0].numpy()
+
+    def crossing(m):  # where the cumulative power reaches 85 %, linear within the bin
+        c = np.cumsum(m ** 2)
+        k = int(np.argmax(c >= 0.85 * c[-1]))
+        return k, freqs[k] - (c[k] - 0.85 * c[-1]) / m[k] ** 2 * (freqs[1] - freqs[0])
+
+    k, _ = crossing(m)
+    assert rolloff[0, 0].item() == freqs[k]  # the measure is unchanged: the bin's frequency
+    rolloff[0, 0].backward()
+    grad = mag.grad[0, :, 0].numpy()
+    assert np.all(mag.grad[0, :, 1].numpy() == 0)  # frames are independent
+    for j in (3, k - 5, k, k + 1, k + 40, 1000):
+        h = 1e-6 * m[j]
+        up, down = m.copy(), m.copy()
+        up[j] += h
+        down[j] -= h
+        assert crossing(up)[0] == crossing(down)[0] == k  # the bin does not change within the step
+        numeric = (crossing(up)[1] - crossing(down)[1]) / (2 * h)
+        assert grad[j] == pytest.approx(numeric, rel=1e-4, abs=1e-6)
+    assert grad[:k].max() < 0 < grad[k + 1:].min()  # power below the crossing lowers it, above raises it
+
+
 def test_white_noise_is_flat_and_wide():
     x = torch.randn(1, 2, 2 * SR, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     f = spectral_features(x, SR)

@@ -71,12 +71,24 @@ def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
     f = freqs[:, None]
     total = mag.sum(1).clamp_min(EPS)
     centroid = (f * mag).sum(1) / total
-    cumulative = power.cumsum(1)
-    rolloff_bin = (cumulative < 0.85 * cumulative[:, -1:]).sum(1).clamp(max=mag.shape[1] - 1)
     return {"centroid_hz": centroid,
             "bandwidth_hz": torch.sqrt((((f - centroid[:, None]).square() * mag).sum(1) / total).clamp_min(EPS)),
             "flatness": torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS),
-            "rolloff_hz": freqs[rolloff_bin]}
+            "rolloff_hz": _rolloff(power, freqs)}
+
+
+def _rolloff(power: Tensor, freqs: Tensor, share: float = 0.85) -> Tensor:
+    """``(batch, frames)`` frequency of the first bin at which the cumulative power of ``power`` ``(batch, bins,
+    frames)`` reaches ``share`` of the frame's total. The value is that bin's; the gradient is that of the
+    crossing point interpolated within the bin (a bin index alone passes none): as much power added below the
+    crossing as the bin holds moves it down by one bin width."""
+    cumulative = power.cumsum(1)
+    level = share * cumulative[:, -1:]
+    k = (cumulative < level).sum(1, keepdim=True).clamp(max=power.shape[1] - 1)
+    width = freqs[1] - freqs[0]
+    inside = power.gather(1, k).clamp_min(EPS)
+    crossing = -(cumulative.gather(1, k) - level) / inside * width  # from the bin's frequency, in (-width, 0]
+    return (freqs[k] + crossing - crossing.detach())[:, 0]
 
 
 def spectral_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
