@@ -385,6 +385,43 @@ def test_delay_search_finds_the_echo_time_to_the_sample():
     assert error() < 0.02 * before
 
 
+def test_delay_search_finds_the_echo_of_a_track_the_bus_does_not_hear_yet():
+    from gradmix.fit import _search_delay, _solve_levels
+
+    model = MixController(Layout.default(), ModelConfig(**TINY))
+    layout = model.layout
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 2, 2, 2 * SR, generator=g) * 0.1
+    mono = torch.zeros(1, 2, dtype=torch.bool)
+    truth = layout.random_controls(1, 2, g)
+    d = layout.bus_names.index("delay")
+    truth.sends[0, :, d] = torch.tensor([0.0, 0.9])  # only the second track is echoed
+    delay = next(i for i, (name, _) in enumerate(layout.buses) if name == "delay")
+    j = layout.bus_control_index(delay, 0, "time_ms")
+    with torch.no_grad():
+        ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
+        true_params = layout.denormalize(truth)
+    start = Controls(truth.strip, truth.sends.clone(), truth.buses.clone(), truth.master)
+    start.sends[0, :, d] = torch.tensor([0.9, 0.0])  # the bus hears the wrong track
+    start.buses[0, j] = 0.2 if truth.buses[0, j] > 0.5 else 0.8
+    logits = start.logits()
+
+    def error():
+        with torch.no_grad():
+            est = layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
+            return float((est - ref).square().sum())
+
+    before = error()
+    assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]
+    with torch.no_grad():
+        found = layout.denormalize(Controls.from_logits(logits))
+    assert abs(float(found.buses[delay][0]["time_ms"][0] - true_params.buses[delay][0]["time_ms"][0])) * SR / 1000 < 0.5
+    sends = found.sends_db[0, :, d]  # dB; their levels are the level move's to set (the master scales them)
+    assert float(sends[1]) > float(sends[0]) + 6  # the echoed track is heard on the bus, the other far less
+    _solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends' levels by least squares
+    assert error() < 0.5 * before
+
+
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     from gradmix.example import example_multitrack
     from gradmix.fit import _solve_levels

@@ -25,7 +25,7 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
-FIT_MOVES = ((0.0, "levels"), (0.4, "delay"), (0.4, "levels"), (0.7, "levels"))
+FIT_MOVES = ((0.0, "levels"), (0.4, "delay"), (0.4, "levels"), (0.7, "delay"), (0.7, "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -130,9 +130,15 @@ def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tens
 
 def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
                   sample_rate: int) -> dict[int, float]:
-    """Set the delay bus's time (to a fraction of a sample) and feedback in ``logits`` (in place) where the
-    whole song's waveform error is least: time candidates are the peaks of the cross-correlation between the
-    target minus the console's output without the delay bus and the delay bus's input.
+    """Set the delay bus's time (to a fraction of a sample), the sends to it and its feedback in ``logits`` (in
+    place) where the whole song's waveform error is least.
+
+    Time candidates are the peaks of two cross-correlations with what the console leaves unexplained without
+    its delay bus (the target minus that output): with the delay bus's current input, and, track by track, with
+    each strip's output, scored by the energy that each track's delayed copy would explain at its best level
+    (``sum_i xc_i(lag)^2 / |y_i|^2``), so that a lag is found even while the sends to the bus are wrong. A
+    candidate of the second kind comes with those levels as its sends. Each candidate is judged by the whole
+    song's error on the console; then the feedback on a grid.
 
     Returns:
         ``{index in the bus controls: logit}`` of the delay time when the search moved it (to be held: its
@@ -152,53 +158,74 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
         dry = strips.sum(1)
-        del strips
 
         def set_values(target: list[Tensor], values: dict[str, float]) -> None:
             for name, value in values.items():
                 j, spec = specs[name]
                 target[2][0, j] = float(_to_logit(spec, torch.tensor(value, dtype=torch.float64)))
 
-        def output(values: dict[str, float], mute: bool = False) -> Tensor:
+        def output(values: dict[str, float], sends_db: Tensor | None = None, mute: bool = False) -> Tensor:
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
-            inputs = [None if (mute and b == k) else y for b, y in enumerate(buses_in)]
+            inputs = list(buses_in)
+            if mute:
+                inputs[k] = None
+            elif sends_db is not None:
+                inputs[k] = torch.einsum("bnct,n->bct", strips, torch.pow(10.0, sends_db / 20))
             trial_params = layout.denormalize(Controls.from_logits(trial))
             return finish(layout, dry, inputs, trial_params, sample_rate=sample_rate)[0]
 
-        def error(values: dict[str, float]) -> float:
-            return float((output(values) - ref).square().sum())
+        def error(values: dict[str, float], sends_db: Tensor | None = None) -> float:
+            return float((output(values, sends_db) - ref).square().sum())
 
         current = {name: float(params.buses[k][i][name][0]) for name in ("time_ms", "feedback")}
-        start_time = current["time_ms"]
+        start_time, sends = current["time_ms"], None
         best_err = error(current)
-        unexplained = (ref - output(current, mute=True)).mean(0)
-        send = buses_in[k][0].mean(0)
-        size = 1 << (2 * unexplained.shape[-1] - 1).bit_length()
-        xc = torch.fft.irfft(torch.fft.rfft(unexplained, size) * torch.fft.rfft(send, size).conj(), size)
+        span = min(ref.shape[-1], int(DELAY_SEARCH_S * sample_rate))
+        unexplained = (ref - output(current, mute=True)).mean(0)[:span]
+        tracks = strips[0, :, :, :span].mean(1)  # (N, span)
+        size = 1 << (2 * span - 1).bit_length()
+        spectrum = torch.fft.rfft(unexplained, size)
+        on_bus = torch.fft.irfft(spectrum * torch.fft.rfft(buses_in[k][0, :, :span].mean(0), size).conj(), size)
+        per_track = torch.fft.irfft(spectrum * torch.fft.rfft(tracks, size).conj(), size)  # (N, size)
+        energy = tracks.square().sum(-1).clamp_min(1e-12)
+        explained = (per_track.square() / energy[:, None]).sum(0)
         spec = specs["time_ms"][1]
-        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), unexplained.shape[-1] - 1)
+        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), span - 2)
         if hi <= lo:
             return {}
-        window = xc[lo: hi + 1].abs()
-        peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
-                           min(8, window.numel())).indices
-        for lag in (peaks + lo).tolist():
-            a, b, c = (float(xc[lag + d]) for d in (-1, 0, 1))
-            bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
-            frac = 0.5 * (a - c) / bend if bend != 0 else 0.0
-            trial = {**current, "time_ms": (lag + max(-0.5, min(0.5, frac))) * 1000.0 / sample_rate}
-            e = error(trial)
+        send_spec_db = torch.tensor([SEND_SPEC.min, SEND_SPEC.max])
+        candidates = []
+        for curve, levels in ((on_bus.abs(), False), (explained, True)):
+            window = curve[lo: hi + 1]
+            peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
+                               min(16 if levels else 8, window.numel())).indices + lo
+            for lag in peaks.tolist():
+                a, b, c = (float(curve[lag + d]) for d in (-1, 0, 1))
+                bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
+                frac = max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
+                level = (per_track[:, lag] / energy).clamp_min(1e-6) if levels else None
+                db = None if level is None else (20 * torch.log10(level)).clamp(*send_spec_db).to(strips.dtype)
+                candidates.append(((lag + frac) * 1000.0 / sample_rate, db))
+        for time_ms, db in candidates:
+            trial = {**current, "time_ms": time_ms}
+            e = error(trial, db)
             if e < best_err:
-                best_err, current = e, trial
+                best_err, current, sends = e, trial, db
         for fb in torch.linspace(specs["feedback"][1].min, specs["feedback"][1].max, 19).tolist():
             trial = {**current, "feedback": fb}
-            e = error(trial)
+            e = error(trial, sends)
             if e < best_err:
                 best_err, current = e, trial
         set_values([v.data for v in logits], current)
+        if sends is not None:
+            logits[1].data[0, :, k] = _to_logit(SEND_SPEC, sends)
     j = specs["time_ms"][0]
     return {j: float(logits[2][0, j].detach())} if current["time_ms"] != start_time else {}
+
+
+DELAY_SEARCH_S = 30.0
+"""Seconds of the song (from its start) whose cross-correlations give :func:`_search_delay` its candidates."""
 
 
 def _spectral_loss():
