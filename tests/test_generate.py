@@ -354,72 +354,64 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
                  "--model", str(style_model)]) == 2
 
 
-def test_delay_search_finds_the_echo_time_to_the_sample():
-    from gradmix.fit import _search_delay
-
+def delay_case(seed: int, true_sends: list[float], start_sends: list[float] | None = None):
+    """Two noise tracks through a random console whose delay bus hears them at ``true_sends`` (0..1 controls);
+    the start: the same console with the delay time moved far off (and the sends to the delay at
+    ``start_sends``). Returns the model, tracks, mono flags, target, the true console, the start's logits, the
+    delay bus's index and the time's index in the bus controls."""
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 2, 2, 2 * SR, generator=g) * 0.1
     mono = torch.zeros(1, 2, dtype=torch.bool)
     truth = layout.random_controls(1, 2, g)
-    truth.sends[..., layout.bus_names.index("delay")] = 0.9
-    delay = next(i for i, (name, _) in enumerate(layout.buses) if name == "delay")
+    delay = layout.bus_names.index("delay")
+    truth.sends[0, :, delay] = torch.tensor(true_sends)
     j = layout.bus_control_index(delay, 0, "time_ms")
     with torch.no_grad():
         ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
-        true_ms = float(layout.denormalize(truth).buses[delay][0]["time_ms"][0])
-    logits = truth.logits()
+    start = Controls(truth.strip, truth.sends.clone(), truth.buses.clone(), truth.master)
+    if start_sends is not None:
+        start.sends[0, :, delay] = torch.tensor(start_sends)
+    start.buses[0, j] = 0.2 if truth.buses[0, j] > 0.5 else 0.8
+    return model, x, mono, ref, truth, start.logits(), delay, j
+
+
+def render_error(model, x, mono, logits, ref) -> float:
+    """Sum of squares of the console's render with ``logits`` minus ``ref``."""
     with torch.no_grad():
-        logits[2][0, j] = float(torch.logit(torch.tensor(0.2 if truth.buses[0, j] > 0.5 else 0.8)))
+        est = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
+        return float((est - ref).square().sum())
 
-    def error():
-        with torch.no_grad():
-            return float((layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0] - ref).square().sum())
 
-    before = error()
+def test_delay_search_finds_the_echo_time_to_the_sample():
+    from gradmix.fit import _search_delay
+
+    model, x, mono, ref, truth, logits, delay, j = delay_case(0, [0.9, 0.9])
+    true_ms = float(model.layout.denormalize(truth).buses[delay][0]["time_ms"][0])
+    before = render_error(model, x, mono, logits, ref)
     assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]  # the found time is to be held
     with torch.no_grad():
-        found = float(layout.denormalize(Controls.from_logits(logits)).buses[delay][0]["time_ms"][0])
+        found = float(model.layout.denormalize(Controls.from_logits(logits)).buses[delay][0]["time_ms"][0])
     assert abs(found - true_ms) * SR / 1000 < 0.2  # samples: the parabola through the peak finds the fraction
-    assert error() < 0.02 * before
+    assert render_error(model, x, mono, logits, ref) < 0.02 * before
 
 
 def test_delay_search_finds_the_echo_of_a_track_the_bus_does_not_hear_yet():
     from gradmix.fit import _search_delay, _solve_levels
 
-    model = MixController(Layout.default(), ModelConfig(**TINY))
-    layout = model.layout
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 2, 2, 2 * SR, generator=g) * 0.1
-    mono = torch.zeros(1, 2, dtype=torch.bool)
-    truth = layout.random_controls(1, 2, g)
-    d = layout.bus_names.index("delay")
-    truth.sends[0, :, d] = torch.tensor([0.0, 0.9])  # only the second track is echoed
-    delay = next(i for i, (name, _) in enumerate(layout.buses) if name == "delay")
-    j = layout.bus_control_index(delay, 0, "time_ms")
-    with torch.no_grad():
-        ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
-        true_params = layout.denormalize(truth)
-    start = Controls(truth.strip, truth.sends.clone(), truth.buses.clone(), truth.master)
-    start.sends[0, :, d] = torch.tensor([0.9, 0.0])  # the bus hears the wrong track
-    start.buses[0, j] = 0.2 if truth.buses[0, j] > 0.5 else 0.8
-    logits = start.logits()
-
-    def error():
-        with torch.no_grad():
-            est = layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
-            return float((est - ref).square().sum())
-
-    before = error()
+    # only the second track is echoed; the bus hears the wrong track at the start
+    model, x, mono, ref, truth, logits, delay, j = delay_case(1, [0.0, 0.9], start_sends=[0.9, 0.0])
+    true_params = model.layout.denormalize(truth)
+    before = render_error(model, x, mono, logits, ref)
     assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]
     with torch.no_grad():
-        found = layout.denormalize(Controls.from_logits(logits))
+        found = model.layout.denormalize(Controls.from_logits(logits))
     assert abs(float(found.buses[delay][0]["time_ms"][0] - true_params.buses[delay][0]["time_ms"][0])) * SR / 1000 < 0.5
-    sends = found.sends_db[0, :, d]  # dB; their levels are the level move's to set (the master scales them)
+    sends = found.sends_db[0, :, delay]  # dB; their levels are the level move's to set (the master scales them)
     assert float(sends[1]) > float(sends[0]) + 6  # the echoed track is heard on the bus, the other far less
     _solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends' levels by least squares
-    assert error() < 0.5 * before
+    assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():

@@ -194,7 +194,6 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), span - 2)
         if hi <= lo:
             return {}
-        send_spec_db = torch.tensor([SEND_SPEC.min, SEND_SPEC.max])
         candidates = []
         for curve, levels in ((on_bus.abs(), False), (explained, True)):
             window = curve[lo: hi + 1]
@@ -204,8 +203,8 @@ def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
                 a, b, c = (float(curve[lag + d]) for d in (-1, 0, 1))
                 bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
                 frac = max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
-                level = (per_track[:, lag] / energy).clamp_min(1e-6) if levels else None
-                db = None if level is None else (20 * torch.log10(level)).clamp(*send_spec_db).to(strips.dtype)
+                db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
+                    SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
                 candidates.append(((lag + frac) * 1000.0 / sample_rate, db))
         for time_ms, db in candidates:
             trial = {**current, "time_ms": time_ms}

@@ -80,8 +80,8 @@ def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
 def _rolloff(power: Tensor, freqs: Tensor, share: float = 0.85) -> Tensor:
     """``(batch, frames)`` frequency of the first bin at which the cumulative power of ``power`` ``(batch, bins,
     frames)`` reaches ``share`` of the frame's total. The value is that bin's; the gradient is that of the
-    crossing point interpolated within the bin (a bin index alone passes none): as much power added below the
-    crossing as the bin holds moves it down by one bin width."""
+    crossing point interpolated within the bin (a bin index alone passes none): moving as much power as the bin
+    holds from above the crossing to below it moves the crossing down by one bin width."""
     cumulative = power.cumsum(1)
     level = share * cumulative[:, -1:]
     k = (cumulative < level).sum(1, keepdim=True).clamp(max=power.shape[1] - 1)
