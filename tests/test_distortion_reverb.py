@@ -120,6 +120,17 @@ def test_reverb_impulse_response_decays_per_band():
         assert abs(rt60 - decay[0, k].item()) / decay[0, k].item() < 0.15, (k, rt60)
 
 
+def test_reverb_impulse_response_moves_smoothly_with_the_decay():
+    """Across a step of the IR's length (1/8 s) the room stays the same: a small change of the decay times
+    is a small change of the response, so their gradients lead somewhere."""
+    sr = 8000.0
+    short, long = (reverb_impulse_response(sample_rate=sr, decay_s=torch.full((1, 4), d, dtype=torch.float64),
+                                           channels=2)[0] for d in (1.24, 1.26))  # 1.25 s and 1.375 s long
+    assert short.shape[-1] < long.shape[-1]
+    short = torch.nn.functional.pad(short, (0, long.shape[-1] - short.shape[-1]))
+    assert ((short - long).square().sum() / long.square().sum()).item() < 1e-3
+
+
 def test_reverb_predelay_mix_and_identity():
     sr = 8000.0
     x = torch.zeros(1, 2, 4000, dtype=torch.float64)

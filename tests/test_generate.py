@@ -354,27 +354,29 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
                  "--model", str(style_model)]) == 2
 
 
-def delay_case(seed: int, true_sends: list[float], start_sends: list[float] | None = None):
-    """Two noise tracks through a random console whose delay bus hears them at ``true_sends`` (0..1 controls);
-    the start: the same console with the delay time moved far off (and the sends to the delay at
-    ``start_sends``). Returns the model, tracks, mono flags, target, the true console, the start's logits, the
-    delay bus's index and the time's index in the bus controls."""
+def time_case(effect: str, seed: int, true_sends: list[float], start_sends: list[float] | None = None):
+    """Two noise tracks through a random console whose ``effect`` bus (delay or reverb) hears them at
+    ``true_sends`` (0..1 controls); the start: the same console with the bus's time (delay time, pre-delay)
+    moved far off (and the sends to the bus at ``start_sends``). Returns the model, tracks, mono flags,
+    target, the true console, the start's logits, the bus's index and the time's index in the bus controls."""
+    from gradmix.fit import BUS_TIMES
+
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 2, 2, 2 * SR, generator=g) * 0.1
     mono = torch.zeros(1, 2, dtype=torch.bool)
     truth = layout.random_controls(1, 2, g)
-    delay = layout.bus_names.index("delay")
-    truth.sends[0, :, delay] = torch.tensor(true_sends)
-    j = layout.bus_control_index(delay, 0, "time_ms")
+    bus = layout.bus_names.index(effect)
+    truth.sends[0, :, bus] = torch.tensor(true_sends)
+    j = layout.bus_control_index(bus, 0, BUS_TIMES[effect][0])
     with torch.no_grad():
         ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
     start = Controls(truth.strip, truth.sends.clone(), truth.buses.clone(), truth.master)
     if start_sends is not None:
-        start.sends[0, :, delay] = torch.tensor(start_sends)
+        start.sends[0, :, bus] = torch.tensor(start_sends)
     start.buses[0, j] = 0.2 if truth.buses[0, j] > 0.5 else 0.8
-    return model, x, mono, ref, truth, start.logits(), delay, j
+    return model, x, mono, ref, truth, start.logits(), bus, j
 
 
 def render_error(model, x, mono, logits, ref) -> float:
@@ -384,33 +386,38 @@ def render_error(model, x, mono, logits, ref) -> float:
         return float((est - ref).square().sum())
 
 
-def test_delay_search_finds_the_echo_time_to_the_sample():
-    from gradmix.fit import _search_delay
+def found_time(model, logits, bus: int, effect: str) -> float:
+    from gradmix.fit import BUS_TIMES
 
-    model, x, mono, ref, truth, logits, delay, j = delay_case(0, [0.9, 0.9])
-    true_ms = float(model.layout.denormalize(truth).buses[delay][0]["time_ms"][0])
-    before = render_error(model, x, mono, logits, ref)
-    assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]  # the found time is to be held
     with torch.no_grad():
-        found = float(model.layout.denormalize(Controls.from_logits(logits)).buses[delay][0]["time_ms"][0])
-    assert abs(found - true_ms) * SR / 1000 < 0.2  # samples: the parabola through the peak finds the fraction
+        return float(model.layout.denormalize(Controls.from_logits(logits)).buses[bus][0][BUS_TIMES[effect][0]][0])
+
+
+@pytest.mark.parametrize("effect", ["delay", "reverb"])
+def test_time_search_finds_the_bus_time_to_the_sample(effect):
+    from gradmix.fit import _search_time
+
+    model, x, mono, ref, truth, logits, bus, j = time_case(effect, 0, [0.9, 0.9])
+    true_ms = found_time(model, truth.logits(), bus, effect)
+    before = render_error(model, x, mono, logits, ref)
+    assert _search_time(model, x, mono, logits, ref, SR, effect) == ({j: logits[2][0, j].item()}, True)  # held
+    assert abs(found_time(model, logits, bus, effect) - true_ms) * SR / 1000 < 0.2  # samples: the parabola
     assert render_error(model, x, mono, logits, ref) < 0.02 * before
 
 
-def test_delay_search_finds_the_echo_of_a_track_the_bus_does_not_hear_yet():
-    from gradmix.fit import _search_delay, _solve_levels
+@pytest.mark.parametrize("effect", ["delay", "reverb"])
+def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(effect):
+    from gradmix.fit import _search_time, _solve_levels
 
-    # only the second track is echoed; the bus hears the wrong track at the start
-    model, x, mono, ref, truth, logits, delay, j = delay_case(1, [0.0, 0.9], start_sends=[0.9, 0.0])
-    true_params = model.layout.denormalize(truth)
+    # only the second track is sent to the bus; the bus hears the wrong track at the start
+    model, x, mono, ref, truth, logits, bus, j = time_case(effect, 1, [0.0, 0.9], start_sends=[0.9, 0.0])
     before = render_error(model, x, mono, logits, ref)
-    assert list(_search_delay(model, x, mono, logits, ref, SR)) == [j]
+    assert list(_search_time(model, x, mono, logits, ref, SR, effect)[0]) == [j]
+    assert abs(found_time(model, logits, bus, effect) - found_time(model, truth.logits(), bus, effect)) * SR / 1000 < 0.5
     with torch.no_grad():
-        found = model.layout.denormalize(Controls.from_logits(logits))
-    assert abs(float(found.buses[delay][0]["time_ms"][0] - true_params.buses[delay][0]["time_ms"][0])) * SR / 1000 < 0.5
-    sends = found.sends_db[0, :, delay]  # dB; their levels are the level move's to set (the master scales them)
-    assert float(sends[1]) > float(sends[0]) + 6  # the echoed track is heard on the bus, the other far less
-    _solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends' levels by least squares
+        sends = model.layout.denormalize(Controls.from_logits(logits)).sends_db[0, :, bus]  # dB
+    assert float(sends[1]) > float(sends[0]) + 6  # the right track is heard on the bus, the other far less
+    _solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends by least squares
     assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 

@@ -2,8 +2,9 @@
 
 Gradient descent (Adam) on every control of the console, from the model's guess for the target's style, with
 two closed-form moves where gradients are weak: the track levels, pans and sends by least squares
-(:func:`_solve_levels`: the console is linear in them once the master's dynamics are held), and the delay
-bus's time by the peaks of a cross-correlation (:func:`_search_delay`: the error oscillates with it).
+(:func:`_solve_levels`: the console is linear in them once the master's dynamics are held), and the delay's
+time and the reverb's pre-delay by the peaks of cross-correlations (:func:`_search_time`: the error
+oscillates with them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
-FIT_MOVES = ((0.0, "levels"), (0.4, "delay"), (0.4, "levels"), (0.7, "delay"), (0.7, "levels"))
+FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels"), (0.4, "delay"), (0.4, "reverb"), (0.4, "levels"),
+             (0.7, "delay"), (0.7, "reverb"), (0.7, "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -38,8 +40,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     of warm-up, so that envelopes and tails are in place) and minimises a multi-resolution spectral distance
     plus the log waveform error there (Adam; the learning rate decays over the steps the budget allows,
     cosine). Between the steps, at the shares of the way in :data:`FIT_MOVES`, closed-form moves: every
-    track's level, pan and sends by least squares (:func:`_solve_levels`), and the delay bus's time, which
-    gradients cannot find (the error oscillates with it; :func:`_search_delay`). Every 10 steps the whole song
+    track's level, pan and sends by least squares (:func:`_solve_levels`), and the delay's time and the
+    reverb's pre-delay, which gradients cannot find (the error oscillates with them; :func:`_search_time`;
+    once searched, they are held). After a move Adam's momentum is cleared (it was for the old controls; a
+    new Adam would take a full step on every control at once). Every 10 steps the whole song
     is rendered and the best console so far kept. Stops at ``stop_db`` residual, ``max_steps`` or
     ``budget_s`` seconds.
 
@@ -85,13 +89,14 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
         if steps % FIT_CHECK_EVERY == 0 or steps == max_steps:
             while moves and max((time.perf_counter() - t0) / budget_s, steps / max_steps) >= moves[0][0]:
                 move = moves.pop(0)[1]
-                if move == "delay":
-                    held = _search_delay(model, x, mono, logits, ref, sr)
-                    moved = bool(held)
+                if move in BUS_TIMES:
+                    hold, moved = _search_time(model, x, mono, logits, ref, sr, move)
+                    held.update(hold)
                 else:
                     moved = _solve_levels(model, x, mono, logits, ref, sr)
-                if moved:
-                    opt = torch.optim.Adam(logits, lr=lr)  # its moment estimates were for the old controls
+                if moved:  # the momentum was for the old controls; the gradient scales still hold
+                    for state in opt.state.values():
+                        state["exp_avg"].zero_()
             r = residual_db()
             if r < best_db:
                 best, best_db = [v.detach().clone() for v in logits], r
@@ -128,103 +133,154 @@ def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tens
     return float((est[0] - ref).square().sum())
 
 
-def _search_delay(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
-                  sample_rate: int) -> dict[int, float]:
-    """Set the delay bus's time (to a fraction of a sample), the sends to it and its feedback in ``logits`` (in
-    place) where the whole song's waveform error is least.
+BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_s")}
+"""Bus effects whose time :func:`_search_time` finds: effect -> (its time, the parameter judged on a grid)."""
+SEARCH_S = 30.0
+"""Seconds of the song (from its start) whose cross-correlations give :func:`_search_time` its candidates."""
+JUDGE_S = 5.0
+"""Seconds of the song (from its start) on which :func:`_search_time` judges its candidates."""
 
-    Time candidates are the peaks of two cross-correlations with what the console leaves unexplained without
-    its delay bus (the target minus that output): with the delay bus's current input, and, track by track, with
-    each strip's output, scored by the energy that each track's delayed copy would explain at its best level
-    (``sum_i xc_i(lag)^2 / |y_i|^2``), so that a lag is found even while the sends to the bus are wrong. A
-    candidate of the second kind comes with those levels as its sends. Each candidate is judged by the whole
-    song's error on the console; then the feedback on a grid.
+
+def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
+                 sample_rate: int, effect: str) -> tuple[dict[int, float], bool]:
+    """Set the time of the bus effect ``effect`` (a delay's time, a reverb's pre-delay; to a fraction of a
+    sample), the sends to its bus and the parameter judged on a grid (a delay's feedback, a reverb's decay
+    times, scaled together) in ``logits`` (in place) where the waveform error is least.
+
+    The bus adds, at lag ``time``, what it would add at time 0 (the input for a delay's first echo, the
+    reverberation without pre-delay): time candidates are the peaks of the cross-correlations of that
+    (channel by channel) with what the console leaves unexplained without the bus (the target minus that
+    output). Once of the bus's current input, and once track by track, scored by the energy that each
+    track's copy would explain at its best level (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even
+    while the sends to the bus are wrong; a candidate of this kind comes with those levels as its sends.
+    Each candidate, at a few values of the grid parameter, is judged by the console's error over the first
+    :data:`JUDGE_S` seconds with the bus at its best overall level (the candidates' levels ignore the
+    master's gain); the best one on the full grid; it is kept if the whole song's error falls.
 
     Returns:
-        ``{index in the bus controls: logit}`` of the delay time when the search moved it (to be held: its
-        gradient only sees the nearest ripple of the error), else ``{}``.
+        ``({index in the bus controls: logit}`` of the time, to be held: its gradient only sees the nearest
+        ripple of the error; whether any control moved), or ``({}, False)`` without such a bus.
     """
     layout = model.layout
     found = [(k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain)
-             if s.effect.type_name == "delay"]
+             if s.effect.type_name == effect]
     if not found:
-        return {}
+        return {}, False
     k, i = found[0]
-    specs = {s.name: (layout.bus_control_index(k, i, s.name), s) for s in layout.buses[k][1][i].specs}
-    if "time_ms" not in specs or "feedback" not in specs:
-        return {}
+    slot = layout.buses[k][1][i]
+    time_name, grid_name = BUS_TIMES[effect]
+    names = [s.name for s in slot.specs]
+    if i != 0 or time_name not in names or grid_name not in names:
+        return {}, False
+    columns = {name: layout.bus_control_index(k, i, name) for name in (time_name, grid_name)}
+    time_spec, grid_specs = slot.spec(time_name), [s for s in slot.specs if s.name == grid_name]
     with torch.no_grad():
         params = layout.denormalize(Controls.from_logits(logits))
         strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
         dry = strips.sum(1)
 
-        def set_values(target: list[Tensor], values: dict[str, float]) -> None:
+        def set_values(target: list[Tensor], values: dict[str, Tensor]) -> None:
             for name, value in values.items():
-                j, spec = specs[name]
-                target[2][0, j] = float(_to_logit(spec, torch.tensor(value, dtype=torch.float64)))
+                for band, spec in enumerate(s for s in slot.specs if s.name == name):
+                    target[2][0, columns[name] + band] = _to_logit(spec, value.reshape(-1)[band].double())
 
-        def output(values: dict[str, float], sends_db: Tensor | None = None, mute: bool = False) -> Tensor:
+        def output(values: dict[str, Tensor], sends_db: Tensor | None = None, mute: bool = False,
+                   samples: int | None = None) -> Tensor:  # the first `samples` (every effect is causal)
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
-            inputs = list(buses_in)
+            inputs = [y[..., :samples] for y in buses_in]
             if mute:
                 inputs[k] = None
             elif sends_db is not None:
-                inputs[k] = torch.einsum("bnct,n->bct", strips, torch.pow(10.0, sends_db / 20))
+                inputs[k] = torch.einsum("bnct,n->bct", strips[..., :samples], torch.pow(10.0, sends_db / 20))
             trial_params = layout.denormalize(Controls.from_logits(trial))
-            return finish(layout, dry, inputs, trial_params, sample_rate=sample_rate)[0]
+            return finish(layout, dry[..., :samples], inputs, trial_params, sample_rate=sample_rate)[0]
 
-        def error(values: dict[str, float], sends_db: Tensor | None = None) -> float:
+        def error(values: dict[str, Tensor], sends_db: Tensor | None = None) -> float:
             return float((output(values, sends_db) - ref).square().sum())
 
-        current = {name: float(params.buses[k][i][name][0]) for name in ("time_ms", "feedback")}
-        start_time, sends = current["time_ms"], None
+        def at_time_zero(y: Tensor) -> Tensor:  # (m, 2, t): what the bus adds at lag `time`, moved back to 0
+            if effect == "delay":
+                return y
+            p = {name: v.expand(y.shape[0], *v.shape[1:]) for name, v in params.buses[k][i].items()}
+            return slot.effect(y, {**p, time_name: torch.zeros(y.shape[0], dtype=y.dtype)}, sample_rate=sample_rate)
+
+        current = {name: params.buses[k][i][name][0] for name in (time_name, grid_name)}
+        start, sends = dict(current), None
         best_err = error(current)
-        span = min(ref.shape[-1], int(DELAY_SEARCH_S * sample_rate))
-        unexplained = (ref - output(current, mute=True)).mean(0)[:span]
-        tracks = strips[0, :, :, :span].mean(1)  # (N, span)
+        rest = output(current, mute=True)
+        miss = ref - rest  # what the console leaves unexplained without the bus
+        span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
+        unexplained = miss[:, :span]
+        basis = at_time_zero(strips[0, :, :, :span])  # (N, 2, span)
         size = 1 << (2 * span - 1).bit_length()
         spectrum = torch.fft.rfft(unexplained, size)
-        on_bus = torch.fft.irfft(spectrum * torch.fft.rfft(buses_in[k][0, :, :span].mean(0), size).conj(), size)
-        per_track = torch.fft.irfft(spectrum * torch.fft.rfft(tracks, size).conj(), size)  # (N, size)
-        energy = tracks.square().sum(-1).clamp_min(1e-12)
+
+        def correlate(y: Tensor) -> Tensor:  # (m, 2, span) -> (m, size), summed over the channels
+            return torch.fft.irfft(spectrum * torch.fft.rfft(y, size).conj(), size).sum(-2)
+
+        on_bus = correlate(at_time_zero(buses_in[k][:, :, :span]))[0]
+        per_track = correlate(basis)  # (N, size)
+        energy = basis.square().sum((-2, -1)).clamp_min(1e-12)
         explained = (per_track.square() / energy[:, None]).sum(0)
-        spec = specs["time_ms"][1]
-        lo, hi = int(spec.min * sample_rate / 1000), min(int(spec.max * sample_rate / 1000), span - 2)
+        del basis, spectrum
+        lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
         if hi <= lo:
-            return {}
+            return {}, False
         candidates = []
         for curve, levels in ((on_bus.abs(), False), (explained, True)):
-            window = curve[lo: hi + 1]
+            window = curve[max(lo, 1): hi + 1]
             peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
-                               min(16 if levels else 8, window.numel())).indices + lo
+                               min(16 if levels else 8, window.numel())).indices + max(lo, 1)
             for lag in peaks.tolist():
                 a, b, c = (float(curve[lag + d]) for d in (-1, 0, 1))
                 bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
                 frac = max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
                 db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
                     SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
-                candidates.append(((lag + frac) * 1000.0 / sample_rate, db))
+                candidates.append((torch.tensor(max(0.0, lag + frac) * 1000.0 / sample_rate), db))
+        import os
+        dbg = os.environ.get("FIT_DEBUG")
+        # judged at the bus's best overall level: the candidates' own levels ignore the master's gain
+        now_db = params.sends_db[0, :, k].to(strips.dtype)
+
+        judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
+
+        def judge(values: dict[str, Tensor], sends_db: Tensor) -> tuple[float, Tensor]:
+            added = output(values, sends_db, samples=judged) - rest[:, :judged]
+            scale = max(0.0, float((miss[:, :judged] * added).sum()) / max(float(added.square().sum()), 1e-30))
+            at_level = float((miss[:, :judged] - scale * added).square().sum())
+            return at_level, (sends_db + 20 * math.log10(max(scale, 1e-6))).clamp(SEND_SPEC.min, SEND_SPEC.max)
+
+        def grid(value: Tensor) -> list[Tensor]:
+            if effect == "delay":
+                return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
+            return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
+
+        coarse = [torch.tensor(v) for v in (0.0, 0.2, 0.4, 0.6)] if effect == "delay" else \
+            [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
+        best_judged, choice = judge(current, now_db)[0], None
         for time_ms, db in candidates:
-            trial = {**current, "time_ms": time_ms}
-            e = error(trial, db)
-            if e < best_err:
-                best_err, current, sends = e, trial, db
-        for fb in torch.linspace(specs["feedback"][1].min, specs["feedback"][1].max, 19).tolist():
-            trial = {**current, "feedback": fb}
-            e = error(trial, sends)
-            if e < best_err:
-                best_err, current = e, trial
+            for value in coarse:
+                trial = {time_name: time_ms, grid_name: value}
+                e, levels = judge(trial, now_db if db is None else db)
+                if e < best_judged:
+                    best_judged, choice = e, (trial, levels)
+        if choice is not None:
+            for value in grid(choice[0][grid_name]):
+                trial = {**choice[0], grid_name: value}
+                e, levels = judge(trial, choice[1])
+                if e < best_judged:
+                    best_judged, choice = e, (trial, levels)
+            if error(*choice) < best_err:
+                current, sends = choice
         set_values([v.data for v in logits], current)
         if sends is not None:
             logits[1].data[0, :, k] = _to_logit(SEND_SPEC, sends)
-    j = specs["time_ms"][0]
-    return {j: float(logits[2][0, j].detach())} if current["time_ms"] != start_time else {}
-
-
-DELAY_SEARCH_S = 30.0
-"""Seconds of the song (from its start) whose cross-correlations give :func:`_search_delay` its candidates."""
+    j = columns[time_name]
+    moved = sends is not None or any(not torch.equal(current[n], start[n]) for n in current)
+    return {j: float(logits[2][0, j].detach())}, moved
 
 
 def _spectral_loss():

@@ -94,12 +94,14 @@ def _fast_len(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _band_noise(channels: int, taps: int, sample_rate: float, seed: int) -> Tensor:
-    """Seeded white noise split into :data:`REVERB_BANDS` bands that sum back to it: ``(bands, ch, taps)``.
+def _band_noise(channels: int, sample_rate: float, seed: int) -> Tensor:
+    """Seeded white noise, :data:`MAX_DECAY_S` long, split into :data:`REVERB_BANDS` bands that sum back to it:
+    ``(bands, ch, taps)``.
 
     The split is done in the frequency domain with raised-cosine crossfades one octave wide (in log
     frequency) around each crossover, amplitude-complementary so the bands sum to the original noise.
     """
+    taps = int(math.ceil(MAX_DECAY_S * sample_rate))
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(channels, taps, generator=gen, dtype=torch.float64)
     spec = torch.fft.rfft(noise)
@@ -122,8 +124,9 @@ def reverb_impulse_response(*, sample_rate: float, decay_s: Tensor, channels: in
     """Filtered-noise impulse response, normalised to unit energy per channel.
 
     ``h[c, t] = sum_b n_b[c, t] exp(-ln(1000) t / decay_s[b])``: band ``b`` of seeded white noise decays by
-    60 dB in ``decay_s[b]`` seconds (RT60). Each item's IR is :func:`ir_seconds` long (its noise drawn
-    for that length, so an item gets the same IR in any batch); shorter IRs are zero-padded.
+    60 dB in ``decay_s[b]`` seconds (RT60). Each item's IR is :func:`ir_seconds` long, the start of one
+    noise drawn :data:`MAX_DECAY_S` long, so that an item gets the same IR in any batch and the IR moves
+    smoothly with the decay times (no new room when the length steps); shorter IRs are zero-padded.
 
     Args:
         sample_rate: Hz.
@@ -139,7 +142,7 @@ def reverb_impulse_response(*, sample_rate: float, decay_s: Tensor, channels: in
     out = decay_s.new_zeros(decay_s.shape[0], channels, taps)
     for length in sorted(set(lengths)):
         idx = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=decay_s.device)
-        noise = _band_noise(channels, length, float(sample_rate), seed).to(decay_s)
+        noise = _band_noise(channels, float(sample_rate), seed)[..., :length].to(decay_s)
         t = torch.arange(length, device=decay_s.device, dtype=decay_s.dtype) / sample_rate
         env = torch.exp(-_LN1000 * t / decay_s[idx].unsqueeze(-1))  # (items, bands, length)
         h = torch.einsum("bkt,kct->bct", env, noise)
