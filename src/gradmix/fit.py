@@ -26,8 +26,8 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
-FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels"), (0.4, "delay"), (0.4, "reverb"), (0.4, "levels"),
-             (0.7, "delay"), (0.7, "reverb"), (0.7, "levels"))
+FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels")) + tuple(
+    (share, move) for share in (0.4, 0.7) for move in ("delay", "reverb", "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -217,22 +217,25 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         size = 1 << (2 * span - 1).bit_length()
         spectrum = torch.fft.rfft(unexplained, size)
 
-        def correlate(y: Tensor) -> Tensor:  # (m, 2, span) -> (m, size), summed over the channels
-            return torch.fft.irfft(spectrum * torch.fft.rfft(y, size).conj(), size).sum(-2)
+        def cross(y: Tensor) -> Tensor:  # (m, 2, span) -> (m, size // 2 + 1) cross-spectra, summed over channels
+            return (spectrum * torch.fft.rfft(y, size).conj()).sum(-2)
 
-        on_bus = correlate(at_time_zero(buses_in[k][:, :, :span]))[0]
-        per_track = correlate(basis)  # (N, size)
+        on_bus = torch.fft.irfft(cross(at_time_zero(buses_in[k][:, :, :span])), size)[0]
+        per_track = cross(basis)  # (N, size // 2 + 1)
+        magnitude = per_track.abs()
+        whitened = torch.fft.irfft(per_track / (magnitude + 1e-3 * magnitude.amax(-1, keepdim=True)), size)
+        per_track = torch.fft.irfft(per_track, size)  # (N, size)
         energy = basis.square().sum((-2, -1)).clamp_min(1e-12)
         explained = (per_track.square() / energy[:, None]).sum(0)
-        del basis, spectrum
+        del basis, spectrum, magnitude
         lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
         if hi <= lo:
             return {}, False
         candidates = []
-        for curve, levels in ((on_bus.abs(), False), (explained, True)):
+        for curve, levels, count in ((on_bus.abs(), False, 8), (explained, True, 12), (whitened.square().sum(0), True, 8)):
             window = curve[max(lo, 1): hi + 1]
             peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
-                               min(16 if levels else 8, window.numel())).indices + max(lo, 1)
+                               min(count, window.numel())).indices + max(lo, 1)
             for lag in peaks.tolist():
                 a, b, c = (float(curve[lag + d]) for d in (-1, 0, 1))
                 bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
@@ -240,8 +243,6 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
                     SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
                 candidates.append((torch.tensor(max(0.0, lag + frac) * 1000.0 / sample_rate), db))
-        import os
-        dbg = os.environ.get("FIT_DEBUG")
         # judged at the bus's best overall level: the candidates' own levels ignore the master's gain
         now_db = params.sends_db[0, :, k].to(strips.dtype)
 
@@ -258,7 +259,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
             return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
 
-        coarse = [torch.tensor(v) for v in (0.0, 0.2, 0.4, 0.6)] if effect == "delay" else \
+        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
             [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
         best_judged, choice = judge(current, now_db)[0], None
         for time_ms, db in candidates:
