@@ -27,7 +27,7 @@ from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
 FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels")) + tuple(
-    (share, move) for share in (0.4, 0.7) for move in ("delay", "reverb", "levels"))
+    (share, move) for share in (0.25, 0.5, 0.75) for move in ("delay", "reverb", "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -137,7 +137,7 @@ BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_
 """Bus effects whose time :func:`_search_time` finds: effect -> (its time, the parameter judged on a grid)."""
 SEARCH_S = 30.0
 """Seconds of the song (from its start) whose cross-correlations give :func:`_search_time` its candidates."""
-JUDGE_S = 5.0
+JUDGE_S = 3.0
 """Seconds of the song (from its start) on which :func:`_search_time` judges its candidates."""
 
 
@@ -178,7 +178,12 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         params = layout.denormalize(Controls.from_logits(logits))
         strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
-        dry = strips.sum(1)
+        rest = strips.sum(1)  # with the other buses' outputs, which the search leaves alone
+        for b, ((_, chain), y) in enumerate(zip(layout.buses, buses_in)):
+            if b != k:
+                for other, p in zip(chain, params.buses[b]):
+                    y = other.effect(y, p, sample_rate=sample_rate)
+                rest = rest + y
 
         def set_values(target: list[Tensor], values: dict[str, Tensor]) -> None:
             for name, value in values.items():
@@ -189,13 +194,12 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                    samples: int | None = None) -> Tensor:  # the first `samples` (every effect is causal)
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
-            inputs = [y[..., :samples] for y in buses_in]
-            if mute:
-                inputs[k] = None
-            elif sends_db is not None:
-                inputs[k] = torch.einsum("bnct,n->bct", strips[..., :samples], torch.pow(10.0, sends_db / 20))
+            inputs: list[Tensor | None] = [None] * len(buses_in)
+            if not mute:
+                inputs[k] = buses_in[k][..., :samples] if sends_db is None else \
+                    torch.einsum("bnct,n->bct", strips[..., :samples], torch.pow(10.0, sends_db / 20))
             trial_params = layout.denormalize(Controls.from_logits(trial))
-            return finish(layout, dry[..., :samples], inputs, trial_params, sample_rate=sample_rate)[0]
+            return finish(layout, rest[..., :samples], inputs, trial_params, sample_rate=sample_rate)[0]
 
         def error(values: dict[str, Tensor], sends_db: Tensor | None = None) -> float:
             return float((output(values, sends_db) - ref).square().sum())
@@ -209,8 +213,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         current = {name: params.buses[k][i][name][0] for name in (time_name, grid_name)}
         start, sends = dict(current), None
         best_err = error(current)
-        rest = output(current, mute=True)
-        miss = ref - rest  # what the console leaves unexplained without the bus
+        muted = output(current, mute=True)
+        miss = ref - muted  # what the console leaves unexplained without the bus
         span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
         unexplained = miss[:, :span]
         basis = at_time_zero(strips[0, :, :, :span])  # (N, 2, span)
@@ -232,7 +236,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         if hi <= lo:
             return {}, False
         candidates = []
-        for curve, levels, count in ((on_bus.abs(), False, 8), (explained, True, 12), (whitened.square().sum(0), True, 8)):
+        for curve, levels, count in ((explained, True, 12), (whitened.square().sum(0), True, 8), (on_bus.abs(), False, 8)):
             window = curve[max(lo, 1): hi + 1]
             peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
                                min(count, window.numel())).indices + max(lo, 1)
@@ -242,14 +246,15 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 frac = max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
                 db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
                     SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
-                candidates.append((torch.tensor(max(0.0, lag + frac) * 1000.0 / sample_rate), db))
+                if all(abs(lag + frac - seen) > 1 for seen, _ in candidates):  # the curves share many peaks
+                    candidates.append((lag + frac, db))
         # judged at the bus's best overall level: the candidates' own levels ignore the master's gain
         now_db = params.sends_db[0, :, k].to(strips.dtype)
 
         judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
 
         def judge(values: dict[str, Tensor], sends_db: Tensor) -> tuple[float, Tensor]:
-            added = output(values, sends_db, samples=judged) - rest[:, :judged]
+            added = output(values, sends_db, samples=judged) - muted[:, :judged]
             scale = max(0.0, float((miss[:, :judged] * added).sum()) / max(float(added.square().sum()), 1e-30))
             at_level = float((miss[:, :judged] - scale * added).square().sum())
             return at_level, (sends_db + 20 * math.log10(max(scale, 1e-6))).clamp(SEND_SPEC.min, SEND_SPEC.max)
@@ -259,12 +264,11 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
             return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
 
-        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
-            [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
+        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else [current[grid_name]]
         best_judged, choice = judge(current, now_db)[0], None
-        for time_ms, db in candidates:
+        for lag, db in candidates:
             for value in coarse:
-                trial = {time_name: time_ms, grid_name: value}
+                trial = {time_name: torch.tensor(max(0.0, lag) * 1000.0 / sample_rate), grid_name: value}
                 e, levels = judge(trial, now_db if db is None else db)
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
