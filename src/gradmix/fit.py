@@ -27,7 +27,7 @@ from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
 FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels")) + tuple(
-    (share, move) for share in (0.25, 0.5, 0.75) for move in ("delay", "reverb", "levels"))
+    (share, move) for share in (0.4, 0.7) for move in ("delay", "reverb", "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -137,7 +137,7 @@ BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_
 """Bus effects whose time :func:`_search_time` finds: effect -> (its time, the parameter judged on a grid)."""
 SEARCH_S = 30.0
 """Seconds of the song (from its start) whose cross-correlations give :func:`_search_time` its candidates."""
-JUDGE_S = 3.0
+JUDGE_S = 5.0
 """Seconds of the song (from its start) on which :func:`_search_time` judges its candidates."""
 
 
@@ -150,9 +150,11 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
     The bus adds, at lag ``time``, what it would add at time 0 (the input for a delay's first echo, the
     reverberation without pre-delay): time candidates are the peaks of the cross-correlations of that
     (channel by channel) with what the console leaves unexplained without the bus (the target minus that
-    output). Once of the bus's current input, and once track by track, scored by the energy that each
-    track's copy would explain at its best level (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even
-    while the sends to the bus are wrong; a candidate of this kind comes with those levels as its sends.
+    output): track by track, scored by the energy that each track's copy would explain at its best level
+    (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even while the sends to the bus are wrong (a
+    candidate of this kind comes with those levels as its sends); the same whitened (PHAT: each frequency
+    weighs alike, so that the combs of peaks of tonal tracks do not hide the true lag); and of the bus's
+    current input.
     Each candidate, at a few values of the grid parameter, is judged by the console's error over the first
     :data:`JUDGE_S` seconds with the bus at its best overall level (the candidates' levels ignore the
     master's gain); the best one on the full grid; it is kept if the whole song's error falls.
