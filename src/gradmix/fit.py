@@ -193,7 +193,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                     target[2][0, columns[name] + band] = _to_logit(spec, value.reshape(-1)[band].double())
 
         def output(values: dict[str, Tensor], sends_db: Tensor | None = None, mute: bool = False,
-                   samples: int | None = None) -> Tensor:  # the first `samples` (every effect is causal)
+                   samples: int | None = None) -> Tensor:  # the first `samples` (the effects are causal)
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
             inputs: list[Tensor | None] = [None] * len(buses_in)
@@ -210,7 +210,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             if effect == "delay":
                 return y
             p = {name: v.expand(y.shape[0], *v.shape[1:]) for name, v in params.buses[k][i].items()}
-            return slot.effect(y, {**p, time_name: torch.zeros(y.shape[0], dtype=y.dtype)}, sample_rate=sample_rate)
+            return slot.effect(y, {**p, time_name: y.new_zeros(y.shape[0])}, sample_rate=sample_rate)
 
         current = {name: params.buses[k][i][name][0] for name in (time_name, grid_name)}
         start, sends = dict(current), None
@@ -229,7 +229,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         on_bus = torch.fft.irfft(cross(at_time_zero(buses_in[k][:, :, :span])), size)[0]
         per_track = cross(basis)  # (N, size // 2 + 1)
         magnitude = per_track.abs()
-        whitened = torch.fft.irfft(per_track / (magnitude + 1e-3 * magnitude.amax(-1, keepdim=True)), size)
+        floor = 1e-3 * magnitude.amax(-1, keepdim=True) + 1e-30  # a silent track's row stays zero, not NaN
+        whitened = torch.fft.irfft(per_track / (magnitude + floor), size).square().sum(0)
         per_track = torch.fft.irfft(per_track, size)  # (N, size)
         energy = basis.square().sum((-2, -1)).clamp_min(1e-12)
         explained = (per_track.square() / energy[:, None]).sum(0)
@@ -238,7 +239,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         if hi <= lo:
             return {}, False
         candidates = []
-        for curve, levels, count in ((explained, True, 12), (whitened.square().sum(0), True, 8), (on_bus.abs(), False, 8)):
+        for curve, levels, count in ((explained, True, 12), (whitened, True, 8), (on_bus.abs(), False, 8)):
             window = curve[max(lo, 1): hi + 1]
             peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
                                min(count, window.numel())).indices + max(lo, 1)
