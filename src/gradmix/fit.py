@@ -267,7 +267,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
             return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
 
-        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else [current[grid_name]]
+        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
+            [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
         best_judged, choice = judge(current, now_db)[0], None
         for lag, db in candidates:
             for value in coarse:
