@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gradmix.audio import check_output_path
 from gradmix.console import Controls
-from gradmix.console.layout import SEND_SPEC, bus_inputs, finish, render_strips
+from gradmix.console.layout import SEND_SPEC, add_buses, bus_inputs, finish, render_strips
 from gradmix.errors import GradmixError
 from gradmix.generate import read_reference, song_excerpt
 from gradmix.mix import analyse, load_song, setting_from_controls
@@ -180,12 +180,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         params = layout.denormalize(Controls.from_logits(logits))
         strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
-        rest = strips.sum(1)  # with the other buses' outputs, which the search leaves alone
-        for b, ((_, chain), y) in enumerate(zip(layout.buses, buses_in)):
-            if b != k:
-                for other, p in zip(chain, params.buses[b]):
-                    y = other.effect(y, p, sample_rate=sample_rate)
-                rest = rest + y
+        others = [None if b == k else y for b, y in enumerate(buses_in)]  # left alone by the search
+        rest = add_buses(layout, strips.sum(1), others, params, sample_rate=sample_rate)
 
         def set_values(target: list[Tensor], values: dict[str, Tensor]) -> None:
             for name, value in values.items():
@@ -213,8 +209,6 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             return slot.effect(y, {**p, time_name: y.new_zeros(y.shape[0])}, sample_rate=sample_rate)
 
         current = {name: params.buses[k][i][name][0] for name in (time_name, grid_name)}
-        start, sends = dict(current), None
-        best_err = error(current)
         muted = output(current, mute=True)
         miss = ref - muted  # what the console leaves unexplained without the bus
         span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
@@ -282,13 +276,12 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 e, levels = judge(trial, choice[1])
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
-            if error(*choice) < best_err:
-                current, sends = choice
-        set_values([v.data for v in logits], current)
-        if sends is not None:
+        moved = choice is not None and error(*choice) < error(current)
+        if moved:
+            values, sends = choice
+            set_values([v.data for v in logits], values)
             logits[1].data[0, :, k] = _to_logit(SEND_SPEC, sends)
     j = columns[time_name]
-    moved = sends is not None or any(not torch.equal(current[n], start[n]) for n in current)
     return {j: float(logits[2][0, j].detach())}, moved
 
 
@@ -343,11 +336,8 @@ def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
     ``run(chain, chain_params, y)`` applies a chain to a batch ``(m, 2, span)``; ``master(y)`` applies the
     master chain with each dynamics effect's gain envelope held at the current mix's (a linear map of the
     first ``span`` samples)."""
-    stage = strips.sum(0, keepdim=True)
-    for k, ((_, chain), y) in enumerate(zip(layout.buses, bus_inputs(strips[None], params.sends_db).unbind(1))):
-        for slot, p in zip(chain, params.buses[k]):
-            y = slot.effect(y, p, sample_rate=sample_rate)
-        stage = stage + y
+    stage = add_buses(layout, strips.sum(0, keepdim=True), bus_inputs(strips[None], params.sends_db).unbind(1),
+                      params, sample_rate=sample_rate)
     envelopes = []
     for slot, p in zip(layout.master, params.master):
         out = slot.effect(stage, p, sample_rate=sample_rate)

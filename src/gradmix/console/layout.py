@@ -306,9 +306,9 @@ def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
     return torch.einsum("bnct,bnk->bkct", strips, gain)
 
 
-def finish(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
-           sample_rate: float) -> Tensor:
-    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` and run the master chain.
+def add_buses(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
+              sample_rate: float) -> Tensor:
+    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)``.
 
     ``buses_in`` holds each bus's input ``(batch, 2, samples)``, or ``None`` for a bus nothing is sent to
     (its chain is skipped: every effect maps silence to silence).
@@ -320,6 +320,14 @@ def finish(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], param
         for slot, p in zip(chain, params.buses[k]):
             y = slot.effect(y, p, sample_rate=sample_rate)
         mix = mix + y
+    return mix
+
+
+def finish(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
+           sample_rate: float) -> Tensor:
+    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` (:func:`add_buses`) and run
+    the master chain."""
+    mix = add_buses(layout, mix, buses_in, params, sample_rate=sample_rate)
     for slot, p in zip(layout.master, params.master):
         mix = slot.effect(mix, p, sample_rate=sample_rate)
     return mix
