@@ -229,3 +229,29 @@ def test_bad_audio_shapes_raise():
         biquad(torch.zeros(10), sample_rate=44100, shape="peak", freq_hz=1000.0)
     with pytest.raises(ShapeError, match="zero samples"):
         biquad(torch.zeros(1, 1, 0), sample_rate=44100, shape="peak", freq_hz=1000.0)
+
+
+def test_decaying_states_reach_zero_not_subnormal_numbers(rng):
+    """After the input falls silent the recursion's states are flushed to 0 below 1e-290 (subnormal arithmetic
+    is 10-35x slower), forwards and in the gradient before its window; where scipy's values are normal, they
+    are the same."""
+    b, a = biquad_coefficients("peak", sample_rate=44100, freq_hz=torch.tensor([[9000.0]]),
+                               gain_db=torch.tensor([[6.0]]), q=torch.tensor([[0.7]]))
+    sos = np.concatenate([b[0].numpy(), a[0].numpy()], -1)
+    x = torch.zeros(1, 1, 3400, dtype=torch.float64)
+    x[..., :2000] = torch.tensor(rng.standard_normal(2000))
+    x.requires_grad_(True)
+    y = sos_filter(x, b, a)
+    ref = scipy.signal.sosfilt(sos, x.detach()[0].numpy(), axis=-1)[0]
+    normal = np.abs(ref) > 1e-250
+    assert np.array_equal(y.detach()[0, 0].numpy()[normal], ref[normal])
+    assert 0 < abs(ref[-1]) < 2.3e-308  # scipy's tail is subnormal
+    assert torch.all(y.detach()[..., -100:] == 0)
+    g = torch.zeros_like(y)
+    g[..., -1000:] = torch.tensor(rng.standard_normal(1000))
+    (y * g).sum().backward()
+    expected = scipy.signal.sosfilt(sos, g[0].numpy()[..., ::-1], axis=-1)[0, ::-1]  # the adjoint
+    assert np.count_nonzero((np.abs(expected[:1000]) < 2.3e-308) & (expected[:1000] != 0)) > 0
+    assert torch.all(x.grad[..., :1000] == 0)
+    normal = np.abs(expected) > 1e-250
+    assert error_db(x.grad[0, 0].numpy()[normal], expected[normal]) < -250

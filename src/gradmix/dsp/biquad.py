@@ -26,8 +26,9 @@ all-pole filter, so with ``g_A = reverse(1/A)(reverse(dL/dy))``
     dL/db_j = sum_n g_A[n] x[n - j],   dL/da_j = -sum_n g_A[n] y[n - j],
     dL/dx[n] = sum_j b_j g_A[n + j].
 
-The backward therefore costs one recursive pass per section plus a few dot products: exact to
-float64 rounding and a few times cheaper than autograd through a per-sample loop.
+The sections' adjoints are anti-causal filters, so the backward runs them all in one pass backwards in
+time (as the forward runs the sections in one pass forwards), with the dot products accumulated on the
+way: exact to float64 rounding and about twice the cost of the forward.
 """
 
 from __future__ import annotations
@@ -158,7 +159,11 @@ def frequency_response_db(b: Tensor, a: Tensor, freqs_hz: Tensor | Sequence[floa
 
 
 _POOL: ThreadPoolExecutor | None = None
-_KERNEL = None
+_KERNELS = None
+TINY, FLUSH_EVERY = 1e-290, 64
+"""Every 64 samples, recursion states below 1e-290 in magnitude are set to 0: a decaying state (silence
+after sound, a gradient before its window) would otherwise reach subnormal numbers, whose arithmetic is
+10-35x slower. A float32 signal cannot hold such values anyway (its smallest is 1.4e-45)."""
 
 
 def _map(fn, items):
@@ -173,21 +178,32 @@ def _map(fn, items):
     return list(_POOL.map(fn, items))
 
 
-def _cascade(sos: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """Filter each row of ``x (rows, samples)`` from zero state through ``sos (sections, 6)`` (rows
-    ``b0 b1 b2 1 a1 a2``) into ``out`` (same shape, any float dtype; may be ``x`` itself).
+def _kernels():
+    """``(cascade, cascade_keeping_stages, adjoint)``, compiled by numba (no scipy.signal import, 0.6 s),
+    releasing the GIL and cached on disk after the first compilation.
 
-    Transposed direct form II in float64, with scipy's ``sosfilt`` arithmetic in its order, so the
-    output is the same to the last bit. A numba kernel (no scipy.signal import, 0.6 s) that reads float32
-    input directly (no float64 copy of the signal) and releases the GIL; cached on disk after the first
-    compilation.
+    ``cascade(sos, x, out)`` filters each row of ``x (rows, samples)`` (any float dtype; read directly, no
+    float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into ``out``:
+    transposed direct form II in float64 with scipy's ``sosfilt`` arithmetic in its order, so the output is
+    the same to the last bit. ``cascade_keeping_stages(sos, x, stages)`` does the same and writes every
+    section's input and the output into ``stages (sections + 1, rows, samples)``. ``adjoint(sos, grad_y,
+    stages, grad_x, grad_sos, coefficients)`` runs the backward of the module docstring, every section in
+    one pass backwards in time (the sections' adjoints are anti-causal, so they chain sample by sample as
+    the forward does), accumulating ``dL/d sos`` into ``grad_sos (sections, 6)`` when ``coefficients``.
     """
-    global _KERNEL
-    if _KERNEL is None:
+    global _KERNELS
+    if _KERNELS is None:
         from numba import njit
 
+        @njit(nogil=True, cache=True, inline="always")
+        def flush(states):  # pragma: no cover - compiled
+            for s in range(states.shape[0]):
+                for j in range(2):
+                    if abs(states[s, j]) < TINY:
+                        states[s, j] = 0.0
+
         @njit(nogil=True, cache=True)
-        def kernel(sos, x, out):  # pragma: no cover - compiled
+        def cascade(sos, x, out):  # pragma: no cover - compiled
             sections = sos.shape[0]
             z = np.zeros((sections, 2))
             for r in range(x.shape[0]):
@@ -200,9 +216,53 @@ def _cascade(sos: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
                         z[s, 1] = sos[s, 2] * cur - sos[s, 5] * new
                         cur = new
                     out[r, n] = cur
+                    if n % FLUSH_EVERY == 0:
+                        flush(z)
 
-        _KERNEL = kernel
-    _KERNEL(sos, x, out)
+        @njit(nogil=True, cache=True)
+        def cascade_keeping_stages(sos, x, stages):  # pragma: no cover - compiled
+            sections = sos.shape[0]
+            z = np.zeros((sections, 2))
+            for r in range(x.shape[0]):
+                z[:] = 0.0
+                for n in range(x.shape[1]):
+                    cur = np.float64(x[r, n])
+                    stages[0, r, n] = cur
+                    for s in range(sections):
+                        new = sos[s, 0] * cur + z[s, 0]
+                        z[s, 0] = sos[s, 1] * cur - sos[s, 4] * new + z[s, 1]
+                        z[s, 1] = sos[s, 2] * cur - sos[s, 5] * new
+                        cur = new
+                        stages[s + 1, r, n] = cur
+                    if n % FLUSH_EVERY == 0:
+                        flush(z)
+
+        @njit(nogil=True, cache=True)
+        def adjoint(sos, grad_y, stages, grad_x, grad_sos, coefficients):  # pragma: no cover - compiled
+            sections, samples = sos.shape[0], grad_y.shape[1]
+            later = np.zeros((sections, 2))  # g_A[n + 1], g_A[n + 2] of each section
+            for r in range(grad_y.shape[0]):
+                later[:] = 0.0
+                for n in range(samples - 1, -1, -1):
+                    g = np.float64(grad_y[r, n])
+                    for k in range(sections - 1, -1, -1):
+                        g1, g2 = later[k, 0], later[k, 1]
+                        g_a = g - sos[k, 4] * g1 - sos[k, 5] * g2
+                        if coefficients:  # sum_n g_A[n] x[n - j] = sum_n g_A[n + j] x[n], and so for y
+                            xin, yout = np.float64(stages[k, r, n]), np.float64(stages[k + 1, r, n])
+                            grad_sos[k, 0] += g_a * xin
+                            grad_sos[k, 1] += g1 * xin
+                            grad_sos[k, 2] += g2 * xin
+                            grad_sos[k, 4] -= g1 * yout
+                            grad_sos[k, 5] -= g2 * yout
+                        g = sos[k, 0] * g_a + sos[k, 1] * g1 + sos[k, 2] * g2
+                        later[k, 0], later[k, 1] = g_a, g1
+                    grad_x[r, n] = g
+                    if n % FLUSH_EVERY == 0:
+                        flush(later)
+
+        _KERNELS = (cascade, cascade_keeping_stages, adjoint)
+    return _KERNELS
 
 
 class _SOSFilter(torch.autograd.Function):
@@ -210,75 +270,49 @@ class _SOSFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor, a: Tensor) -> Tensor:
+        cascade, cascade_keeping_stages, _ = _kernels()
         xn = x.detach().to("cpu").numpy()
-        bn = b.detach().to("cpu", torch.float64).numpy()
-        an = a.detach().to("cpu", torch.float64).numpy()
-        batch, sections = bn.shape[:2]
+        sos = torch.cat([b, a], -1).detach().to("cpu", torch.float64).numpy()
+        batch, sections = sos.shape[:2]
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        # stages[k] is the input of section k (stages[sections] is the output), kept in x's dtype
-        stages = np.empty((sections + 1,) + xn.shape, dtype=np.float32 if x.dtype == torch.float32 else np.float64) \
-            if keep else None
-
+        # stages[i, k] is the input of item i's section k (stages[i, sections] its output), in x's dtype
+        stages = np.empty((batch, sections + 1) + xn.shape[1:], dtype=xn.dtype) if keep else None
         out = np.empty(xn.shape, dtype=xn.dtype)
 
         def run(i: int) -> None:
-            sos = np.concatenate([bn[i], an[i]], -1)
-            if not keep:  # the whole cascade in one pass, float64 only inside the kernel, without the
-                # sections whose numerator is their denominator (0 dB peaks and shelves): their recursion
-                # returns its input exactly (its state stays 0), so leaving them out changes no sample
-                _cascade(sos[(sos[:, :3] != sos[:, 3:]).any(1)], xn[i], out[i])
-                return
-            sig = xn[i].astype(np.float64)
-            stages[0, i] = sig
-            for k in range(sections):
-                _cascade(sos[k: k + 1], sig, sig)
-                stages[k + 1, i] = sig
-            out[i] = sig
+            if keep:
+                cascade_keeping_stages(sos[i], xn[i], stages[i])
+            else:  # without the sections whose numerator is their denominator (0 dB peaks and shelves):
+                # their recursion returns its input exactly (its state stays 0), so no sample changes
+                cascade(sos[i][(sos[i, :, :3] != sos[i, :, 3:]).any(1)], xn[i], out[i])
 
         _map(run, range(batch))
-        ctx.stages = stages
+        if keep:
+            out = stages[:, sections]
+        ctx.stages, ctx.sos = stages, sos
         ctx.save_for_backward(b, a)
-        return torch.from_numpy(out).to(x.device)
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
         b, a = ctx.saved_tensors
-        bn = b.detach().to("cpu", torch.float64).numpy()
-        an = a.detach().to("cpu", torch.float64).numpy()
-        gy = grad_y.detach().to("cpu").numpy()
-        stages = ctx.stages
-        batch, sections = bn.shape[:2]
-        need_coef = stages is not None
-        gb = np.zeros(bn.shape)
-        ga = np.zeros(an.shape)
-
+        adjoint = _kernels()[2]
+        sos, stages = ctx.sos, ctx.stages
+        gy = grad_y.detach().to("cpu").contiguous().numpy()
+        coefficients = stages is not None
+        grad_sos = np.zeros(sos.shape)
         gx = np.empty(gy.shape, dtype=gy.dtype)
+        dummy = np.zeros((1, 1, 1), dtype=gy.dtype)
 
         def run(i: int) -> None:
-            g = gy[i].astype(np.float64)
-            for k in reversed(range(sections)):
-                allpole = np.array([[1.0, 0.0, 0.0, 1.0, an[i, k, 1], an[i, k, 2]]])
-                g_a = np.empty_like(g)
-                _cascade(allpole, g[..., ::-1], g_a)
-                g_a = g_a[..., ::-1]
-                if need_coef:
-                    xin, yout = stages[k, i].astype(np.float64), stages[k + 1, i].astype(np.float64)
-                    gb[i, k, 0] = np.vdot(g_a, xin)
-                    gb[i, k, 1] = np.vdot(g_a[..., 1:], xin[..., :-1])
-                    gb[i, k, 2] = np.vdot(g_a[..., 2:], xin[..., :-2])
-                    ga[i, k, 1] = -np.vdot(g_a[..., 1:], yout[..., :-1])
-                    ga[i, k, 2] = -np.vdot(g_a[..., 2:], yout[..., :-2])
-                g = bn[i, k, 0] * g_a
-                g[..., :-1] += bn[i, k, 1] * g_a[..., 1:]
-                g[..., :-2] += bn[i, k, 2] * g_a[..., 2:]
-            gx[i] = g
+            adjoint(sos[i], gy[i], stages[i] if coefficients else dummy, gx[i], grad_sos[i], coefficients)
 
-        _map(run, range(batch))
+        _map(run, range(sos.shape[0]))
         dev = grad_y.device
         grad_x = torch.from_numpy(gx).to(dev, grad_y.dtype) if ctx.needs_input_grad[0] else None
-        grad_b = torch.from_numpy(gb).to(dev, b.dtype) if ctx.needs_input_grad[1] else None
-        grad_a = torch.from_numpy(ga).to(dev, a.dtype) if ctx.needs_input_grad[2] else None
+        grad_b = torch.from_numpy(grad_sos[..., :3]).to(dev, b.dtype) if ctx.needs_input_grad[1] else None
+        grad_a = torch.from_numpy(grad_sos[..., 3:]).to(dev, a.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_b, grad_a
 
 
