@@ -423,6 +423,39 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 
+def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_copied_stem():
+    """A tonal track repeats, so while its level is wrong the error correlates with it at every beat; a stem
+    that copies another 113 ms late looks like an echo of it. The delay's time is still found to the sample."""
+    from gradmix.fit import _search_time
+
+    model = MixController(Layout.default(), ModelConfig(**TINY))
+    layout = model.layout
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(3 * SR, dtype=torch.float64) / SR
+    notes = 55 * 2 ** (torch.tensor([0.0, 7, 3, 0, 5, 7, 3, 10], dtype=torch.float64) / 12)
+    phase = 2 * np.pi * torch.cumsum(notes[(t / 0.25).long() % len(notes)], 0) / SR  # a bar of 250-ms notes, again
+    tonal = sum(torch.sin(h * phase) / h for h in range(1, 8))
+    clicks = torch.randn(t.shape, generator=g, dtype=torch.float64) * torch.exp(-(t % 0.5) / 0.03)
+    copy = torch.roll(clicks, int(0.113 * SR))
+    x = (0.1 * torch.stack([tonal, clicks, copy])).float()[None, :, None].repeat(1, 1, 2, 1)
+    mono = torch.zeros(1, 3, dtype=torch.bool)
+    truth = layout.random_controls(1, 3, g)
+    bus = layout.bus_names.index("delay")
+    truth.sends[0, :, bus] = torch.tensor([0.9, 0.0, 0.0])
+    j = layout.bus_control_index(bus, 0, "time_ms")
+    with torch.no_grad():
+        ref = layout.render_normalized(x, truth, sample_rate=SR, mono=mono)[0][0]
+    start = Controls(truth.strip.clone(), truth.sends.clone(), truth.buses.clone(), truth.master)
+    start.buses[0, j] = 0.2 if truth.buses[0, j] > 0.5 else 0.8
+    start.strip[0, :, layout.strip_control_index(0, "gain_db")] += torch.tensor([0.35, -0.35, 0.35])
+    start.strip.clamp_(0, 1)
+    logits = start.logits()
+    hold, moved = _search_time(model, x, mono, logits, ref, SR, "delay")
+    assert moved and list(hold) == [j]
+    error_samples = (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
+    assert abs(error_samples) < 0.5  # 9 samples early before the dry levels were taken out and the lag refined
+
+
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     from gradmix.example import example_multitrack
     from gradmix.fit import _solve_levels

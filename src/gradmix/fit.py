@@ -139,6 +139,8 @@ SEARCH_S = 30.0
 """Seconds of the song (from its start) whose cross-correlations give :func:`_search_time` its candidates."""
 JUDGE_S = 5.0
 """Seconds of the song (from its start) on which :func:`_search_time` judges its candidates."""
+FINE_MS = 10.0
+"""How far (ms) :func:`_search_time` moves its chosen time to the peak of the high band's cross-correlation."""
 
 
 def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
@@ -150,14 +152,21 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
     The bus adds, at lag ``time``, what it would add at time 0 (the input for a delay's first echo, the
     reverberation without pre-delay): time candidates are the peaks of the cross-correlations of that
     (channel by channel) with what the console leaves unexplained without the bus (the target minus that
-    output): track by track, scored by the energy that each track's copy would explain at its best level
-    (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even while the sends to the bus are wrong (a
-    candidate of this kind comes with those levels as its sends); the same whitened (PHAT: each frequency
-    weighs alike, so that the combs of peaks of tonal tracks do not hide the true lag); and of the bus's
-    current input.
+    output), less its least-squares fit by the tracks' strip outputs (one level per track and channel: a
+    wrong dry level correlates with its track at every lag where the music repeats, and with a copy of the
+    track in another stem at the copy's lag). Track by track, scored by the energy that each track's copy
+    would explain at its best level (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even while the
+    sends to the bus are wrong (a candidate of this kind comes with those levels as its sends); the same
+    whitened (PHAT: each frequency weighs alike, so that the combs of peaks of tonal tracks do not hide the
+    true lag); and of the bus's current input.
     Each candidate, at a few values of the grid parameter, is judged by the console's error over the first
-    :data:`JUDGE_S` seconds with the bus at its best overall level (the candidates' levels ignore the
-    master's gain); the best one on the full grid; it is kept if the whole song's error falls.
+    :data:`JUDGE_S` seconds with the bus at its best overall level and the dry parts' levels free (the
+    candidates' levels ignore the master's gain; for a reverb, on first differences: its decay times, wrong
+    while searched, blur the low band, and its pre-delay shows in the high one). The best one's lag moves,
+    within :data:`FINE_MS`, to the peak of the cross-correlation weighted by frequency squared (a bass's broad
+    peaks shift with every misfit of the strips), then the grid parameter is set on its full grid. It is
+    kept if the whole song's error falls, at once or after the levels are solved again
+    (:func:`_solve_levels`), since it was judged with them free.
 
     Returns:
         ``({index in the bus controls: logit}`` of the time, to be held: its gradient only sees the nearest
@@ -212,7 +221,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         muted = output(current, mute=True)
         miss = ref - muted  # what the console leaves unexplained without the bus
         span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
-        unexplained = miss[:, :span]
+        unexplained = _without(strips[0, :, :, :span])(miss[:, :span])
         basis = at_time_zero(strips[0, :, :, :span])  # (N, 2, span)
         size = 1 << (2 * span - 1).bit_length()
         spectrum = torch.fft.rfft(unexplained, size)
@@ -228,7 +237,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         per_track = torch.fft.irfft(per_track, size)  # (N, size)
         energy = basis.square().sum((-2, -1)).clamp_min(1e-12)
         explained = (per_track.square() / energy[:, None]).sum(0)
-        del basis, spectrum, magnitude
+        del basis, magnitude
         lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
         if hi <= lo:
             return {}, False
@@ -249,17 +258,41 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         now_db = params.sends_db[0, :, k].to(strips.dtype)
 
         judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
+        dry = _linearised(layout, params, strips[0, :, :, :judged], sample_rate, judged)[1](strips[0, :, :, :judged])
+        without_dry = _without(dry)
+
+        def high(y: Tensor) -> Tensor:  # less the dry parts' best levels; for the reverb, first differences
+            # (see refined): its decay times, wrong while searched, blur the low band, not the high one
+            return torch.diff(without_dry(y), dim=-1) if effect == "reverb" else without_dry(y)
+
+        judged_miss = high(miss[:, :judged])
 
         def judge(values: dict[str, Tensor], sends_db: Tensor) -> tuple[float, Tensor]:
-            added = output(values, sends_db, samples=judged) - muted[:, :judged]
-            scale = max(0.0, float((miss[:, :judged] * added).sum()) / max(float(added.square().sum()), 1e-30))
-            at_level = float((miss[:, :judged] - scale * added).square().sum())
+            added = high(output(values, sends_db, samples=judged) - muted[:, :judged])
+            scale = max(0.0, float((judged_miss * added).sum()) / max(float(added.square().sum()), 1e-30))
+            at_level = float((judged_miss - scale * added).square().sum())
             return at_level, (sends_db + 20 * math.log10(max(scale, 1e-6))).clamp(SEND_SPEC.min, SEND_SPEC.max)
 
         def grid(value: Tensor) -> list[Tensor]:
             if effect == "delay":
                 return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
             return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
+
+        emphasis = 2 - 2 * torch.cos(torch.linspace(0, math.pi, size // 2 + 1, dtype=spectrum.real.dtype))
+
+        def refined(lag: float, sends_db: Tensor) -> float:  # the peak within FINE_MS of `lag` of the
+            # cross-correlation with what the bus adds at these sends, weighted by frequency squared (first
+            # differences): a bass's broad peaks move with every misfit; the high band pins the lag down
+            bus = at_time_zero(torch.einsum("nct,n->ct", strips[0, :, :, :span], torch.pow(10.0, sends_db / 20))[None])
+            curve = torch.fft.irfft((spectrum * emphasis * torch.fft.rfft(bus, size).conj()).sum(-2), size)[0]
+            width = int(FINE_MS * sample_rate / 1000)
+            a, b = max(lo, 1, round(lag) - width), min(hi, round(lag) + width)
+            if b <= a:
+                return lag
+            peak = a + int(curve[a: b + 1].argmax())
+            left, mid, right = (float(curve[peak + d]) for d in (-1, 0, 1))
+            bend = left - 2 * mid + right
+            return peak + (max(-0.5, min(0.5, 0.5 * (left - right) / bend)) if bend != 0 else 0.0)
 
         coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
             [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
@@ -270,19 +303,45 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 e, levels = judge(trial, now_db if db is None else db)
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
-        if choice is not None:
+        if choice is not None:  # the lag to a fraction of a millisecond, then the grid
+            lag = refined(float(choice[0][time_name]) * sample_rate / 1000, choice[1])
+            choice = ({**choice[0], time_name: torch.tensor(lag * 1000.0 / sample_rate)}, choice[1])
+            best_judged = judge(*choice)[0]
             for value in grid(choice[0][grid_name]):
                 trial = {**choice[0], grid_name: value}
                 e, levels = judge(trial, choice[1])
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
-        moved = choice is not None and error(*choice) < error(current)
-        if moved:
-            values, sends = choice
-            set_values([v.data for v in logits], values)
-            logits[1].data[0, :, k] = _to_logit(SEND_SPEC, sends)
+        moved = False
+        if choice is not None:
+            trial = [v.detach().clone() for v in logits]
+            set_values(trial, choice[0])
+            trial[1][0, :, k] = _to_logit(SEND_SPEC, choice[1])
+            before = _song_error(model, x, mono, logits, ref, sample_rate)
+            # judged with the dry parts' levels free, so it may need them moved to pay
+            moved = error(*choice) < before or (_solve_levels(model, x, mono, trial, ref, sample_rate)
+                                                 and _song_error(model, x, mono, trial, ref, sample_rate) < before)
+            if moved:
+                for v, t in zip(logits, trial):
+                    v.data.copy_(t)
     j = columns[time_name]
     return {j: float(logits[2][0, j].detach())}, moved
+
+
+def _without(dry: Tensor):
+    """``project(y)``: ``y (..., 2, samples)`` less its least-squares fit by ``dry (N, 2, samples)``, channel by
+    channel (one coefficient per track and channel): what no change of the tracks' levels and pans explains.
+    A wrong dry level correlates with the track at every lag where the music repeats (and a track with a
+    copy of another, at the copy's lag); without it, a bus's true lag stands out."""
+    dry = dry.double()
+    gram = torch.einsum("nct,mct->cnm", dry, dry)
+    gram = gram + 1e-9 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None] * torch.eye(len(dry), dtype=dry.dtype)
+
+    def project(y: Tensor) -> Tensor:
+        coef = torch.linalg.solve(gram, torch.einsum("nct,...ct->cn...", dry, y.double()))
+        return (y.double() - torch.einsum("cn...,nct->...ct", coef, dry)).to(y.dtype)
+
+    return project
 
 
 def _spectral_loss():
