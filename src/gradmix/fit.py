@@ -26,8 +26,8 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
-FIT_MOVES = ((0.0, "levels"), (0.0, "reverb"), (0.0, "levels")) + tuple(
-    (share, move) for share in (0.4, 0.7) for move in ("delay", "reverb", "levels"))
+FIT_MOVES = ((0.0, "levels"),) + tuple(
+    (share, move) for share in (0.25, 0.6) for move in ("delay", "reverb", "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
@@ -261,22 +261,28 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         dry = _linearised(layout, params, strips[0, :, :, :judged], sample_rate, judged)[1](strips[0, :, :, :judged])
         without_dry = _without(dry)
 
-        def high(y: Tensor) -> Tensor:  # less the dry parts' best levels; for the reverb, first differences
-            # (see refined): its decay times, wrong while searched, blur the low band, not the high one
-            return torch.diff(without_dry(y), dim=-1) if effect == "reverb" else without_dry(y)
+        def high(y: Tensor) -> Tensor:  # for the reverb's time, first differences (see refined): its decay
+            # times, wrong while searched, blur the low band, not the high one
+            return torch.diff(y, dim=-1) if effect == "reverb" else y
 
-        judged_miss = high(miss[:, :judged])
+        judged_miss = without_dry(miss[:, :judged])
+        judged_high = high(judged_miss)
 
-        def judge(values: dict[str, Tensor], sends_db: Tensor) -> tuple[float, Tensor]:
-            added = high(output(values, sends_db, samples=judged) - muted[:, :judged])
-            scale = max(0.0, float((judged_miss * added).sum()) / max(float(added.square().sum()), 1e-30))
-            at_level = float((judged_miss - scale * added).square().sum())
+        def judge(values: dict[str, Tensor], sends_db: Tensor, band: str = "high") -> tuple[float, Tensor]:
+            added = without_dry(output(values, sends_db, samples=judged) - muted[:, :judged])
+            want = judged_high if band == "high" else judged_miss
+            added = high(added) if band == "high" else added
+            scale = max(0.0, float((want * added).sum()) / max(float(added.square().sum()), 1e-30))
+            at_level = float((want - scale * added).square().sum())
             return at_level, (sends_db + 20 * math.log10(max(scale, 1e-6))).clamp(SEND_SPEC.min, SEND_SPEC.max)
 
         def grid(value: Tensor) -> list[Tensor]:
             if effect == "delay":
                 return [torch.tensor(v) for v in torch.linspace(grid_specs[0].min, grid_specs[0].max, 19).tolist()]
-            return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)]  # the decay times, scaled together
+            # the decay times scaled together, and alike in every band: a band the gradient steps shrank to
+            # nothing while the pre-delay was wrong comes back
+            return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)] + [
+                torch.full_like(value, d) for d in (0.3, 0.6, 1.0, 1.6, 2.5)]
 
         emphasis = 2 - 2 * torch.cos(torch.linspace(0, math.pi, size // 2 + 1, dtype=spectrum.real.dtype))
 
@@ -306,10 +312,10 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         if choice is not None:  # the lag to a fraction of a millisecond, then the grid
             lag = refined(float(choice[0][time_name]) * sample_rate / 1000, choice[1])
             choice = ({**choice[0], time_name: torch.tensor(lag * 1000.0 / sample_rate)}, choice[1])
-            best_judged = judge(*choice)[0]
+            best_judged = judge(*choice, band="full")[0]
             for value in grid(choice[0][grid_name]):
                 trial = {**choice[0], grid_name: value}
-                e, levels = judge(trial, choice[1])
+                e, levels = judge(trial, choice[1], band="full")
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
         moved = False
