@@ -137,7 +137,7 @@ BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_
 """Bus effects whose time :func:`_search_time` finds: effect -> (its time, the parameter judged on a grid)."""
 SEARCH_S = 30.0
 """Seconds of the song (from its start) whose cross-correlations give :func:`_search_time` its candidates."""
-JUDGE_S = 5.0
+JUDGE_S = 10.0
 """Seconds of the song (from its start) on which :func:`_search_time` judges its candidates."""
 FINE_MS = 10.0
 """How far (ms) :func:`_search_time` moves its chosen time to the peak of the high band's cross-correlation."""
