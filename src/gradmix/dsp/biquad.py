@@ -185,7 +185,7 @@ def _kernels():
     ``cascade(sos, x, out)`` filters each row of ``x (rows, samples)`` (any float dtype; read directly, no
     float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into ``out``:
     transposed direct form II in float64 with scipy's ``sosfilt`` arithmetic in its order, so the output is
-    the same to the last bit. ``cascade_keeping_stages(sos, x, stages)`` does the same and writes every
+    the same to the last bit (but for states below :data:`TINY`, set to 0). ``cascade_keeping_stages(sos, x, stages)`` does the same and writes every
     section's input and the output into ``stages (sections + 1, rows, samples)``. ``adjoint(sos, grad_y,
     stages, grad_x, grad_sos, coefficients)`` runs the backward of the module docstring, every section in
     one pass backwards in time (the sections' adjoints are anti-causal, so they chain sample by sample as
