@@ -241,6 +241,7 @@ def test_decaying_states_reach_zero_not_subnormal_numbers(rng):
     x = torch.zeros(1, 1, 3400, dtype=torch.float64)
     x[..., :2000] = torch.tensor(rng.standard_normal(2000))
     x.requires_grad_(True)
+    b.requires_grad_(True)  # the forward that keeps every section's input, and the coefficients' gradient
     y = sos_filter(x, b, a)
     ref = scipy.signal.sosfilt(sos, x.detach()[0].numpy(), axis=-1)[0]
     normal = np.abs(ref) > 1e-250
@@ -255,3 +256,7 @@ def test_decaying_states_reach_zero_not_subnormal_numbers(rng):
     assert torch.all(x.grad[..., :1000] == 0)
     normal = np.abs(expected) > 1e-250
     assert error_db(x.grad[0, 0].numpy()[normal], expected[normal]) < -250
+    g_a = scipy.signal.lfilter([1.0], a[0, 0].numpy(), g[0, 0].numpy()[::-1])[::-1]  # dL/db_j = sum g_A[n] x[n-j]
+    xs = x.detach()[0, 0].numpy()
+    grad_b = [np.dot(g_a[j:], xs[: len(xs) - j]) for j in range(3)]
+    assert error_db(b.grad[0, 0].numpy(), np.array(grad_b)) < -250

@@ -147,12 +147,14 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                  sample_rate: int, effect: str) -> tuple[dict[int, float], bool]:
     """Set the time of the bus effect ``effect`` (a delay's time, a reverb's pre-delay; to a fraction of a
     sample), the sends to its bus and the parameter judged on a grid (a delay's feedback, a reverb's decay
-    times, scaled together) in ``logits`` (in place) where the waveform error is least.
+    times) in ``logits`` (in place) where the waveform error is least; and the tracks' levels, pans and sends
+    by :func:`_solve_levels` where the choice needs them to lower the error.
 
     The bus adds, at lag ``time``, what it would add at time 0 (the input for a delay's first echo, the
     reverberation without pre-delay): time candidates are the peaks of the cross-correlations of that
     (channel by channel) with what the console leaves unexplained without the bus (the target minus that
-    output), less its least-squares fit by the tracks' strip outputs (one level per track and channel: a
+    output), less its least-squares fit by the tracks' strip outputs as the output hears them (through the
+    master, its envelopes held; one level per track and channel: a
     wrong dry level correlates with its track at every lag where the music repeats, and with a copy of the
     track in another stem at the copy's lag). Track by track, scored by the energy that each track's copy
     would explain at its best level (``sum_i xc_i(lag)^2 / |b_i|^2``), so that a lag is found even while the
@@ -161,8 +163,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
     true lag); and of the bus's current input.
     Each candidate, at a few values of the grid parameter, is judged by the console's error over the first
     :data:`JUDGE_S` seconds with the bus at its best overall level and the dry parts' levels free (the
-    candidates' levels ignore the master's gain; for a reverb, on first differences: its decay times, wrong
-    while searched, blur the low band, and its pre-delay shows in the high one). The best one's lag moves,
+    candidates' levels ignore the master's gain; for a reverb, measured on first differences: its decay
+    times, wrong while searched, blur the low band, and its pre-delay shows in the high one). The best one's lag moves,
     within :data:`FINE_MS`, to the peak of the cross-correlation weighted by frequency squared (a bass's broad
     peaks shift with every misfit of the strips), then the grid parameter is set on its full grid. It is
     kept if the whole song's error falls, at once or after the levels are solved again
@@ -221,7 +223,12 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         muted = output(current, mute=True)
         miss = ref - muted  # what the console leaves unexplained without the bus
         span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
-        unexplained = _without(strips[0, :, :, :span])(miss[:, :span])
+        judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
+        reach = max(span, judged)  # the dry parts as the output hears them: through the master, envelopes held
+        dry = strips[0, :, :, :reach]
+        if _linear_console(layout):
+            dry = _linearised(layout, params, dry, sample_rate, reach)[1](dry)
+        unexplained = _without(dry[..., :span])(miss[:, :span])
         basis = at_time_zero(strips[0, :, :, :span])  # (N, 2, span)
         size = 1 << (2 * span - 1).bit_length()
         spectrum = torch.fft.rfft(unexplained, size)
@@ -257,12 +264,12 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         # judged at the bus's best overall level: the candidates' own levels ignore the master's gain
         now_db = params.sends_db[0, :, k].to(strips.dtype)
 
-        judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
-        dry = _linearised(layout, params, strips[0, :, :, :judged], sample_rate, judged)[1](strips[0, :, :, :judged])
-        without_dry = _without(dry)
+        without_dry = _without(dry[..., :judged])
+        del dry
 
-        def high(y: Tensor) -> Tensor:  # for the reverb's time, first differences (see refined): its decay
-            # times, wrong while searched, blur the low band, not the high one
+        def high(y: Tensor) -> Tensor:  # for the reverb's time, the error (the dry levels fitted on the full
+            # band) measured on first differences (see refined): its decays, wrong while searched, blur the
+            # low band, not the high one
             return torch.diff(y, dim=-1) if effect == "reverb" else y
 
         judged_miss = without_dry(miss[:, :judged])
@@ -325,8 +332,9 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             trial[1][0, :, k] = _to_logit(SEND_SPEC, choice[1])
             before = _song_error(model, x, mono, logits, ref, sample_rate)
             # judged with the dry parts' levels free, so it may need them moved to pay
-            moved = error(*choice) < before or (_solve_levels(model, x, mono, trial, ref, sample_rate)
-                                                 and _song_error(model, x, mono, trial, ref, sample_rate) < before)
+            moved = _song_error(model, x, mono, trial, ref, sample_rate) < before or (
+                _solve_levels(model, x, mono, trial, ref, sample_rate)
+                and _song_error(model, x, mono, trial, ref, sample_rate) < before)
             if moved:
                 for v, t in zip(logits, trial):
                     v.data.copy_(t)
@@ -335,8 +343,9 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
 
 
 def _without(dry: Tensor):
-    """``project(y)``: ``y (..., 2, samples)`` less its least-squares fit by ``dry (N, 2, samples)``, channel by
-    channel (one coefficient per track and channel): what no change of the tracks' levels and pans explains.
+    """``project(y)``: ``y (2, samples)`` or ``(m, 2, samples)`` less its least-squares fit by ``dry (N, 2,
+    samples)``, channel by channel (one coefficient per track and channel): what no change of the tracks'
+    levels and pans explains.
     A wrong dry level correlates with the track at every lag where the music repeats (and a track with a
     copy of another, at the copy's lag); without it, a bus's true lag stands out."""
     dry = dry.double()

@@ -185,8 +185,9 @@ def _kernels():
     ``cascade(sos, x, out)`` filters each row of ``x (rows, samples)`` (any float dtype; read directly, no
     float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into ``out``:
     transposed direct form II in float64 with scipy's ``sosfilt`` arithmetic in its order, so the output is
-    the same to the last bit (but for states below :data:`TINY`, set to 0). ``cascade_keeping_stages(sos, x, stages)`` does the same and writes every
-    section's input and the output into ``stages (sections + 1, rows, samples)``. ``adjoint(sos, grad_y,
+    the same to the last bit (but for states below :data:`TINY`, set to 0). ``cascade_keeping_stages(sos,
+    x, stages)`` does the same and writes every section's input and the output into ``stages (sections + 1,
+    rows, samples)``. ``adjoint(sos, grad_y,
     stages, grad_x, grad_sos, coefficients)`` runs the backward of the module docstring, every section in
     one pass backwards in time (the sections' adjoints are anti-causal, so they chain sample by sample as
     the forward does), accumulating ``dL/d sos`` into ``grad_sos (sections, 6)`` when ``coefficients``.
@@ -277,7 +278,7 @@ class _SOSFilter(torch.autograd.Function):
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # stages[i, k] is the input of item i's section k (stages[i, sections] its output), in x's dtype
         stages = np.empty((batch, sections + 1) + xn.shape[1:], dtype=xn.dtype) if keep else None
-        out = np.empty(xn.shape, dtype=xn.dtype)
+        out = None if keep else np.empty(xn.shape, dtype=xn.dtype)
 
         def run(i: int) -> None:
             if keep:
@@ -288,10 +289,10 @@ class _SOSFilter(torch.autograd.Function):
 
         _map(run, range(batch))
         if keep:
-            out = stages[:, sections]
+            out = np.ascontiguousarray(stages[:, sections])
         ctx.stages, ctx.sos = stages, sos
         ctx.save_for_backward(b, a)
-        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
+        return torch.from_numpy(out).to(x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
