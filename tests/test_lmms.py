@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from conftest import require_tool
 from gradmix.cli.main import main
-from gradmix.data import find_songs
+from gradmix.data import find_songs, lmms
 from gradmix.data.lmms import PROJECTS_DIR, isolate, licence_of, read_project, stem_tracks
+from gradmix.errors import GradmixError
 
 SONG = PROJECTS_DIR / "shorties" / "Greshz-CoolSnip.mmpz"
 
@@ -92,3 +95,28 @@ def test_a_missing_project_or_a_file_for_the_output_folder_is_one_line(tmp_path,
     assert main(["dataset", "lmms", str(out), "--projects", str(SONG)]) == 2
     assert capsys.readouterr().err == f"gradmix: error: {out}: cannot create the output folder (File exists)\n"
     assert [p.name for p in tmp_path.iterdir()] == ["lmms"] and out.read_text() == "not a folder"
+
+
+def test_a_render_that_crashes_once_is_tried_again(tmp_path, monkeypatch):
+    """lmms now and then exits non-zero part of the way through; the render is tried once more, and a
+    second failure is one error naming the project, with no partial file left."""
+    monkeypatch.setattr(lmms.shutil, "which", lambda name: "/usr/bin/lmms")
+    calls = []
+
+    def run(cmd, **kwargs):  # the first call crashes after writing part of the file, the others per `ok`
+        out = cmd[cmd.index("-o") + 1]
+        calls.append(out)
+        with open(out, "wb") as f:
+            f.write(b"partial")
+        code = 0 if len(calls) > 1 and ok else 139
+        return subprocess.CompletedProcess(cmd, code, stdout="", stderr="LMMS banner")
+
+    monkeypatch.setattr(lmms.subprocess, "run", run)
+    ok = True
+    lmms.render(tmp_path / "song.mmpz", tmp_path / "out.wav")
+    assert len(calls) == 2
+    calls.clear()
+    ok = False
+    with pytest.raises(GradmixError, match="song.mmpz: lmms render failed 2 times"):
+        lmms.render(tmp_path / "song.mmpz", tmp_path / "out.wav")
+    assert len(calls) == 2 and not (tmp_path / "out.wav").exists()  # no partial render left behind
