@@ -179,18 +179,18 @@ def _map(fn, items):
 
 
 def _kernels():
-    """``(cascade, cascade_keeping_stages, adjoint)``, compiled by numba (no scipy.signal import, 0.6 s),
-    releasing the GIL and cached on disk after the first compilation.
+    """``(cascade, adjoint)``, compiled by numba (no scipy.signal import, 0.6 s), releasing the GIL and cached
+    on disk after the first compilation.
 
-    ``cascade(sos, x, out)`` filters each row of ``x (rows, samples)`` (any float dtype; read directly, no
-    float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into ``out``:
-    transposed direct form II in float64 with scipy's ``sosfilt`` arithmetic in its order, so the output is
-    the same to the last bit (but for states below :data:`TINY`, set to 0). ``cascade_keeping_stages(sos,
-    x, stages)`` does the same and writes every section's input and the output into ``stages (sections + 1,
-    rows, samples)``. ``adjoint(sos, grad_y,
-    stages, grad_x, grad_sos, coefficients)`` runs the backward of the module docstring, every section in
-    one pass backwards in time (the sections' adjoints are anti-causal, so they chain sample by sample as
-    the forward does), accumulating ``dL/d sos`` into ``grad_sos (sections, 6)`` when ``coefficients``.
+    ``cascade(sos, x, out, stages, keep)`` filters each row of ``x (rows, samples)`` (any float dtype; read
+    directly, no float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into
+    ``out``: transposed direct form II in float64 with scipy's ``sosfilt`` arithmetic in its order, so the
+    output is the same to the last bit (but for states below :data:`TINY`, set to 0); with ``keep`` it also
+    writes every section's input and the output into ``stages (sections + 1, rows, samples)``.
+    ``adjoint(sos, grad_y, stages, grad_x, grad_sos, coefficients)`` runs the backward of the module
+    docstring, every section in one pass backwards in time (the sections' adjoints are anti-causal, so they
+    chain sample by sample as the forward does), accumulating ``dL/d sos`` into ``grad_sos (sections, 6)``
+    when ``coefficients``.
     """
     global _KERNELS
     if _KERNELS is None:
@@ -204,37 +204,23 @@ def _kernels():
                         states[s, j] = 0.0
 
         @njit(nogil=True, cache=True)
-        def cascade(sos, x, out):  # pragma: no cover - compiled
+        def cascade(sos, x, out, stages, keep):  # pragma: no cover - compiled
             sections = sos.shape[0]
             z = np.zeros((sections, 2))
             for r in range(x.shape[0]):
                 z[:] = 0.0
                 for n in range(x.shape[1]):
                     cur = np.float64(x[r, n])
+                    if keep:
+                        stages[0, r, n] = cur
                     for s in range(sections):
                         new = sos[s, 0] * cur + z[s, 0]
                         z[s, 0] = sos[s, 1] * cur - sos[s, 4] * new + z[s, 1]
                         z[s, 1] = sos[s, 2] * cur - sos[s, 5] * new
                         cur = new
+                        if keep:
+                            stages[s + 1, r, n] = cur
                     out[r, n] = cur
-                    if n % FLUSH_EVERY == 0:
-                        flush(z)
-
-        @njit(nogil=True, cache=True)
-        def cascade_keeping_stages(sos, x, stages):  # pragma: no cover - compiled
-            sections = sos.shape[0]
-            z = np.zeros((sections, 2))
-            for r in range(x.shape[0]):
-                z[:] = 0.0
-                for n in range(x.shape[1]):
-                    cur = np.float64(x[r, n])
-                    stages[0, r, n] = cur
-                    for s in range(sections):
-                        new = sos[s, 0] * cur + z[s, 0]
-                        z[s, 0] = sos[s, 1] * cur - sos[s, 4] * new + z[s, 1]
-                        z[s, 1] = sos[s, 2] * cur - sos[s, 5] * new
-                        cur = new
-                        stages[s + 1, r, n] = cur
                     if n % FLUSH_EVERY == 0:
                         flush(z)
 
@@ -262,7 +248,7 @@ def _kernels():
                     if n % FLUSH_EVERY == 0:
                         flush(later)
 
-        _KERNELS = (cascade, cascade_keeping_stages, adjoint)
+        _KERNELS = (cascade, adjoint)
     return _KERNELS
 
 
@@ -271,25 +257,24 @@ class _SOSFilter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, b: Tensor, a: Tensor) -> Tensor:
-        cascade, cascade_keeping_stages, _ = _kernels()
+        cascade = _kernels()[0]
         xn = x.detach().to("cpu").numpy()
         sos = torch.cat([b, a], -1).detach().to("cpu", torch.float64).numpy()
         batch, sections = sos.shape[:2]
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # stages[i, k] is the input of item i's section k (stages[i, sections] its output), in x's dtype
         stages = np.empty((batch, sections + 1) + xn.shape[1:], dtype=xn.dtype) if keep else None
-        out = None if keep else np.empty(xn.shape, dtype=xn.dtype)
+        dummy = np.zeros((1, 1, 1), dtype=xn.dtype)
+        out = np.empty(xn.shape, dtype=xn.dtype)
 
         def run(i: int) -> None:
             if keep:
-                cascade_keeping_stages(sos[i], xn[i], stages[i])
+                cascade(sos[i], xn[i], out[i], stages[i], True)
             else:  # without the sections whose numerator is their denominator (0 dB peaks and shelves):
                 # their recursion returns its input exactly (its state stays 0), so no sample changes
-                cascade(sos[i][(sos[i, :, :3] != sos[i, :, 3:]).any(1)], xn[i], out[i])
+                cascade(sos[i][(sos[i, :, :3] != sos[i, :, 3:]).any(1)], xn[i], out[i], dummy, False)
 
         _map(run, range(batch))
-        if keep:
-            out = np.ascontiguousarray(stages[:, sections])
         ctx.stages, ctx.sos = stages, sos
         ctx.save_for_backward(b, a)
         return torch.from_numpy(out).to(x.device)
@@ -298,7 +283,7 @@ class _SOSFilter(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
         b, a = ctx.saved_tensors
-        adjoint = _kernels()[2]
+        adjoint = _kernels()[1]
         sos, stages = ctx.sos, ctx.stages
         gy = grad_y.detach().to("cpu").contiguous().numpy()
         coefficients = stages is not None
