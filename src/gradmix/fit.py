@@ -210,9 +210,6 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             trial_params = layout.denormalize(Controls.from_logits(trial))
             return finish(layout, rest[..., :samples], inputs, trial_params, sample_rate=sample_rate)[0]
 
-        def error(values: dict[str, Tensor], sends_db: Tensor | None = None) -> float:
-            return float((output(values, sends_db) - ref).square().sum())
-
         def at_time_zero(y: Tensor) -> Tensor:  # (m, 2, t): what the bus adds at lag `time`, moved back to 0
             if effect == "delay":
                 return y
@@ -254,9 +251,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
                                min(count, window.numel())).indices + max(lo, 1)
             for lag in peaks.tolist():
-                a, b, c = (float(curve[lag + d]) for d in (-1, 0, 1))
-                bend = a - 2 * b + c  # the peak between samples, by a parabola through its neighbours
-                frac = max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
+                frac = _between_samples(curve, lag)
                 db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
                     SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
                 if all(abs(lag + frac - seen) > 1 for seen, _ in candidates):  # the curves share many peaks
@@ -303,9 +298,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             if b <= a:
                 return lag
             peak = a + int(curve[a: b + 1].argmax())
-            left, mid, right = (float(curve[peak + d]) for d in (-1, 0, 1))
-            bend = left - 2 * mid + right
-            return peak + (max(-0.5, min(0.5, 0.5 * (left - right) / bend)) if bend != 0 else 0.0)
+            return peak + _between_samples(curve, peak)
 
         coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
             [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
@@ -340,6 +333,14 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                     v.data.copy_(t)
     j = columns[time_name]
     return {j: float(logits[2][0, j].detach())}, moved
+
+
+def _between_samples(curve: Tensor, peak: int) -> float:
+    """Where between samples (-0.5..0.5, relative to ``peak``) the peak of ``curve`` at index ``peak`` lies, by a
+    parabola through it and its neighbours."""
+    a, b, c = (float(curve[peak + d]) for d in (-1, 0, 1))
+    bend = a - 2 * b + c
+    return max(-0.5, min(0.5, 0.5 * (a - c) / bend)) if bend != 0 else 0.0
 
 
 def _without(dry: Tensor):

@@ -147,7 +147,7 @@ def render(project: str | Path, out_wav: str | Path, timeout_s: float = 600.0, a
     """
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     cmd = [_lmms(), "--allowroot", "render", str(project), "-f", "wav", "-a", "-o", str(out_wav)]
-    for attempt in range(attempts):
+    for _ in range(attempts):
         Path(out_wav).unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
