@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -423,6 +424,25 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 
+def test_fit_refuses_a_song_it_could_not_hold_in_memory_before_any_work(tmp_path, style_model, monkeypatch, capsys):
+    import gradmix.fit as fit
+
+    stems = make_stems(tmp_path / "stems", n=2, seconds=1.0)
+    sf.write(tmp_path / "target.wav", np.zeros((SR, 2)) + 0.1, SR)
+    monkeypatch.setattr(fit, "_available_memory", lambda: 10 ** 6)
+    assert main(["fit", str(stems), "--target", str(tmp_path / "target.wav"), "-o", str(tmp_path / "fit.json"),
+                 "--model", str(style_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 tracks x 1 s need about" in err[0] and "0.0 GiB is available" in err[0]
+    assert not (tmp_path / "fit.json").exists()
+    monkeypatch.setattr(fit, "_available_memory", lambda: None)  # a system that does not say: no refusal
+    fit._check_memory(256, 600.0)
+    monkeypatch.setattr(fit, "_available_memory", lambda: 24 * 2 ** 30)
+    fit._check_memory(40, 240.0)  # a long song of many tracks fits 24 GiB
+    with pytest.raises(GradmixError, match="256 tracks x 240 s"):
+        fit._check_memory(256, 240.0)
+
+
 def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_copied_stem():
     """A tonal track repeats, so while its level is wrong the error correlates with it at every beat; a stem
     that copies another 113 ms late looks like an echo of it. The delay's time is still found to the sample."""
@@ -454,6 +474,41 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
     assert moved and list(hold) == [j]
     error_samples = (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
     assert abs(error_samples) < 0.5  # 9 samples early before the dry levels were taken out and the lag refined
+
+
+def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it(monkeypatch):
+    """fit's song error sums the strips a few tracks at a time (memory grows with the song, not with tracks x
+    song): the same mix as the console's batched render, chunk boundaries and buses included."""
+    import gradmix.fit as fit
+
+    model = MixController(Layout.default(), ModelConfig(**TINY))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 5, 2, SR, generator=g) * 0.1
+    mono = torch.tensor([[True, False, False, True, False]])
+    x[0, 0, 1], x[0, 3, 1] = x[0, 0, 0], x[0, 3, 0]
+    logits = model.layout.random_controls(1, 5, g).logits()
+    whole = render_error(model, x, mono, logits, torch.zeros(2, SR))
+    with torch.no_grad():
+        want = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
+    monkeypatch.setattr(fit, "CHUNK_SAMPLES", 4 * SR)  # 2 tracks a chunk: chunks of 2, 2 and 1
+    got = fit._render_song(model, x, mono, logits, SR)
+    assert torch.allclose(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
+    assert math.isclose(fit._song_error(model, x, mono, logits, torch.zeros(2, SR), SR), whole, rel_tol=1e-5)
+
+
+def test_time_search_in_chunks_of_tracks_finds_what_it_finds_at_once(monkeypatch):
+    """The cross-correlations are taken a few tracks at a time (each track's spectra are twice the searched
+    span long): one track at a time, the search finds the same time and sends."""
+    import gradmix.fit as fit
+
+    found = []
+    for chunk in (fit.CHUNK_SAMPLES, 1):
+        monkeypatch.setattr(fit, "CHUNK_SAMPLES", chunk)
+        model, x, mono, ref, truth, logits, bus, j = time_case("delay", 1, [0.0, 0.9], start_sends=[0.9, 0.0])
+        hold, moved = fit._search_time(model, x, mono, logits, ref, SR, "delay")
+        assert moved
+        found.append([v.detach().clone() for v in logits])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*found))
 
 
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():

@@ -19,6 +19,7 @@ from torch import Tensor
 from gradmix.audio import check_output_path
 from gradmix.console import Controls
 from gradmix.console.layout import SEND_SPEC, add_buses, bus_inputs, finish, render_strips
+from gradmix.console.setting import CHUNK_SAMPLES
 from gradmix.errors import GradmixError
 from gradmix.generate import read_reference, song_excerpt
 from gradmix.mix import analyse, load_song, setting_from_controls
@@ -66,6 +67,7 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     energy = ref.square().sum()
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
+    _check_memory(len(song.audio), n / sr)
     analysis = analyse(model, song.audio, sr)
     whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
     x, mono = whole.x, whole.mono
@@ -125,12 +127,61 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     return output, best_db, steps
 
 
+FIT_BYTES_PER_TRACK_SECOND, FIT_BYTES_PER_SEARCHED_TRACK_SECOND = 0.7e6, 4e6
+"""Memory fit needs besides the loaded stems and the model: per second of each track (the tracks at the model's
+level, 0.35 MB/s, and the song's render), and besides per second of each track within the first
+:data:`SEARCH_S` (the time search's and the level solve's renders and spectra). Measured peak resident sizes
+of ``gradmix fit``: 2.2 GB for 8 tracks x 30 s, 5.2 GB for 32 x 30 s, 2.3 GB for 8 x 90 s, of which about 1.2 GB
+is the model's and the libraries' own (the estimate: 1.1, 4.5 and 1.5 GB besides)."""
+
+
+def _check_memory(tracks: int, seconds: float) -> None:
+    """Refuse in one line a song fit could not hold in the memory this machine has available."""
+    need = tracks * (FIT_BYTES_PER_TRACK_SECOND * seconds + FIT_BYTES_PER_SEARCHED_TRACK_SECOND * min(seconds, SEARCH_S))
+    have = _available_memory()
+    if have is not None and need > have:
+        raise GradmixError(f"fit: {tracks} tracks x {seconds:.0f} s need about {need / 2 ** 30:.1f} GiB of memory, "
+                           f"{have / 2 ** 30:.1f} GiB is available: fit an excerpt (the same seconds of the stems and "
+                           "of the target) or fewer stems")
+
+
+def _available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux's ``MemAvailable``), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
                 sample_rate: int) -> float:
     """Sum of squares of the whole song's render with ``logits`` minus ``ref (2, samples)``."""
+    return float((_render_song(model, x, mono, logits, sample_rate) - ref).square().sum())
+
+
+def _render_song(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], sample_rate: int) -> Tensor:
+    """The render ``(2, samples)`` of ``x (1, N, 2, samples)`` with ``logits``, without gradients; the strips in
+    chunks of tracks of at most :data:`CHUNK_SAMPLES` samples, summed as they come, so that memory grows with
+    the song's length, not with its tracks x length."""
+    layout = model.layout
     with torch.no_grad():
-        est, _ = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=sample_rate, mono=mono)
-    return float((est[0] - ref).square().sum())
+        params = layout.denormalize(Controls.from_logits(logits))
+        n, length = x.shape[1], x.shape[-1]
+        mix = x.new_zeros(1, 2, length)
+        buses = x.new_zeros(1, len(layout.buses), 2, length)
+        per = max(1, CHUNK_SAMPLES // (2 * length))
+        for a in range(0, n, per):
+            part = slice(a, a + per)
+            strips = render_strips(layout.strip, x[:, part], [{k: v[:, part] for k, v in p.items()} for p in params.strip],
+                                   sample_rate=sample_rate, mono=mono[:, part])
+            mix += strips.sum(1)
+            buses += bus_inputs(strips, params.sends_db[:, part])
+            del strips
+        return finish(layout, mix, list(buses.unbind(1)), params, sample_rate=sample_rate)[0]
 
 
 BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_s")}
@@ -187,9 +238,15 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         return {}, False
     columns = {name: layout.bus_control_index(k, i, name) for name in (time_name, grid_name)}
     time_spec, grid_specs = slot.spec(time_name), [s for s in slot.specs if s.name == grid_name]
+    span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
+    judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
+    reach = max(span, judged)  # every effect is causal: the song's start alone is rendered
+    lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
+    if hi <= lo:
+        return {}, False
     with torch.no_grad():
         params = layout.denormalize(Controls.from_logits(logits))
-        strips = render_strips(layout.strip, x, params.strip, sample_rate=sample_rate, mono=mono)
+        strips = render_strips(layout.strip, x[..., :reach], params.strip, sample_rate=sample_rate, mono=mono)
         buses_in = list(bus_inputs(strips, params.sends_db).unbind(1))
         others = [None if b == k else y for b, y in enumerate(buses_in)]  # left alone by the search
         rest = add_buses(layout, strips.sum(1), others, params, sample_rate=sample_rate)
@@ -218,15 +275,11 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
 
         current = {name: params.buses[k][i][name][0] for name in (time_name, grid_name)}
         muted = output(current, mute=True)
-        miss = ref - muted  # what the console leaves unexplained without the bus
-        span = min(ref.shape[-1], int(SEARCH_S * sample_rate))
-        judged = min(ref.shape[-1], int(JUDGE_S * sample_rate))
-        reach = max(span, judged)  # the dry parts as the output hears them: through the master, envelopes held
-        dry = strips[0, :, :, :reach]
+        miss = ref[:, :reach] - muted  # what the console leaves unexplained without the bus
+        dry = strips[0]  # the dry parts as the output hears them: through the master, envelopes held
         if _linear_console(layout):
             dry = _linearised(layout, params, dry, sample_rate, reach)[1](dry)
         unexplained = _without(dry[..., :span])(miss[:, :span])
-        basis = at_time_zero(strips[0, :, :, :span])  # (N, 2, span)
         size = 1 << (2 * span - 1).bit_length()
         spectrum = torch.fft.rfft(unexplained, size)
 
@@ -234,17 +287,21 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             return (spectrum * torch.fft.rfft(y, size).conj()).sum(-2)
 
         on_bus = torch.fft.irfft(cross(at_time_zero(buses_in[k][:, :, :span])), size)[0]
-        per_track = cross(basis)  # (N, size // 2 + 1)
-        magnitude = per_track.abs()
-        floor = 1e-3 * magnitude.amax(-1, keepdim=True) + 1e-30  # a silent track's row stays zero, not NaN
-        whitened = torch.fft.irfft(per_track / (magnitude + floor), size).square().sum(0)
-        per_track = torch.fft.irfft(per_track, size)  # (N, size)
-        energy = basis.square().sum((-2, -1)).clamp_min(1e-12)
-        explained = (per_track.square() / energy[:, None]).sum(0)
-        del basis, magnitude
-        lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
-        if hi <= lo:
-            return {}, False
+        explained, whitened = unexplained.new_zeros(size), unexplained.new_zeros(size)
+        per_track, energy = [], []  # per track: its cross-correlation up to the longest lag, its energy
+        per = max(1, CHUNK_SAMPLES // (2 * size))  # tracks at a time: their spectra are twice the span each
+        for a in range(0, strips.shape[1], per):
+            basis = at_time_zero(strips[0, a: a + per, :, :span])  # (m, 2, span)
+            xc = cross(basis)  # (m, size // 2 + 1)
+            magnitude = xc.abs()
+            floor = 1e-3 * magnitude.amax(-1, keepdim=True) + 1e-30  # a silent track's row stays zero, not NaN
+            whitened += torch.fft.irfft(xc / (magnitude + floor), size).square().sum(0)
+            xc = torch.fft.irfft(xc, size)  # (m, size)
+            energy.append(basis.square().sum((-2, -1)).clamp_min(1e-12))
+            explained += (xc.square() / energy[-1][:, None]).sum(0)
+            per_track.append(xc[:, : hi + 2])
+            del basis, magnitude, xc
+        per_track, energy = torch.cat(per_track), torch.cat(energy)
         candidates = []
         for curve, levels, count in ((explained, True, 12), (whitened, True, 8), (on_bus.abs(), False, 8)):
             window = curve[max(lo, 1): hi + 1]
@@ -478,15 +535,20 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0], pre[:, 1]
         flat = basis.flatten(0, 1)
         del basis, pre
-        columns = [master(flat)] + [master(run(chain, params.buses[k], flat))
-                                    for k, (_, chain) in enumerate(layout.buses)]
+        F = x.new_empty(n_tracks * 2, 1 + n_buses, 2, span)  # (track x side, 1 + bus, channel, samples)
+        F[:, 0] = master(flat)
+        for k, (_, chain) in enumerate(layout.buses):
+            F[:, 1 + k] = master(run(chain, params.buses[k], flat))
         del flat
-        F = torch.stack(columns, 1)
-        del columns
-        F = F.reshape(n_tracks, 2, 1 + n_buses, -1).double()  # (track, side, 1 + bus, 2 x samples)
-        target = ref[:, :span].reshape(-1).double()
-        J = F.reshape(-1, F.shape[-1])
-        Q, r = J @ J.T, J @ target
+        J = F.reshape(n_tracks * 2 * (1 + n_buses), 2 * span)  # rows: (track, side, 1 + bus)
+        target = ref[:, :span].reshape(-1)
+        Q = J.new_zeros(len(J), len(J), dtype=torch.float64)
+        r = J.new_zeros(len(J), dtype=torch.float64)
+        for a in range(0, J.shape[1], 1 << 16):  # in double, a block of samples at a time: no double copy of J
+            block = J[:, a: a + (1 << 16)].double()
+            Q += block @ block.T
+            r += block @ target[a: a + (1 << 16)].double()
+        del F, J, block
         ridge = 1e-9 * Q.diagonal().mean().clamp_min(1e-30)
         g, s = gains.double(), sends.double()
         heard = Q.diagonal().reshape(n_tracks, 2 * (1 + n_buses)).amax(1) > 1e-12 * float(Q.diagonal().max())
