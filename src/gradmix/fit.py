@@ -544,10 +544,11 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         target = ref[:, :span].reshape(-1)
         Q = J.new_zeros(len(J), len(J), dtype=torch.float64)
         r = J.new_zeros(len(J), dtype=torch.float64)
-        for a in range(0, J.shape[1], 1 << 16):  # in double, a block of samples at a time: no double copy of J
-            block = J[:, a: a + (1 << 16)].double()
+        block_samples = 1 << 16  # in double, a block of samples at a time: no double copy of J
+        for a in range(0, J.shape[1], block_samples):
+            block = J[:, a: a + block_samples].double()
             Q += block @ block.T
-            r += block @ target[a: a + (1 << 16)].double()
+            r += block @ target[a: a + block_samples].double()
         del F, J, block
         ridge = 1e-9 * Q.diagonal().mean().clamp_min(1e-30)
         g, s = gains.double(), sends.double()
