@@ -11,7 +11,7 @@ import torch
 
 from conftest import error_db
 from gradmix import dsp
-from gradmix.console import SCHEMA_PATH, ConsoleSetting, Controls, Layout, Params, Slot, console_schema
+from gradmix.console import SCHEMA_PATH, ConsoleSetting, Controls, Layout, Params, Slot, console_schema, track_outputs
 from gradmix.effects import create
 from gradmix.errors import ConsoleFileError, ParameterError
 
@@ -94,6 +94,38 @@ def test_bus_is_the_sum_of_its_sends_through_its_chain():
         bus_in = (strips * torch.pow(10.0, sends[..., k] / 20)[..., None, None]).sum(1)
         expected = expected + fn(bus_in, sample_rate=SR, **kw)
     assert error_db(mix.numpy(), expected.numpy()) < -250
+
+
+def test_track_outputs_are_each_strip_with_its_own_bus_returns_and_sum_to_the_pre_master_mix():
+    """Each track's part = its strip + every bus chain applied to its send alone; with linear buses the parts
+    add up to what the master receives (superposition), in float64 to rounding."""
+    layout = Layout.build(["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})],
+                                            "dly": [Slot(create("delay"), {"mix": 1.0})]})
+    x = torch.cat([tracks_mono(3, seed=1), tracks_mono(3, seed=2)])
+    p = neutral_params(layout, 2, 3)
+    p.strip[1]["pan"] = torch.tensor([[-0.5, 0.0, 0.7], [0.2, -0.9, 0.0]], dtype=torch.float64)
+    p.sends_db = torch.tensor([[[-6.0, -math.inf], [-12.0, -3.0], [-math.inf, -20.0]],
+                               [[-math.inf, -math.inf], [-3.0, -math.inf], [-10.0, -math.inf]]], dtype=torch.float64)
+    p.buses[0][0]["decay_s"] = torch.tensor([[0.5, 0.4, 0.3, 0.2], [1.5, 1.0, 0.8, 0.6]], dtype=torch.float64)
+    p.buses[1][0]["time_ms"] = torch.tensor([250.0, 120.0], dtype=torch.float64)
+    _, strips = layout.render(x, p, sample_rate=SR)
+    parts = track_outputs(layout, strips, p, sample_rate=SR)
+    bus_in = torch.einsum("bnct,bnk->bkct", strips, torch.pow(10.0, p.sends_db / 20))
+    pre_master = strips.sum(1)
+    for k, fn in enumerate([dsp.reverb, dsp.delay]):
+        for b in range(2):
+            kw = ({"decay_s": p.buses[0][0]["decay_s"][b:b + 1]} if k == 0 else
+                  {"time_ms": p.buses[1][0]["time_ms"][b:b + 1], "feedback": 0.3})
+            pre_master[b:b + 1] += fn(bus_in[b:b + 1, k], sample_rate=SR, mix=1.0, **kw)
+    assert error_db(parts.sum(1).numpy(), pre_master.numpy()) < -250
+    # the third track of song 0 sends to the delay only: its part is its strip plus its own echo
+    alone = strips[0:1, 2] + dsp.delay(strips[0:1, 2] * 10 ** (-20 / 20), sample_rate=SR, time_ms=250.0, feedback=0.3,
+                                        mix=1.0)
+    assert error_db(parts[0, 2].numpy(), alone[0].numpy()) < -250
+    assert torch.equal(parts[1, 0], strips[1, 0])  # no send: the strip alone
+    nonlinear = Layout.build(["gain"], {"crush": ["compressor"]})
+    with pytest.raises(ParameterError, match="bus 'crush': compressor is not linear"):
+        track_outputs(nonlinear, strips, p, sample_rate=SR)
 
 
 def test_padding_tracks_contribute_nothing_and_batch_equals_songs():

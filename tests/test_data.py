@@ -13,6 +13,7 @@ import torch
 
 from conftest import require_tool
 from gradmix.console import Layout
+from gradmix.errors import GradmixError
 from gradmix.data import (DatasetError, SegmentDataset, collate, detect_layout, find_songs, random_example,
                           read_example)
 
@@ -154,3 +155,47 @@ def test_bad_roots(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no songs found"):
         find_songs(tmp_path / "empty")
+
+
+def test_wet_stems_are_read_beside_their_dry_stems_and_batched_with_a_mask(tmp_path):
+    """``<song>/wet/<stem file>`` is that stem's wet version; tracks without one are masked out."""
+    dry_a = write(tmp_path / "one" / "a.wav", 2.0, seed=1)
+    write(tmp_path / "one" / "b.wav", 2.0, 2, seed=2)
+    wet_a = write(tmp_path / "one" / "wet" / "a.wav", 2.0, 2, seed=3)          # a stereo wet of a mono dry
+    write(tmp_path / "two" / "c.wav", 2.0, seed=4)
+    songs = find_songs(tmp_path)
+    assert [s.name for s in songs] == ["one", "two"]                           # wet/ is no song and no stem
+    assert [r.name for r in songs[0].stems] == ["a", "b"]
+    assert songs[0].stems[0].wet == tmp_path / "one" / "wet" / "a.wav" and songs[0].stems[1].wet is None
+    ex = read_example(songs[0], offset_s=0.5, seconds=1.0, sample_rate=SR)
+    assert ex.has_wet.tolist() == [True, False] and ex.wet.shape == ex.tracks.shape == (2, 2, SR)
+    assert np.array_equal(ex.wet[0].numpy().T, wet_a[SR // 2: SR // 2 + SR])
+    assert np.array_equal(ex.tracks[0, 0].numpy(), dry_a[SR // 2: SR // 2 + SR, 0]) and ex.wet[1].abs().max() == 0
+    plain = read_example(songs[1], seconds=1.0)
+    assert plain.wet is None and plain.has_wet is None
+    batch = collate([plain, ex])
+    assert batch.wet.shape == (2, 2, 2, SR) and batch.has_wet.tolist() == [[False, False], [True, False]]
+    assert torch.equal(batch.wet[1, 0], ex.wet[0]) and batch.wet[0].abs().max() == 0
+    assert collate([plain]).wet is None
+
+
+def test_csv_manifest_with_wet_stems(tmp_path):
+    write(tmp_path / "a1.wav", 1.0)
+    write(tmp_path / "a1_wet.wav", 1.0, 2)
+    write(tmp_path / "a2.wav", 1.0)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("song,stem,label,mix,wet\nA,a1.wav,,,a1_wet.wav\nA,a2.wav,,,\n")
+    song = find_songs(manifest)[0]
+    assert [r.wet for r in song.stems] == [tmp_path / "a1_wet.wav", None]
+    manifest.write_text("song,stem,wet\nA,a1.wav,gone.wav\n")
+    with pytest.raises(DatasetError, match="list.csv:2: wet stem gone.wav is missing"):
+        find_songs(manifest)
+
+
+def test_a_wet_stem_with_nan_is_one_error_naming_it(tmp_path):
+    write(tmp_path / "s" / "a.wav", 1.0)
+    bad = tmp_path / "s" / "wet" / "a.wav"
+    bad.parent.mkdir()
+    sf.write(bad, np.full((SR, 2), np.nan, np.float32), SR, subtype="FLOAT")
+    with pytest.raises(GradmixError, match=f"{bad}: contains NaN or Inf samples"):
+        read_example(find_songs(tmp_path)[0], offset_s=0.1, seconds=0.5)

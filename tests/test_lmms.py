@@ -12,7 +12,8 @@ import soundfile as sf
 from conftest import require_tool
 from gradmix.cli.main import main
 from gradmix.data import find_songs, lmms
-from gradmix.data.lmms import PROJECTS_DIR, isolate, licence_of, read_project, stem_tracks
+from gradmix.data.lmms import (PROJECTS_DIR, isolate, licence_of, read_project, route, shared_nonlinear,
+                               silent_by_design, stem_tracks)
 from gradmix.errors import GradmixError
 
 SONG = PROJECTS_DIR / "shorties" / "Greshz-CoolSnip.mmpz"
@@ -34,6 +35,47 @@ def test_isolate_keeps_one_track_with_neutral_mixing():
         assert bool(bb_tracks) == ref.inside_bb  # Beat+Bassline triggers kept only for their own tracks
 
 
+def test_wet_copy_keeps_the_authors_mixing_and_neutralises_the_master_only():
+    require_tool("lmms")
+    root = read_project(PROJECTS_DIR / "shorties" / "DirtyLove.mmpz")
+    refs = stem_tracks(root)
+    ref = next(r for r in refs if r.name == "Bass")
+    original = next(t for t in root.iter("track") if t.get("name") == "Bass").find("instrumenttrack")
+    assert original.get("fxch") == "2" and original.get("vol") != "100"
+    edited = isolate(root, ref, wet=True)
+    playing = [t for t in edited.iter("track") if t.get("type") in ("0", "2")]
+    assert [t.get("name") for t in playing] == ["Bass"]
+    node = playing[0].find("instrumenttrack")
+    assert (node.get("vol"), node.get("pan"), node.get("fxch")) == (original.get("vol"), original.get("pan"), "2")
+    channels = {c.get("num"): c for c in edited.iter("fxchannel")}
+    assert channels["0"].get("volume") == "1" and channels["0"].find("fxchain").get("enabled") == "0"
+    authors = {c.get("num"): c for c in root.iter("fxchannel")}
+    assert channels["1"].find("fxchain").get("enabled") == authors["1"].find("fxchain").get("enabled") == "1"
+    assert authors["0"].find("fxchain").get("enabled") == "1"  # the author's master chain (amplifier, limiter)
+
+
+def test_routes_and_shared_nonlinear_channels_of_a_real_project():
+    """DirtyLove: the drums go through channel 1 ("Beat", which clips) into channel 2, shared by 8 tracks;
+    the bass goes through channel 2 only, whose chain is empty."""
+    require_tool("lmms")
+    root = read_project(PROJECTS_DIR / "shorties" / "DirtyLove.mmpz")
+    every = stem_tracks(root)
+    refs = {r.name: r for r in every}
+    assert route(root, refs["Clap"]) == ["1", "2"] and route(root, refs["Bass"]) == ["2"]
+    assert route(root, refs["Pad"]) == []
+    shared = shared_nonlinear(root, every)
+    assert shared[refs["Clap"].index] == ["1 Beat: Clip"]
+    assert refs["Bass"].index not in shared and refs["Pad"].index not in shared
+    assert sum(1 for r in every if r.index in shared) == 8
+    assert all(silent_by_design(root, r) is None for r in every)
+    track = next(t for t in root.iter("track") if t.get("name") == "Bass").find("instrumenttrack")
+    track.set("vol", "0")
+    assert silent_by_design(root, refs["Bass"]) == "its volume is 0 %"
+    track.set("vol", "80")
+    next(c for c in root.iter("fxchannel") if c.get("num") == "2").set("muted", "1")
+    assert silent_by_design(root, refs["Bass"]) == "its mixer channel is muted or at volume 0"
+
+
 def test_licence_from_debian_copyright():
     require_tool("lmms")
     assert licence_of(SONG)["licence"] == "Artistic-2"
@@ -52,6 +94,15 @@ def test_render_a_real_demo_song(tmp_path):
     for ref in songs[0].stems + [songs[0].mix]:
         x, sr = sf.read(ref.path, always_2d=True)
         assert sr == 44100 and np.isfinite(x).all() and np.abs(x).max() > 1e-3, ref.path
+    # the wet stems are the tracks as the author mixed them: their sum is the author's mix (this song has no
+    # master effects and its instruments draw no noise; measured -240 dB)
+    assert all(ref.wet is not None and ref.wet.parent == song_dir / "wet" for ref in songs[0].stems)
+    wet = sum(sf.read(ref.wet, always_2d=True)[0] for ref in songs[0].stems)
+    mix = sf.read(songs[0].mix.path, always_2d=True)[0]
+    n = min(len(wet), len(mix))
+    assert 10 * np.log10(np.sum((wet[:n] - mix[:n]) ** 2) / np.sum(mix ** 2)) < -100
+    assert meta["wet_vs_mix_residual_db"] < -100 and meta["wet_skipped"] == {}
+    assert all(info["wet"]["shared_nonlinear"] == [] for info in meta["stems"].values())
     (out / ".Greshz-CoolSnip.killed").mkdir()  # what a killed run leaves behind
     import shutil
 
@@ -68,6 +119,8 @@ def test_skipped_tracks_leave_no_work_files(tmp_path, monkeypatch):
 
     def fake_render(project, out_wav, timeout_s=600.0):
         name = str(out_wav)
+        if name.endswith("wet2.wav"):
+            raise lmms.LmmsError(f"{project}: lmms render failed 2 times (crash)")
         if name.endswith("stem0.wav"):
             sf.write(out_wav, np.zeros((4410, 2), np.float32), 44100)       # silent
         elif name.endswith("stem1.wav"):
@@ -83,6 +136,44 @@ def test_skipped_tracks_leave_no_work_files(tmp_path, monkeypatch):
     assert len(meta["skipped"]) == 2 and len(meta["stems"]) == tracks - 2
     assert "silent" in meta["skipped"].values()
     assert not list(song.glob("stem*")), sorted(p.name for p in song.iterdir())
+    # the track whose wet render failed keeps its dry stem, without a wet one, and is named once
+    third = stem_tracks(read_project(project))[2].name
+    assert list(meta["wet_skipped"]) == [third] and "crash" in meta["wet_skipped"][third]
+    assert len(list((song / "wet").iterdir())) == tracks - 3 and not list(song.glob("wet/wet*"))
+
+
+@pytest.mark.parametrize("bad", ["nan", "silent"])
+def test_a_wet_stem_with_nan_or_silent_where_its_dry_stem_is_not_fails_the_song(tmp_path, monkeypatch, bad):
+    """One line naming the project and the track; no song folder and no work files are left."""
+    require_tool("lmms")
+
+    def fake_render(project, out_wav, timeout_s=600.0):
+        x = (0.1 * np.random.default_rng(0).standard_normal((4410, 2))).astype(np.float32)
+        if str(out_wav).endswith("wet1.wav"):
+            x = x * np.nan if bad == "nan" else x * 0
+        sf.write(out_wav, x, 44100, subtype="FLOAT")
+
+    monkeypatch.setattr(lmms, "render", fake_render)
+    project = PROJECTS_DIR / "shorties" / "Surrender-Main.mmpz"
+    second = stem_tracks(read_project(project))[1].name
+    why = "has NaN or Inf samples" if bad == "nan" else "is silent, its dry stem is not"
+    with pytest.raises(GradmixError, match=f"the wet stem of track '{second}' {why}"):
+        lmms.render_song(project, tmp_path)
+    assert not any(tmp_path.iterdir())
+    summary = lmms.build_dataset(tmp_path / "set", [project], workers=1)
+    assert summary["done"] == [] and "Surrender-Main" in next(iter(summary["failed"].values()))
+    assert not any((tmp_path / "set").iterdir())
+
+
+def test_a_song_rendered_before_wet_stems_existed_is_rendered_again(tmp_path, monkeypatch):
+    require_tool("lmms")
+    project = PROJECTS_DIR / "shorties" / "Surrender-Main.mmpz"
+    old = tmp_path / "Surrender-Main"
+    old.mkdir()
+    (old / lmms.DONE).write_text("ok\n")
+    assert not lmms.is_done(old)
+    (old / "wet").mkdir()
+    assert lmms.is_done(old)
 
 
 def test_a_missing_project_or_a_file_for_the_output_folder_is_one_line(tmp_path, capsys):

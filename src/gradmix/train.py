@@ -12,6 +12,13 @@ Regimes (``data.regime``):
 - ``self_supervised``: the target is a random engineer-like console (:mod:`gradmix.models.engineer`)
   applied to the loudness-normalised tracks; songs need no mix.
 - ``mixed``: supervised where a song has a mix, self-supervised where it has none.
+
+Per-track supervision (:class:`~gradmix.models.losses.TrackLoss`): where a track has a wet stem (the track as
+the human mix hears it, e.g. ``gradmix dataset lmms``), each track's own part of the rendered mix (strip
+output plus bus returns) is compared with it; an engineer-like target supplies the parts of the console that
+made it. The ``optim.loss.track_*`` weights set these terms (0 turns them off); data without wet stems trains
+with the mix losses alone. ``data.augment_*`` changes the dry inputs at random (:mod:`gradmix.data.augment`)
+so that the net cannot read a track's setting off the way its stem was rendered.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +35,14 @@ import torch
 import yaml
 
 from gradmix.audio import make_output_folder
-from gradmix.console import Layout
+from gradmix.console import Layout, track_outputs
 from gradmix.data import SegmentDataset, collate, find_songs
+from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import save_model
 from gradmix.models.engineer import engineer_controls
-from gradmix.models.losses import LossWeights
+from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks
 
 REGIMES = ("supervised", "self_supervised", "mixed")
 
@@ -53,6 +62,16 @@ class DataConfig:
     batch_size: int = 4
     max_tracks: int = 64
     num_workers: int = 0
+    augment_gain_db: float = 0.0
+    """Standard deviation of a random gain on each dry track before normalisation (dB; 0: off)."""
+    augment_tilt_db: float = 0.0
+    """Largest random spectral tilt of a dry track (dB between a 250 Hz low shelf and a 4 kHz high shelf; 0: off)."""
+    augment_compress: float = 0.0
+    """Probability that a dry track is compressed at random before normalisation."""
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.augment_gain_db, self.augment_tilt_db, self.augment_compress)
 
 
 @dataclass
@@ -151,6 +170,11 @@ def check(cfg: TrainConfig) -> None:
                            "(its EQ ranges reach 18 kHz); use 44100 or 48000")
     if not 0 <= cfg.data.self_supervised_fraction <= 1:
         raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
+    if not 0 <= cfg.data.augment_compress <= 1:
+        raise GradmixError("config.data.augment_compress: must be within 0..1")
+    if cfg.optim.loss.track_weighting not in TRACK_WEIGHTINGS:
+        raise GradmixError(f"config.optim.loss.track_weighting: {cfg.optim.loss.track_weighting!r} is not one of "
+                           f"{', '.join(TRACK_WEIGHTINGS)}")
     for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
                     ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps),
                     ("run.num_nodes", cfg.run.num_nodes)):
@@ -184,8 +208,10 @@ def training_songs(cfg: DataConfig) -> list:
     return songs
 
 
-def _lightning_module(cfg: TrainConfig):
+def _lightning_module(cfg: TrainConfig, per_track: bool):
     import lightning as L
+
+    augmentation = cfg.data.augmentation
 
     class MixTraining(L.LightningModule):
         """The controller, the console and the loss; one step renders a batch and compares it with targets."""
@@ -195,21 +221,33 @@ def _lightning_module(cfg: TrainConfig):
             self.layout = Layout.default()
             self.model = MixController(self.layout, cfg.model)
             self.loss = MixLoss(cfg.data.sample_rate, cfg.optim.loss)
+            self.track_loss = TrackLoss(cfg.data.sample_rate, cfg.optim.loss) if per_track else None
             self.sr = cfg.data.sample_rate
 
         def training_step(self, batch, index):
             tracks, mask, mono = batch.tracks, batch.mask, batch.mono
-            gains = normalization_db(tracks, mask, self.sr)
-            x = tracks * torch.pow(10.0, gains / 20)[..., None, None]
-            target = self._target(batch, x)
+            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
+            clean = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
+            if augmentation.enabled:
+                tracks = augment_tracks(tracks, augmentation, g, sample_rate=self.sr)
+                x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
+            else:
+                x = clean
+            target, wet, has_wet = self._target(batch, clean, g)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
             controls = self.model(x, sample_rate=self.sr, mask=mask, z=z)
-            estimate, _ = self.layout.render_normalized(x, controls, sample_rate=self.sr, mask=mask, mono=mono)
+            params = self.layout.denormalize(controls)
+            estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
+            if wet is not None and self.track_loss is not None:
+                parts = track_outputs(self.layout, strips, params, sample_rate=self.sr)
+                track_loss, track_terms = self.track_loss(parts, wet, has_wet, active_tracks(clean, wet, has_wet))
+                loss = loss + track_loss
+                terms.update({f"track_{k}": v for k, v in track_terms.items()})
             if kl is not None:
                 loss = loss + cfg.optim.kl_weight * kl
                 terms["kl"] = kl.detach()
@@ -224,17 +262,31 @@ def _lightning_module(cfg: TrainConfig):
                 self.log(f"loss_{k}", v, batch_size=tracks.shape[0])
             return loss
 
-        def _target(self, batch, x):
-            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
+        def _target(self, batch, x, g):
+            """The target mix ``(B, 2, T)`` of each song, and its wet stems ``(B, N, 2, T)`` with ``has_wet (B, N)``
+            (``None, None`` when no song of the batch has any): the human mix and wet stems where the regime uses
+            them, else an engineer-like console's render of the normalised tracks ``x`` and its per-track parts."""
+            device = x.device
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
-                use_mix = use_mix & (torch.rand(use_mix.shape, generator=g) >= cfg.data.self_supervised_fraction)
+                draw = torch.rand(use_mix.shape, generator=g).to(device)
+                use_mix = use_mix & (draw >= cfg.data.self_supervised_fraction)
+            human_wet = batch.wet is not None and self.track_loss is not None
             if bool(use_mix.all()):
-                return batch.mix
+                return (batch.mix, batch.wet, batch.has_wet) if human_wet else (batch.mix, None, None)
             with torch.no_grad():
                 c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype)
-                made, _ = self.layout.render_normalized(x, c, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
-            return torch.where(use_mix[:, None, None], batch.mix, made)
+                c = type(c)(*(v.to(device) for v in (c.strip, c.sends, c.buses, c.master)))
+                params = self.layout.denormalize(c)
+                made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
+                parts = track_outputs(self.layout, strips, params, sample_rate=self.sr) if self.track_loss else None
+            mix = torch.where(use_mix[:, None, None], batch.mix, made)
+            if self.track_loss is None:
+                return mix, None, None
+            human = use_mix[:, None] & (batch.has_wet if human_wet else torch.zeros_like(batch.mask))
+            wet = torch.where(use_mix[:, None, None, None], batch.wet if human_wet else torch.zeros_like(parts), parts)
+            has_wet = torch.where(use_mix[:, None], human, batch.mask)
+            return mix, wet, has_wet
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -303,7 +355,12 @@ def train(cfg: TrainConfig) -> Path:
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.data.batch_size, shuffle=True, collate_fn=collate,
                                          num_workers=cfg.data.num_workers, drop_last=True,
                                          persistent_workers=cfg.data.num_workers > 0)
-    module = _lightning_module(cfg)
+    has_wet = any(stem.wet is not None for song in songs for stem in song.stems)
+    per_track = cfg.optim.loss.per_track and (has_wet or cfg.data.regime != "supervised")
+    if cfg.optim.loss.per_track and not has_wet:
+        print("note: no training song has wet stems; the human mixes train with the mix losses alone"
+              + (", engineer-like targets with their per-track parts too" if per_track else ""), file=sys.stderr)
+    module = _lightning_module(cfg, per_track)
     loggers = [CSVLogger(out, name="logs")]  # each (re)start writes logs/version_N
     try:
         from lightning.pytorch.loggers import TensorBoardLogger

@@ -299,6 +299,46 @@ def mix_down(layout: Layout, strips: Tensor, params: Params, *, sample_rate: flo
                   sample_rate=sample_rate)
 
 
+def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
+    """Each track's own part of the mix before the master: its strip output plus what every bus makes of its
+    send. Buses of linear effects (:attr:`Effect.linear`) only, so that the parts sum to what the master
+    receives: ``sum_n track_outputs[:, n] = strips.sum(1) + buses``.
+
+    Args:
+        layout: the console structure (its buses must be linear).
+        strips: ``(batch, tracks, 2, samples)`` strip outputs (already masked).
+        params: physical parameters (``sends_db`` and ``buses`` are used).
+        sample_rate: Hz.
+
+    Returns:
+        ``(batch, tracks, 2, samples)``. Each bus runs once on every track's send (batch x tracks items), so
+        this costs as much as rendering the buses once per track.
+    """
+    for name, chain in layout.buses:
+        for slot in chain:
+            if not slot.effect.linear:
+                raise ParameterError(f"bus {name!r}: {slot.effect.type_name} is not linear, so a track's own part "
+                                     "of the bus output is not defined")
+    batch, n = strips.shape[:2]
+    out = strips
+    for k, (_, chain) in enumerate(layout.buses):
+        gain = torch.pow(10.0, params.sends_db[..., k].to(strips) / 20.0)
+        if not bool((gain > 0).any()):
+            continue
+        y = (strips * gain[..., None, None]).flatten(0, 1)
+        for slot, p in zip(chain, params.buses[k]):
+            y = slot.effect(y, {name: _per_track(v, batch, n) for name, v in p.items()}, sample_rate=sample_rate)
+        out = out + y.unflatten(0, (batch, n))
+    return out
+
+
+def _per_track(v: Any, batch: int, n: int) -> Any:
+    """A bus parameter ``(batch[, bands])`` repeated for each of ``n`` tracks: ``(batch * n[, bands])``."""
+    if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch:
+        return v.repeat_interleave(n, 0)
+    return v
+
+
 def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
     """Post-fader sends summed per bus: ``(batch, tracks, 2, samples)``, ``(batch, tracks, buses)`` dB ->
     ``(batch, buses, 2, samples)`` (``-inf`` dB sends nothing)."""

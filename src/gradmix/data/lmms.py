@@ -1,15 +1,24 @@
-"""Real multitracks rendered offline from LMMS projects: one dry stem per track plus the author's mix.
+"""Real multitracks rendered offline from LMMS projects: a dry and a wet stem per track, plus the author's mix.
 
 Debian's ``lmms-common`` ships demo songs by musicians under free licences. For each project,
 ``lmms render`` (headless, ``QT_QPA_PLATFORM=offscreen``) renders the full mix from the project as it is,
 and each stem from an edited copy that contains only that track (every other track removed, including
-those inside Beat+Bassline containers, whose pattern triggers are kept) with its mixing neutralised:
-volume 100 %, pan centre, routed straight to the master, its effect chain and every mixer channel's
-effect chain switched off. Muted tracks, which the author's mix does not play, are skipped. LMMS's own
-``rendertracks`` is not used (it re-renders the song per track and returns NaN stems).
+those inside Beat+Bassline containers, whose pattern triggers are kept). Muted tracks, which the author's
+mix does not play, are skipped. LMMS's own ``rendertracks`` is not used (it re-renders the song per track
+and returns NaN stems).
+
+- The **dry** stem (``NN-name.wav``) has its mixing neutralised: volume 100 %, pan centre, routed straight
+  to the master, its effect chain and every mixer channel's effect chain switched off.
+- The **wet** stem (``wet/NN-name.wav``) keeps the author's volume, panning, instrument, track effects and
+  the mixer channels the track is routed through (with their sends). Only the master channel is neutral
+  (volume 1, chain off): the wet stems are what the author's master bus receives, as a console's strips
+  and buses are what its master chain receives. Where a mixer channel on a track's route is shared with
+  other playing tracks and runs a nonlinear effect (a compressor, a waveshaper, ...), the track's own part
+  of the author's mix cannot be separated: its wet stem is the track alone through that channel, and the
+  song's metadata names the channel under ``stems[...]["wet"]["shared_nonlinear"]``.
 
 LMMS draws noise at load time in some instruments, so stems rendered in separate processes never sum
-exactly to the mix; the residual is measured and stored in each song's metadata.
+exactly to the mix; the residuals (dry sum and wet sum against the mix) are stored in each song's metadata.
 """
 
 from __future__ import annotations
@@ -99,8 +108,9 @@ def stem_tracks(root: ET.Element) -> list[TrackRef]:
     return refs
 
 
-def isolate(root: ET.Element, ref: TrackRef) -> ET.Element:
-    """A copy of the project with only ``ref`` playing, its mixing neutral (see the module docstring)."""
+def isolate(root: ET.Element, ref: TrackRef, *, wet: bool = False) -> ET.Element:
+    """A copy of the project with only ``ref`` playing: its mixing neutral (dry), or the author's with a
+    neutral master channel (``wet``); see the module docstring."""
     new = copy.deepcopy(root)
     keep = _candidates(new)[ref.index][0]
     song = _song_tracks(new)
@@ -116,19 +126,122 @@ def isolate(root: ET.Element, ref: TrackRef) -> ET.Element:
                 container.remove(t)
     keep.set("muted", "0")
     keep.set("solo", "0")
-    for tag in ("instrumenttrack", "sampletrack"):
-        for node in keep.iter(tag):
-            node.set("vol", "100")
-            node.set("pan", "0")
-            node.set("fxch", "0")
-    for chain in keep.iter("fxchain"):
-        chain.set("enabled", "0")
     for channel in new.iter("fxchannel"):
+        if wet and channel.get("num") != MASTER:
+            continue
         channel.set("volume", "1")
         channel.set("muted", "0")
         for chain in channel.iter("fxchain"):
             chain.set("enabled", "0")
+    if wet:
+        return new
+    for tag in ("instrumenttrack", "sampletrack"):
+        for node in keep.iter(tag):
+            node.set("vol", "100")
+            node.set("pan", "0")
+            node.set("fxch", MASTER)
+    for chain in keep.iter("fxchain"):
+        chain.set("enabled", "0")
     return new
+
+
+MASTER = "0"
+LMMS_LINEAR_EFFECTS = frozenset({
+    # LMMS's own effects
+    "amplifier", "bassbooster", "delay", "dualfilter", "eq", "flanger", "multitapecho", "reverbsc",
+    "spectrumanalyzer", "stereoenhancer", "stereomatrix",
+    # LADSPA plugins (by label) found in the shipped projects
+    "Reverb", "Plate2x2", "Eq", "Eq2x2", "tap_stereo_echo", "fbdelay_1s", "delay_1s", "canyon_delay", "Filter",
+    "PhaserI", "PhaserII", "Phaser", "fourByFourPole", "autoPhaser", "MultiChorus", "ChorusI", "Flanger",
+    "tap_chorusflanger", "comb", "dj_eq", "tap_equalizer", "VintageDelay", "ToneStack", "CabinetII", "dcRemove",
+    "amp_stereo", "hpf", "lpf", "highpass_iir", "freeverb3", "tap_reverb", "amPitchshift", "Narrower",
+    "StereoTools", "ringmod_1i1o1l", "SweepVFI", "SweepVFII",
+})
+"""Effects whose output is linear in their input (filters, delays, reverbs, modulation, gain, stereo
+matrices). Anything else (compressors, limiters, clippers, waveshapers, exciters, de-essers, a peak
+controller, LADSPA plugins not listed) is taken as nonlinear."""
+
+
+def effect_names(chain: ET.Element) -> list[str]:
+    """Names of the effects of an enabled ``fxchain`` (a LADSPA effect by its plugin label); [] if disabled."""
+    if chain is None or chain.get("enabled") != "1":
+        return []
+    names = []
+    for e in chain.findall("effect"):
+        key = {a.get("name"): a.get("value") for a in e.iter("attribute")}
+        ladspa = e.get("name") == "ladspaeffect" and key.get("plugin")
+        names.append(ladspa or e.get("name", "?"))
+    return names
+
+
+def _mixer_channel(track: ET.Element) -> str:
+    node = track.find("instrumenttrack")
+    node = node if node is not None else track.find("sampletrack")
+    return (node.get("fxch") if node is not None else None) or MASTER
+
+
+def _routes(root: ET.Element) -> dict[str, list[str]]:
+    """Each mixer channel's sends (channel numbers); a channel without ``send`` elements feeds the master."""
+    routes = {}
+    for channel in root.iter("fxchannel"):
+        sends = [s.get("channel", MASTER) for s in channel.findall("send")]
+        routes[channel.get("num", MASTER)] = sends if sends or channel.get("num") == MASTER else [MASTER]
+    return routes
+
+
+def route(root: ET.Element, ref: TrackRef) -> list[str]:
+    """The mixer channels (numbers, the master left out) that ``ref``'s sound passes through."""
+    routes, seen, todo = _routes(root), [], [_mixer_channel(_candidates(root)[ref.index][0])]
+    while todo:
+        ch = todo.pop()
+        if ch == MASTER or ch in seen:
+            continue
+        seen.append(ch)
+        todo += routes.get(ch, [MASTER])
+    return seen
+
+
+def shared_nonlinear(root: ET.Element, refs: list[TrackRef]) -> dict[int, list[str]]:
+    """For each track (by ``ref.index``), the mixer channels on its route that other playing tracks share and
+    whose chain has a nonlinear effect (names as ``"<num> <name>: effect, ..."``)."""
+    channels = {c.get("num", MASTER): c for c in root.iter("fxchannel")}
+    paths = {r.index: route(root, r) for r in refs}
+    users: dict[str, int] = {}
+    for path in paths.values():
+        for ch in path:
+            users[ch] = users.get(ch, 0) + 1
+    out = {}
+    for index, path in paths.items():
+        found = []
+        for ch in path:
+            names = effect_names(channels[ch].find("fxchain")) if ch in channels else []
+            nonlinear = [n for n in names if n not in LMMS_LINEAR_EFFECTS]
+            if users[ch] > 1 and nonlinear:
+                found.append(f"{ch} {channels[ch].get('name', '')}: {', '.join(nonlinear)}")
+        if found:
+            out[index] = found
+    return out
+
+
+def silent_by_design(root: ET.Element, ref: TrackRef) -> str | None:
+    """Why the author's mix cannot hear ``ref`` although it plays (volume 0, or every route through a muted
+    or zero-volume channel), or ``None``."""
+    track = _candidates(root)[ref.index][0]
+    node = track.find("instrumenttrack")
+    node = node if node is not None else track.find("sampletrack")
+    if node is not None and float(node.get("vol", "100")) == 0:
+        return "its volume is 0 %"
+    channels, routes = {c.get("num", MASTER): c for c in root.iter("fxchannel")}, _routes(root)
+
+    def audible(ch: str, seen: frozenset) -> bool:
+        c = channels.get(ch)
+        if c is not None and (c.get("muted") == "1" or float(c.get("volume") or 1) == 0):
+            return False
+        if ch == MASTER:
+            return True
+        return any(audible(nxt, seen | {ch}) for nxt in routes.get(ch, [MASTER]) if nxt not in seen)
+
+    return None if audible(_mixer_channel(track), frozenset()) else "its mixer channel is muted or at volume 0"
 
 
 def _lmms() -> str:
@@ -195,11 +308,52 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "track"
 
 
+def _level_db(x: np.ndarray, ref: np.ndarray) -> float:
+    """RMS of ``x`` relative to the RMS of ``ref``, in dB."""
+    return float(20 * np.log10(np.sqrt(np.mean(x ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12) + 1e-12))
+
+
+def _add(total: np.ndarray, audio: np.ndarray) -> None:
+    n = min(total.shape[-1], audio.shape[-1])
+    total[:, :n] += audio[:, :n] if audio.shape[0] == total.shape[0] else audio[:1, :n]
+
+
+def _render_stem(root: ET.Element, ref: TrackRef, tmp: Path, name: str, *, wet: bool) -> np.ndarray:
+    """Render one stem of ``ref`` in ``tmp`` and read it; the work files are removed whatever happens.
+
+    A dry stem is read and checked as any audio file (:class:`GradmixError` when unreadable or non-finite);
+    a wet one is read as it is, so that the caller tells a render that failed (:class:`LmmsError`) from one
+    that produced NaN/Inf samples."""
+    import soundfile as sf
+
+    edited, wav = tmp / f"{name}.mmp", tmp / f"{name}.wav"
+    edited.write_bytes(ET.tostring(isolate(root, ref, wet=wet)))
+    try:
+        render(edited, wav)
+        if not wet:
+            return read_audio(wav)[0]
+        try:
+            return sf.read(str(wav), dtype="float32", always_2d=True)[0].T
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise LmmsError(f"{wav.name}: not readable ({exc})") from None
+    finally:
+        edited.unlink(missing_ok=True)
+        wav.unlink(missing_ok=True)
+
+
 def render_song(project: str | Path, out_dir: str | Path) -> Path:
-    """Render one project into ``out_dir/<song>/``: numbered dry stems, ``mix.wav``, ``metadata.json``."""
+    """Render one project into ``out_dir/<song>/``: numbered dry stems, their wet stems in ``wet/``,
+    ``mix.wav`` and ``metadata.json``.
+
+    A track whose dry stem cannot be rendered, or is silent, is skipped (``metadata["skipped"]``). A track
+    whose wet stem cannot be rendered, or that the author's mix cannot hear (:func:`silent_by_design`), keeps
+    its dry stem without a wet one (``metadata["wet_skipped"]``). A wet stem with NaN/Inf, or silent where its
+    dry stem is not, fails the song (:class:`LmmsError`), and nothing of it is written.
+    """
     project = Path(project)
     root = read_project(project)
     refs = stem_tracks(root)
+    shared = shared_nonlinear(root, refs)
     name = _safe(project.name.split(".mmp")[0])
     out = Path(out_dir) / name
     for stale in Path(out_dir).glob(f".{name}.*"):  # left by a run that was killed mid-song
@@ -208,35 +362,54 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
     try:
         render(project, tmp / "mix.wav")
         mix, rate = read_audio(tmp / "mix.wav")
-        stems, skipped, total = {}, {}, np.zeros_like(mix)
+        (tmp / "wet").mkdir()
+        stems, skipped, wet_skipped = {}, {}, {}
+        dry_total, wet_total = np.zeros_like(mix), np.zeros_like(mix)
         for k, ref in enumerate(refs):
-            edited = tmp / f"stem{k}.mmp"
-            edited.write_bytes(ET.tostring(isolate(root, ref)))
-            wav = tmp / f"stem{k}.wav"
-            render(edited, wav)
             try:
-                audio, _ = read_audio(wav)
+                audio = _render_stem(root, ref, tmp, f"stem{k}", wet=False)
             except GradmixError as exc:
                 skipped[ref.name] = str(exc).split(": ", 1)[-1]
                 continue
-            finally:  # the work files never reach the song folder, whatever happens to the stem
-                edited.unlink()
-                wav.unlink(missing_ok=True)
             if float(np.abs(audio).max()) < 1e-6:
                 skipped[ref.name] = "silent"
                 continue
             file = f"{k + 1:02d}-{_safe(ref.name)}.wav"
             write_audio(tmp / file, audio, rate)
-            stems[file[:-4]] = {"track": ref.name, "instrument": ref.instrument, "beat_bassline": ref.inside_bb}
-            n = min(total.shape[-1], audio.shape[-1])
-            total[:, :n] += audio[:, :n] if audio.shape[0] == total.shape[0] else audio[:1, :n]
+            info: dict[str, Any] = {"track": ref.name, "instrument": ref.instrument, "beat_bassline": ref.inside_bb}
+            stems[file[:-4]] = info
+            _add(dry_total, audio)
+            why = silent_by_design(root, ref)
+            if why is None:
+                try:
+                    wet = _render_stem(root, ref, tmp, f"wet{k}", wet=True)
+                except LmmsError as exc:
+                    why = f"not rendered wet ({str(exc).split(': ', 1)[-1]})"
+            if why is not None:
+                wet_skipped[ref.name] = why
+                continue
+            if not np.isfinite(wet).all():
+                raise LmmsError(f"{project}: the wet stem of track {ref.name!r} has NaN or Inf samples")
+            if float(np.abs(wet).max()) < 1e-6:
+                raise LmmsError(f"{project}: the wet stem of track {ref.name!r} is silent, its dry stem is not")
+            write_audio(tmp / "wet" / file, wet, rate)
+            _add(wet_total, wet)
+            info["wet"] = {"level_vs_dry_db": _level_db(wet[:, :audio.shape[-1]], audio[:, :wet.shape[-1]]),
+                           "route": route(root, ref), "shared_nonlinear": shared.get(ref.index, [])}
         if not stems:
             raise LmmsError(f"{project}: no track rendered to a non-silent stem")
-        residual = 20 * np.log10(np.sqrt(np.mean((total - mix) ** 2)) / max(np.sqrt(np.mean(mix ** 2)), 1e-12) + 1e-12)
+        scale = float((wet_total * mix).sum() / max(float((wet_total ** 2).sum()), 1e-20))
+        master = next((c for c in root.iter("fxchannel") if c.get("num") == MASTER), None)
         meta = {"title": project.name.split(".mmp")[0], "author": project.name.split("-")[0], "source": str(project),
                 **licence_of(project), "sample_rate": rate, "stems": stems, "skipped": skipped,
-                "stems_vs_mix_residual_db": float(residual),
-                "note": "stems are dry (volume, pan, effects neutral); mix.wav is the author's own mix"}
+                "wet_skipped": wet_skipped,
+                "stems_vs_mix_residual_db": _level_db(dry_total - mix, mix),
+                "wet_vs_mix_residual_db": _level_db(wet_total - mix, mix),
+                "wet_vs_mix_residual_scaled_db": _level_db(scale * wet_total - mix, mix),
+                "master": {"volume": float((master.get("volume") if master is not None else None) or 1),
+                           "effects": effect_names(master.find("fxchain")) if master is not None else []},
+                "note": "stems are dry (volume, pan, effects neutral); wet/ holds each track as the author mixed it, "
+                        "before the master channel; mix.wav is the author's own mix"}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
         (tmp / DONE).write_text("ok\n")
         shutil.rmtree(out, ignore_errors=True)
@@ -265,7 +438,7 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
         raise LmmsError("no LMMS projects found (install lmms-common, or name projects)")
     make_output_folder(out_dir)
     projects = select_shard(projects, shard)
-    todo = [p for p in projects if not (out_dir / _safe(Path(p).name.split(".mmp")[0]) / DONE).is_file()]
+    todo = [p for p in projects if not is_done(out_dir / _safe(Path(p).name.split(".mmp")[0]))]
     failed: dict[str, str] = {}
 
     def one(p: Path) -> str | None:
@@ -278,4 +451,11 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         done = [r for r in show_progress(pool.map(one, todo), "rendering LMMS projects", progress, total=len(todo))
                 if r]
-    return {"done": done, "skipped": len(projects) - len(todo), "failed": failed}
+    wet_skipped = {name: json.loads((out_dir / name / "metadata.json").read_text())["wet_skipped"] for name in done}
+    return {"done": done, "skipped": len(projects) - len(todo), "failed": failed,
+            "wet_skipped": {k: v for k, v in wet_skipped.items() if v}}
+
+
+def is_done(song_dir: Path) -> bool:
+    """A song rendered completely by this version (a folder from before wet stems existed is redone)."""
+    return (song_dir / DONE).is_file() and (song_dir / "wet").is_dir()

@@ -23,7 +23,9 @@ from gradmix.errors import AudioError
 
 @dataclass
 class Example:
-    """One song segment: ``tracks (N, 2, samples)``, ``mono (N,)`` bool, ``mix (2, samples)`` or ``None``."""
+    """One song segment: ``tracks (N, 2, samples)``, ``mono (N,)`` bool, ``mix (2, samples)`` or ``None``,
+    and the wet stems ``wet (N, 2, samples)`` (silence for a track without one) with ``has_wet (N,)`` bool, or
+    ``wet = None`` when no track of the song has a wet stem."""
 
     song: str
     tracks: Tensor
@@ -31,12 +33,15 @@ class Example:
     mix: Tensor | None
     labels: list[str | None]
     offset_s: float
+    wet: Tensor | None = None
+    has_wet: Tensor | None = None
 
 
 @dataclass
 class Batch:
     """Songs padded to the most tracks: ``tracks (B, N, 2, T)``, ``mask (B, N)``, ``mono (B, N)``,
-    ``mix (B, 2, T)`` (zeros where a song has none) and ``has_mix (B,)``."""
+    ``mix (B, 2, T)`` (zeros where a song has none), ``has_mix (B,)``, the wet stems ``wet (B, N, 2, T)``
+    (zeros where a track has none) and ``has_wet (B, N)`` (false for padding and tracks without one)."""
 
     tracks: Tensor
     mask: Tensor
@@ -45,6 +50,8 @@ class Batch:
     has_mix: Tensor
     songs: list[str]
     labels: list[list[str | None]]
+    wet: Tensor | None = None
+    has_wet: Tensor | None = None
 
 
 def stem_info(ref: StemRef) -> tuple[int, int]:
@@ -130,18 +137,25 @@ def song_seconds(song: Song) -> float:
 
 def read_example(song: Song, *, offset_s: float = 0.0, seconds: float | None = None,
                  sample_rate: int = 44100) -> Example:
-    """The stems (and mix) of ``song`` from ``offset_s`` for ``seconds`` (``None``: the whole song; from the start,
-    every file is read whole and checked as ``gradmix mix`` reads stems, truncation included), padded with
-    silence to the longest stem."""
+    """The stems (and mix, and wet stems) of ``song`` from ``offset_s`` for ``seconds`` (``None``: the whole song;
+    from the start, every file is read whole and checked as ``gradmix mix`` reads stems, truncation included),
+    padded with silence to the longest stem."""
     if seconds is None and offset_s != 0:
         seconds = song_seconds(song) - offset_s
     parts = [read_segment(r, offset_s, seconds, sample_rate) for r in song.stems]
     mix = None if song.mix is None else read_segment(song.mix, offset_s, seconds, sample_rate)
+    wets = [None if r.wet is None else read_segment(StemRef(r.wet, r.name), offset_s, seconds, sample_rate)
+            for r in song.stems]
     length = max(x.shape[-1] for x in parts)
     tracks = torch.from_numpy(np.stack([_fit(x, length) for x in parts]))
     mono = torch.tensor([_is_mono(r) for r in song.stems])
     mix = None if mix is None else torch.from_numpy(_fit(mix, length))
-    return Example(song.name, tracks, mono, mix, [r.label for r in song.stems], offset_s)
+    wet = has_wet = None
+    if any(w is not None for w in wets):
+        wet = torch.from_numpy(np.stack([np.zeros((2, length), np.float32) if w is None else _fit(w, length)
+                                         for w in wets]))
+        has_wet = torch.tensor([w is not None for w in wets])
+    return Example(song.name, tracks, mono, mix, [r.label for r in song.stems], offset_s, wet, has_wet)
 
 
 def random_example(song: Song, *, seconds: float, sample_rate: int = 44100, generator: torch.Generator | None = None,
@@ -175,6 +189,9 @@ def collate(examples: list[Example]) -> Batch:
     mono = torch.zeros(b, n, dtype=torch.bool)
     mix = torch.zeros(b, 2, length)
     has_mix = torch.zeros(b, dtype=torch.bool)
+    any_wet = any(e.wet is not None for e in examples)
+    wet = torch.zeros(b, n, 2, length) if any_wet else None
+    has_wet = torch.zeros(b, n, dtype=torch.bool) if any_wet else None
     for i, e in enumerate(examples):
         k, t = e.tracks.shape[0], e.tracks.shape[-1]
         tracks[i, :k, :, :t] = e.tracks
@@ -183,8 +200,11 @@ def collate(examples: list[Example]) -> Batch:
         if e.mix is not None:
             mix[i, :, :t] = e.mix
             has_mix[i] = True
+        if e.wet is not None:
+            wet[i, :k, :, :t] = e.wet
+            has_wet[i, :k] = e.has_wet
     return Batch(tracks, mask, mono, mix, has_mix, [e.song for e in examples],
-                 [e.labels + [None] * (n - len(e.labels)) for e in examples])
+                 [e.labels + [None] * (n - len(e.labels)) for e in examples], wet, has_wet)
 
 
 class SegmentDataset(torch.utils.data.Dataset):

@@ -3,14 +3,17 @@
 A :class:`Song` is a list of stem references (+ an optional mix and metadata). Layouts:
 
 - ``folder``: ``ROOT/<song>/*.wav|flac|aiff|ogg`` (a file named ``mix.*`` or ``mixture.*`` is the mix;
-  ``metadata.json`` is the metadata, whose optional ``"labels": {stem name: class}`` labels stems);
+  ``metadata.json`` is the metadata, whose optional ``"labels": {stem name: class}`` labels stems; a file of
+  the same name in ``ROOT/<song>/wet/`` is that stem's wet (processed) version, as the mix hears it);
 - ``musdb``: MUSDB18, ``ROOT/{train,test}/<song>.stem.mp4`` (stream 0 the mixture, then drums, bass,
   other, vocals; needs ffmpeg);
 - ``musdb-hq``: MUSDB18-HQ, ``ROOT/{train,test}/<song>/{mixture,drums,bass,other,vocals}.wav``;
 - ``medleydb``: ``ROOT/<Song>/<Song>_METADATA.yaml`` with ``stems: {S01: {filename, instrument}}``, stem files
   in ``<Song>_STEMS/`` and the mix ``<Song>_MIX.wav``;
-- ``csv``: a manifest file with columns ``song, stem, label, mix`` (paths relative to the manifest; one row
-  per stem; ``label`` and ``mix`` may be empty).
+- ``csv``: a manifest file with columns ``song, stem, label, mix, wet`` (paths relative to the manifest; one
+  row per stem; ``label``, ``mix`` and ``wet`` may be empty or absent).
+
+Wet stems are optional, per stem: a song may have them for some tracks and not for others.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ class DatasetError(GradmixError):
 
 @dataclass(frozen=True)
 class StemRef:
-    """One stem on disk: ``path`` (and for a ``.stem.mp4``, the ``stream`` name), a track name and a class."""
+    """One stem on disk: ``path`` (and for a ``.stem.mp4``, the ``stream`` name), a track name, a class, and
+    the path of its wet version (``None`` when the dataset has none)."""
 
     path: Path
     name: str
     label: str | None = None
     stream: str | None = None
+    wet: Path | None = None
 
 
 @dataclass
@@ -91,7 +96,8 @@ def _folder_song(folder: Path, split: str | None = None) -> Song | None:
             raise DatasetError(f"{folder / 'metadata.json'}: not valid JSON ({exc})") from None
     labels = meta.get("labels", {})
     mix = next((p for p in files if p.stem.lower() in MIX_NAMES), None)
-    stems = [StemRef(p, p.stem, labels.get(p.stem)) for p in files if p != mix]
+    wet = {p.name: p for p in (folder / "wet").iterdir() if is_audio_file(p)} if (folder / "wet").is_dir() else {}
+    stems = [StemRef(p, p.stem, labels.get(p.stem), wet=wet.get(p.name)) for p in files if p != mix]
     if not stems:
         return None
     return Song(folder.name, stems, StemRef(mix, "mix") if mix else None, meta, split)
@@ -155,13 +161,16 @@ def _csv_songs(manifest: Path) -> list[Song]:
         missing = {"song", "stem"} - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(f"{manifest}: missing column(s) {', '.join(sorted(missing))} "
-                               "(expected song, stem, label, mix)")
+                               "(expected song, stem, label, mix, wet)")
         for line, row in enumerate(reader, start=2):
             path = base / row["stem"]
             if not path.is_file():
                 raise DatasetError(f"{manifest}:{line}: stem {row['stem']} is missing")
+            wet = base / row["wet"] if row.get("wet") else None
+            if wet is not None and not wet.is_file():
+                raise DatasetError(f"{manifest}:{line}: wet stem {row['wet']} is missing")
             song = songs.setdefault(row["song"], Song(row["song"], []))
-            song.stems.append(StemRef(path, path.stem, row.get("label") or None))
+            song.stems.append(StemRef(path, path.stem, row.get("label") or None, wet=wet))
             if row.get("mix"):
                 song.mix = StemRef(base / row["mix"], "mix")
     return list(songs.values())

@@ -67,6 +67,9 @@ class Effect:
     """Keywords of ``function`` that are fixed settings rather than controls."""
     mono_in: ClassVar[bool] = False
     """True when the effect takes a mono track (pan)."""
+    linear: ClassVar[bool] = False
+    """True when, for fixed parameters, the output is a linear function of the input (filters, gains, delays,
+    reverbs): a bus of linear effects processes a sum of sends as the sum of each send processed alone."""
 
     specs: list[ParamSpec]
 

@@ -21,6 +21,7 @@ from gradmix.errors import ParameterError
 class Gain(Effect):
     type_name = "gain"
     function = staticmethod(dsp.gain)
+    linear = True
 
     def __init__(self) -> None:
         self.specs = [ParamSpec("gain_db", "dB", -48.0, 12.0, 0.0)]
@@ -32,6 +33,7 @@ class Pan(Effect):
 
     type_name = "pan"
     function = staticmethod(dsp.pan)
+    linear = True
     mono_in = True
 
     def __init__(self) -> None:
@@ -42,6 +44,7 @@ class Pan(Effect):
 class Balance(Effect):
     type_name = "balance"
     function = staticmethod(dsp.balance)
+    linear = True
 
     def __init__(self) -> None:
         self.specs = [ParamSpec("pan", "", -1.0, 1.0, 0.0)]
@@ -51,6 +54,7 @@ class Balance(Effect):
 class StereoWidth(Effect):
     type_name = "width"
     function = staticmethod(dsp.stereo_width)
+    linear = True
 
     def __init__(self) -> None:
         self.specs = [ParamSpec("width", "", 0.0, 2.0, 1.0)]
@@ -88,6 +92,7 @@ class ParametricEQ(Effect):
 
     type_name = "eq"
     function = staticmethod(dsp.parametric_eq)
+    linear = True
     static = ("shapes",)
 
     def __init__(self, shapes: Sequence[str] = DEFAULT_EQ_SHAPES) -> None:
@@ -128,6 +133,7 @@ class GraphicEQ(Effect):
 
     type_name = "graphic_eq"
     function = staticmethod(dsp.graphic_eq)
+    linear = True
 
     def __init__(self, bands: int = 10) -> None:
         if bands not in (10, 31):
@@ -243,6 +249,7 @@ class Reverb(Effect):
 
     type_name = "reverb"
     function = staticmethod(dsp.reverb)
+    linear = True
     static = ("seed",)
 
     def __init__(self, seed: int = 0) -> None:
@@ -259,6 +266,7 @@ class Reverb(Effect):
 class Delay(Effect):
     type_name = "delay"
     function = staticmethod(dsp.delay)
+    linear = True
 
     def __init__(self) -> None:
         self.specs = [ParamSpec("time_ms", "ms", 10.0, 2000.0, 250.0, "log"),

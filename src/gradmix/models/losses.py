@@ -1,4 +1,5 @@
-"""Training losses between a predicted mix and a target mix, all finite on silence.
+"""Training losses: a predicted mix against a target mix, and each track's part against its wet stem; all
+finite on silence.
 
 ``MixLoss = w_stft * MR-STFT(mono sum) + w_stereo * MR-STFT(sum and difference) + w_loudness * |dLUFS| / 10
 + w_features * mean feature error + w_balance * |d balance| / 3``
@@ -12,6 +13,19 @@
 - Feature error: running means (1 s) of the frame features of :func:`gradmix.metrics.frame_features`
   (spectral centroid, bandwidth, flatness, roll-off, panning RMS per band, RMS), each as absolute error over
   ``max(|target|, floor)``: the evaluation's per-feature MAPE, made differentiable.
+
+``TrackLoss`` compares each track's own part of the mix (:func:`gradmix.console.track_outputs`: strip output
+plus its bus returns) with the track's wet stem, on the tracks that have one and sound in the segment:
+
+``w_track_stft * MR-STFT(mono sum) + w_track_level * |d (L_track - L_mix)| / 10 + w_track_position * |d position|
++ w_track_width * |d width|``
+
+- ``L_track - L_mix``: the track's soft-gated loudness relative to that of the sum of all parts (LU), so a
+  track's level is judged within its mix, not against an absolute scale.
+- position ``(E_R - E_L) / (E_R + E_L)`` in -1..1 and width ``E_side / (E_mid + E_side)`` in 0..1, from the
+  channel energies: bounded, so a hard-panned track costs at most 2 and a silent channel no infinity.
+- ``track_weighting``: ``equal`` averages over tracks; ``loudness`` weights each track by its wet stem's share
+  of the song's wet energy in the segment (quiet tracks matter less).
 """
 
 from __future__ import annotations
@@ -27,6 +41,12 @@ from gradmix.metrics.distances import frame_feature_errors
 FFT_SIZES = (512, 2048, 8192)
 
 
+TRACK_WEIGHTINGS = ("equal", "loudness")
+ACTIVE_DB = -60.0
+"""A track takes part in the per-track loss in a segment where its dry input and its wet stem are both louder
+than this (RMS, dBFS)."""
+
+
 @dataclass
 class LossWeights:
     stft: float = 1.0
@@ -34,6 +54,17 @@ class LossWeights:
     loudness: float = 1.0
     features: float = 1.0
     balance: float = 1.0
+    track_stft: float = 1.0
+    track_level: float = 1.0
+    track_position: float = 1.0
+    track_width: float = 1.0
+    track_weighting: str = "equal"
+    """How tracks are averaged in the per-track terms: ``equal`` or ``loudness`` (see :class:`TrackLoss`)."""
+
+    @property
+    def per_track(self) -> bool:
+        """Whether any per-track term has a weight."""
+        return any((self.track_stft, self.track_level, self.track_position, self.track_width))
 
 
 class MixLoss(nn.Module):
@@ -77,3 +108,87 @@ def feature_loss(estimate: Tensor, target: Tensor, sample_rate: float, window_s:
     """Mean over frame features of the relative error of their running means (scalar)."""
     errors = frame_feature_errors(estimate, target.detach(), sample_rate, window_s)
     return torch.stack(list(errors.values())).mean()
+
+
+class TrackLoss(nn.Module):
+    """``loss(parts, wet, has_wet, active) -> (scalar, {term: scalar})``: each track's part of the mix against
+    its wet stem.
+
+    Args (of ``forward``):
+        parts: ``(batch, tracks, 2, samples)`` the console's per-track outputs (strip + bus returns).
+        wet: ``(batch, tracks, 2, samples)`` the wet stems, on the same scale as the target mix.
+        has_wet: ``(batch, tracks)`` bool, the tracks with a wet stem: their sums are the mixes that relative
+            levels are measured in, on both sides.
+        active: ``(batch, tracks)`` bool, the tracks to compare (with a wet stem, sounding in the segment).
+
+    A batch without an active track gives 0 for every term.
+    """
+
+    def __init__(self, sample_rate: float, weights: LossWeights | None = None) -> None:
+        super().__init__()
+        import auraloss
+
+        self.sample_rate, self.w = sample_rate, weights or LossWeights()
+        if self.w.track_weighting not in TRACK_WEIGHTINGS:
+            raise ValueError(f"track_weighting: {self.w.track_weighting!r} is not one of {', '.join(TRACK_WEIGHTINGS)}")
+        self.stfts = nn.ModuleList(auraloss.freq.STFTLoss(fft_size=n, hop_size=n // 4, win_length=n, w_sc=0.0,
+                                                          w_log_mag=1.0, w_lin_mag=1.0, reduction="none")
+                                   for n in FFT_SIZES)
+
+    def forward(self, parts: Tensor, wet: Tensor, has_wet: Tensor, active: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        names = [k for k in ("stft", "level", "position", "width") if getattr(self.w, f"track_{k}")]
+        if not bool(active.any()):
+            zero = parts.sum() * 0.0
+            return zero, {k: zero.detach() for k in names}
+        weight = self._weights(wet, active)
+        est, ref = parts[active], wet[active]                         # (items, 2, samples)
+        terms: dict[str, Tensor] = {}
+        if self.w.track_stft:
+            per_item = sum(f(est.sum(1, keepdim=True), ref.sum(1, keepdim=True)).mean((-2, -1)) for f in self.stfts)
+            terms["stft"] = (weight * per_item / len(self.stfts)).sum()
+        if self.w.track_level:
+            def relative(x: Tensor) -> Tensor:
+                b, n = x.shape[:2]
+                track = soft_integrated_loudness(x.flatten(0, 1), sample_rate=self.sample_rate).view(b, n)
+                mix = soft_integrated_loudness((x * has_wet[..., None, None]).sum(1), sample_rate=self.sample_rate)
+                return (track - mix[:, None])[active]
+
+            terms["level"] = (weight * (relative(parts) - relative(wet)).abs() / 10).sum()
+        if self.w.track_position or self.w.track_width:
+            pe, we = stereo_image(est)
+            pr, wr = stereo_image(ref)
+            if self.w.track_position:
+                terms["position"] = (weight * (pe - pr).abs()).sum()
+            if self.w.track_width:
+                terms["width"] = (weight * (we - wr).abs()).sum()
+        total = sum(getattr(self.w, f"track_{k}") * v for k, v in terms.items())
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    def _weights(self, wet: Tensor, active: Tensor) -> Tensor:
+        """``(items,)`` weights of the active tracks, summing to 1 over the batch."""
+        if self.w.track_weighting == "equal":
+            w = active.to(wet.dtype)
+        else:
+            energy = wet.detach().square().mean((-2, -1)) * active
+            w = energy / energy.sum(1, keepdim=True).clamp_min(1e-20)    # share within each song
+        w = w / w.sum().clamp_min(1e-20)
+        return w[active]
+
+
+def stereo_image(x: Tensor, eps: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """Position and width of ``(items, 2, samples)`` audio, each ``(items,)``.
+
+    position = ``(E_R - E_L) / (E_R + E_L)`` in -1 (left) .. 1 (right); width = ``E_S / (E_M + E_S)`` in 0 (mono)
+    .. 1 (out of phase), with ``M = (L + R) / 2`` and ``S = (L - R) / 2``; both 0 for silence.
+    """
+    e = x.square().mean(-1)
+    side = (0.5 * (x[:, 0] - x[:, 1])).square().mean(-1)
+    mid = (0.5 * (x[:, 0] + x[:, 1])).square().mean(-1)
+    return (e[:, 1] - e[:, 0]) / (e.sum(-1) + eps), side / (mid + side + eps)
+
+
+def active_tracks(tracks: Tensor, wet: Tensor, has_wet: Tensor, floor_db: float = ACTIVE_DB) -> Tensor:
+    """``(batch, tracks)`` bool: a wet stem exists, and both the dry input and the wet stem
+    ``(batch, tracks, 2, samples)`` are louder than ``floor_db`` RMS (dBFS) in this segment."""
+    floor = 10 ** (floor_db / 10)
+    return has_wet & (tracks.square().mean((-2, -1)) > floor) & (wet.square().mean((-2, -1)) > floor)
