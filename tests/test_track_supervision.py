@@ -8,7 +8,7 @@ import torch
 
 from gradmix import dsp
 from gradmix.data.augment import Augmentation, augment_tracks
-from gradmix.models.losses import LossWeights, TrackLoss, active_tracks, stereo_image
+from gradmix.models.losses import LossWeights, TrackLoss, active_tracks, pick_tracks, stereo_image
 
 SR = 44100
 
@@ -38,11 +38,15 @@ def test_track_loss_is_zero_on_the_wet_stems_and_each_term_sees_its_own_change()
     active = active_tracks(wet, wet, has_wet)
     assert active.tolist() == has_wet.tolist()
     loss = TrackLoss(SR)
-    total, terms = loss(wet, wet, has_wet, active)
+
+    def mix(x):
+        return (x * has_wet[..., None, None]).sum(1)
+
+    total, terms = loss(wet, wet, active, mix(wet), mix(wet))
     assert total.item() == pytest.approx(0.0, abs=1e-6) and set(terms) == {"stft", "level", "position", "width"}
     louder = wet.clone()
     louder[0, 1] *= 10 ** (6 / 20)                                  # one track 6 dB up in its mix
-    terms = loss(louder, wet, has_wet, active)[1]
+    terms = loss(louder, wet, active, mix(louder), mix(wet))[1]
     assert terms["stft"] > 0.01 and terms["position"] < 1e-6 and terms["width"] < 1e-6
     # relative levels: track 1 rises by 6 dB minus what the mix rises; the other two fall by what the mix rises
     mix_before = dsp.soft_integrated_loudness(wet[0].sum(0, keepdim=True), sample_rate=SR)
@@ -52,7 +56,7 @@ def test_track_loss_is_zero_on_the_wet_stems_and_each_term_sees_its_own_change()
     assert terms["level"].item() == pytest.approx(expected, rel=0.02)
     moved = wet.clone()
     moved[1, 0, 1] = 0                                                # hard left: position error 1 on one of 5
-    terms = loss(moved, wet, has_wet, active)[1]
+    terms = loss(moved, wet, active, mix(moved), mix(wet))[1]
     assert terms["position"].item() == pytest.approx(abs(stereo_image(wet[1, :1])[0].item() + 1) / 5, rel=1e-4)
     assert terms["width"].item() == pytest.approx(abs(stereo_image(wet[1, :1])[1].item() - 0.5) / 5, rel=1e-3)
 
@@ -65,12 +69,13 @@ def test_track_loss_ignores_tracks_without_a_wet_stem_or_silent_and_has_gradient
     dry[0, 2] = 0                                                      # not playing in this segment
     active = active_tracks(dry, wet, has_wet)
     assert active.tolist() == [[True, False, False]]
-    total, _ = TrackLoss(SR)(parts, wet, has_wet, active)
+    keep = has_wet[..., None, None]
+    total, _ = TrackLoss(SR)(parts, wet, active, (parts * keep).sum(1), (wet * keep).sum(1))
     total.backward()
     grad = parts.grad.abs().sum((-2, -1))[0]
     assert grad[0] > 0 and grad[1] == 0 and torch.isfinite(parts.grad).all()
     none = torch.zeros_like(has_wet)
-    total, terms = TrackLoss(SR)(parts, wet, none, none)
+    total, terms = TrackLoss(SR)(parts, wet, none, parts.sum(1), wet.sum(1))
     assert total.item() == 0.0 and all(v.item() == 0.0 for v in terms.values())
 
 
@@ -79,13 +84,29 @@ def test_loudness_weighting_follows_each_tracks_share_of_its_song():
     has_wet = torch.ones(1, 2, dtype=torch.bool)
     parts = wet.clone()
     parts[0, 1, 1] = 0                                                 # the quiet track moved hard left
-    equal = TrackLoss(SR, LossWeights(track_weighting="equal"))(parts, wet, has_wet, has_wet)[1]["position"]
-    loud = TrackLoss(SR, LossWeights(track_weighting="loudness"))(parts, wet, has_wet, has_wet)[1]["position"]
+    args = (parts, wet, has_wet, parts.sum(1), wet.sum(1))
+    equal = TrackLoss(SR, LossWeights(track_weighting="equal"))(*args)[1]["position"]
+    loud = TrackLoss(SR, LossWeights(track_weighting="loudness"))(*args)[1]["position"]
     error = abs(stereo_image(wet[0, 1:])[0].item() + 1)
     assert equal.item() == pytest.approx(error / 2, rel=1e-4)
     assert loud.item() == pytest.approx(error * 0.01 / 1.01, rel=1e-2)
     with pytest.raises(ValueError, match="track_weighting"):
         TrackLoss(SR, LossWeights(track_weighting="biggest"))
+
+
+def test_pick_tracks_draws_up_to_count_active_tracks_per_song_and_is_seeded():
+    active = torch.tensor([[True, False, True, True, True], [False, True, False, False, False],
+                           [False] * 5])
+    index, valid = pick_tracks(active, 2, torch.Generator().manual_seed(0))
+    assert index.shape == valid.shape == (3, 2) and valid.tolist() == [[True, True], [True, False], [False, False]]
+    assert set(index[0].tolist()) <= {0, 2, 3, 4} and len(set(index[0].tolist())) == 2 and index[1, 0] == 1
+    again = pick_tracks(active, 2, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(index, again)
+    seen = {i for s in range(20) for i in pick_tracks(active, 2, torch.Generator().manual_seed(s))[0][0].tolist()}
+    assert seen == {0, 2, 3, 4}                                       # every active track is drawn in time
+    index, valid = pick_tracks(active, 0, torch.Generator().manual_seed(0))
+    assert valid.sum().item() == 5 and index.shape == (3, 4)
+    assert pick_tracks(torch.zeros(2, 3, dtype=torch.bool), 4, torch.Generator())[0].shape == (2, 0)
 
 
 def test_augmentation_is_seeded_and_changes_gain_tilt_and_dynamics_as_stated():

@@ -220,16 +220,15 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
     """Gradient descent on the console's controls against the wet stems puts each track where its wet stem
     is; a mix loss alone is satisfied by any pans whose sum matches (here: both tracks are the same noise)."""
     require("auraloss")
-    from gradmix.console import Controls, Layout, track_outputs
+    from gradmix.console import Controls, Layout, pre_master, track_outputs
     from gradmix.models.losses import TrackLoss, active_tracks
 
     layout = Layout.build(["gain", "pan"])
     x = torch.randn(1, 1, 1, SR // 2, generator=torch.Generator().manual_seed(0)).expand(1, 2, 1, SR // 2) * 0.1
     pans, gains = torch.tensor([[-0.6, 0.5]]), torch.tensor([[-3.0, 2.0]])
-    target = {"strip": [{"gain_db": gains}, {"pan": pans}], "sends": torch.zeros(1, 2, 0)}
     params = layout.denormalize(Controls(torch.zeros(1, 2, 2), torch.zeros(1, 2, 0), torch.zeros(1, 0),
                                          torch.zeros(1, 0)))
-    params.strip = target["strip"]
+    params.strip = [{"gain_db": gains}, {"pan": pans}]
     _, wet = layout.render(x, params, sample_rate=SR)
     logits = Controls(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 0), torch.zeros(1, 0), torch.zeros(1, 0)).logits()
     opt = torch.optim.Adam([logits[0]], lr=0.05)
@@ -238,7 +237,8 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
         c = Controls.from_logits(logits)
         p = layout.denormalize(c)
         _, strips = layout.render(x, p, sample_rate=SR)
-        loss = loss_fn(track_outputs(layout, strips, p, sample_rate=SR), wet, has_wet, active_tracks(x, wet, has_wet))[0]
+        loss = loss_fn(track_outputs(layout, strips, p, sample_rate=SR), wet, active_tracks(x, wet, has_wet),
+                       pre_master(layout, strips, p, sample_rate=SR), wet.sum(1))[0]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -35,14 +35,14 @@ import torch
 import yaml
 
 from gradmix.audio import make_output_folder
-from gradmix.console import Layout, track_outputs
+from gradmix.console import Controls, Layout, pre_master, track_outputs
 from gradmix.data import SegmentDataset, collate, find_songs
 from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import save_model
 from gradmix.models.engineer import engineer_controls
-from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks
+from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, pick_tracks
 
 REGIMES = ("supervised", "self_supervised", "mixed")
 
@@ -170,6 +170,8 @@ def check(cfg: TrainConfig) -> None:
                            "(its EQ ranges reach 18 kHz); use 44100 or 48000")
     if not 0 <= cfg.data.self_supervised_fraction <= 1:
         raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
+    if cfg.optim.loss.tracks_per_song < 0:
+        raise GradmixError("config.optim.loss.tracks_per_song: must be >= 0 (0: every track)")
     if not 0 <= cfg.data.augment_compress <= 1:
         raise GradmixError("config.data.augment_compress: must be within 0..1")
     if cfg.optim.loss.track_weighting not in TRACK_WEIGHTINGS:
@@ -233,7 +235,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
             else:
                 x = clean
-            target, wet, has_wet = self._target(batch, clean, g)
+            target, use_mix, made = self._target(batch, clean, g)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
@@ -243,9 +245,8 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             params = self.layout.denormalize(controls)
             estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
-            if wet is not None and self.track_loss is not None:
-                parts = track_outputs(self.layout, strips, params, sample_rate=self.sr)
-                track_loss, track_terms = self.track_loss(parts, wet, has_wet, active_tracks(clean, wet, has_wet))
+            if self.track_loss is not None:
+                track_loss, track_terms = self._track_terms(batch, clean, strips, params, use_mix, made, g)
                 loss = loss + track_loss
                 terms.update({f"track_{k}": v for k, v in track_terms.items()})
             if kl is not None:
@@ -263,30 +264,48 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             return loss
 
         def _target(self, batch, x, g):
-            """The target mix ``(B, 2, T)`` of each song, and its wet stems ``(B, N, 2, T)`` with ``has_wet (B, N)``
-            (``None, None`` when no song of the batch has any): the human mix and wet stems where the regime uses
-            them, else an engineer-like console's render of the normalised tracks ``x`` and its per-track parts."""
-            device = x.device
+            """The target mix ``(B, 2, T)`` of each song, which songs use their human mix ``(B,)``, and the
+            engineer-like console that made the others (``(strips, params)``, or ``None`` when every song uses its
+            human mix), rendered from the normalised tracks ``x``."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
-                draw = torch.rand(use_mix.shape, generator=g).to(device)
+                draw = torch.rand(use_mix.shape, generator=g).to(x.device)
                 use_mix = use_mix & (draw >= cfg.data.self_supervised_fraction)
-            human_wet = batch.wet is not None and self.track_loss is not None
             if bool(use_mix.all()):
-                return (batch.mix, batch.wet, batch.has_wet) if human_wet else (batch.mix, None, None)
+                return batch.mix, use_mix, None
             with torch.no_grad():
                 c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype)
-                c = type(c)(*(v.to(device) for v in (c.strip, c.sends, c.buses, c.master)))
-                params = self.layout.denormalize(c)
+                params = self.layout.denormalize(Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master))))
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
-                parts = track_outputs(self.layout, strips, params, sample_rate=self.sr) if self.track_loss else None
-            mix = torch.where(use_mix[:, None, None], batch.mix, made)
-            if self.track_loss is None:
-                return mix, None, None
-            human = use_mix[:, None] & (batch.has_wet if human_wet else torch.zeros_like(batch.mask))
-            wet = torch.where(use_mix[:, None, None, None], batch.wet if human_wet else torch.zeros_like(parts), parts)
-            has_wet = torch.where(use_mix[:, None], human, batch.mask)
-            return mix, wet, has_wet
+            return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params)
+
+        def _track_terms(self, batch, clean, strips, params, use_mix, made, g):
+            """The per-track loss on up to ``tracks_per_song`` tracks per song: against the wet stems where a
+            song uses its human mix, against the engineer-like console's parts where it does not."""
+            human_wet = batch.has_wet if batch.has_wet is not None else torch.zeros_like(batch.mask)
+            has_wet = torch.where(use_mix[:, None], human_wet, batch.mask)
+            wet_all = batch.wet if batch.wet is not None else torch.zeros_like(clean)
+            sounding = active_tracks(clean, torch.where(use_mix[:, None, None, None], wet_all, clean), has_wet)
+            index, valid = pick_tracks(sounding, cfg.optim.loss.tracks_per_song, g)
+            if index.shape[1] == 0:
+                return self.track_loss(strips[:, :0], strips[:, :0], valid, strips[:, 0], strips[:, 0])
+
+            def pick(t):
+                return t.gather(1, index.view(*index.shape, *[1] * (t.dim() - 2)).expand(-1, -1, *t.shape[2:]))
+
+            def parts_and_mix(strips, params):
+                chosen = dataclasses.replace(params, sends_db=pick(params.sends_db))
+                return (track_outputs(self.layout, pick(strips), chosen, sample_rate=self.sr),
+                        pre_master(self.layout, strips * has_wet[..., None, None], params, sample_rate=self.sr))
+
+            parts, mix = parts_and_mix(strips, params)
+            wet, wet_mix = pick(wet_all), (wet_all * has_wet[..., None, None]).sum(1)
+            if made is not None:
+                with torch.no_grad():
+                    made_parts, made_mix = parts_and_mix(*made)
+                wet = torch.where(use_mix[:, None, None, None], wet, made_parts)
+                wet_mix = torch.where(use_mix[:, None, None], wet_mix, made_mix)
+            return self.track_loss(parts, wet, valid, mix, wet_mix)
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)

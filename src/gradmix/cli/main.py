@@ -158,6 +158,9 @@ def _lmms(args: argparse.Namespace) -> None:
     print(f"rendered {len(summary['done'])} song(s), {summary['skipped']} already done, into {args.output}")
     for project, why in summary["failed"].items():
         print(f"warning: {why}", file=sys.stderr)
+    for song, tracks in summary["wet_skipped"].items():
+        for track, why in tracks.items():
+            print(f"note: {song}: track {track!r} has no wet stem ({why}); it keeps its dry stem", file=sys.stderr)
 
 
 def _separate(args: argparse.Namespace) -> None:
@@ -172,6 +175,8 @@ def _separate(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     if args.generative:
+        if args.tracks or args.model_as:
+            raise GradmixError("--tracks and --model-as evaluate systems; they do not apply to --generative")
         from gradmix.evaluate_generative import evaluate_generative, generative_table
 
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
@@ -183,11 +188,28 @@ def _eval(args: argparse.Namespace) -> None:
         return
     from gradmix.evaluate import evaluate
 
+    models: dict[str, str] = {}
+    for item in args.model_as or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise GradmixError(f"--model-as: expected NAME=PATH, got {item!r}")
+        if name.strip() in models:
+            raise GradmixError(f"--model-as: {name.strip()!r} is given twice")
+        models[name.strip()] = path.strip()
     summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
                        seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty(), model_path=args.model,
-                       songs=[s for s in args.songs.split(",") if s] if args.songs else None, held_out=args.held_out)
+                       songs=[s for s in args.songs.split(",") if s] if args.songs else None, held_out=args.held_out,
+                       tracks=args.tracks, models=models)
     print((Path(args.output) / "results.md").read_text())
-    print(f"evaluated {summary['songs']} song(s); see {args.output}/index.html")
+    line = f"evaluated {summary['songs']} song(s)"
+    if args.tracks:
+        t = summary["tracks"]
+        print((Path(args.output) / "tracks.md").read_text())
+        if t["skipped"]:
+            print(f"note: --tracks: {len(t['skipped'])} song(s) without wet stems skipped: {', '.join(t['skipped'])}",
+                  file=sys.stderr)
+        line += f"; measured {t['measured']} track(s) in {t['songs']} song(s), {t['off_centre']} off-centre"
+    print(f"{line}; see {args.output}/index.html")
 
 
 def _effects(args: argparse.Namespace) -> None:
@@ -324,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-only", action="store_true", help="pass 1 only: write classes.json (before sharded jobs)")
     _shard_option(p)
     p.set_defaults(func=_normalize)
-    p = dsub.add_parser("lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry stems + mix")
+    p = dsub.add_parser("lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry and wet stems + mix")
     p.add_argument("output", help="output folder (folder-of-stems layout)")
     p.add_argument("--projects", nargs="+", help="your own .mmp/.mmpz projects instead of the shipped demos")
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
@@ -345,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
                         "target")
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
+    p.add_argument("--model-as", action="append", metavar="NAME=PATH",
+                   help="add a system NAME that is the mixing model at PATH (repeatable; e.g. previous=old.pt)")
+    p.add_argument("--tracks", action="store_true",
+                   help="also measure each track's part against the authors' wet stems (songs with <song>/wet/)")
     p.add_argument("--songs", help="comma-separated song names to evaluate (default: every song with a mix)")
     p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
     p.add_argument("--generative", action="store_true",

@@ -332,6 +332,13 @@ def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate
     return out
 
 
+def pre_master(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
+    """What the master chain receives: the strips summed plus every bus's output, ``(batch, 2, samples)``,
+    from strips ``(batch, tracks, 2, samples)`` (zero a track's strip to leave it out)."""
+    return add_buses(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params,
+                     sample_rate=sample_rate)
+
+
 def _per_track(v: Any, batch: int, n: int) -> Any:
     """A bus parameter ``(batch[, bands])`` repeated for each of ``n`` tracks: ``(batch * n[, bands])``."""
     if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmix.console.layout import Layout, Params, Slot, finish, render_strips
+from gradmix.console.layout import Layout, Params, Slot, finish, render_strips, track_outputs
 from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
@@ -273,8 +273,35 @@ class ConsoleSetting:
         ``buses_in``: per bus its input ``(1, 2, samples)`` (the sends summed), or ``None`` if nothing is sent.
         Returns the ``(2, samples)`` mix.
         """
+        layout, params = self._mix_layout(mix.new_zeros(1, 0, len(self.buses)))
+        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0]
+
+    def track_outputs(self, strips: Tensor) -> Tensor:
+        """Each track's own part of the mix before the master chain: its strip output plus, for every bus it
+        sends to, that bus's chain applied to the strip times the send gain ``10 ** (level_db / 20)`` (a track
+        without a send to a bus gets nothing from it). The parts sum to what the master chain receives.
+
+        Buses must hold linear effects only (see :func:`gradmix.console.track_outputs`, which this calls).
+
+        Args:
+            strips: ``(tracks, 2, samples)`` strip outputs, as :meth:`render` returns with ``keep_strips``.
+
+        Returns:
+            ``(tracks, 2, samples)``, the dtype and device of ``strips``.
+        """
+        if strips.dim() != 3 or strips.shape[0] != len(self.tracks) or strips.shape[1] != 2:
+            raise GradmixError(f"strips: expected ({len(self.tracks)} tracks, 2 channels, samples), "
+                               f"got {tuple(strips.shape)}")
+        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+                             dtype=strips.dtype, device=strips.device).reshape(1, len(self.tracks), len(self.buses))
+        layout, params = self._mix_layout(sends)
+        return track_outputs(layout, strips[None], params, sample_rate=self.sample_rate)[0]
+
+    def _mix_layout(self, sends_db: Tensor) -> tuple[Layout, Params]:
+        """The bus and master chains as a :class:`Layout` without strips, and their :class:`Params` (batch of
+        one) with ``sends_db (1, tracks, buses)``."""
         layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
                         tuple(Slot(e.effect) for e in self.master))
-        params = Params([], mix.new_zeros(1, 0, len(self.buses)), [[e.params for e in b.chain] for b in self.buses],
+        params = Params([], sends_db, [[e.params for e in b.chain] for b in self.buses],
                         [e.params for e in self.master])
-        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0]
+        return layout, params

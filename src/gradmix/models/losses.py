@@ -15,13 +15,15 @@ finite on silence.
   ``max(|target|, floor)``: the evaluation's per-feature MAPE, made differentiable.
 
 ``TrackLoss`` compares each track's own part of the mix (:func:`gradmix.console.track_outputs`: strip output
-plus its bus returns) with the track's wet stem, on the tracks that have one and sound in the segment:
+plus its bus returns) with the track's wet stem, on tracks that have one and sound in the segment
+(:func:`pick_tracks` draws up to ``tracks_per_song`` of them per song and step: each part costs a bus render):
 
 ``w_track_stft * MR-STFT(mono sum) + w_track_level * |d (L_track - L_mix)| / 10 + w_track_position * |d position|
 + w_track_width * |d width|``
 
-- ``L_track - L_mix``: the track's soft-gated loudness relative to that of the sum of all parts (LU), so a
-  track's level is judged within its mix, not against an absolute scale.
+- ``L_track - L_mix``: the track's soft-gated loudness relative to that of its mix (LU): on the estimate side
+  what the master receives from the tracks that have a wet stem, on the target side the sum of their wet
+  stems; a track's level is judged within its mix, not against an absolute scale.
 - position ``(E_R - E_L) / (E_R + E_L)`` in -1..1 and width ``E_side / (E_mid + E_side)`` in 0..1, from the
   channel energies: bounded, so a hard-panned track costs at most 2 and a silent channel no infinity.
 - ``track_weighting``: ``equal`` averages over tracks; ``loudness`` weights each track by its wet stem's share
@@ -60,6 +62,8 @@ class LossWeights:
     track_width: float = 1.0
     track_weighting: str = "equal"
     """How tracks are averaged in the per-track terms: ``equal`` or ``loudness`` (see :class:`TrackLoss`)."""
+    tracks_per_song: int = 4
+    """Tracks compared with their wet stems per song and step, drawn at random among those that sound (0: all)."""
 
     @property
     def per_track(self) -> bool:
@@ -111,15 +115,15 @@ def feature_loss(estimate: Tensor, target: Tensor, sample_rate: float, window_s:
 
 
 class TrackLoss(nn.Module):
-    """``loss(parts, wet, has_wet, active) -> (scalar, {term: scalar})``: each track's part of the mix against
-    its wet stem.
+    """``loss(parts, wet, active, mix, wet_mix) -> (scalar, {term: scalar})``: each track's part of the mix
+    against its wet stem.
 
     Args (of ``forward``):
         parts: ``(batch, tracks, 2, samples)`` the console's per-track outputs (strip + bus returns).
         wet: ``(batch, tracks, 2, samples)`` the wet stems, on the same scale as the target mix.
-        has_wet: ``(batch, tracks)`` bool, the tracks with a wet stem: their sums are the mixes that relative
-            levels are measured in, on both sides.
-        active: ``(batch, tracks)`` bool, the tracks to compare (with a wet stem, sounding in the segment).
+        active: ``(batch, tracks)`` bool, the tracks to compare.
+        mix: ``(batch, 2, samples)`` the estimate's mix that each part's level is relative to.
+        wet_mix: ``(batch, 2, samples)`` the target's mix that each wet stem's level is relative to.
 
     A batch without an active track gives 0 for every term.
     """
@@ -135,7 +139,8 @@ class TrackLoss(nn.Module):
                                                           w_log_mag=1.0, w_lin_mag=1.0, reduction="none")
                                    for n in FFT_SIZES)
 
-    def forward(self, parts: Tensor, wet: Tensor, has_wet: Tensor, active: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, parts: Tensor, wet: Tensor, active: Tensor, mix: Tensor,
+                wet_mix: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         names = [k for k in ("stft", "level", "position", "width") if getattr(self.w, f"track_{k}")]
         if not bool(active.any()):
             zero = parts.sum() * 0.0
@@ -147,13 +152,13 @@ class TrackLoss(nn.Module):
             per_item = sum(f(est.sum(1, keepdim=True), ref.sum(1, keepdim=True)).mean((-2, -1)) for f in self.stfts)
             terms["stft"] = (weight * per_item / len(self.stfts)).sum()
         if self.w.track_level:
-            def relative(x: Tensor) -> Tensor:
-                b, n = x.shape[:2]
-                track = soft_integrated_loudness(x.flatten(0, 1), sample_rate=self.sample_rate).view(b, n)
-                mix = soft_integrated_loudness((x * has_wet[..., None, None]).sum(1), sample_rate=self.sample_rate)
-                return (track - mix[:, None])[active]
+            song = active.nonzero()[:, 0]
 
-            terms["level"] = (weight * (relative(parts) - relative(wet)).abs() / 10).sum()
+            def relative(x: Tensor, whole: Tensor) -> Tensor:
+                track = soft_integrated_loudness(x, sample_rate=self.sample_rate)
+                return track - soft_integrated_loudness(whole, sample_rate=self.sample_rate)[song]
+
+            terms["level"] = (weight * (relative(est, mix) - relative(ref, wet_mix)).abs() / 10).sum()
         if self.w.track_position or self.w.track_width:
             pe, we = stereo_image(est)
             pr, wr = stereo_image(ref)
@@ -173,6 +178,26 @@ class TrackLoss(nn.Module):
             w = energy / energy.sum(1, keepdim=True).clamp_min(1e-20)    # share within each song
         w = w / w.sum().clamp_min(1e-20)
         return w[active]
+
+
+def pick_tracks(active: Tensor, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Up to ``count`` of each song's active tracks, drawn at random (all of them for ``count`` 0).
+
+    Args:
+        active: ``(batch, tracks)`` bool.
+        count: tracks per song (0: every active track).
+        generator: a CPU generator (the draw is moved to ``active``'s device).
+
+    Returns:
+        ``(index, valid)``, each ``(batch, k)`` with ``k = min(count, most active tracks of a song)``: the tracks'
+        indices (any index where ``valid`` is false).
+    """
+    keys = torch.rand(active.shape, generator=generator).to(active.device)
+    keys = torch.where(active, keys, torch.full_like(keys, 2.0))       # inactive tracks sort last
+    k = int(active.sum(1).max())
+    k = min(k, count) if count > 0 else k
+    index = keys.argsort(1)[:, :k]
+    return index, active.gather(1, index)
 
 
 def stereo_image(x: Tensor, eps: float = 1e-10) -> tuple[Tensor, Tensor]:
