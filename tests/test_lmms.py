@@ -74,6 +74,9 @@ def test_routes_and_shared_nonlinear_channels_of_a_real_project():
     track.set("vol", "80")
     next(c for c in root.iter("fxchannel") if c.get("num") == "2").set("muted", "1")
     assert silent_by_design(root, refs["Bass"]) == "its mixer channel is muted or at volume 0"
+    jousboxx = read_project(PROJECTS_DIR / "demos" / "Jousboxx-BuzzerBeater.mmpz")
+    sidechain = next(r for r in stem_tracks(jousboxx) if r.name == "Sidechain")  # drives the pumping, unheard
+    assert "sidechain source" in silent_by_design(jousboxx, sidechain)
 
 
 def test_licence_from_debian_copyright():

@@ -224,13 +224,18 @@ def shared_nonlinear(root: ET.Element, refs: list[TrackRef]) -> dict[int, list[s
 
 
 def silent_by_design(root: ET.Element, ref: TrackRef) -> str | None:
-    """Why the author's mix cannot hear ``ref`` although it plays (volume 0, or every route through a muted
-    or zero-volume channel), or ``None``."""
+    """Why the author's mix cannot hear ``ref`` although it plays (volume 0, a peak controller in its chain
+    that mutes its output, or every route through a muted or zero-volume channel), or ``None``."""
     track = _candidates(root)[ref.index][0]
     node = track.find("instrumenttrack")
     node = node if node is not None else track.find("sampletrack")
     if node is not None and float(node.get("vol", "100")) == 0:
         return "its volume is 0 %"
+    for chain in track.iter("fxchain"):
+        for effect in chain.findall("effect") if chain.get("enabled") == "1" else []:
+            controls = effect.find("peakcontrollereffectcontrols")
+            if effect.get("on", "1") == "1" and controls is not None and controls.get("mute") == "1":
+                return "it only drives a peak controller (a sidechain source, muted in the mix)"
     channels, routes = {c.get("num", MASTER): c for c in root.iter("fxchannel")}, _routes(root)
 
     def audible(ch: str, seen: frozenset) -> bool:
