@@ -590,19 +590,21 @@ def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, ca
     assert main(["eval", str(tmp_path / "data"), "--generative", "-n", "3", "--refine", "2", "--seconds", "2",
                  "--model", str(style_model), "-o", str(out)]) == 0
     summary = json.loads((out / "generative.json").read_text())
-    assert summary["songs"] == ["song0", "song1"] and len(summary["rows"][0]["sample_scores"]) == 3
+    rows = summary["per_seed"][0]["rows"]  # one seed (--seed's): the samples' rows; the random consoles' below
+    assert summary["songs"] == ["song0", "song1"] and summary["seeds"] == [0] and len(rows[0]["sample_scores"]) == 3
     assert summary["diversity_ratio"] > 0 and 0 <= summary["plausible_share"] <= 1
-    row = summary["rows"][0]
-    wins = [np.mean([a < b for b in row["random_scores"]]) for a in row["sample_scores"]]  # pairs the sample wins
-    assert row["sample_win_rates"] == wins and len(row["random_scores"]) == 3
-    every = [w for r in summary["rows"] for w in r["sample_win_rates"]]
+    row, random = rows[0], summary["rows"][0]
+    wins = [np.mean([a < b for b in random["random_scores"]]) for a in row["sample_scores"]]  # pairs the sample wins
+    assert row["sample_win_rates"] == wins and len(random["random_scores"]) == 3
+    every = [w for r in rows for w in r["sample_win_rates"]]
     assert summary["win_rate"] == pytest.approx(np.mean(every)) and summary["worst_win_rate"] == min(every)
-    assert all((s < row["random_mean_score"]) == (row["plausible_share"] * 3 > k) for k, s in
+    assert all((s < random["random_mean_score"]) == (row["plausible_share"] * 3 > k) for k, s in
                enumerate(sorted(row["sample_scores"])))  # the share: samples under the random consoles' mean
-    assert all(np.isfinite(summary[k]) for k in ("frechet_samples", "frechet_random", "match_ratio"))
+    assert all(np.isfinite(summary[k]) for k in ("frechet_samples", "frechet_random", "match_ratio", "mmd_samples"))
     assert "diversity" in capsys.readouterr().out and (out / "generative.md").is_file()
-    vectors = np.load(out / "vectors.npz")
-    assert vectors["samples/song0"].shape[0] == 3 and vectors["samples/song0"].shape[-1] == len(vectors["features"])
+    vectors = np.load(out / "vectors.npz")  # samples: (seeds, n, segments, features)
+    assert vectors["samples/song0"].shape[:2] == (1, 3)
+    assert vectors["samples/song0"].shape[-1] == len(vectors["features"])
     assert vectors["human/song1"].shape[-1] == len(vectors["features"])
 
 

@@ -177,15 +177,18 @@ def _eval(args: argparse.Namespace) -> None:
     if args.generative:
         if args.tracks or args.model_as:
             raise GradmixError("--tracks and --model-as evaluate systems; they do not apply to --generative")
-        from gradmix.evaluate_generative import evaluate_generative, generative_table
+        from gradmix.evaluate_generative import check_seeds, evaluate_generative, generative_table
 
+        seeds = None if args.seeds is None else check_seeds(args.seeds, "--seeds")
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
         summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
                                       model_path=args.model, n=args.n, seconds=args.seconds or 30.0, seed=args.seed,
-                                      refine_steps=args.refine, temperature=args.temperature,
+                                      seeds=seeds, refine_steps=args.refine, temperature=args.temperature,
                                       progress=sys.stdout.isatty())
         print(generative_table(summary))
         return
+    if args.seeds is not None:
+        raise GradmixError("--seeds: the seeds of the samples apply to --generative only")
     from gradmix.evaluate import evaluate
 
     models: dict[str, str] = {}
@@ -380,7 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="--generative: as gradmix sample's (default 1.4)")
     p.add_argument("-o", "--output", required=True, help="results folder")
     p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random console")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random console (--generative: of the random consoles, and of the samples "
+                        "without --seeds)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="--generative: draw the samples once per seed (distinct, >= 0) and report each figure as "
+                        "mean ± std over them and per seed (default: --seed alone)")
     p.set_defaults(func=_eval)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)

@@ -11,8 +11,10 @@ groups' mean errors (0 for identical mixes). The multi-resolution STFT distance 
 sum and on the stereo sum/difference.
 
 Set-level: the Fréchet distance between Gaussian fits of two sets of feature vectors (plausibility of a set
-of mixes against human mixes), and diversity, the mean pairwise distance between feature vectors of mixes
-of one song divided by the mean pairwise distance between mixes of different songs.
+of mixes against human mixes), the kernel maximum mean discrepancy (:func:`mmd`, with a permutation test in
+:func:`mmd_test`), which compares the two sets' whole distributions without a Gaussian assumption, and
+diversity, the mean pairwise distance between feature vectors of mixes of one song divided by the mean
+pairwise distance between mixes of different songs.
 """
 
 from __future__ import annotations
@@ -199,3 +201,129 @@ def diversity(per_song: list[Tensor | np.ndarray]) -> float:
     centres = np.stack([s.mean(0) for s in sets])
     between = mean_pairwise(centres)
     return float(within / max(between, 1e-12)) if math.isfinite(within) else 0.0
+
+
+def _vector_sets(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 arrays ``(n, features)``, ``(m, features)``, checked for the MMD."""
+    from gradmix.errors import GradmixError
+
+    out = []
+    for name, x in (("a", a), ("b", b)):
+        x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise GradmixError(f"mmd: {name} has shape {x.shape}; expected (vectors >= 2, features)")
+        if not np.isfinite(x).all():
+            raise GradmixError(f"mmd: {name} holds {int((~np.isfinite(x)).sum())} non-finite value(s); expected finite")
+        out.append(x)
+    if out[0].shape[1] != out[1].shape[1]:
+        raise GradmixError(f"mmd: a has {out[0].shape[1]} features and b {out[1].shape[1]}; expected the same")
+    return out[0], out[1]
+
+
+def _squared_distances(x: np.ndarray) -> np.ndarray:
+    """``(n, n)`` squared Euclidean distances between the rows of ``x`` ``(n, features)`` (exactly 0 on the
+    diagonal, never negative)."""
+    g = x @ x.T
+    sq = np.diag(g)
+    d2 = np.maximum(sq[:, None] + sq[None] - 2 * g, 0.0)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+def median_bandwidth(x: Tensor | np.ndarray) -> float:
+    """The median heuristic: the median Euclidean distance between distinct rows of ``x`` ``(n >= 2, features)``
+    (1.0 if that median is 0, e.g. when more than half the pairs are equal vectors), the bandwidth ``sigma`` of
+    :func:`mmd`'s Gaussian kernel. It adapts the kernel to the data's own scale (Gretton et al. 2012, sec. 8)."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    d = np.sqrt(_squared_distances(x)[np.triu_indices(len(x), 1)])
+    med = float(np.median(d)) if d.size else 0.0
+    return med if med > 0 and math.isfinite(med) else 1.0
+
+
+def _labelled_mmd2(k: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """MMD²_u for each labelling of the pooled set: ``k`` ``(N, N)`` the pooled kernel matrix, ``members``
+    ``(labellings, N)`` 1.0 where a vector belongs to set a, 0.0 where to set b. ``(labellings,)``."""
+    n = members[0].sum()
+    m = k.shape[0] - n
+    diag = np.diag(k)
+    total, rows = k.sum(), k.sum(1)
+    s_aa = ((members @ k) * members).sum(1)  # sum over a x a, diagonal included
+    s_ab = members @ rows - s_aa
+    s_bb = total - s_aa - 2 * s_ab
+    d_a = members @ diag
+    d_b = diag.sum() - d_a
+    return (s_aa - d_a) / (n * (n - 1)) + (s_bb - d_b) / (m * (m - 1)) - 2 * s_ab / (n * m)
+
+
+def _pooled_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float | None) -> np.ndarray:
+    from gradmix.errors import GradmixError
+
+    pooled = np.concatenate([a, b])
+    if bandwidth is None:
+        bandwidth = median_bandwidth(pooled)
+    elif not (math.isfinite(bandwidth) and bandwidth > 0):
+        raise GradmixError(f"mmd: bandwidth {bandwidth!r}; expected a positive finite number")
+    return np.exp(-_squared_distances(pooled) / (2 * bandwidth ** 2))
+
+
+def mmd(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float | None = None) -> float:
+    """Squared maximum mean discrepancy between two sets of vectors, unbiased estimator MMD²_u (Gretton et al.
+    2012, "A kernel two-sample test", JMLR 13, eq. 3), with the Gaussian kernel
+    ``k(x, y) = exp(-|x - y|² / (2 bandwidth²))``::
+
+        MMD²_u = 1/(n(n-1)) sum_{i != j} k(a_i, a_j) + 1/(m(m-1)) sum_{i != j} k(b_i, b_j)
+                 - 2/(nm) sum_{i, j} k(a_i, b_j)
+
+    0 in expectation when both sets come from the same distribution (an estimate can then be slightly
+    negative), positive when they differ; at most 2. Symmetric in ``a`` and ``b``, independent of the order of
+    the rows.
+
+    Args:
+        a: ``(n >= 2, features)`` vectors, in the units the caller chose (standardise features of different
+            units first, or the largest unit dominates the distance).
+        b: ``(m >= 2, features)`` vectors, same features.
+        bandwidth: ``sigma`` of the kernel, in the vectors' units; ``None``: :func:`median_bandwidth` of the
+            pooled set ``a`` + ``b``.
+    """
+    a, b = _vector_sets(a, b)
+    members = np.zeros((1, len(a) + len(b)))
+    members[0, :len(a)] = 1.0
+    return float(_labelled_mmd2(_pooled_kernel(a, b, bandwidth), members)[0])
+
+
+def mmd_test(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float | None = None,
+             permutations: int = 1000, seed: int | np.random.Generator = 0) -> tuple[float, float]:
+    """:func:`mmd` of ``a`` and ``b`` and its permutation p-value: the pooled vectors are split at random into
+    sets of sizes ``n`` and ``m``, ``permutations`` times, and ``p = (1 + #{MMD²_u of a split >= observed}) /
+    (1 + permutations)`` (the observed split counts as one, so p is never 0; the smallest is
+    ``1 / (1 + permutations)``). Under the null hypothesis (one distribution) p is uniform on its grid. The
+    kernel (and a median-heuristic bandwidth, taken on the pooled set) is the same for every split.
+
+    Args:
+        a, b, bandwidth: as :func:`mmd`.
+        permutations: number of random splits, >= 1.
+        seed: seed (or ``numpy.random.Generator``) of the splits; same seed, same p-value.
+
+    Returns:
+        ``(MMD²_u, p_value)``.
+    """
+    from gradmix.errors import GradmixError
+
+    if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) or permutations < 1:
+        raise GradmixError(f"mmd_test: permutations {permutations!r}; expected an integer >= 1")
+    a, b = _vector_sets(a, b)
+    k = _pooled_kernel(a, b, bandwidth)
+    total = len(a) + len(b)
+    observed_members = np.zeros((1, total))
+    observed_members[0, :len(a)] = 1.0
+    observed = float(_labelled_mmd2(k, observed_members)[0])
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    exceed, chunk = 0, 256
+    for start in range(0, permutations, chunk):
+        count = min(chunk, permutations - start)
+        picks = np.argsort(rng.random((count, total)), axis=1)[:, :len(a)]
+        members = np.zeros((count, total))
+        np.put_along_axis(members, picks, 1.0, axis=1)
+        # a split equal to the observed one must count, whatever the rounding of the sums in another order
+        exceed += int((_labelled_mmd2(k, members) >= observed - 1e-12).sum())
+    return observed, (1 + exceed) / (1 + permutations)
