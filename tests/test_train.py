@@ -245,3 +245,13 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
     p = layout.denormalize(Controls.from_logits(logits))
     assert (p.strip[1]["pan"] - pans).abs().max() < 0.05, p.strip[1]["pan"]
     assert (p.strip[0]["gain_db"] - gains).abs().max() < 0.5, p.strip[0]["gain_db"]
+
+
+@pytest.mark.parametrize("name", ["default", "per-track"])
+def test_the_shipped_recipes_load_and_pass_the_checks(name):
+    """`make model`'s recipe trains on the mix alone; the per-track recipe weights every per-track term."""
+    cfg = TrainConfig.load(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    check(cfg)
+    assert cfg.optim.loss.per_track == (name == "per-track")
+    assert cfg.data.augmentation.enabled == (name == "per-track")
+    assert cfg.data.exclude and cfg.run.max_steps * 5.2 / 3600 < 2  # the 2-h CPU budget at the measured 5.2 s a step
