@@ -174,9 +174,19 @@ def test_a_song_rendered_before_wet_stems_existed_is_rendered_again(tmp_path, mo
     old = tmp_path / "Surrender-Main"
     old.mkdir()
     (old / lmms.DONE).write_text("ok\n")
-    assert not lmms.is_done(old)
+    (old / "metadata.json").write_text(json.dumps({"wet_skipped": {}}))
+    rendered = []
+
+    def fake_render_song(p, out_dir):
+        rendered.append(p)
+        return old
+
+    monkeypatch.setattr(lmms, "render_song", fake_render_song)
+    summary = lmms.build_dataset(tmp_path, [project], workers=1)
+    assert rendered == [project] and summary["skipped"] == 0   # done, but without wet stems: rendered again
     (old / "wet").mkdir()
-    assert lmms.is_done(old)
+    summary = lmms.build_dataset(tmp_path, [project], workers=1)
+    assert rendered == [project] and summary["skipped"] == 1   # complete: left alone
 
 
 def test_a_missing_project_or_a_file_for_the_output_folder_is_one_line(tmp_path, capsys):
