@@ -60,7 +60,7 @@ def augment_tracks(tracks: Tensor, aug: Augmentation, generator: torch.Generator
     x = tracks.flatten(0, 1) * torch.pow(10.0, gain / 20)[:, None, None]
     if aug.tilt_db:
         x = dsp.parametric_eq(x, sample_rate=sample_rate, shapes=("low_shelf", "high_shelf"),
-                              freq_hz=torch.tensor([250.0, 4000.0]).to(x).expand(items, 2),
+                              freq_hz=x.new_tensor([250.0, 4000.0]).expand(items, 2),
                               gain_db=torch.stack([tilt / 2, -tilt / 2], -1), q=0.7071)
     if aug.compress:
         peak_db = 20 * torch.log10(x.abs().amax((-2, -1)).clamp_min(1e-6))

@@ -174,9 +174,14 @@ def effect_names(chain: ET.Element) -> list[str]:
     return names
 
 
-def _mixer_channel(track: ET.Element) -> str:
+def _mixing_node(track: ET.Element) -> ET.Element | None:
+    """The element holding a track's volume, pan and mixer channel (instrument or sample track)."""
     node = track.find("instrumenttrack")
-    node = node if node is not None else track.find("sampletrack")
+    return node if node is not None else track.find("sampletrack")
+
+
+def _mixer_channel(track: ET.Element) -> str:
+    node = _mixing_node(track)
     return (node.get("fxch") if node is not None else None) or MASTER
 
 
@@ -227,8 +232,7 @@ def silent_by_design(root: ET.Element, ref: TrackRef) -> str | None:
     """Why the author's mix cannot hear ``ref`` although it plays (volume 0, a peak controller in its chain
     that mutes its output, or every route through a muted or zero-volume channel), or ``None``."""
     track = _candidates(root)[ref.index][0]
-    node = track.find("instrumenttrack")
-    node = node if node is not None else track.find("sampletrack")
+    node = _mixing_node(track)
     if node is not None and float(node.get("vol", "100")) == 0:
         return "its volume is 0 %"
     for chain in track.iter("fxchain"):

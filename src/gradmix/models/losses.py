@@ -39,14 +39,12 @@ from torch import Tensor, nn
 
 from gradmix.dsp import soft_integrated_loudness
 from gradmix.metrics.distances import frame_feature_errors
+from gradmix.metrics.tracks import SOUNDING_DBFS
 
 FFT_SIZES = (512, 2048, 8192)
 
 
 TRACK_WEIGHTINGS = ("equal", "loudness")
-ACTIVE_DB = -60.0
-"""A track takes part in the per-track loss in a segment where its dry input and its wet stem are both louder
-than this (RMS, dBFS)."""
 
 
 @dataclass
@@ -212,8 +210,10 @@ def stereo_image(x: Tensor, eps: float = 1e-10) -> tuple[Tensor, Tensor]:
     return (e[:, 1] - e[:, 0]) / (e.sum(-1) + eps), side / (mid + side + eps)
 
 
-def active_tracks(tracks: Tensor, wet: Tensor, has_wet: Tensor, floor_db: float = ACTIVE_DB) -> Tensor:
+def active_tracks(tracks: Tensor, wet: Tensor, has_wet: Tensor, floor_db: float = SOUNDING_DBFS) -> Tensor:
     """``(batch, tracks)`` bool: a wet stem exists, and both the dry input and the wet stem
-    ``(batch, tracks, 2, samples)`` are louder than ``floor_db`` RMS (dBFS) in this segment."""
+    ``(batch, tracks, 2, samples)`` are louder than ``floor_db`` RMS (dBFS) in this segment: the rule by which
+    ``gradmix eval --tracks`` measures a track (:func:`gradmix.metrics.tracks.measured_tracks`), in the
+    batch's own dtype."""
     floor = 10 ** (floor_db / 10)
     return has_wet & (tracks.square().mean((-2, -1)) > floor) & (wet.square().mean((-2, -1)) > floor)
