@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -211,3 +212,64 @@ def test_direct_style_path_starts_silent_and_moves_every_control_with_z(tmp_path
     assert torch.allclose(m.decide(emb, None, torch.zeros(1, 3)).strip, a.strip)  # z = 0: no offset
     loaded, _ = load_model(save_model(tmp_path / "m.pt", m, sample_rate=SR, info={}))
     assert loaded.cfg.style_direct and torch.allclose(loaded.decide(emb, None, torch.ones(1, 3)).strip, c.strip, atol=2e-3)
+
+
+def _example_tracks(names, seconds=6.0):
+    from gradmix.example import example_multitrack
+
+    stems = example_multitrack(seconds=seconds, sample_rate=SR)
+    x = torch.stack([stems[n].expand(2, -1) if stems[n].shape[0] == 1 else stems[n] for n in names])[None]
+    return x * torch.pow(10.0, normalization_db(x, None, SR) / 20)[..., None, None]
+
+
+def test_engineer_habits_treat_a_kick_a_hihat_a_bass_and_chords_as_an_engineer_would():
+    names = ["kick", "hats", "bass", "chords"]
+    x = _example_tracks(names)
+    layout = Layout.default()
+    p = layout.denormalize(engineer_controls(layout, 1, 4, torch.Generator().manual_seed(0), audio=x, mask=None,
+                                             sample_rate=SR))
+    gain, eq, comp, pan = ({k: v[0] for k, v in s.items()} for s in p.strip)
+    kick, hats, bass, chords = range(4)
+    # the low shelf cuts under the hi-hat's content, not under the kick's or the bass's
+    assert eq["gain_db"][hats, 0] <= -6 and eq["freq_hz"][hats, 0] >= 250
+    assert eq["gain_db"][kick, 0] - eq["gain_db"][hats, 0] >= 5 and eq["gain_db"][bass, 0] - eq["gain_db"][hats, 0] >= 5
+    # the bass loses its top, the hi-hat keeps (or gains) its air
+    assert eq["gain_db"][hats, 5] - eq["gain_db"][bass, 5] >= 4
+    # low tracks are centred and dry; the others are placed on both sides and sent to the reverb
+    assert abs(float(pan["pan"][kick])) < 0.15 and abs(float(pan["pan"][bass])) < 0.15
+    assert float(pan["pan"][hats]) * float(pan["pan"][chords]) < 0 and abs(float(pan["pan"][hats])) > 0.2
+    sends = p.sends_db[0, :, 0]
+    assert sends[kick] == -60 and sends[bass] == -60 and sends[chords] > -40
+    # a drum is compressed harder, with a slower attack, than a sustained part
+    assert comp["ratio"][kick] > comp["ratio"][chords] + 0.5 and comp["attack_ms"][kick] > comp["attack_ms"][chords]
+
+
+def test_engineer_habits_are_repeatable_and_share_a_songs_taste():
+    x = _example_tracks(["kick", "hats", "bass", "chords"]).repeat(3, 1, 1, 1)
+    layout = Layout.default()
+    a = engineer_controls(layout, 3, 4, torch.Generator().manual_seed(5), audio=x, sample_rate=SR)
+    b = engineer_controls(layout, 3, 4, torch.Generator().manual_seed(5), audio=x, sample_rate=SR)
+    assert torch.equal(a.strip, b.strip) and torch.equal(a.sends, b.sends)
+    assert ((a.strip >= 0) & (a.strip <= 1)).all() and ((a.sends >= 0) & (a.sends <= 1)).all()
+    p = layout.denormalize(a)
+    pan = p.strip[3]["pan"]
+    # one song's width and reverb level are shared by its tracks and differ between songs (the song's taste)
+    assert float((pan[0, 1].abs() - pan[1, 1].abs()).abs()) > 0.02 or float((pan[0, 3].abs() - pan[2, 3].abs()).abs()) > 0.02
+    with pytest.raises(ValueError, match="audio must be"):
+        engineer_controls(layout, 2, 4, audio=x, sample_rate=SR)
+
+
+def test_control_loss_counts_only_the_weighted_tracks_and_is_zero_on_a_match():
+    from gradmix.models.losses import control_loss
+
+    layout = Layout.default()
+    a = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(1))
+    b = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(2))
+    ones = torch.ones(2, 3)
+    assert float(control_loss(a, a, ones)) == 0.0
+    assert float(control_loss(a, b, ones)) > 0.01
+    only_first = torch.tensor([[1.0, 0, 0], [0, 0, 0]])
+    mixed = dataclasses.replace(a, strip=torch.cat([a.strip[:, :1], b.strip[:, 1:]], 1),
+                       sends=torch.cat([a.sends[:, :1], b.sends[:, 1:]], 1))
+    assert float(control_loss(mixed, a, only_first)) == 0.0 and float(control_loss(mixed, a, ones)) > 0.0
+    assert float(control_loss(a, b, torch.zeros(2, 3))) == 0.0

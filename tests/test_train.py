@@ -123,7 +123,11 @@ def test_self_supervised_regime_needs_no_mix(tmp_path):
     data = make_dataset(tmp_path / "data", songs=2, with_mix=False)
     cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
     cfg.data.regime = "self_supervised"
+    cfg.optim.loss.control = 10.0
     assert load_model(train(cfg))[1]["info"]["regime"] == "self_supervised"
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
+    controls = [float(r["loss_control"]) for r in rows if r.get("loss_control")]
+    assert len(controls) == 1 and 0 < controls[0] < 1  # the habits' settings, compared control by control
     cfg.data.regime = "supervised"
     with pytest.raises(GradmixError, match="no training songs"):
         train(cfg)

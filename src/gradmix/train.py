@@ -42,7 +42,8 @@ from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import save_model
 from gradmix.models.engineer import engineer_controls
-from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, pick_tracks
+from gradmix.models.losses import (TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss,
+                                   pick_tracks)
 
 REGIMES = ("supervised", "self_supervised", "mixed")
 
@@ -245,6 +246,10 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             params = self.layout.denormalize(controls)
             estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
+            if made is not None and cfg.optim.loss.control:
+                engineered = batch.mask * ~use_mix[:, None]
+                terms["control"] = control_loss(controls, made[2], engineered)
+                loss = loss + cfg.optim.loss.control * terms["control"]
             if self.track_loss is not None:
                 track_loss, track_terms = self._track_terms(batch, clean, strips, params, use_mix, made, g)
                 loss = loss + track_loss
@@ -265,8 +270,8 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
 
         def _target(self, batch, x, g):
             """The target mix ``(B, 2, T)`` of each song, which songs use their human mix ``(B,)``, and the
-            engineer-like console that made the others (``(strips, params)``, or ``None`` when every song uses its
-            human mix), rendered from the normalised tracks ``x``."""
+            engineer-like console that made the others (``(strips, params, controls)``, or ``None`` when every
+            song uses its human mix), set by the habits of the normalised tracks ``x`` and rendered from them."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
                 draw = torch.rand(use_mix.shape, generator=g).to(x.device)
@@ -274,10 +279,12 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             if bool(use_mix.all()):
                 return batch.mix, use_mix, None
             with torch.no_grad():
-                c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype)
-                params = self.layout.denormalize(Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master))))
+                c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x,
+                                      mask=batch.mask, sample_rate=self.sr)
+                c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))
+                params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
-            return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params)
+            return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params, c)
 
         def _track_terms(self, batch, clean, strips, params, use_mix, made, g):
             """The per-track loss on up to ``tracks_per_song`` tracks per song: against the wet stems where a
@@ -302,7 +309,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             wet, wet_mix = pick(wet_all), (wet_all * has_wet[..., None, None]).sum(1)
             if made is not None:
                 with torch.no_grad():
-                    made_parts, made_mix = parts_and_mix(*made)
+                    made_parts, made_mix = parts_and_mix(*made[:2])
                 wet = torch.where(use_mix[:, None, None, None], wet, made_parts)
                 wet_mix = torch.where(use_mix[:, None, None], wet_mix, made_mix)
             return self.track_loss(parts, wet, valid, mix, wet_mix)

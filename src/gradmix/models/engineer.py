@@ -1,8 +1,47 @@
-"""Random, engineer-like console settings: the targets of self-supervised training.
+"""Engineer-like console settings: the targets of self-supervised training.
 
 Applied to loudness-normalised tracks (each at -28 LUFS), these settings give mixes that a mixing engineer
-might make; the network learns to recover such a mix from the tracks. Physical distributions, per effect
-parameter (``U`` uniform, ``logU`` log-uniform, ``N(mean, sd)`` clipped to the range given):
+might make; the network learns to recover such a mix from the tracks.
+
+:func:`engineer_controls` given the tracks' audio sets each strip and send by *habits* that follow the
+track's content, the way an engineer treats a kick, a hi-hat and a pad differently, plus a song's *taste*
+(one draw per song, shared by its tracks, which the style latent can learn) and a little per-track
+randomness. The content measures, per track (octave bands 31.25 Hz .. 16 kHz of
+:func:`gradmix.metrics.tracks.octave_band_powers`):
+
+- ``f_low`` / ``f_high``: the lowest / highest octave centre within 20 dB of the track's loudest band;
+- ``centroid``: the power-weighted mean octave (log-frequency centroid); a track is *low* below 200 Hz;
+- ``share(f)``: the track's share of the power of all sounding tracks of the song at ``f`` (interpolated
+  over octaves), times the number of sounding tracks (1: an average contributor);
+- ``peaky`` ``p``: ``(crest factor - 5 dB) / 6 dB`` within 0..1 (50 ms frames,
+  :func:`gradmix.metrics.tracks.crest_factor_db`): 0 for a bass line or a pad, 0.3 .. 1 for drums (and for
+  sparse notes).
+
+==========================  ==========================================================================
+strip ``gain.gain_db``      +2 dB for a low track, -3 dB for a track whose centroid is above 4 kHz, plus
+                            N(0, 2.5); within [-12, 9] dB
+strip ``eq`` low shelf      at ``clamp(f_low / 2, 30, 500)`` Hz, Q 0.707, gain ``-9 dB * clip(log2(f_low /
+                            62.5 Hz), 0, 1)``: the rumble under a track's content is cut, a kick keeps it
+strip ``eq`` high shelf     at ``clamp(2 f_high, 1.5k, 16k)`` Hz, Q 0.707, gain from -6 dB (``f_high`` <=
+                            2 kHz: dull tracks lose their hiss) to +2 dB (``f_high`` >= 8 kHz: air)
+strip ``eq`` peaks          at each band's default frequency, Q 1, gain ``clip(4 log10(share(f)), -4, 3)``
+                            dB: cut where others own the band, lift where the track does (masking)
+EQ taste and noise          a song's tilt N(0, 1.5) dB (low shelf minus, high shelf plus), N(0, 1) dB per
+                            band and track; gains within [-12, 12] dB
+strip ``compressor``        ratio ``2 + 2p``, attack ``5 * 4^p`` ms, release ``300 * (80/300)^p`` ms,
+                            threshold ``depth`` dB below the track's loudest 50 ms frame, ``depth`` a song's
+                            U(3, 9) plus N(0, 1) per track; knee 6 dB, no makeup
+strip ``pan.pan``           low tracks N(0, 0.03); the others in order of centroid, alternately left and
+                            right, out to a song's width U(0.3, 0.8) for the brightest; plus N(0, 0.05)
+reverb send                 off (-60 dB) for a low track; otherwise a song's U(-28, -16) dB plus
+                            ``4 (1 - 2p)`` dB (a pad gets more than a drum) plus N(0, 2)
+delay send                  in 35 % of songs, a song's U(-28, -18) dB for tracks with ``p < 0.5`` and
+                            a centroid within 400 Hz .. 4 kHz; otherwise off
+==========================  ==========================================================================
+
+Without the audio (and for everything the habits do not name: the buses and the master) the settings are
+drawn at random, the same for every track (``U`` uniform, ``logU`` log-uniform, ``N(mean, sd)`` clipped to
+the range given):
 
 ============================  ====================================================================
 strip ``gain.gain_db``        N(0, 4) in [-12, 9] dB (relative to the -28 LUFS track)
@@ -33,6 +72,12 @@ from torch import Tensor
 from gradmix.console import Controls, Layout
 from gradmix.console.layout import SEND_SPEC
 from gradmix.effects import ParamSpec
+from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
+
+LOW_CENTROID_HZ = 200.0
+"""A track whose log-frequency centroid is below this is a *low* track (kick, bass) for the habits."""
+SIGNIFICANT_DB = 20.0
+"""An octave band counts towards ``f_low`` / ``f_high`` within this of the track's loudest band."""
 
 
 def _uniform(g, n, lo, hi):
@@ -88,19 +133,146 @@ def _sample(kind: str, effect: str, spec: ParamSpec, n: int, g: torch.Generator)
     return torch.full((n,), float(spec.default), dtype=torch.float64)
 
 
-def _chain_controls(kind: str, slots, n: int, g: torch.Generator) -> Tensor:
-    cols = [spec.normalize(_sample(kind, slot.effect.type_name, spec, n, g).clamp(spec.min, spec.max))
-            for slot in slots for spec in slot.specs]
+def _chain_controls(kind: str, slots, n: int, g: torch.Generator, habits: dict | None = None) -> Tensor:
+    cols = []
+    for slot in slots:
+        for spec in slot.specs:
+            value = _habit(habits, slot.effect, spec) if habits else None
+            if value is None:
+                value = _sample(kind, slot.effect.type_name, spec, n, g)
+            cols.append(spec.normalize(value.clamp(spec.min, spec.max)))
     return torch.stack(cols, -1) if cols else torch.zeros(n, 0, dtype=torch.float64)
 
 
+def _habit(habits: dict, effect, spec: ParamSpec) -> Tensor | None:
+    """The habit's value of one parameter ``(n,)``, or ``None`` where the habits do not set it."""
+    if effect.type_name != "eq":
+        return habits.get((effect.type_name, spec.name))
+    shape = effect.shapes[spec.band]
+    if shape in ("low_shelf", "high_shelf"):
+        return habits.get(("eq", shape, spec.name))
+    if shape in ("lowpass", "highpass"):
+        return None
+    centre = _peak_centre(effect, spec.band)
+    if spec.name == "freq_hz":
+        return torch.full_like(habits["eq", "peak", "q"], centre)
+    return habits["peak_gain"](centre) if spec.name == "gain_db" else habits.get(("eq", "peak", spec.name))
+
+
+def _peak_centre(effect, band: int) -> float:
+    return next(float(s.default) for s in effect.specs if s.name == "freq_hz" and s.band == band)
+
+
+def _interp_octaves(values: Tensor, freq_hz: float) -> Tensor:
+    """``values (..., 10)`` over the octave centres, linearly interpolated in log-frequency at ``freq_hz``."""
+    pos = min(max(math.log2(freq_hz / OCTAVE_BAND_CENTRES_HZ[0]), 0.0), len(OCTAVE_BAND_CENTRES_HZ) - 1.0)
+    k = min(int(pos), len(OCTAVE_BAND_CENTRES_HZ) - 2)
+    w = pos - k
+    return values[..., k] * (1 - w) + values[..., k + 1] * w
+
+
+def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> dict:
+    """The habits of the module's table for loudness-normalised tracks ``(batch, tracks, channels, samples)``.
+
+    Returns physical values ``(batch * tracks,)`` keyed ``(effect type, parameter)`` (the EQ's
+    ``("eq", "low_shelf" | "high_shelf" | "peak", parameter)``, with ``"peak_gain"`` a function of a peak's
+    frequency), and ``"sends"``: ``{bus name: (batch * tracks,)}`` dB. Computed in float64 on the CPU.
+    """
+    b, n = audio.shape[:2]
+    with torch.no_grad():
+        flat = audio.detach().flatten(0, 1).double()
+        bands = octave_band_powers(flat, sample_rate=sample_rate).view(b, n, -1).cpu()
+        crest = crest_factor_db(flat, sample_rate=sample_rate).view(b, n).cpu()
+        frames = flat.square().sum(1)
+        frame = max(1, round(0.05 * sample_rate))
+        frames = frames[:, : frames.shape[-1] // frame * frame].unflatten(-1, (-1, frame)).mean(-1) \
+            if frames.shape[-1] >= frame else frames.mean(-1, keepdim=True)
+        loudest_db = (10 * torch.log10(frames.amax(-1) + 1e-30)).view(b, n).cpu()
+    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask.detach().cpu().to(torch.bool)
+    sounding = real & (bands.sum(-1) > 1e-20)
+    centres = torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=torch.float64)
+    level = 10 * torch.log10(bands + 1e-30)
+    significant = level >= level.amax(-1, keepdim=True) - SIGNIFICANT_DB
+    octave = torch.log2(centres)
+    f_low = torch.exp2(torch.where(significant, octave, torch.inf).amin(-1))
+    f_high = torch.exp2(torch.where(significant, octave, -torch.inf).amax(-1))
+    centroid = torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
+    total = (bands * sounding[..., None]).sum(1, keepdim=True)
+    share = bands / total.clamp_min(1e-30) * sounding.sum(1).clamp_min(1)[:, None, None]
+    percussive = ((crest - 5.0) / 6.0).clamp(0, 1)
+    low = centroid < LOW_CENTROID_HZ
+
+    def per_song(fn, *args):
+        return fn(g, b, *args)[:, None].expand(b, n)
+
+    def per_track(sd):
+        return sd * torch.randn(b, n, generator=g, dtype=torch.float64)
+
+    tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0)
+    gain = torch.where(low, 2.0, torch.where(centroid > 4000.0, -3.0, 0.0)) + per_track(2.5)
+    low_gain = -9.0 * torch.log2(f_low / 62.5).clamp(0, 1) - tilt + per_track(1.0)
+    high_gain = -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1) + tilt + per_track(1.0)
+    noise = {}
+
+    def peak_gain(freq_hz: float) -> Tensor:
+        if freq_hz not in noise:
+            noise[freq_hz] = per_track(1.0)
+        lift = (4 * torch.log10(_interp_octaves(share, freq_hz).clamp_min(1e-6))).clamp(-4.0, 3.0)
+        return (lift + noise[freq_hz]).flatten()
+
+    depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
+    rank = torch.zeros(b, n, dtype=torch.float64)
+    count = torch.zeros(b, 1, dtype=torch.float64)
+    for i in range(b):
+        bright = [j for j in range(n) if sounding[i, j] and not low[i, j]]
+        for r, j in enumerate(sorted(bright, key=lambda j: float(centroid[i, j]))):
+            rank[i, j] = (r + 1) * (1 if r % 2 else -1)
+        count[i] = max(1, len(bright))
+    width = per_song(_uniform, 0.3, 0.8)
+    pan = torch.where(low, per_track(0.03), width * rank / count + per_track(0.05))
+    reverb = torch.where(low, -60.0, per_song(_uniform, -28.0, -16.0) + 4.0 * (1 - 2 * percussive) + per_track(2.0))
+    delay_on = per_song(lambda g_, k: (torch.rand(k, generator=g_) < 0.35).double()) > 0
+    lead = (percussive < 0.5) & (centroid >= 400.0) & (centroid <= 4000.0)
+    delay = torch.where(delay_on & lead, per_song(_uniform, -28.0, -18.0), -60.0)
+    flat = {("gain", "gain_db"): gain.clamp(-12.0, 9.0),
+            ("eq", "low_shelf", "freq_hz"): (f_low / 2).clamp(30.0, 500.0),
+            ("eq", "low_shelf", "gain_db"): low_gain.clamp(-12.0, 12.0),
+            ("eq", "low_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
+            ("eq", "high_shelf", "freq_hz"): (2 * f_high).clamp(1500.0, 16000.0),
+            ("eq", "high_shelf", "gain_db"): high_gain.clamp(-12.0, 12.0),
+            ("eq", "high_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
+            ("eq", "peak", "q"): torch.ones(b, n, dtype=torch.float64),
+            ("compressor", "threshold_db"): (loudest_db - depth).clamp(-60.0, 0.0),
+            ("compressor", "ratio"): 2.0 + 2.0 * percussive,
+            ("compressor", "attack_ms"): 5.0 * torch.pow(4.0, percussive),
+            ("compressor", "release_ms"): 300.0 * torch.pow(80.0 / 300.0, percussive),
+            ("compressor", "knee_db"): torch.full((b, n), 6.0, dtype=torch.float64),
+            ("compressor", "makeup_db"): torch.zeros(b, n, dtype=torch.float64),
+            ("pan", "pan"): pan.clamp(-1.0, 1.0)}
+    habits = {k: v.flatten() for k, v in flat.items()}
+    habits["peak_gain"] = lambda f: peak_gain(f).clamp(-12.0, 12.0)
+    habits["sends"] = {"reverb": reverb.clamp(-60.0, 0.0).flatten(), "delay": delay.flatten()}
+    return habits
+
+
 def engineer_controls(layout: Layout, batch: int, tracks: int, generator: torch.Generator | None = None,
-                      dtype=torch.float32) -> Controls:
-    """0..1 controls of ``layout`` drawn from the distributions above, for ``batch`` songs of ``tracks`` tracks."""
+                      dtype=torch.float32, *, audio: Tensor | None = None, mask: Tensor | None = None,
+                      sample_rate: float | None = None) -> Controls:
+    """0..1 controls of ``layout`` for ``batch`` songs of ``tracks`` tracks: by the habits of the module's
+    table where ``audio`` (the loudness-normalised tracks ``(batch, tracks, channels, samples)``, with their
+    ``mask`` and ``sample_rate``) is given, drawn at random from the distributions above where it is not."""
     g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
-    strip = _chain_controls("strip", layout.strip, batch * tracks, g).view(batch, tracks, -1)
+    habits = None
+    if audio is not None:
+        if sample_rate is None or tuple(audio.shape[:2]) != (batch, tracks):
+            raise ValueError("engineer_controls: audio must be (batch, tracks, channels, samples) with a sample_rate")
+        habits = track_habits(audio, mask, sample_rate, g)
+    strip = _chain_controls("strip", layout.strip, batch * tracks, g, habits).view(batch, tracks, -1)
     sends = []
     for bus in layout.bus_names:
+        if habits is not None and bus in habits["sends"]:
+            sends.append(SEND_SPEC.normalize(habits["sends"][bus].clamp(SEND_SPEC.min, SEND_SPEC.max)))
+            continue
         p, lo, hi = (0.6, -30.0, -12.0) if bus == "reverb" else (0.25, -30.0, -15.0)
         on = torch.rand(batch * tracks, generator=g) < p
         level = torch.where(on, _uniform(g, batch * tracks, lo, hi), torch.full((batch * tracks,), -60.0, dtype=torch.float64))

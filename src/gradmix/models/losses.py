@@ -62,11 +62,22 @@ class LossWeights:
     """How tracks are averaged in the per-track terms: ``equal`` or ``loudness`` (see :class:`TrackLoss`)."""
     tracks_per_song: int = 4
     """Tracks compared with their wet stems per song and step, drawn at random among those that sound (0: all)."""
+    control: float = 0.0
+    """Weight of :func:`control_loss` on the segments whose target an engineer-like console made (0: off)."""
 
     @property
     def per_track(self) -> bool:
         """Whether any per-track term has a weight."""
         return any((self.track_stft, self.track_level, self.track_position, self.track_width))
+
+
+def control_loss(predicted, target, weight: Tensor) -> Tensor:
+    """Mean squared error of the 0..1 strip controls and sends of two :class:`~gradmix.console.Controls`, over
+    the tracks where ``weight`` ``(batch, tracks)`` is 1 (0 when there are none): the console's settings
+    themselves, where the console that made the target is known."""
+    w = weight.to(predicted.strip)
+    err = torch.cat([predicted.strip - target.strip, predicted.sends - target.sends], -1).square().mean(-1)
+    return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
 class MixLoss(nn.Module):
