@@ -353,6 +353,36 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
     sf.write(tmp_path / "short.wav", b[: SR // 2], SR)
     assert main(["fit", str(stems), "--target", str(tmp_path / "short.wav"), "-o", str(tmp_path / "x.json"),
                  "--model", str(style_model)]) == 2
+    assert "covers 50 % of them: fit needs a mix of these stems" in capsys.readouterr().err
+
+
+def test_fit_aligns_a_bounce_with_a_tail_and_an_offset_to_its_stems(tmp_path, style_model, capsys):
+    """A mix bounced from a DAW: 40 ms later than the stems and 0.3 s longer (a tail). fit aligns it, says so in
+    one line, and fits it as well as the same mix cut by hand."""
+    require("auraloss")
+    from gradmix.fit import align_to_stems
+
+    stems = make_stems(tmp_path / "stems", n=2, seconds=1.0)
+    setting = ConsoleSetting.neutral(["t0", "t1"], ["t0.wav", "t1.wav"], sample_rate=SR)
+    setting.tracks[0].chain[0].params["gain_db"] = -6.0
+    setting.save(tmp_path / "truth.json")
+    assert main(["render", str(stems), str(tmp_path / "truth.json"), "-o", str(tmp_path / "exact.wav")]) == 0
+    exact = sf.read(tmp_path / "exact.wav", dtype="float32")[0]
+    offset = int(0.04 * SR)
+    bounce = np.concatenate([np.zeros((offset, 2), np.float32), exact, np.zeros((int(0.3 * SR), 2), np.float32)])
+    sf.write(tmp_path / "bounce.wav", bounce, SR, subtype="FLOAT")
+    tracks = [torch.from_numpy(sf.read(stems / f"t{i}.wav", dtype="float32", always_2d=True)[0].T.copy())
+              for i in range(2)]
+    aligned, lag = align_to_stems(torch.from_numpy(bounce.T.copy()), tracks, SR)
+    assert lag == offset and torch.equal(aligned, torch.from_numpy(exact.T.copy()))
+    early, lag = align_to_stems(torch.from_numpy(exact[offset:].T.copy()), tracks, SR)  # starts 40 ms early
+    assert lag == -offset and early.shape[-1] == exact.shape[0] and float(early[:, :offset].abs().max()) == 0
+    capsys.readouterr()
+    assert main(["fit", str(stems), "--target", str(tmp_path / "bounce.wav"), "-o", str(tmp_path / "fit.json"),
+                 "--steps", "30", "--model", str(style_model)]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "starts +40 ms from them" in err and "1.34 s against the stems' 1.00 s" in err
+    assert float(out.split("residual ")[1].split(" dB")[0]) < -20
 
 
 def time_case(effect: str, seed: int, true_sends: list[float], start_sends: list[float] | None = None):

@@ -68,6 +68,34 @@ def test_mix_writes_the_mix_a_console_that_reproduces_it_and_a_report(tmp_path, 
     assert "data:image/png;base64," in page and "kick" in page and "LUFS" in page and "<audio" in page
 
 
+def test_render_and_export_find_the_stems_the_console_file_records(tmp_path, model_file, capsys):
+    """mix records its stems folder (relative to the console file); render and export then need no folder,
+    also after both folders have moved together. A console file without the record names --stems when the
+    files are not beside it."""
+    stems = make_stems(tmp_path / "project" / "stems")
+    out = tmp_path / "project" / "mixes"
+    out.mkdir()
+    assert main(["mix", str(stems), "-o", str(out / "mix.wav"), "--model", str(model_file)]) == 0
+    assert json.loads((out / "mix.console.json").read_text())["stems"] == "../stems"
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "project", moved)
+    out = moved / "mixes"
+    assert main(["render", str(out / "mix.console.json"), "-o", str(out / "again.wav")]) == 0
+    mix, again = read(out / "mix.wav"), read(out / "again.wav")
+    assert 20 * math.log10(np.abs(mix - again).max() / np.abs(mix).max() + 1e-30) < -60
+    assert main(["export", str(out / "mix.console.json"), "--format", "reaper", "-o", str(out / "mix.RPP")]) == 0
+    assert 'FILE "../stems/kick.wav"' in (out / "mix.RPP").read_text()
+    assert f"playing the stems in {moved / 'stems'}" in capsys.readouterr().out
+    console = json.loads((out / "mix.console.json").read_text())
+    del console["stems"]
+    (out / "plain.console.json").write_text(json.dumps(console))
+    capsys.readouterr()
+    assert main(["export", str(out / "plain.console.json"), "--format", "reaper", "-o", str(out / "p.RPP")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "but it is missing (--stems names the stems folder)" in err
+    assert not (out / "p.RPP").exists()
+
+
 def test_track_order_does_not_change_the_mix(tmp_path, model_file):
     a = make_stems(tmp_path / "a", names=("a1", "b2", "c3"))
     b = tmp_path / "b"

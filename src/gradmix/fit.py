@@ -10,6 +10,7 @@ oscillates with them).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -60,10 +61,12 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     ref = read_reference(target, sr)
     output = check_output_path(output, [*song.inputs, Path(target)])
     n = song.audio[0].shape[-1]
-    if abs(ref.shape[-1] - n) > sr * 0.05:
-        raise GradmixError(f"{target}: {ref.shape[-1] / sr:.2f} s long, the stems {n / sr:.2f} s: fit needs a mix "
-                           "of these stems")
-    ref = torch.nn.functional.pad(ref, (0, max(0, n - ref.shape[-1])))[:, :n]
+    length = ref.shape[-1]
+    ref, lag = align_to_stems(ref, song.audio, sr, name=str(target))
+    if lag is not None:
+        print(f"note: {target}: {length / sr:.2f} s against the stems' {n / sr:.2f} s; it starts "
+              f"{1000 * lag / sr:+.0f} ms from them (cross-correlation), and is fitted on their length",
+              file=sys.stderr)
     energy = ref.square().sum()
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
@@ -123,8 +126,49 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
             for j, value in held.items():
                 logits[2][0, j] = value
     setting = setting_from_controls(model, Controls.from_logits(best), analysis, song.names, song.files, sr)
-    setting.save(output)
+    setting.save(output, stems_dir=stems_dir)
     return output, best_db, steps
+
+
+ALIGN_MAX_S, ALIGN_MIN_OVERLAP = 2.0, 0.9
+"""A target is moved by at most this many seconds against the stems, and must then cover this share of them."""
+
+
+def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str = "target"
+                   ) -> tuple[Tensor, int | None]:
+    """A mix bounced from a DAW, aligned to its stems: the lag (within :data:`ALIGN_MAX_S`) at which its mono
+    sum correlates best with the stems' plain mono sum, then trimmed or zero-padded to the stems' length.
+
+    Args:
+        ref: the mix ``(2, m)``.
+        stems: the tracks ``(channels, n)`` each, all ``n`` long.
+        sample_rate: Hz.
+        name: what error messages call the mix.
+
+    Returns:
+        ``(aligned (2, n), lag)``: ``lag`` samples, positive where the mix starts later than the stems; ``None``
+        where the mix already had the stems' length to within 1 ms and needed no move.
+
+    Raises:
+        GradmixError: when less than :data:`ALIGN_MIN_OVERLAP` of the stems' length overlaps the mix.
+    """
+    n, m = stems[0].shape[-1], ref.shape[-1]
+    guide = sum(t.mean(0) for t in stems)
+    mono = ref.mean(0)
+    reach = int(ALIGN_MAX_S * sample_rate)
+    size = 1 << (n + m - 1).bit_length()
+    corr = torch.fft.irfft(torch.fft.rfft(mono.float(), size) * torch.fft.rfft(guide.float(), size).conj(), size)
+    lags = torch.cat([torch.arange(0, min(reach, m - 1) + 1), torch.arange(-min(reach, n - 1), 0)])
+    lag = int(lags[int(corr[lags % size].argmax())])
+    if lag == 0 and abs(m - n) <= sample_rate // 1000:
+        return torch.nn.functional.pad(ref, (0, max(0, n - m)))[:, :n], None
+    overlap = max(0, min(n, m - lag) - max(0, -lag))
+    if overlap < ALIGN_MIN_OVERLAP * n:
+        raise GradmixError(f"{name}: {m / sample_rate:.2f} s long, the stems {n / sample_rate:.2f} s; aligned at its "
+                           f"best lag ({1000 * lag / sample_rate:+.0f} ms) it covers {100 * overlap / n:.0f} % of them: "
+                           "fit needs a mix of these stems")
+    aligned = torch.nn.functional.pad(ref, (max(0, -lag), max(0, n + lag - m)))
+    return aligned[:, max(0, lag): max(0, lag) + n], lag
 
 
 FIT_BYTES_PER_TRACK_SECOND, FIT_BYTES_PER_SEARCHED_TRACK_SECOND = 0.7e6, 4e6

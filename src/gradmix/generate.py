@@ -138,10 +138,10 @@ class Rendered:
     peak_dbfs: float
 
 
-def _write(setting: ConsoleSetting, mix: Tensor, path: Path, inputs: list[Path]) -> Rendered:
+def _write(setting: ConsoleSetting, mix: Tensor, path: Path, inputs: list[Path], stems_dir: str | Path) -> Rendered:
     path = check_output_path(path, inputs)
     console = check_output_path(path.with_suffix(".console.json"), inputs)
-    setting.save(console)
+    setting.save(console, stems_dir=stems_dir)
     write_audio(path, mix, setting.sample_rate)
     lufs = integrated_loudness(mix[None], sample_rate=setting.sample_rate).item()
     return Rendered(path, console, lufs, 20 * math.log10(max(mix.abs().max().item(), 1e-12)))
@@ -162,7 +162,7 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
     analysis = analyse(song.model, song.audio, song.sample_rate)
     settings = sample_settings(song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps,
                                progress=progress)
-    results = [_write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs)
+    results = [_write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
                for k, s in enumerate(show_progress(settings, "rendering", progress))]
     _comparison_page(out / "index.html", settings, results)
     return results
@@ -396,7 +396,7 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
                  model_path: str | Path | None = None,
                  progress: bool = False) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
-    (``before_refine``, ``after``) of the mix to the reference."""
+    of the mix to the reference: ``model`` (the model's console) and, after refinement, ``refined``."""
     _check_refine_steps(refine_steps)
     song = load_song(stems_dir, model_path, progress=progress)
     model, sr = song.model, song.sample_rate
@@ -412,4 +412,4 @@ def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Pat
         setting = refine(song, analysis, z, ref, steps=refine_steps, progress=progress)
         mix = _render(setting, song.audio)
         distances["refined"] = float(style_distance(mix[None], ref[None], sr))
-    return _write(setting, mix, output, [*song.inputs, Path(reference)]), distances
+    return _write(setting, mix, output, [*song.inputs, Path(reference)], stems_dir), distances

@@ -147,7 +147,7 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
     peak = mix.abs().max().item()
     loud = integrated_loudness(mix[None], sample_rate=sr).item()
     before_lufs = integrated_loudness(before[None], sample_rate=sr).item() if before is not None else math.nan
-    setting.save(console_path)
+    setting.save(console_path, stems_dir=stems_dir)
     write_audio(output, mix, sr, subtype)
     if report_path is not None:
         from gradmix.report import write_report

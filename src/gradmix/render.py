@@ -32,16 +32,17 @@ class RenderReport:
         return self.peak_dbfs > 0.0
 
 
-def render_folder(stems_dir: str | Path, console_file: str | Path, output: str | Path, *, strict: bool = False,
+def render_folder(stems_dir: str | Path | None, console_file: str | Path, output: str | Path, *, strict: bool = False,
                   subtype: str = "float", stems_out: str | Path | None = None,
                   progress: bool = False) -> RenderReport:
     """Render the stems of ``stems_dir`` named by ``console_file`` into ``output``.
 
     Everything is read and checked before anything is written; outputs are written atomically and
-    never over an input.
+    never over an input. ``stems_dir`` ``None``: the folder the console file records, else its own folder.
     """
     clock = time.perf_counter()
     setting = ConsoleSetting.load(console_file)
+    stems_dir = setting.stems_folder(console_file) if stems_dir is None else stems_dir
     missing = [i for i, t in enumerate(setting.tracks) if not t.file]
     if missing:
         raise GradmixError(f"{console_file}: tracks[{missing[0]}] ({setting.tracks[missing[0]].name!r}) names no file")

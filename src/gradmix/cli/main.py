@@ -133,7 +133,7 @@ def _export(args: argparse.Namespace) -> None:
     console = Path(args.console)
     setting = ConsoleSetting.load(console)
     output = check_output_path(args.output, [console])
-    stems = Path(args.stems) if args.stems else console.parent
+    stems = Path(args.stems) if args.stems else setting.stems_folder(console)
     path = export_session(setting, args.format, output, stems_dir=stems, embed=args.embed)
     how = "with the stems inside" if args.embed else f"playing the stems in {stems}"
     print(f"wrote {path} ({args.format}, {len(setting.tracks)} tracks, {len(setting.buses)} buses, {how})")
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="override run.out (the run folder; training resumes from it)")
     p.set_defaults(func=_train)
     p = sub.add_parser("render", help="render a folder of stems through a console file")
-    p.add_argument("stems_dir", help="folder holding the files the console names")
+    p.add_argument("stems_dir", nargs="?", help="folder holding the files the console names (default: the folder "
+                   "the console file records, else its own folder)")
     p.add_argument("console", help="console file (JSON, see console.schema.json)")
     p.add_argument("-o", "--output", required=True, help="mix file to write (.wav or .flac)")
     p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
@@ -334,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["dawproject", "reaper"], required=True,
                    help="dawproject: a .dawproject (Bitwig Studio, Studio One, Cubase); reaper: a REAPER .RPP")
     p.add_argument("-o", "--output", required=True, help="session file to write (.dawproject or .RPP)")
-    p.add_argument("--stems", help="folder holding the files the console names (default: the console file's folder)")
+    p.add_argument("--stems", help="folder holding the files the console names (default: the folder the console "
+                   "file records, else its own folder)")
     p.add_argument("--embed", action="store_true", help="dawproject: copy the stems into the file")
     p.set_defaults(func=_export)
     p = sub.add_parser("dataset", help="build training data")

@@ -97,6 +97,8 @@ def console_schema() -> dict[str, Any]:
             "tracks": {"type": "array", "items": track, "minItems": 1},
             "buses": {"type": "array", "items": bus},
             "master": {"type": "object", "additionalProperties": False, "properties": {"chain": {"$ref": "#/$defs/chain"}}},
+            "stems": {"type": "string", "minLength": 1,
+                      "description": "the folder of the tracks' files, relative to this file's folder (optional)"},
         },
         "$defs": {"chain": chain, **{n: _effect_schema(n) for n in names}},
     }

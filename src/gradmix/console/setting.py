@@ -71,6 +71,8 @@ class ConsoleSetting:
     tracks: list[TrackSetting]
     buses: list[BusSetting] = field(default_factory=list)
     master: list[Entry] = field(default_factory=list)
+    stems: str | None = None
+    """The folder of the tracks' files, relative to the console file's folder (``None``: not recorded)."""
 
     # ---- JSON --------------------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class ConsoleSetting:
                         "sends": [{"bus": b, "level_db": float(v)} for b, v in t.sends.items()]} for t in self.tracks],
             "buses": [{"name": b.name, "chain": [e.to_json() for e in b.chain]} for b in self.buses],
             "master": {"chain": [e.to_json() for e in self.master]},
+            **({"stems": self.stems} if self.stems else {}),
         }
 
     @classmethod
@@ -96,7 +99,7 @@ class ConsoleSetting:
             master = [Entry.from_json(e) for e in data.get("master", {}).get("chain", [])]
         except GradmixError as exc:
             raise ConsoleFileError(f"{source}: {exc}") from None
-        setting = cls(sr, tracks, buses, master)
+        setting = cls(sr, tracks, buses, master, data.get("stems"))
         setting._check(data, source)
         return setting
 
@@ -135,11 +138,14 @@ class ConsoleSetting:
                     fail(["tracks", i, "sends", j, "bus"], f"{s['bus']!r} is sent to twice")
                 seen.add(s["bus"])
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON atomically (temp file + rename)."""
+    def save(self, path: str | os.PathLike, stems_dir: str | os.PathLike | None = None) -> Path:
+        """Write the JSON atomically (temp file + rename); with ``stems_dir``, record that folder (relative to
+        the file's) as :attr:`stems`, where ``render`` and ``export`` find the tracks' files."""
         path = Path(path)
         if not path.parent.is_dir():
             raise GradmixError(f"{path.parent}: output folder does not exist")
+        if stems_dir is not None:
+            self.stems = Path(os.path.relpath(Path(stems_dir).resolve(), path.parent.resolve())).as_posix()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as f:
@@ -150,6 +156,11 @@ class ConsoleSetting:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+    def stems_folder(self, path: str | os.PathLike) -> Path:
+        """The folder of the tracks' files for the console file at ``path``: the recorded :attr:`stems`, or
+        the file's own folder."""
+        return Path(os.path.normpath(Path(path).parent / self.stems)) if self.stems else Path(path).parent
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConsoleSetting:

@@ -64,7 +64,8 @@ def stem_files(setting: ConsoleSetting, stems_dir: str | os.PathLike) -> list[St
                                "DAWs cannot open as a track; decode it to a wav file first (e.g. with ffmpeg)")
         path = stems_dir / track.file
         if not path.is_file():
-            raise AudioError(f"{path}: the console names this file, but it is missing")
+            raise AudioError(f"{path}: the console names this file, but it is missing (--stems names the stems "
+                             "folder)")
         try:
             info = sf.info(str(path))
         except Exception as exc:  # libsndfile's errors are not one class

@@ -396,7 +396,7 @@ class Session:
                 mix, _ = setting.render(list(self.audio), keep_strips=False,
                                         on_strip=lambda i, s: write_audio(strip_paths[i], s, self.sample_rate))
             write_audio(mix_path, mix, self.sample_rate)
-            setting.save(console)
+            setting.save(console, stems_dir=self.stems_dir)
             written = [console, mix_path, *strip_paths]
             for fmt, suffix in (("dawproject", ".dawproject"), ("reaper", ".RPP")):
                 written.append(export_session(setting, fmt, self.out_dir / f"{stem}{suffix}", stems_dir=self.stems_dir))
