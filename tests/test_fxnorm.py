@@ -91,6 +91,27 @@ def test_resumable_and_never_into_the_input(tmp_path, capsys):
     assert main(["dataset", "normalize", str(root), "-o", str(root / "inside")]) == 2
 
 
+def test_the_eq_and_the_ratio_are_capped_and_the_width_reaches_the_class():
+    """A class far from the stem: its EQ stops at +-12 dB, the ratio at 10, and the side-to-mid ratio after
+    normalisation is the class's (the stereo-width step sets it exactly; loudness gain leaves it)."""
+    from gradmix.data.fxnorm import EQ_LIMIT_DB, MAX_RATIO
+
+    rng = np.random.default_rng(2)
+    n = 4 * SR
+    env = np.repeat(rng.uniform(0.001, 1.0, n // 2205 + 1), 2205)[:n] ** 3
+    left = rng.standard_normal(n) * env
+    x = torch.tensor(np.stack([left, 0.8 * left + 0.3 * rng.standard_normal(n) * env]) * 0.3, dtype=torch.float32)
+    feats = stem_features(x, SR, mono=False)
+    spectrum = np.array(feats.spectrum_db)
+    spectrum[10] += 30.0
+    spectrum[20] -= 30.0
+    stats = {"spectrum_db": spectrum.tolist(), "spread_db": 0.1, "width_db": feats.width_db + 4.0}
+    _, label = normalize_stem(x, SR, False, stats)
+    assert max(label["eq_gain_db"]) == EQ_LIMIT_DB == 12 and min(label["eq_gain_db"]) == -EQ_LIMIT_DB
+    assert label["compressor"]["ratio"] == MAX_RATIO == 10
+    assert label["width"] > 1.2 and label["after"]["width_db"] == pytest.approx(stats["width_db"], abs=0.01)
+
+
 def test_dynamics_bounded_and_silence_kept():
     rng = np.random.default_rng(1)
     n = 4 * SR

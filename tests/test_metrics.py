@@ -138,6 +138,13 @@ def test_frechet_distance_and_diversity():
     a = rng.standard_normal((200, 3))
     assert frechet_distance(a, a) < 1e-6
     assert frechet_distance(a, a + 3.0) > frechet_distance(a, a + 0.5) > frechet_distance(a, a[::-1] + 0.0) - 1e-9
+    # equal means, covariances I and 9 I (exactly: whitened samples): only the covariance term can tell them
+    # apart. Standardised by the pooled deviation s (s^2 = 5 (n - 1) / n), the distance is d (1 - 3)^2 / s^2.
+    n, d = 1000, 3
+    x = rng.standard_normal((n, d))
+    x -= x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T
+    assert frechet_distance(x, 3 * x) == pytest.approx(d * 4 / (5 * (n - 1) / n), rel=1e-9)
     songs = [rng.standard_normal(3) * 10 for _ in range(5)]
     same = [np.stack([s + 0.01 * rng.standard_normal(3) for _ in range(4)]) for s in songs]
     varied = [np.stack([s + 5.0 * rng.standard_normal(3) for _ in range(4)]) for s in songs]

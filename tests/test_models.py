@@ -201,13 +201,18 @@ def test_direct_style_path_starts_silent_and_moves_every_control_with_z(tmp_path
     torch.manual_seed(0)
     cfg = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32, style_dim=3, style_direct=True)
     m = MixController(Layout.default(), cfg)
-    emb = torch.randn(1, 4, 16)
-    a, b = m.decide(emb, None, torch.zeros(1, 3)), m.decide(emb, None, torch.zeros(1, 3))
+    emb, z = torch.randn(1, 4, 16), torch.randn(1, 3)
+    with_direct = m.decide(emb, None, z)
+    m.cfg.style_direct = False  # the same weights without the direct path
+    without = m.decide(emb, None, z)
+    m.cfg.style_direct = True
+    # silent at the start: for any z the direct path adds nothing to what the transformer decides
+    assert torch.equal(with_direct.strip, without.strip) and torch.equal(with_direct.master, without.master)
+    a = m.decide(emb, None, torch.zeros(1, 3))
     with torch.no_grad():
         m.style_strip.weight.normal_()
         m.style_master.weight.normal_()
     c = m.decide(emb, None, torch.ones(1, 3))
-    assert torch.equal(a.strip, b.strip)
     assert (c.strip - a.strip).abs().min() > 0 and (c.master - a.master).abs().min() > 0
     assert torch.allclose(m.decide(emb, None, torch.zeros(1, 3)).strip, a.strip)  # z = 0: no offset
     loaded, _ = load_model(save_model(tmp_path / "m.pt", m, sample_rate=SR, info={}))

@@ -243,7 +243,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _shard_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see README)")
+    p.add_argument("--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see docs/datasets.md)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ The stems become audio tracks, each with one clip at time 0 that plays the whole
 faders, pans and post-fader sends become the DAW's; buses become effect (return) tracks that feed the
 master. What the format can hold is written as the DAW's own settings; everything else is written, with
 its values, as text the DAW shows (a DAWproject track's ``comment``, REAPER's project and track notes).
-See README "DAW export" for every mapping and unit conversion.
+See docs/daw-export.md for every mapping and unit conversion.
 
 Only the standard library writes the files (``xml.etree``, ``zipfile``); ``soundfile`` reads the stems'
 lengths.
