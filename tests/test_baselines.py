@@ -58,6 +58,18 @@ def test_rules_centre_the_low_tracks_and_spread_the_others():
     assert pans["hats"] * pans["keys"] < 0  # brighter tracks alternate sides
     mix, _ = setting.render(tracks)
     assert lufs(mix) == pytest.approx(-14.0, abs=0.5)  # levelled like equal_loudness
+    level = baseline("equal_loudness", names, files, tracks, SR)
+    for i, name in enumerate(names[:3]):
+        chain = {e.effect.type_name: e.params for e in setting.tracks[i].chain}
+        faders = chain["gain"]["gain_db"] - level.tracks[i].chain[0].params["gain_db"]
+        assert faders == pytest.approx(3.0 if name == "bass" else 0.0)  # the low track sits 3 dB above
+        eq = chain["eq"]
+        if name == "bass":
+            assert eq["gain_db"][0] == 0.0
+        else:  # a 100 Hz low cut on the others
+            assert (eq["freq_hz"][0], eq["gain_db"][0], eq["q"][0]) == (100.0, -12.0, 0.707)
+        comp = chain["compressor"]
+        assert comp["ratio"] == 2.0 and comp["threshold_db"] == pytest.approx(lufs(tracks[i]) + 6.0)
 
 
 def test_random_console_is_seeded_and_every_baseline_renders():

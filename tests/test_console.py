@@ -266,6 +266,14 @@ def test_load_reports_bad_json(tmp_path):
     p.write_text(json.dumps(data))  # Python writes the NaN literal, which JSON readers take
     with pytest.raises(ConsoleFileError, match="c.json: NaN is not a value a console file may hold"):
         ConsoleSetting.load(p)
+    data = _base()
+    data["tracks"][2]["sends"][0]["level_db"] = math.inf
+    p.write_text(json.dumps(data))
+    with pytest.raises(ConsoleFileError, match="c.json: Infinity is not a value a console file may hold"):
+        ConsoleSetting.load(p)
+    data["tracks"][2]["sends"][0]["level_db"] = -math.inf  # an absent send
+    p.write_text(json.dumps(data))
+    assert ConsoleSetting.load(p).tracks[2].sends["reverb"] == -math.inf
 
 
 def test_bus_control_index_points_at_the_parameter_denormalize_reads():

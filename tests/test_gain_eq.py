@@ -114,7 +114,7 @@ def test_parametric_eq_bad_input():
 
 @pytest.mark.parametrize("bands", [10, 31])
 @pytest.mark.parametrize("sr", [44100.0, 48000.0])
-def test_graphic_eq_within_1_db_of_requested_gains_at_centres(bands, sr):
+def test_graphic_eq_within_a_third_of_a_db_of_requested_gains_at_centres(bands, sr):
     gen = torch.Generator().manual_seed(bands)
     gains = torch.rand(200, bands, generator=gen, dtype=torch.float64) * 24 - 12
     gains[0], gains[1] = 12.0, -12.0
@@ -122,7 +122,7 @@ def test_graphic_eq_within_1_db_of_requested_gains_at_centres(bands, sr):
     centres = graphic_eq_centres_hz(bands)
     err = (graphic_eq_response_db(gains, sr, centres) - gains).abs()
     worst = err.max().item()
-    assert worst < 1.0, f"worst error {worst:.2f} dB for gains {gains[err.max(1).values.argmax()].tolist()}"
+    assert worst < (0.2 if bands == 10 else 0.3), f"worst error {worst:.2f} dB for gains {gains[err.max(1).values.argmax()].tolist()}"
 
 
 def test_graphic_eq_filtered_impulse_matches_design():
@@ -132,7 +132,7 @@ def test_graphic_eq_filtered_impulse_matches_design():
     x[..., 0] = 1
     y = graphic_eq(x, sample_rate=sr, gain_db=gains)[0, 0].numpy()
     measured = response_db_from_impulse(y, np.array(graphic_eq_centres_hz(10)), sr)
-    assert np.abs(measured - gains[0].numpy()).max() < 1.0
+    assert np.abs(measured - gains[0].numpy()).max() < 0.2
 
 
 def test_graphic_eq_zero_gains_is_identity_and_gradchecks():

@@ -40,9 +40,15 @@ def test_separate_then_normalise(tmp_path, tiny_model):
     songs = find_songs(out / "stems")
     assert [s.name for s in songs] == ["song0", "song1"]
     assert sorted(r.label for r in songs[0].stems) == ["bass", "drums", "other", "vocals"]
+    mix = sf.read(mixes / "song0.wav", always_2d=True)[0]
+    sources = []
     for ref in songs[0].stems:
         x, sr = sf.read(ref.path, always_2d=True)
         assert sr == SR and x.shape == (3 * SR, 2) and np.isfinite(x).all()
+        # the network's output, not the mix copied into every source
+        assert 10 * np.log10(((x - mix) ** 2).sum() / (mix ** 2).sum()) > -20
+        sources.append(x)
+    assert all(np.abs(a - b).max() > 1e-4 for i, a in enumerate(sources) for b in sources[i + 1:])
     classes = json.loads((out / "normalized" / "classes.json").read_text())["classes"]
     assert set(classes) == {"drums", "bass", "other", "vocals"}
     assert len(find_songs(out / "normalized")) == 2
