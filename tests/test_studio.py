@@ -265,6 +265,52 @@ def test_foreign_host_names_and_missing_tokens_are_refused(session):
     assert shared.get("/?token=s3cret").status_code == 200
 
 
+def test_studio_on_a_shared_host_prints_a_token_and_the_server_refuses_requests_without_it(song, tmp_path, monkeypatch,
+                                                                                            capsys):
+    """`gradmix studio --host 0.0.0.0` makes a token and prints it; the real server answers 403 without it and
+    413 to an upload declared larger than the 200 MB cap, before reading it."""
+    require("starlette")
+    require("uvicorn")
+    import http.client
+    import re
+    import threading
+
+    from gradmix.cli.main import main
+    from gradmix.studio import server
+
+    assert server.MAX_UPLOAD_BYTES == 200 * 2**20
+    answers = {}
+    serve = server.Studio.serve_forever
+
+    def serve_and_ask(self):
+        thread = threading.Thread(target=serve, args=(self,), daemon=True)
+        thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+        def ask(method, path, headers=None):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            c.request(method, path, headers=headers or {})
+            status = c.getresponse().status
+            c.close()
+            return status
+
+        answers["none"] = ask("GET", "/api/state")
+        answers["wrong"] = ask("GET", "/api/state", {"x-gradmix-token": "wrong"})
+        answers["token"] = ask("GET", f"/api/state?token={self.token}")
+        answers["big"] = ask("POST", "/api/match", {"x-gradmix-token": self.token, "x-filename": "big.wav",
+                                                    "content-length": str(server.MAX_UPLOAD_BYTES + 1)})
+        self.server.should_exit = True
+        thread.join(10)
+
+    monkeypatch.setattr(server.Studio, "serve_forever", serve_and_ask)
+    assert main(["studio", str(song), "--host", "0.0.0.0", "--port", "0", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    token = re.search(r"\?token=([\w-]+)", out).group(1)
+    assert len(token) >= 20 and f"open it with the token above ({token})" in out
+    assert answers == {"none": 403, "wrong": 403, "token": 200, "big": 413}
+
+
 def test_concurrent_edits_leave_a_whole_console(session, client):
     from concurrent.futures import ThreadPoolExecutor
 
