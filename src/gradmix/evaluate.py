@@ -227,11 +227,11 @@ class _TrackMeasure:
 
 
 def _spectrum_and_panning(x: torch.Tensor, sample_rate: int) -> dict[str, list[float]]:
-    spec = F._stft(x.float())
+    spec = F.complex_stft(x.float())
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs().square().mean(-1)[0]
     sps, energy = F.stereo_panning_spectrum(spec)
     pan = ((sps * energy).sum(-1) / energy.sum(-1).clamp_min(F.EPS))[0]
-    return {"freqs": F._freqs(sample_rate, mag).tolist(), "spectrum_db": (10 * torch.log10(mag + 1e-12)).tolist(),
+    return {"freqs": F.bin_frequencies(sample_rate, mag).tolist(), "spectrum_db": (10 * torch.log10(mag + 1e-12)).tolist(),
             "panning": pan.tolist()}
 
 

@@ -17,9 +17,7 @@ range then see the song's quiet and loud parts.
 
 from __future__ import annotations
 
-import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +32,11 @@ from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
 from gradmix.metrics.distances import FLOORS, STYLE_FEATURES, TONE_CENTRES_HZ, tonal_balance
-from gradmix.metrics.features import _freqs, _mid_magnitude, _weighted_mean, panning_features, spectral_frames
+from gradmix.metrics.features import bin_frequencies, mid_magnitude, panning_features, spectral_frames, weighted_mean
 from gradmix.mix import Analysis, Song, analyse, console_for, load_song, setting_from_controls
 from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
+from gradmix.report import comparison_page
 
 SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.4
 MATCH_REFINE_STEPS = 30
@@ -76,13 +75,13 @@ def toned_spectral_features(mix: Tensor, gain_db: Tensor, sample_rate: float) ->
     """Centroid, bandwidth, flatness and roll-off ``{name: (1,)}`` of the stereo mix ``(1, 2, samples)`` heard
     through the EQ curve ``gain_db`` ``(bands,)`` (dB at :data:`TONE_CENTRES_HZ`, linear in log frequency
     between them, flat beyond): where a tonal offset takes that mix, in the measured features."""
-    mag = _mid_magnitude(mix)
-    freqs = _freqs(sample_rate, mag).double().numpy()
+    mag = mid_magnitude(mix)
+    freqs = bin_frequencies(sample_rate, mag).double().numpy()
     curve = np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ),
                       gain_db.double().numpy())
     mag = mag * torch.from_numpy(10 ** (curve / 20)).to(mag.dtype)[:, None]
     weight = mag.square().sum(1)
-    return {k: _weighted_mean(v, weight) for k, v in spectral_frames(mag, sample_rate).items()}
+    return {k: weighted_mean(v, weight) for k, v in spectral_frames(mag, sample_rate).items()}
 
 
 LOG_FEATURES = ("centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz")
@@ -164,63 +163,13 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, see
                                progress=progress)
     results = [_write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
                for k, s in enumerate(show_progress(settings, "rendering", progress))]
-    _comparison_page(out / "index.html", settings, results)
+    comparison_page(out / "index.html", settings, results)
     return results
 
 
 def _check_refine_steps(steps: int) -> None:
     if steps < 0:
         raise GradmixError(f"--refine: {steps} steps; give 0 or more")
-
-
-def _comparison_page(path: Path, settings: list[ConsoleSetting], results: list[Rendered]) -> None:
-    """A page with one row per mix: gain/pan map, EQ curves, loudness, a player."""
-    import base64
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gradmix.report import _eq_response, _find
-
-    rows = []
-    for k, (setting, r) in enumerate(zip(settings, results)):
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
-        for t in setting.tracks:
-            g, p = _find(t.chain, "gain"), _find(t.chain, "pan")
-            x, y = (float(p.params["pan"]) if p else 0.0), (float(g.params["gain_db"]) if g else 0.0)
-            a.scatter([x], [y])
-            a.annotate(t.name, (x, y), fontsize=7)
-        a.set(xlim=(-1.1, 1.1), xlabel="pan", ylabel="fader dB", title="gain / pan map")
-        a.grid(alpha=0.3)
-        freqs = np.geomspace(20, min(20000, setting.sample_rate * 0.49), 200)
-        for t in setting.tracks:
-            eq = _find(t.chain, "eq")
-            if eq is not None:
-                b.semilogx(freqs, _eq_response(eq, freqs, setting.sample_rate), lw=0.8)
-        master = _find(setting.master, "eq")
-        if master is not None:
-            b.semilogx(freqs, _eq_response(master, freqs, setting.sample_rate), "k", lw=2)
-        b.set(ylim=(-15, 15), xlabel="Hz", ylabel="dB", title="EQ curves (black: master)")
-        b.grid(alpha=0.3, which="both")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        png = base64.b64encode(buf.getvalue()).decode()
-        rows.append(f"<h2>{html.escape(r.mix.name)}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:.1f} dBFS</h2>"
-                    f'<audio controls src="{html.escape(r.mix.name)}"></audio> '
-                    f'<a href="{html.escape(r.console.name)}">console file</a><br>'
-                    f'<img alt="console of {html.escape(r.mix.name)}" src="data:image/png;base64,{png}">')
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>gradmix samples</title></head>"
-            "<body style='font-family:sans-serif;max-width:1000px;margin:auto'><h1>gradmix: sampled mixes</h1>"
-            "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
-            "</p>" + "".join(rows) + "</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
 
 
 def read_reference(path: str | Path, sample_rate: int) -> Tensor:

@@ -19,11 +19,13 @@ from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 
 
-def _find(chain, type_name: str):
+def find_entry(chain, type_name: str):
+    """The first entry of ``type_name`` in a chain of console entries, or ``None``."""
     return next((e for e in chain if e.effect.type_name == type_name), None)
 
 
-def _eq_response(entry, freqs: np.ndarray, sample_rate: int) -> np.ndarray:
+def eq_response_db(entry, freqs: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Magnitude response (dB) of a parametric-EQ entry at ``freqs`` (Hz)."""
     p = {k: torch.tensor([entry.params[k]], dtype=torch.float64) for k in ("freq_hz", "gain_db", "q")}
     b, a = dsp.eq.eq_coefficients(entry.effect.shapes, sample_rate=sample_rate, **p)
     return dsp.frequency_response_db(b, a, freqs, sample_rate)[0].numpy()
@@ -51,8 +53,8 @@ def console_figure(setting: ConsoleSetting, before: Tensor | None, after: Tensor
     n = len(names)
     fig, axes = plt.subplots(3, 2, figsize=(13, 12))
     y = np.arange(n)
-    gains = [float(_find(t.chain, "gain").params["gain_db"]) if _find(t.chain, "gain") else 0.0 for t in setting.tracks]
-    pans = [float(_find(t.chain, "pan").params["pan"]) if _find(t.chain, "pan") else 0.0 for t in setting.tracks]
+    gains = [float(find_entry(t.chain, "gain").params["gain_db"]) if find_entry(t.chain, "gain") else 0.0 for t in setting.tracks]
+    pans = [float(find_entry(t.chain, "pan").params["pan"]) if find_entry(t.chain, "pan") else 0.0 for t in setting.tracks]
     ax = axes[0, 0]
     ax.barh(y, gains, color="tab:blue")
     ax.set(yticks=y, yticklabels=names, xlabel="dB", title="Fader (gain) per track")
@@ -67,22 +69,22 @@ def console_figure(setting: ConsoleSetting, before: Tensor | None, after: Tensor
     freqs = np.geomspace(20, min(20000, sr / 2 * 0.99), 300)
     ax = axes[1, 0]
     for t in setting.tracks:
-        eq = _find(t.chain, "eq")
+        eq = find_entry(t.chain, "eq")
         if eq is not None:
-            ax.semilogx(freqs, _eq_response(eq, freqs, sr), lw=1, label=t.name)
-    master_eq = _find(setting.master, "eq")
+            ax.semilogx(freqs, eq_response_db(eq, freqs, sr), lw=1, label=t.name)
+    master_eq = find_entry(setting.master, "eq")
     if master_eq is not None:
-        ax.semilogx(freqs, _eq_response(master_eq, freqs, sr), "k", lw=2.5, label="master")
+        ax.semilogx(freqs, eq_response_db(master_eq, freqs, sr), "k", lw=2.5, label="master")
     ax.set(title="EQ curves", xlabel="Hz", ylabel="dB", ylim=(-15, 15))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax = axes[1, 1]
     level = np.linspace(-60, 0, 200)
     for t in setting.tracks:
-        comp = _find(t.chain, "compressor")
+        comp = find_entry(t.chain, "compressor")
         if comp is not None:
             ax.plot(level, _compressor_curve(comp, level), lw=1, label=t.name)
-    master_comp = _find(setting.master, "compressor")
+    master_comp = find_entry(setting.master, "compressor")
     if master_comp is not None:
         ax.plot(level, _compressor_curve(master_comp, level), "k", lw=2.5, label="master")
     ax.plot(level, level, "k:", lw=1)
@@ -127,7 +129,7 @@ def write_report(path: str | os.PathLike, setting: ConsoleSetting, *, before: Te
     for t in setting.tracks:
         cells = [html.escape(t.name)]
         for type_name, keys in (("gain", ("gain_db",)), ("pan", ("pan",)), ("compressor", ("threshold_db", "ratio"))):
-            e = _find(t.chain, type_name)
+            e = find_entry(t.chain, type_name)
             cells.append(", ".join(f"{float(e.params[k]):.2f}" for k in keys) if e else "")
         cells.append(", ".join(f"{b} {v:.1f} dB" for b, v in t.sends.items()) or "none")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -154,3 +156,49 @@ td:first-child{{text-align:left}}</style></head><body>
     tmp.write_text(page)
     os.replace(tmp, path)
     return path
+
+
+def comparison_page(path: Path, settings: list[ConsoleSetting], results: list) -> None:
+    """``gradmix sample``'s page: one row per mix (gain/pan map, EQ curves, loudness, a player); ``results`` hold
+    each mix's ``mix`` and ``console`` paths, ``loudness_lufs`` and ``peak_dbfs``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for k, (setting, r) in enumerate(zip(settings, results)):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3))
+        for t in setting.tracks:
+            g, p = find_entry(t.chain, "gain"), find_entry(t.chain, "pan")
+            x, y = (float(p.params["pan"]) if p else 0.0), (float(g.params["gain_db"]) if g else 0.0)
+            a.scatter([x], [y])
+            a.annotate(t.name, (x, y), fontsize=7)
+        a.set(xlim=(-1.1, 1.1), xlabel="pan", ylabel="fader dB", title="gain / pan map")
+        a.grid(alpha=0.3)
+        freqs = np.geomspace(20, min(20000, setting.sample_rate * 0.49), 200)
+        for t in setting.tracks:
+            eq = find_entry(t.chain, "eq")
+            if eq is not None:
+                b.semilogx(freqs, eq_response_db(eq, freqs, setting.sample_rate), lw=0.8)
+        master = find_entry(setting.master, "eq")
+        if master is not None:
+            b.semilogx(freqs, eq_response_db(master, freqs, setting.sample_rate), "k", lw=2)
+        b.set(ylim=(-15, 15), xlabel="Hz", ylabel="dB", title="EQ curves (black: master)")
+        b.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        png = base64.b64encode(buf.getvalue()).decode()
+        rows.append(f"<h2>{html.escape(r.mix.name)}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:.1f} dBFS</h2>"
+                    f'<audio controls src="{html.escape(r.mix.name)}"></audio> '
+                    f'<a href="{html.escape(r.console.name)}">console file</a><br>'
+                    f'<img alt="console of {html.escape(r.mix.name)}" src="data:image/png;base64,{png}">')
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>gradmix samples</title></head>"
+            "<body style='font-family:sans-serif;max-width:1000px;margin:auto'><h1>gradmix: sampled mixes</h1>"
+            "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
+            "</p>" + "".join(rows) + "</body></html>")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)

@@ -258,7 +258,7 @@ def render_strips(chain: Sequence[Slot], tracks: Tensor, params: Sequence[Mappin
     for slot, p in zip(chain, params):
         kw = {k: _fold(v, batch, n) for k, v in p.items()}
         if slot.effect.type_name == "pan":
-            x = _place(x, kw["pan"], flat_mono)
+            x = place_stereo(x, kw["pan"], flat_mono)
         else:
             x = slot.effect(x, kw, sample_rate=sample_rate)
     if x.shape[1] == 1:
@@ -272,7 +272,7 @@ def _fold(v: Any, batch: int, n: int) -> Any:
     return v
 
 
-def _place(x: Tensor, pan: Tensor, mono: Tensor | None) -> Tensor:
+def place_stereo(x: Tensor, pan: Tensor, mono: Tensor | None) -> Tensor:
     """The console's pan slot: mono tracks by the constant-power pan law, stereo tracks by balance."""
     if x.shape[1] == 1:
         return dsp.pan(x, pan=pan)

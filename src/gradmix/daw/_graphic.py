@@ -14,9 +14,9 @@ def bell_bands(gain_db: Sequence[float], sample_rate: float) -> list[tuple[float
     needed) with one Q per band count; the filter gains are not the requested band gains but the ones
     that make the cascade meet them (:func:`gradmix.dsp.eq.graphic_eq_filter_gains`).
     """
-    from gradmix.dsp.eq import _graphic_design, graphic_eq_filter_gains
+    from gradmix.dsp.eq import graphic_design, graphic_eq_filter_gains
 
     g = torch.tensor([list(gain_db)], dtype=torch.float64)
-    fc, q, _ = _graphic_design(g.shape[1], float(sample_rate))
+    fc, q, _ = graphic_design(g.shape[1], float(sample_rate))
     filt = graphic_eq_filter_gains(g, sample_rate)[0]
     return [(float(f), float(v), float(b)) for f, v, b in zip(fc, filt, q)]

@@ -86,7 +86,7 @@ def graphic_eq_centres_hz(bands: int) -> tuple[float, ...]:
 
 
 @functools.lru_cache(maxsize=16)
-def _graphic_design(bands: int, sample_rate: float) -> tuple[Tensor, Tensor, Tensor]:
+def graphic_design(bands: int, sample_rate: float) -> tuple[Tensor, Tensor, Tensor]:
     """Centres, Q and the least-squares design matrix of a graphic EQ at one sample rate (float64)."""
     centres = torch.tensor(graphic_eq_centres_hz(bands), dtype=torch.float64)
     _, step, overlap = _GRAPHIC[bands]
@@ -141,7 +141,7 @@ def graphic_eq_filter_gains(gain_db: Tensor, sample_rate: float) -> Tensor:
     """
     bands = gain_db.shape[1]
     centres = torch.tensor(graphic_eq_centres_hz(bands), dtype=torch.float64)
-    fc, q, pinv = _graphic_design(bands, float(sample_rate))
+    fc, q, pinv = graphic_design(bands, float(sample_rate))
     points = _graphic_points(centres, sample_rate / 2)
     pinv, fc, q = pinv.to(gain_db), fc.to(gain_db).expand_as(gain_db), q.to(gain_db).expand_as(gain_db)
     t = _targets_at_points(gain_db, centres, sample_rate / 2)
@@ -179,7 +179,7 @@ def graphic_eq(x: Tensor, *, sample_rate: float, gain_db: Param) -> Tensor:
 
 def graphic_eq_coefficients(gain_db: Tensor, sample_rate: float) -> tuple[Tensor, Tensor]:
     """Peak-filter cascade ``(b, a)``, each ``(batch, bands, 3)``, that realises band gains ``(batch, bands)``."""
-    fc, q, _ = _graphic_design(gain_db.shape[-1], float(sample_rate))
+    fc, q, _ = graphic_design(gain_db.shape[-1], float(sample_rate))
     filt = graphic_eq_filter_gains(gain_db, sample_rate)
     return biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
                                q=q.to(filt).expand_as(filt))

@@ -82,7 +82,7 @@ def block_powers(x: Tensor, *, sample_rate: float, block_s: float = BLOCK_S, ste
     return ((sums[:, starts + block] - sums[:, starts]) / block).to(x.dtype)
 
 
-def _lufs(power: Tensor) -> Tensor:
+def lufs_from_power(power: Tensor) -> Tensor:
     return -0.691 + 10 * torch.log10(power.clamp_min(1e-30))
 
 
@@ -98,14 +98,14 @@ def integrated_loudness(x: Tensor, *, sample_rate: float) -> Tensor:
         Differentiable almost everywhere (through the blocks that pass the gates).
     """
     z = block_powers(x, sample_rate=sample_rate)
-    lj = _lufs(z.detach())
+    lj = lufs_from_power(z.detach())
     gate_abs = lj >= ABSOLUTE_GATE_LUFS
     zd = z.detach()
     mean_abs = (zd * gate_abs).sum(-1) / gate_abs.sum(-1).clamp_min(1)
-    gate = gate_abs & (lj > (_lufs(mean_abs) + RELATIVE_GATE_LU)[:, None])
+    gate = gate_abs & (lj > (lufs_from_power(mean_abs) + RELATIVE_GATE_LU)[:, None])
     count = gate.sum(-1)
     mean = (z * gate).sum(-1) / count.clamp_min(1)
-    return torch.where(count > 0, _lufs(mean), torch.full_like(mean, LOUDNESS_FLOOR_LUFS))
+    return torch.where(count > 0, lufs_from_power(mean), torch.full_like(mean, LOUDNESS_FLOOR_LUFS))
 
 
 def soft_integrated_loudness(x: Tensor, *, sample_rate: float, softness_lu: float = 1.0) -> Tensor:

@@ -44,12 +44,12 @@ def _takes_sample_rate(function: Callable[..., Tensor]) -> bool:
     return "sample_rate" in inspect.signature(function).parameters
 
 
-def _plain(value: Any) -> Any:
+def plain_json_value(value: Any) -> Any:
     """Tensors and numpy values -> floats / lists of floats (JSON-friendly, lossless)."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json_value(v) for v in value]
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
@@ -149,7 +149,7 @@ class Effect:
     def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """A console-file chain entry: ``{"type": ..., static settings..., parameters...}`` (physical)."""
         full = self.complete(params)
-        return {"type": self.type_name, **self.config(), **{k: _plain(v) for k, v in full.items()}}
+        return {"type": self.type_name, **self.config(), **{k: plain_json_value(v) for k, v in full.items()}}
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gradmix import dsp
 from gradmix.dsp.dynamics import limiter_latency_samples
-from gradmix.effects.base import Effect, _plain, register
+from gradmix.effects.base import Effect, plain_json_value, register
 from gradmix.effects.spec import ParamSpec
 from gradmix.errors import ParameterError
 
@@ -112,7 +112,7 @@ class ParametricEQ(Effect):
 
     def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``{"type": "eq", "bands": [{"shape", "freq_hz", "gain_db", "q"}, ...]}``."""
-        full = {k: _plain(v) for k, v in self.complete(params).items()}
+        full = {k: plain_json_value(v) for k, v in self.complete(params).items()}
         return {"type": self.type_name, "bands": [
             {"shape": s, "freq_hz": full["freq_hz"][k], "gain_db": full["gain_db"][k], "q": full["q"][k]}
             for k, s in enumerate(self.shapes)]}
@@ -149,7 +149,7 @@ class GraphicEQ(Effect):
 
     def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``{"type": "graphic_eq", "gain_db": [10 or 31 values]}`` (the band count is the list's length)."""
-        return {"type": self.type_name, "gain_db": _plain(self.complete(params)["gain_db"])}
+        return {"type": self.type_name, "gain_db": plain_json_value(self.complete(params)["gain_db"])}
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:

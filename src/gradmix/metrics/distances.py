@@ -38,7 +38,7 @@ EPS = 1e-8
 
 def frame_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Frame-level features ``{name: (batch, frames)}`` on the STFT grid of :mod:`gradmix.metrics.features`."""
-    spec = F._stft(x)
+    spec = F.complex_stft(x)
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()  # the mid signal's STFT
     sps, energy = F.stereo_panning_spectrum(spec)
     return {**F.spectral_frames(mag, sample_rate), "rms": torch.sqrt(mag.square().mean(1).clamp_min(EPS)),
@@ -120,10 +120,10 @@ def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     differentiable in ``x`` (hard loudness gates and peaks pass gradients to the blocks and samples they keep),
     so that ``gradmix match --refine`` optimises the measured distance itself."""
     F.check_audio(x, channels=2)
-    spec = F._stft(x)
+    spec = F.complex_stft(x)
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()
     weight = mag.square().sum(1)
-    feats = {k: F._weighted_mean(v, weight) for k, v in F.spectral_frames(mag, sample_rate).items()}
+    feats = {k: F.weighted_mean(v, weight) for k, v in F.spectral_frames(mag, sample_rate).items()}
     sps, energy = F.stereo_panning_spectrum(spec)
     feats.update(F.panning_band_rms(sps, energy, sample_rate, (1, 2)))
     feats["loudness_lufs"] = F.integrated_loudness(x, sample_rate=sample_rate)
@@ -142,8 +142,8 @@ def tonal_balance(x: Tensor, sample_rate: float) -> Tensor:
     """``(batch, bands)`` dB: each octave band's share of the energy of stereo mixes ``(batch, 2, samples)``
     (mid signal; bands centred on :data:`TONE_CENTRES_HZ`, the outer ones reaching 0 Hz and Nyquist). A tonal
     offset between two mixes is the EQ curve that turns one's balance into the other's."""
-    power = F._mid_magnitude(x).square().sum(-1)
-    freqs = F._freqs(sample_rate, power)
+    power = F.mid_magnitude(x).square().sum(-1)
+    freqs = F.bin_frequencies(sample_rate, power)
     edges = [0.0, *(c * math.sqrt(2) for c in TONE_CENTRES_HZ[:-1]), math.inf]
     bands = torch.stack([power[:, (freqs >= lo) & (freqs < hi)].sum(1) for lo, hi in zip(edges[:-1], edges[1:])], -1)
     share = bands / power.sum(1, keepdim=True).clamp_min(1e-20)

@@ -41,7 +41,7 @@ EPS = 1e-12
 BANDS_HZ = {"low": (0.0, 250.0), "mid": (250.0, 2500.0), "high": (2500.0, math.inf)}
 
 
-def _stft(x: Tensor) -> Tensor:
+def complex_stft(x: Tensor) -> Tensor:
     """``(batch, channels, samples)`` -> complex ``(batch, channels, bins, frames)``."""
     b, c, n = x.shape
     win = torch.hann_window(N_FFT, dtype=x.dtype, device=x.device)
@@ -50,16 +50,16 @@ def _stft(x: Tensor) -> Tensor:
     return spec.reshape(b, c, spec.shape[-2], spec.shape[-1])
 
 
-def _freqs(sample_rate: float, like: Tensor) -> Tensor:
+def bin_frequencies(sample_rate: float, like: Tensor) -> Tensor:
     return torch.fft.rfftfreq(N_FFT, 1 / sample_rate).to(like.device, like.real.dtype if like.is_complex() else like.dtype)
 
 
-def _mid_magnitude(x: Tensor) -> Tensor:
+def mid_magnitude(x: Tensor) -> Tensor:
     mid = x.mean(1, keepdim=True)
-    return _stft(mid)[:, 0].abs()  # (batch, bins, frames)
+    return complex_stft(mid)[:, 0].abs()  # (batch, bins, frames)
 
 
-def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum(-1) / weights.sum(-1).clamp_min(EPS)
 
 
@@ -67,7 +67,7 @@ def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Per-frame centroid, bandwidth, flatness and roll-off ``{name: (batch, frames)}`` of a magnitude
     spectrogram ``(batch, bins, frames)`` on this module's STFT grid."""
     power = mag.square()
-    freqs = _freqs(sample_rate, mag)
+    freqs = bin_frequencies(sample_rate, mag)
     f = freqs[:, None]
     total = mag.sum(1).clamp_min(EPS)
     centroid = (f * mag).sum(1) / total
@@ -94,11 +94,11 @@ def _rolloff(power: Tensor, freqs: Tensor, share: float = 0.85) -> Tensor:
 def spectral_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Centroid, bandwidth, flatness, roll-off, contrast, averaged over frames weighted by frame energy."""
     check_audio(x)
-    mag = _mid_magnitude(x)
+    mag = mid_magnitude(x)
     power = mag.square()
-    frames = {**spectral_frames(mag, sample_rate), "contrast_db": _contrast(power, _freqs(sample_rate, mag))}
+    frames = {**spectral_frames(mag, sample_rate), "contrast_db": _contrast(power, bin_frequencies(sample_rate, mag))}
     weight = power.sum(1)  # frames weighted by energy: silence does not pull the averages
-    return {name: _weighted_mean(v, weight) for name, v in frames.items()}
+    return {name: weighted_mean(v, weight) for name, v in frames.items()}
 
 
 def _contrast(power: Tensor, freqs: Tensor) -> Tensor:
@@ -131,7 +131,7 @@ def stereo_panning_spectrum(spec: Tensor) -> tuple[Tensor, Tensor]:
 def panning_band_rms(sps: Tensor, energy: Tensor, sample_rate: float, dims: tuple[int, ...]) -> dict[str, Tensor]:
     """Energy-weighted RMS of the panning spectrum in the low/mid/high bands, reduced over ``dims``
     (``(1, 2)``: bins and frames; ``(1,)``: bins, keeping frames)."""
-    freqs = _freqs(sample_rate, energy)
+    freqs = bin_frequencies(sample_rate, energy)
     out = {}
     for name, (lo, hi) in BANDS_HZ.items():
         sel = (freqs >= lo) & (freqs < hi)
@@ -143,7 +143,7 @@ def panning_band_rms(sps: Tensor, energy: Tensor, sample_rate: float, dims: tupl
 def panning_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Stereo panning spectrum: RMS in low/mid/high bands and the energy-weighted panning index."""
     check_audio(x, channels=2)
-    sps, energy = stereo_panning_spectrum(_stft(x))
+    sps, energy = stereo_panning_spectrum(complex_stft(x))
     out = panning_band_rms(sps, energy, sample_rate, (1, 2))
     out["panning_index"] = (sps * energy).sum((1, 2)) / energy.sum((1, 2)).clamp_min(EPS)
     return out

@@ -28,10 +28,12 @@ from torch import Tensor
 from gradmix.audio import (check_mixable, check_output_path, load_stems, make_output_folder, safe_file_name,
                            write_audio)
 from gradmix.console import ConsoleSetting
+from gradmix.console.layout import place_stereo
+from gradmix.console.schema import place
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
-from gradmix.dsp.loudness import _lufs, block_powers
+from gradmix.dsp.loudness import lufs_from_power, block_powers
 from gradmix.errors import ConsoleFileError, GradmixError
 from gradmix.mix import Song, console_files
 
@@ -306,7 +308,7 @@ class Session:
         with self.lock:
             r = self.render_region(version)
             setting = self.versions[version]
-            short = _lufs(block_powers(r.mix[None].double(), sample_rate=self.sample_rate, block_s=SHORT_TERM_S,
+            short = lufs_from_power(block_powers(r.mix[None].double(), sample_rate=self.sample_rate, block_s=SHORT_TERM_S,
                                        step_s=METER_STEP_S))[0]
             return {"version": version, "integrated_lufs": r.loudness_lufs, "peak_dbfs": r.peak_dbfs,
                     "short_term_lufs": [round(max(v, -70.0), 2) for v in short.tolist()],
@@ -419,7 +421,7 @@ def _apply(data: dict[str, Any], path: Any, value: Any) -> None:
             isinstance(parent, list) and isinstance(leaf, int) and 0 <= leaf < len(parent):
         parent[leaf] = value
     else:
-        raise ConsoleFileError(f"edit: {_place(path)} cannot be set")
+        raise ConsoleFileError(f"edit: {place(path)} cannot be set")
 
 
 def _walk(data: Any, path: list[Any]) -> Any:
@@ -428,22 +430,14 @@ def _walk(data: Any, path: list[Any]) -> Any:
         ok = isinstance(node, dict) and isinstance(step, str) and step in node or \
             isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
         if not ok:
-            raise ConsoleFileError(f"edit: {_place(path[:k + 1])} does not exist")
+            raise ConsoleFileError(f"edit: {place(path[:k + 1])} does not exist")
         node = node[step]
     return node
 
 
-def _place(path: list[Any]) -> str:
-    from gradmix.console.schema import place
-
-    return place(path)
-
-
 def _apply_entry(entry, x: Tensor, sample_rate: int) -> Tensor:
     """One chain entry on ``(1, channels, samples)`` audio, the pan slot with the console's pan law."""
-    from gradmix.console.layout import _place
-
     params = {k: torch.tensor([v], dtype=x.dtype) for k, v in entry.params.items()}
     if entry.effect.type_name == "pan":
-        return _place(x, params["pan"], None)
+        return place_stereo(x, params["pan"], None)
     return entry.effect(x, params, sample_rate=sample_rate)
