@@ -278,3 +278,28 @@ def test_control_loss_counts_only_the_weighted_tracks_and_is_zero_on_a_match():
                        sends=torch.cat([a.sends[:, :1], b.sends[:, 1:]], 1))
     assert float(control_loss(mixed, a, only_first)) == 0.0 and float(control_loss(mixed, a, ones)) > 0.0
     assert float(control_loss(a, b, torch.zeros(2, 3))) == 0.0
+
+
+def test_track_contrast_ignores_what_tracks_share_and_reaches_the_strip_head():
+    from gradmix.models.controller import track_contrast
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 5, 16, generator=gen, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    c = track_contrast(tokens, mask)
+    shared = torch.randn(2, 1, 16, generator=gen, dtype=torch.float64) * 1000  # e.g. a large style offset
+    assert torch.allclose(track_contrast(tokens + shared, mask), c, atol=1e-9)
+    assert c[1, 3:].abs().max() == 0 and float(c[1, :3].mean((0, 1)).abs().max()) < 1e-12  # padding out, song mean 0
+    assert float(c[0].square().mean().sqrt()) == pytest.approx(1.0, abs=0.01)
+    assert track_contrast(tokens[:, :1].expand(-1, 4, -1)).abs().max() < 1e-6  # identical tracks: no contrast
+    perm = torch.tensor([4, 2, 0, 1, 3])
+    assert torch.allclose(track_contrast(tokens[:1, perm]), track_contrast(tokens[:1])[:, perm])
+    torch.manual_seed(0)
+    cfg = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32, style_dim=3, track_contrast=True)
+    m = MixController(Layout.default(), cfg)
+    with torch.no_grad():
+        m.strip_head[-1].weight.normal_()
+    emb = torch.randn(1, 4, 16, generator=gen)
+    z = torch.randn(1, 3, generator=gen) * 100   # a large style: the tracks still get their own settings
+    out = m.decide(emb, None, z).strip
+    assert float(out.std(1).mean()) > 0.05

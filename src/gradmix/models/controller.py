@@ -4,6 +4,11 @@
 over the whole song -> transformer over tracks plus a master token (no positional encoding, padding masked)
 -> strip head per track (strip controls + sends) and master head (bus + master controls)``.
 
+With ``track_contrast`` the strip head also reads each track's :func:`track_contrast`: its token minus the
+song's mean token, scaled by the song's spread of tokens. What the tracks share (the style ``z``, added to every
+token, and whatever the encoder finds in all of them) can be far larger than what sets them apart; the head's
+layer norm would then scale the difference away, and every track would get one setting.
+
 The network never sees track order, so permuting the tracks permutes the strips it predicts and leaves the
 mix unchanged. Every head starts at the layout's neutral values (bias = logit of the default), so an
 untrained model renders the equal-loudness sum and training moves away from it.
@@ -44,6 +49,8 @@ class ModelConfig:
     style_direct: bool = False
     """Also map ``z`` linearly onto every control's logit (one offset per control, the same for every track),
     besides feeding it to the transformer: a short path that a reconstruction loss can use from the first step."""
+    track_contrast: bool = False
+    """The strip head also reads each track's :func:`track_contrast` (how it differs from the song's other tracks)."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -143,8 +150,8 @@ class MixController(nn.Module):
                                            norm_first=True, activation="gelu")
         self.context = nn.TransformerEncoder(block, self.cfg.layers, enable_nested_tensor=False)
         self.sends = len(layout.bus_names)
-        self.strip_head = _head(d, layout.num_strip_params + self.sends,
-                                _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends)
+        self.strip_head = _head(2 * d if self.cfg.track_contrast else d, layout.num_strip_params + self.sends,
+                                _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends, d)
         self.master_head = _head(d, layout.num_bus_params + layout.num_master_params,
                                  _neutral([s for _, chain in layout.buses for slot in chain for s in slot.specs]
                                           + [s for slot in layout.master for s in slot.specs]))
@@ -206,7 +213,11 @@ class MixController(nn.Module):
         if mask is not None:
             pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=emb.device), ~mask.to(torch.bool)], 1)
         h = self.context(tokens, src_key_padding_mask=pad)
-        strip, master = self.strip_head(h[:, 1:]), self.master_head(h[:, 0])
+        track = h[:, 1:]
+        if self.cfg.track_contrast:
+            # both halves at unit scale, so that the head's layer norm weighs them alike
+            track = torch.cat([nn.functional.layer_norm(track, track.shape[-1:]), track_contrast(track, mask)], -1)
+        strip, master = self.strip_head(track), self.master_head(h[:, 0])
         if self.cfg.style_dim and self.cfg.style_direct:
             strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
         strip, master = torch.sigmoid(strip), torch.sigmoid(master)
@@ -218,15 +229,38 @@ class MixController(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+CONTRAST_FLOOR = 1e-3
+"""Added to the song's spread of tokens in :func:`track_contrast` (token units): identical tracks get 0."""
+
+
+def track_contrast(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    """How each track's token differs from the song's other tracks, independent of what they share.
+
+    Args:
+        tokens: ``(batch, tracks, dim)``.
+        mask: ``(batch, tracks)``, 1 for real tracks (padding gets 0 and does not count).
+
+    Returns:
+        ``(batch, tracks, dim)``: ``(token - song mean) / (RMS deviation + CONTRAST_FLOOR)``, the mean and RMS
+        over the song's real tracks (and features); unchanged by a vector added to every token.
+    """
+    w = torch.ones_like(tokens[..., :1]) if mask is None else mask.to(tokens)[..., None]
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    dev = (tokens - (tokens * w).sum(1, keepdim=True) / count) * w
+    spread = (dev.square().sum((1, 2), keepdim=True) / (count * tokens.shape[-1])).sqrt()
+    return dev / (spread + CONTRAST_FLOOR)
+
+
 def _neutral(specs) -> list[float]:
     return [float(s.normalize(torch.tensor(float(s.default)))) for s in specs]
 
 
-def _head(dim: int, out: int, neutral: list[float]) -> nn.Sequential:
+def _head(dim_in: int, out: int, neutral: list[float], dim: int | None = None) -> nn.Sequential:
     """MLP whose output starts at ``logit(neutral)`` (clamped to 0.02..0.98 so gradients stay alive)."""
+    dim = dim or dim_in
     last = nn.Linear(dim, out)
     with torch.no_grad():
         last.weight.mul_(0.01)
         u = torch.tensor(neutral).clamp(0.02, 0.98)
         last.bias.copy_(torch.log(u / (1 - u)))
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), last)
+    return nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, dim), nn.GELU(), last)
