@@ -11,13 +11,14 @@ import torch
 
 from gradmix import dsp
 from gradmix.audio import make_output_folder, write_audio
+from gradmix.defaults import DEMO_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.example import EXAMPLE_TRACKS, example_multitrack
 
 SAMPLE_RATE = 44100
 
 
-def run_demo(out_dir: str | Path, seconds: float = 8.0, model_path: str | Path | None = None) -> dict[str, Path]:
+def run_demo(out_dir: str | Path, seconds: float = DEMO_SECONDS, model_path: str | Path | None = None) -> dict[str, Path]:
     """Write the example's stems to ``out_dir/stems`` and mix them; returns the written files by role."""
     from gradmix.mix import mix_folder
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from gradmix.audio import make_output_folder, write_audio
 from gradmix.baselines import BASELINES, baseline
 from gradmix.data import find_songs, read_example
+from gradmix.defaults import EVAL_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.metrics import GROUPS, aggregate_score, feature_errors
 from gradmix.metrics import features as F
@@ -45,7 +46,7 @@ SYSTEMS = BASELINES + ("gradmix", "target")
 
 
 def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sample_rate: int = 44100,
-             seconds: float | None = 30.0, seed: int = 0, progress: bool = False, model_path: str | Path | None = None,
+             seconds: float | None = EVAL_SECONDS, seed: int = 0, progress: bool = False, model_path: str | Path | None = None,
              songs: list[str] | None = None, held_out: bool = False, tracks: bool = False,
              models: Mapping[str, str | Path] | None = None) -> dict[str, Any]:
     """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name, or with

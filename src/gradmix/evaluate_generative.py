@@ -50,6 +50,7 @@ import torch
 from gradmix.audio import make_output_folder
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example
+from gradmix.defaults import EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.errors import GradmixError
 from gradmix.metrics import (aggregate_score, feature_errors, frechet_distance, median_bandwidth, mix_features,
                              mmd_test, style_distance)
@@ -113,9 +114,9 @@ def _write(path: Path, write) -> None:
 
 
 def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list[str] | None = None,
-                        held_out: bool = False, model_path: str | Path | None = None, n: int = 8,
-                        seconds: float = 30.0, refine_steps: int = 30, seed: int = 0, seeds: list[int] | None = None,
-                        temperature: float | None = None, permutations: int = 1000,
+                        held_out: bool = False, model_path: str | Path | None = None, n: int = SAMPLE_COUNT,
+                        seconds: float = EVAL_SECONDS, refine_steps: int = SAMPLE_REFINE_STEPS, seed: int = 0, seeds: list[int] | None = None,
+                        temperature: float = SAMPLE_TEMPERATURE, permutations: int = 1000,
                         progress: bool = False) -> dict[str, Any]:
     """Measure sampling and ``match`` on the songs of ``dataset`` (see the module docstring); write the results
     into ``out_dir`` and return the summary of ``generative.json``.
@@ -132,15 +133,14 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         seed: seed of the random consoles (``seed + k``, ``k < n``), and of the samples when ``seeds`` is None.
         seeds: seeds of the samples, distinct integers >= 0 (default ``[seed]``); the samples, and every
             figure that depends on them, are drawn again for each.
-        temperature: as :func:`gradmix.generate.sample_settings` (default: its own).
+        temperature: as :func:`gradmix.generate.sample_settings`.
         permutations: random splits of each MMD permutation test (seeded by the sample seed).
     """
-    from gradmix.generate import SAMPLE_TEMPERATURE, refine, sample_settings
+    from gradmix.generate import refine, sample_settings
     from gradmix.mix import Song, analyse, console_for
     from gradmix.models.checkpoint import load_model
 
     seeds = check_seeds([seed] if seeds is None else seeds)
-    temperature = SAMPLE_TEMPERATURE if temperature is None else temperature
     model, meta = load_model(model_path)
     sr = int(meta["sample_rate"])
     if held_out:

@@ -21,6 +21,7 @@ from gradmix.audio import check_output_path
 from gradmix.console import Controls
 from gradmix.console.layout import SEND_SPEC, add_buses, bus_inputs, finish, render_strips
 from gradmix.console.setting import CHUNK_SAMPLES
+from gradmix.defaults import FIT_BUDGET_S, FIT_MAX_STEPS
 from gradmix.errors import GradmixError
 from gradmix.generate import read_reference, song_excerpt
 from gradmix.mix import analyse, load_song, setting_from_controls
@@ -33,8 +34,8 @@ FIT_MOVES = ((0.0, "levels"),) + tuple(
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
-def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = 2000,
-               budget_s: float = 120.0, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
+def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = FIT_MAX_STEPS,
+               budget_s: float = FIT_BUDGET_S, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
                model_path: str | Path | None = None, progress: bool = False) -> tuple[Path, float, int]:
     """Find the console that turns the stems into ``target`` by gradient descent on every control.
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from gradmix.audio import MIN_SECONDS, check_output_path, make_output_folder, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
+from gradmix.defaults import MATCH_REFINE_STEPS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
@@ -38,8 +39,7 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 from gradmix.report import comparison_page
 
-SAMPLE_REFINE_STEPS, SAMPLE_REFINE_LR, SAMPLE_TEMPERATURE = 30, 0.1, 1.4
-MATCH_REFINE_STEPS = 30
+SAMPLE_REFINE_LR = 0.1
 """Steps of ``match``'s refinement by default: the style encoder and decoder alone move little with ``z``."""
 SAMPLE_PAN_NUDGE = 0.03
 """Largest seeded move of each track's pan control (0..1) before a sample's refinement: a console of centred
@@ -146,7 +146,7 @@ def _write(setting: ConsoleSetting, mix: Tensor, path: Path, inputs: list[Path],
     return Rendered(path, console, lufs, 20 * math.log10(max(mix.abs().max().item(), 1e-12)))
 
 
-def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = 8, seed: int = 0,
+def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = SAMPLE_COUNT, seed: int = 0,
                   temperature: float = SAMPLE_TEMPERATURE,
                   refine_steps: int = SAMPLE_REFINE_STEPS, model_path: str | Path | None = None,
                   progress: bool = False) -> list[Rendered]:

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from gradmix import defaults as D
 from gradmix.errors import GradmixError
 
 
@@ -34,9 +35,8 @@ def _mix(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from gradmix.generate import sample_folder
 
-    given = {k: v for k, v in (("temperature", args.temperature), ("refine_steps", args.refine)) if v is not None}
     results = sample_folder(args.stems_dir, args.output, n=args.n, seed=args.seed, model_path=args.model,
-                            progress=sys.stdout.isatty(), **given)
+                            temperature=args.temperature, refine_steps=args.refine, progress=sys.stdout.isatty())
     for r in results:
         print(f"{r.mix}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:+.1f} dBFS; console {r.console.name}")
     print(f"compare them: {Path(args.output) / 'index.html'}")
@@ -45,9 +45,8 @@ def _sample(args: argparse.Namespace) -> None:
 def _match(args: argparse.Namespace) -> None:
     from gradmix.generate import match_folder
 
-    given = {} if args.refine is None else {"refine_steps": args.refine}
-    r, d = match_folder(args.stems_dir, args.reference, args.output, model_path=args.model,
-                        progress=sys.stdout.isatty(), **given)
+    r, d = match_folder(args.stems_dir, args.reference, args.output, model_path=args.model, refine_steps=args.refine,
+                        progress=sys.stdout.isatty())
     dist = ", ".join(f"{k} {v:.3f}" for k, v in d.items())
     print(f"wrote {r.mix} ({r.loudness_lufs:.1f} LUFS) and {r.console}; style distance to the reference: {dist}")
 
@@ -182,7 +181,7 @@ def _eval(args: argparse.Namespace) -> None:
         seeds = None if args.seeds is None else check_seeds(args.seeds, "--seeds")
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
         summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
-                                      model_path=args.model, n=args.n, seconds=args.seconds or 30.0, seed=args.seed,
+                                      model_path=args.model, n=args.n, seconds=args.seconds or D.EVAL_SECONDS, seed=args.seed,
                                       seeds=seeds, refine_steps=args.refine, temperature=args.temperature,
                                       progress=sys.stdout.isatty())
         print(generative_table(summary))
@@ -258,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradmix", description="Automatic mixing through a differentiable console.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="mix the built-in example multitrack with the default model")
-    p.add_argument("-o", "--output", default="out/demo", help="output folder (default: out/demo)")
-    p.add_argument("--seconds", type=float, default=8.0, help="length of the example in seconds")
+    p.add_argument("-o", "--output", default=D.DEMO_OUT, help="output folder (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=D.DEMO_SECONDS, help="length of the example in seconds "
+                   "(default %(default)s)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("mix", help="mix a folder of stems with the mixing model; writes the mix and its console file")
     p.add_argument("stems_dir", help="folder of stems (wav, flac, aiff, ogg; .stem.mp4 with ffmpeg)")
@@ -272,32 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_mix)
     p = sub.add_parser("sample", help="several distinct mixes of the same stems, each with its console file")
     p.add_argument("stems_dir")
-    p.add_argument("-n", type=int, default=8, help="number of mixes (default 8)")
+    p.add_argument("-n", type=int, default=D.SAMPLE_COUNT, help="number of mixes (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="output folder: mix_NN.wav, mix_NN.console.json, index.html")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float,
+    p.add_argument("--temperature", type=float, default=D.SAMPLE_TEMPERATURE,
                    help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
-                        "1: as far as a human engineer was from the model; default 1.4)")
-    p.add_argument("--refine", type=int, metavar="STEPS",
+                        "1: as far as a human engineer was from the model; default %(default)s)")
+    p.add_argument("--refine", type=int, metavar="STEPS", default=D.SAMPLE_REFINE_STEPS,
                    help="steps optimising each mix's pans, sends, buses and master towards its style "
-                        "(default 30; 0: the model's console alone)")
+                        "(default %(default)s; 0: the model's console alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_sample)
     p = sub.add_parser("match", help="mix the stems in the style of a reference song")
     p.add_argument("stems_dir")
     p.add_argument("--reference", required=True, help="any mixed song (other content and length are fine)")
     p.add_argument("-o", "--output", required=True, help="mix file; its console file goes beside it")
-    p.add_argument("--refine", type=int, metavar="STEPS",
-                   help="steps optimising the console against the reference's features (default 30; 0: the "
-                        "style encoder and decoder alone)")
+    p.add_argument("--refine", type=int, metavar="STEPS", default=D.MATCH_REFINE_STEPS,
+                   help="steps optimising the console against the reference's features (default %(default)s; 0: "
+                        "the style encoder and decoder alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_match)
     p = sub.add_parser("fit", help="reverse-engineer a mix of these stems: the console that renders it")
     p.add_argument("stems_dir")
     p.add_argument("--target", required=True, help="a mix made from these stems")
     p.add_argument("-o", "--output", required=True, help="console file to write")
-    p.add_argument("--steps", type=int, default=2000, help="most optimisation steps (default 2000)")
-    p.add_argument("--budget", type=float, default=120.0, help="most seconds of optimisation (default 120)")
+    p.add_argument("--steps", type=int, default=D.FIT_MAX_STEPS, help="most optimisation steps (default %(default)s)")
+    p.add_argument("--budget", type=float, default=D.FIT_BUDGET_S,
+                   help="most seconds of optimisation (default %(default)s)")
     p.add_argument("--model", help="model file for the starting guess (default: the shipped model)")
     p.set_defaults(func=_fit)
     p = sub.add_parser("train", help="train a mixing model from a YAML config (Lightning; CPU, GPUs, DDP)")
@@ -322,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studio", help="a local web page to hear, compare, tweak and save the mix (studio extra)")
     p.add_argument("stems_dir", help="folder of stems (never modified)")
     p.add_argument("--console", help="open this console file (default: the model's automatic mix)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; any other needs the token printed at start-up)")
+    p.add_argument("--port", type=int, default=D.STUDIO_PORT, help="port (default %(default)s; 0 picks a free one)")
+    p.add_argument("--host", default=D.STUDIO_HOST,
+                   help="address to listen on (default %(default)s; any other needs the token printed at start-up)")
     p.add_argument("--out", help="folder for saved files (default: STEMS_DIR.studio beside the stems folder)")
     p.add_argument("--model", help="mixing model file (default: the shipped model)")
     p.add_argument("--strict", action="store_true", help="refuse stems at another sample rate than the console's")
@@ -345,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder (folder of songs, MUSDB18, MUSDB18-HQ, MedleyDB-like) or .csv")
     p.add_argument("-o", "--output", required=True, help="output folder (folder-of-stems layout)")
     p.add_argument("--layout", choices=["folder", "musdb", "musdb-hq", "medleydb", "csv"], help="default: detect")
-    p.add_argument("--sample-rate", type=int, default=44100)
-    p.add_argument("--target-lufs", type=float, default=-25.0, help="loudness of every normalised stem")
+    p.add_argument("--sample-rate", type=int, default=D.DATASET_SAMPLE_RATE, help="Hz (default %(default)s)")
+    p.add_argument("--target-lufs", type=float, default=D.STEM_LUFS,
+                   help="loudness of every normalised stem (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p.add_argument("--stats-only", action="store_true", help="pass 1 only: write classes.json (before sharded jobs)")
     _shard_option(p)
@@ -362,14 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
     p.add_argument("--model", required=True, help="local Demucs checkpoint (nothing is downloaded)")
     p.add_argument("--no-normalize", action="store_true", help="only separate")
-    p.add_argument("--target-lufs", type=float, default=-25.0)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--target-lufs", type=float, default=D.STEM_LUFS,
+                   help="loudness of every normalised stem (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_separate)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
     p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
-    p.add_argument("--systems", default="plain_sum,equal_loudness,rules,random_console",
-                   help="comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
+    p.add_argument("--systems", default=",".join(D.EVAL_SYSTEMS),
+                   help="default %(default)s; comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
                         "target")
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
     p.add_argument("--model-as", action="append", metavar="NAME=PATH",
@@ -380,11 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
     p.add_argument("--generative", action="store_true",
                    help="evaluate sampling (diversity, plausibility) and match instead of the systems")
-    p.add_argument("-n", type=int, default=8, help="--generative: samples per song (default 8)")
-    p.add_argument("--refine", type=int, default=30, help="--generative: refine steps of each sample and of match (default 30)")
-    p.add_argument("--temperature", type=float, help="--generative: as gradmix sample's (default 1.4)")
+    p.add_argument("-n", type=int, default=D.SAMPLE_COUNT, help="--generative: samples per song (default %(default)s)")
+    p.add_argument("--refine", type=int, default=D.SAMPLE_REFINE_STEPS,
+                   help="--generative: refine steps of each sample and of match (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=D.SAMPLE_TEMPERATURE,
+                   help="--generative: as gradmix sample's (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="results folder")
-    p.add_argument("--seconds", type=float, default=30.0, help="evaluate the first S seconds (0: whole songs)")
+    p.add_argument("--seconds", type=float, default=D.EVAL_SECONDS,
+                   help="evaluate the first S seconds (default %(default)s; 0: whole songs)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random console (--generative: of the random consoles, and of the samples "
                         "without --seeds)")

@@ -38,6 +38,7 @@ from gradmix import dsp
 from gradmix.audio import check_mixable, make_output_folder, write_audio
 from gradmix.data.segments import Example, read_example
 from gradmix.data.songs import Song, find_songs, select_shard
+from gradmix.defaults import DATASET_SAMPLE_RATE, STEM_LUFS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
@@ -208,8 +209,8 @@ def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
     return song.name
 
 
-def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | None = None, sample_rate: int = 44100,
-                      target_lufs: float = -25.0, workers: int | None = None, progress: bool = False,
+def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | None = None, sample_rate: int = DATASET_SAMPLE_RATE,
+                      target_lufs: float = STEM_LUFS, workers: int | None = None, progress: bool = False,
                       shard: tuple[int, int] | None = None, stats_only: bool = False) -> dict[str, Any]:
     """FxNorm a whole dataset into ``out_dir`` (folder-of-stems layout); resumable, never touches ``root``.
 

@@ -19,6 +19,7 @@ import torch
 
 from gradmix.audio import list_audio_files, read_audio, resample, write_audio
 from gradmix.data.songs import select_shard
+from gradmix.defaults import STEM_LUFS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
@@ -55,7 +56,7 @@ def separate_mix(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int) ->
 
 
 def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: str | Path, normalize: bool = True,
-                     target_lufs: float = -25.0, workers: int | None = None, progress: bool = False,
+                     target_lufs: float = STEM_LUFS, workers: int | None = None, progress: bool = False,
                      shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Separate every mix in ``mixes_dir`` into ``out_dir/stems`` (and FxNorm it into ``out_dir/normalized``).
 

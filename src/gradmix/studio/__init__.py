@@ -4,6 +4,7 @@
 (``static/``) and the JSON API over it. The server needs the ``studio`` extra (Starlette, uvicorn).
 """
 
+from gradmix.defaults import STUDIO_HOST, STUDIO_PORT
 from gradmix.studio.session import Session
 
 __all__ = ["Session", "Studio", "run_studio"]
@@ -17,7 +18,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def run_studio(stems_dir, *, console=None, out_dir=None, model_path=None, host: str = "127.0.0.1", port: int = 8765,
+def run_studio(stems_dir, *, console=None, out_dir=None, model_path=None, host: str = STUDIO_HOST, port: int = STUDIO_PORT,
                strict: bool = False, open_browser: bool = False) -> None:
     """Load the song, print the address (and the token on a non-loopback host), serve until Ctrl-C."""
     from pathlib import Path

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gradmix.defaults import STUDIO_HOST, STUDIO_PORT
 from gradmix.errors import GradmixError
 from gradmix.studio.session import Session
 
@@ -176,7 +177,7 @@ class Studio:
     and put in :attr:`url`.
     """
 
-    def __init__(self, session: Session, *, host: str = "127.0.0.1", port: int = 8765,
+    def __init__(self, session: Session, *, host: str = STUDIO_HOST, port: int = STUDIO_PORT,
                  max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
         import uvicorn
 
