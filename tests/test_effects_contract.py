@@ -62,6 +62,25 @@ def test_the_linear_flag_is_superposition(name, config):
 
 
 @pytest.mark.parametrize("name,config", CONFIGS, ids=IDS)
+def test_the_envelope_flag_is_one_gain_for_all_channels(name, config):
+    """``Effect.envelope`` (what fit relies on to hold the master's dynamics) holds exactly where it is claimed:
+    the output is the input times one gain shared by the channels (the limiter's output is latency-compensated),
+    so the cross products ``y_L x_R`` and ``y_R x_L`` agree to -120 dB; a stereo effect flagged neither envelope
+    nor linear breaks it by more than -60 dB."""
+    effect = create(name, **config)
+    x = audio(effect, 3, 4410, torch.float64, seed=1)
+    if x.shape[1] != 2:
+        assert not effect.envelope
+        return
+    worst = -np.inf
+    for seed in range(3):
+        y = effect.apply_normalized(x, controls(effect, 3, seed=seed, dtype=torch.float64), sample_rate=SR)[0]
+        a, b = y[:, 0] * x[:, 1], y[:, 1] * x[:, 0]
+        worst = max(worst, float(10 * torch.log10((a - b).square().sum() / (a.square().sum() + 1e-300))))
+    assert (worst < -120) if effect.envelope else (worst > -60 or effect.linear), (name, worst)
+
+
+@pytest.mark.parametrize("name,config", CONFIGS, ids=IDS)
 def test_shape_dtype_kept_input_untouched_output_finite(name, config):
     effect = create(name, **config)
     for dtype in (torch.float32, torch.float64):

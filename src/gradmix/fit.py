@@ -470,10 +470,6 @@ def _spectral_loss():
                                                  w_lin_mag=1.0)
 
 
-LINEAR_EFFECTS = frozenset({"gain", "eq", "graphic_eq", "width", "reverb", "delay"})
-"""Effects whose output is a linear function of their input (for fixed parameters)."""
-ENVELOPE_EFFECTS = frozenset({"compressor", "expander", "gate", "limiter"})
-"""Effects that multiply their input by one gain envelope for all channels: linear once the envelope is held."""
 LEVEL_SOLVE_S = 15.0
 """Seconds of the song (from its start) that the least-squares fit of levels, pans and sends looks at."""
 
@@ -518,7 +514,7 @@ def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
     envelopes = []
     for slot, p in zip(layout.master, params.master):
         out = slot.effect(stage, p, sample_rate=sample_rate)
-        envelopes.append(_held_envelope(stage, out)[..., :span] if slot.effect.type_name in ENVELOPE_EFFECTS else None)
+        envelopes.append(_held_envelope(stage, out)[..., :span] if slot.effect.envelope else None)
         stage = out
 
     def run(chain, chain_params, y: Tensor) -> Tensor:
@@ -538,11 +534,11 @@ def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
 def _linear_console(layout) -> bool:
     """Whether ``layout`` is one the closed-form moves understand: strips of linear and dynamics effects ending
     in a pan, linear buses, a master of linear and dynamics effects."""
-    strip = [s.effect.type_name for s in layout.strip]
-    master = [s.effect.type_name for s in layout.master]
-    buses = [s.effect.type_name for _, chain in layout.buses for s in chain]
-    return (strip[-1] == "pan" and all(t in LINEAR_EFFECTS | ENVELOPE_EFFECTS for t in strip[:-1] + master)
-            and all(t in LINEAR_EFFECTS for t in buses))
+    strip = [s.effect for s in layout.strip]
+    master = [s.effect for s in layout.master]
+    buses = [s.effect for _, chain in layout.buses for s in chain]
+    return (strip[-1].type_name == "pan" and all(e.linear or e.envelope for e in strip[:-1] + master)
+            and all(e.linear for e in buses))
 
 
 def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,

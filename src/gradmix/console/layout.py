@@ -257,7 +257,7 @@ def render_strips(chain: Sequence[Slot], tracks: Tensor, params: Sequence[Mappin
     flat_mono = None if mono is None else mono.reshape(-1).to(torch.bool)
     for slot, p in zip(chain, params):
         kw = {k: _fold(v, batch, n) for k, v in p.items()}
-        if slot.effect.type_name == "pan":
+        if slot.effect.mono_in:
             x = place_stereo(x, kw["pan"], flat_mono)
         else:
             x = slot.effect(x, kw, sample_rate=sample_rate)

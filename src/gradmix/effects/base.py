@@ -70,6 +70,9 @@ class Effect:
     linear: ClassVar[bool] = False
     """True when, for fixed parameters, the output is a linear function of the input (filters, gains, delays,
     reverbs): a bus of linear effects processes a sum of sends as the sum of each send processed alone."""
+    envelope: ClassVar[bool] = False
+    """True when the output is the input times one gain envelope shared by all channels (the dynamics): linear in
+    the input once the envelope is held."""
 
     specs: list[ParamSpec]
 

@@ -165,6 +165,7 @@ def _times(attack: tuple[float, float, float], release: tuple[float, float, floa
 @register
 class Compressor(Effect):
     type_name = "compressor"
+    envelope = True
     function = staticmethod(dsp.compressor)
 
     def __init__(self) -> None:
@@ -178,6 +179,7 @@ class Compressor(Effect):
 @register
 class Expander(Effect):
     type_name = "expander"
+    envelope = True
     function = staticmethod(dsp.expander)
 
     def __init__(self) -> None:
@@ -192,6 +194,7 @@ class Expander(Effect):
 @register
 class NoiseGate(Effect):
     type_name = "gate"
+    envelope = True
     function = staticmethod(dsp.noise_gate)
 
     def __init__(self) -> None:
@@ -206,6 +209,7 @@ class Limiter(Effect):
     """Look-ahead limiter; ``lookahead_ms`` (static) is its reported latency."""
 
     type_name = "limiter"
+    envelope = True
     function = staticmethod(dsp.limiter)
     static = ("lookahead_ms",)
 
