@@ -236,7 +236,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
             else:
                 x = clean
-            target, use_mix, made = self._target(batch, clean, g)
+            target, use_mix, made = self._target(batch, x, g)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
@@ -271,7 +271,9 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
         def _target(self, batch, x, g):
             """The target mix ``(B, 2, T)`` of each song, which songs use their human mix ``(B,)``, and the
             engineer-like console that made the others (``(strips, params, controls)``, or ``None`` when every
-            song uses its human mix), set by the habits of the normalised tracks ``x`` and rendered from them."""
+            song uses its human mix), set by the habits of the tracks the network hears ``x`` (normalised, and
+            augmented where augmentation is on) and rendered from them: only human targets ask the network to undo
+            the augmentation, so the settings of an engineer-like target are the ones its audio asks for."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
                 draw = torch.rand(use_mix.shape, generator=g).to(x.device)

@@ -230,7 +230,8 @@ class MixController(nn.Module):
 
 
 CONTRAST_FLOOR = 1e-3
-"""Added to the song's spread of tokens in :func:`track_contrast` (token units): identical tracks get 0."""
+"""Floor of the song's spread of tokens in :func:`track_contrast` (token units, added in quadrature, which keeps
+the gradient finite where every track has the same token): identical tracks get 0."""
 
 
 def track_contrast(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -241,14 +242,14 @@ def track_contrast(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         mask: ``(batch, tracks)``, 1 for real tracks (padding gets 0 and does not count).
 
     Returns:
-        ``(batch, tracks, dim)``: ``(token - song mean) / (RMS deviation + CONTRAST_FLOOR)``, the mean and RMS
+        ``(batch, tracks, dim)``: ``(token - song mean) / sqrt(RMS deviation^2 + CONTRAST_FLOOR^2)``, the mean and RMS
         over the song's real tracks (and features); unchanged by a vector added to every token.
     """
     w = torch.ones_like(tokens[..., :1]) if mask is None else mask.to(tokens)[..., None]
     count = w.sum(1, keepdim=True).clamp_min(1.0)
     dev = (tokens - (tokens * w).sum(1, keepdim=True) / count) * w
-    spread = (dev.square().sum((1, 2), keepdim=True) / (count * tokens.shape[-1])).sqrt()
-    return dev / (spread + CONTRAST_FLOOR)
+    spread = (dev.square().sum((1, 2), keepdim=True) / (count * tokens.shape[-1]) + CONTRAST_FLOOR**2).sqrt()
+    return dev / spread
 
 
 def _neutral(specs) -> list[float]:

@@ -26,13 +26,14 @@ strip ``eq`` high shelf     at ``clamp(2 f_high, 1.5k, 16k)`` Hz, Q 0.707, gain 
                             2 kHz: dull tracks lose their hiss) to +2 dB (``f_high`` >= 8 kHz: air)
 strip ``eq`` peaks          at each band's default frequency, Q 1, gain ``clip(4 log10(share(f)), -4, 3)``
                             dB: cut where others own the band, lift where the track does (masking)
-EQ taste and noise          a song's tilt N(0, 1.5) dB (low shelf minus, high shelf plus), N(0, 1) dB per
+EQ taste and noise          a song's tilt N(0, 1.5) dB within +-4 dB (low shelf minus, high shelf plus), N(0, 1) dB per
                             band and track; gains within [-12, 12] dB
 strip ``compressor``        ratio ``2 + 2p``, attack ``5 * 4^p`` ms, release ``300 * (80/300)^p`` ms,
-                            threshold ``depth`` dB below the track's loudest 50 ms frame, ``depth`` a song's
+                            threshold ``depth`` dB below the track's sample peak, ``depth`` a song's
                             U(3, 9) plus N(0, 1) per track; knee 6 dB, no makeup
-strip ``pan.pan``           low tracks N(0, 0.03); the others in order of centroid, alternately left and
-                            right, out to a song's width U(0.3, 0.8) for the brightest; plus N(0, 0.05)
+strip ``pan.pan``           low tracks N(0, 0.03); the others in order of centroid: the middle one (of an
+                            odd number) centred, the rest in pairs, the darker of a pair left, the pairs
+                            further out as they get brighter, to a song's width U(0.3, 0.8); plus N(0, 0.05)
 reverb send                 off (-60 dB) for a low track; otherwise a song's U(-28, -16) dB plus
                             ``4 (1 - 2p)`` dB (a pad gets more than a drum) plus N(0, 2)
 delay send                  in 35 % of songs, a song's U(-28, -18) dB for tracks with ``p < 0.5`` and
@@ -151,7 +152,7 @@ def _habit(habits: dict, effect, spec: ParamSpec) -> Tensor | None:
     shape = effect.shapes[spec.band]
     if shape in ("low_shelf", "high_shelf"):
         return habits.get(("eq", shape, spec.name))
-    if shape in ("lowpass", "highpass"):
+    if shape != "peak":
         return None
     centre = _peak_centre(effect, spec.band)
     if spec.name == "freq_hz":
@@ -174,20 +175,22 @@ def _interp_octaves(values: Tensor, freq_hz: float) -> Tensor:
 def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> dict:
     """The habits of the module's table for loudness-normalised tracks ``(batch, tracks, channels, samples)``.
 
+    Args:
+        audio: the tracks ``(batch, tracks, channels, samples)``.
+        mask: ``(batch, tracks)``, 1 for real tracks (padding does not count in a song's shares and order).
+        sample_rate: Hz.
+        g: the generator of the song's taste and the per-track noise (on the CPU).
+
     Returns physical values ``(batch * tracks,)`` keyed ``(effect type, parameter)`` (the EQ's
     ``("eq", "low_shelf" | "high_shelf" | "peak", parameter)``, with ``"peak_gain"`` a function of a peak's
-    frequency), and ``"sends"``: ``{bus name: (batch * tracks,)}`` dB. Computed in float64 on the CPU.
+    frequency in Hz), and ``"sends"``: ``{bus name: (batch * tracks,)}`` dB; float64 on the CPU.
     """
     b, n = audio.shape[:2]
     with torch.no_grad():
         flat = audio.detach().flatten(0, 1).double()
         bands = octave_band_powers(flat, sample_rate=sample_rate).view(b, n, -1).cpu()
         crest = crest_factor_db(flat, sample_rate=sample_rate).view(b, n).cpu()
-        frames = flat.square().sum(1)
-        frame = max(1, round(0.05 * sample_rate))
-        frames = frames[:, : frames.shape[-1] // frame * frame].unflatten(-1, (-1, frame)).mean(-1) \
-            if frames.shape[-1] >= frame else frames.mean(-1, keepdim=True)
-        loudest_db = (10 * torch.log10(frames.amax(-1) + 1e-30)).view(b, n).cpu()
+        peak_db = (20 * torch.log10(flat.abs().amax((1, 2)) + 1e-30)).view(b, n).cpu()
     real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask.detach().cpu().to(torch.bool)
     sounding = real & (bands.sum(-1) > 1e-20)
     centres = torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=torch.float64)
@@ -221,15 +224,16 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
         return (lift + noise[freq_hz]).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
-    rank = torch.zeros(b, n, dtype=torch.float64)
-    count = torch.zeros(b, 1, dtype=torch.float64)
+    place = torch.zeros(b, n, dtype=torch.float64)
     for i in range(b):
-        bright = [j for j in range(n) if sounding[i, j] and not low[i, j]]
-        for r, j in enumerate(sorted(bright, key=lambda j: float(centroid[i, j]))):
-            rank[i, j] = (r + 1) * (1 if r % 2 else -1)
-        count[i] = max(1, len(bright))
+        bright = sorted((j for j in range(n) if sounding[i, j] and not low[i, j]), key=lambda j: float(centroid[i, j]))
+        if len(bright) % 2:  # the middle one (by centroid) stays in the centre
+            bright.pop(len(bright) // 2)
+        pairs = len(bright) // 2
+        for r, j in enumerate(bright):
+            place[i, j] = (r // 2 + 1) / max(1, pairs) * (1 if r % 2 else -1)
     width = per_song(_uniform, 0.3, 0.8)
-    pan = torch.where(low, per_track(0.03), width * rank / count + per_track(0.05))
+    pan = torch.where(low, per_track(0.03), width * place + per_track(0.05))
     reverb = torch.where(low, -60.0, per_song(_uniform, -28.0, -16.0) + 4.0 * (1 - 2 * percussive) + per_track(2.0))
     delay_on = per_song(lambda g_, k: (torch.rand(k, generator=g_) < 0.35).double()) > 0
     lead = (percussive < 0.5) & (centroid >= 400.0) & (centroid <= 4000.0)
@@ -242,7 +246,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
             ("eq", "high_shelf", "gain_db"): high_gain.clamp(-12.0, 12.0),
             ("eq", "high_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
             ("eq", "peak", "q"): torch.ones(b, n, dtype=torch.float64),
-            ("compressor", "threshold_db"): (loudest_db - depth).clamp(-60.0, 0.0),
+            ("compressor", "threshold_db"): (peak_db - depth).clamp(-60.0, 0.0),
             ("compressor", "ratio"): 2.0 + 2.0 * percussive,
             ("compressor", "attack_ms"): 5.0 * torch.pow(4.0, percussive),
             ("compressor", "release_ms"): 300.0 * torch.pow(80.0 / 300.0, percussive),
