@@ -89,3 +89,10 @@ def test_write_audio_is_atomic_and_refuses_nan(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
     with pytest.raises(GradmixError, match="does not exist"):
         write_audio(tmp_path / "missing" / "b.wav", torch.zeros(1, 10), 44100)
+
+
+def test_generative_eval_refuses_whole_songs_in_one_line(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--generative", "--seconds", "0", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seconds 0 (whole songs) does not apply to --generative" in err
+    assert not (tmp_path / "out").exists()

@@ -78,7 +78,7 @@ def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys
             assert np.abs(mixes[i] - mixes[j]).max() > 1e-3  # distinct
     page = (tmp_path / "a" / "index.html").read_text()
     assert page.count("<audio") == 3 and "data:image/png" in page
-    ConsoleSetting.load(tmp_path / "a" / "mix_02.console.json")  # valid console files
+    assert ConsoleSetting.load(tmp_path / "a" / "mix_02.console.json").stems == stems.resolve()  # valid, with its stems
     assert main([*args[:-2], "--model", str(style_model), "--seed", "8", "-o", str(tmp_path / "c")]) == 0
     assert not np.array_equal(sf.read(tmp_path / "c" / "mix_01.wav")[0], mixes[0])
     assert main([*args, "-o", str(stems)]) == 2  # into the stems folder: refused, nothing written
@@ -373,16 +373,18 @@ def test_fit_aligns_a_bounce_with_a_tail_and_an_offset_to_its_stems(tmp_path, st
     sf.write(tmp_path / "bounce.wav", bounce, SR, subtype="FLOAT")
     tracks = [torch.from_numpy(sf.read(stems / f"t{i}.wav", dtype="float32", always_2d=True)[0].T.copy())
               for i in range(2)]
-    aligned, lag = align_to_stems(torch.from_numpy(bounce.T.copy()), tracks, SR)
-    assert lag == offset and torch.equal(aligned, torch.from_numpy(exact.T.copy()))
-    early, lag = align_to_stems(torch.from_numpy(exact[offset:].T.copy()), tracks, SR)  # starts 40 ms early
-    assert lag == -offset and early.shape[-1] == exact.shape[0] and float(early[:, :offset].abs().max()) == 0
+    aligned, lag, span = align_to_stems(torch.from_numpy(bounce.T.copy()), tracks, SR)
+    assert lag == offset and span == (0, SR) and torch.equal(aligned, torch.from_numpy(exact.T.copy()))
+    # a bounce that lacks the stems' first 40 ms covers them from there on, and only that part is fitted
+    late, lag, span = align_to_stems(torch.from_numpy(exact[offset:].T.copy()), tracks, SR)
+    assert lag == -offset and span == (offset, SR) and torch.equal(late, torch.from_numpy(exact[offset:].T.copy()))
     capsys.readouterr()
     assert main(["fit", str(stems), "--target", str(tmp_path / "bounce.wav"), "-o", str(tmp_path / "fit.json"),
                  "--steps", "30", "--model", str(style_model)]) == 0
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "starts +40 ms from them" in err and "1.34 s against the stems' 1.00 s" in err
     assert float(out.split("residual ")[1].split(" dB")[0]) < -20
+    assert json.loads((tmp_path / "fit.json").read_text())["stems"] == "stems"  # render and export find them
 
 
 def time_case(effect: str, seed: int, true_sends: list[float], start_sends: list[float] | None = None):

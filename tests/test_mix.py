@@ -86,6 +86,15 @@ def test_render_and_export_find_the_stems_the_console_file_records(tmp_path, mod
     assert main(["export", str(out / "mix.console.json"), "--format", "reaper", "-o", str(out / "mix.RPP")]) == 0
     assert 'FILE "../stems/kick.wav"' in (out / "mix.RPP").read_text()
     assert f"playing the stems in {moved / 'stems'}" in capsys.readouterr().out
+    # saved again elsewhere (also through a link to a folder), the record still names the same stems
+    from gradmix.console import ConsoleSetting
+
+    (moved / "elsewhere").mkdir()
+    (moved / "link").symlink_to(moved / "elsewhere")
+    ConsoleSetting.load(out / "mix.console.json").save(moved / "link" / "copy.console.json")
+    assert json.loads((moved / "elsewhere" / "copy.console.json").read_text())["stems"] == "../stems"
+    assert ConsoleSetting.load(moved / "link" / "copy.console.json").stems == (moved / "stems").resolve()
+    assert main(["render", str(moved / "stems"), "-o", str(out / "third.wav"), str(out / "mix.console.json")]) == 0
     console = json.loads((out / "mix.console.json").read_text())
     del console["stems"]
     (out / "plain.console.json").write_text(json.dumps(console))

@@ -278,6 +278,7 @@ def test_control_loss_counts_only_the_weighted_tracks_and_is_zero_on_a_match():
                        sends=torch.cat([a.sends[:, :1], b.sends[:, 1:]], 1))
     assert float(control_loss(mixed, a, only_first)) == 0.0 and float(control_loss(mixed, a, ones)) > 0.0
     assert float(control_loss(a, b, torch.zeros(2, 3))) == 0.0
+    assert float(control_loss(dataclasses.replace(a, sends=b.sends), a, ones)) > 0.0  # the sends count too
 
 
 def test_track_contrast_ignores_what_tracks_share_and_reaches_the_strip_head():

@@ -159,7 +159,7 @@ def test_save_writes_console_mix_stems_and_daw_sessions_and_never_the_stems(sess
     from gradmix.render import render_folder
 
     console = tmp_path / "out" / "take_one.console.json"
-    render_folder(song, console, tmp_path / "again.wav")
+    render_folder(None, console, tmp_path / "again.wav")  # the console file records where its stems are
     saved = sf.read(tmp_path / "out" / "take_one.wav")[0]
     again = sf.read(tmp_path / "again.wav")[0]
     assert error_db(again, saved) < -100
@@ -285,7 +285,8 @@ def test_studio_on_a_shared_host_prints_a_token_and_the_server_refuses_requests_
     def serve_and_ask(self):
         thread = threading.Thread(target=serve, args=(self,), daemon=True)
         thread.start()
-        while not self.server.started:
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.01)
 
         def ask(method, path, headers=None):

@@ -63,11 +63,14 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     output = check_output_path(output, [*song.inputs, Path(target)])
     n = song.audio[0].shape[-1]
     length = ref.shape[-1]
-    ref, lag = align_to_stems(ref, song.audio, sr, name=str(target))
+    ref, lag, (start, stop) = align_to_stems(ref, song.audio, sr, name=str(target))
     if lag is not None:
+        where = "their length" if stop - start == n else f"the {(stop - start) / sr:.2f} s they share"
         print(f"note: {target}: {length / sr:.2f} s against the stems' {n / sr:.2f} s; it starts "
-              f"{1000 * lag / sr:+.0f} ms from them (cross-correlation), and is fitted on their length",
-              file=sys.stderr)
+              f"{1000 * lag / sr:+.0f} ms from them (cross-correlation), and is fitted on {where}", file=sys.stderr)
+    if stop - start < n:  # the console is fitted where the mix has the stems, not against padding
+        song.audio = [a[..., start:stop] for a in song.audio]
+        n = stop - start
     energy = ref.square().sum()
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
@@ -131,14 +134,16 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     return output, best_db, steps
 
 
-ALIGN_MAX_S, ALIGN_MIN_OVERLAP = 2.0, 0.9
-"""A target is moved by at most this many seconds against the stems, and must then cover this share of them."""
+ALIGN_MAX_S, ALIGN_MIN_OVERLAP, ALIGN_WINDOW_S = 2.0, 0.9, 60.0
+"""A target is moved by at most this many seconds against the stems, and must then cover this share of them;
+the lag is found over the stems' first ``ALIGN_WINDOW_S`` seconds."""
 
 
 def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str = "target"
-                   ) -> tuple[Tensor, int | None]:
+                   ) -> tuple[Tensor, int | None, tuple[int, int]]:
     """A mix bounced from a DAW, aligned to its stems: the lag (within :data:`ALIGN_MAX_S`) at which its mono
-    sum correlates best with the stems' plain mono sum, then trimmed or zero-padded to the stems' length.
+    sum correlates best with the stems' plain mono sum over the first :data:`ALIGN_WINDOW_S`, then cut to the
+    part of the stems it covers.
 
     Args:
         ref: the mix ``(2, m)``.
@@ -147,29 +152,31 @@ def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str
         name: what error messages call the mix.
 
     Returns:
-        ``(aligned (2, n), lag)``: ``lag`` samples, positive where the mix starts later than the stems; ``None``
-        where the mix already had the stems' length to within 1 ms and needed no move.
+        ``(aligned (2, stop - start), lag, (start, stop))``: the mix over the samples ``start:stop`` of the stems
+        that it covers (all ``n`` unless it starts late or ends early); ``lag`` in samples, positive where the
+        mix starts later than the stems, ``None`` where the mix already had the stems' length to within 1 ms and
+        needed no move (a shortfall under 1 ms is padded with zeros).
 
     Raises:
         GradmixError: when less than :data:`ALIGN_MIN_OVERLAP` of the stems' length overlaps the mix.
     """
     n, m = stems[0].shape[-1], ref.shape[-1]
-    guide = sum(t.mean(0) for t in stems)
-    mono = ref.mean(0)
-    reach = int(ALIGN_MAX_S * sample_rate)
-    size = 1 << (n + m - 1).bit_length()
+    reach, window = int(ALIGN_MAX_S * sample_rate), int(ALIGN_WINDOW_S * sample_rate)
+    guide = sum(t[..., :window].mean(0) for t in stems)
+    mono = ref[:, : window + reach].mean(0)
+    size = 1 << (guide.shape[-1] + mono.shape[-1] - 1).bit_length()
     corr = torch.fft.irfft(torch.fft.rfft(mono.float(), size) * torch.fft.rfft(guide.float(), size).conj(), size)
     lags = torch.cat([torch.arange(0, min(reach, m - 1) + 1), torch.arange(-min(reach, n - 1), 0)])
     lag = int(lags[int(corr[lags % size].argmax())])
     if lag == 0 and abs(m - n) <= sample_rate // 1000:
-        return torch.nn.functional.pad(ref, (0, max(0, n - m)))[:, :n], None
-    overlap = max(0, min(n, m - lag) - max(0, -lag))
+        return torch.nn.functional.pad(ref, (0, max(0, n - m)))[:, :n], None, (0, n)
+    start, stop = max(0, -lag), min(n, m - lag)
+    overlap = max(0, stop - start)
     if overlap < ALIGN_MIN_OVERLAP * n:
         raise GradmixError(f"{name}: {m / sample_rate:.2f} s long, the stems {n / sample_rate:.2f} s; aligned at its "
                            f"best lag ({1000 * lag / sample_rate:+.0f} ms) it covers {100 * overlap / n:.0f} % of them: "
                            "fit needs a mix of these stems")
-    aligned = torch.nn.functional.pad(ref, (max(0, -lag), max(0, n + lag - m)))
-    return aligned[:, max(0, lag): max(0, lag) + n], lag
+    return ref[:, start + lag: stop + lag], lag, (start, stop)
 
 
 FIT_BYTES_PER_TRACK_SECOND, FIT_BYTES_PER_SEARCHED_TRACK_SECOND = 0.7e6, 4e6

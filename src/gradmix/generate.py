@@ -40,7 +40,7 @@ from gradmix.progress import progress as show_progress
 from gradmix.report import comparison_page
 
 SAMPLE_REFINE_LR = 0.1
-"""Steps of ``match``'s refinement by default: the style encoder and decoder alone move little with ``z``."""
+"""Learning rate (Adam, on the logits of the 0..1 controls) of each sample's refinement; ``match`` refines at 0.05."""
 SAMPLE_PAN_NUDGE = 0.03
 """Largest seeded move of each track's pan control (0..1) before a sample's refinement: a console of centred
 tracks is a saddle of the width features, and each sample should widen its own way."""

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from gradmix import defaults as D
+from gradmix import defaults
 from gradmix.errors import GradmixError
 
 
@@ -178,10 +178,12 @@ def _eval(args: argparse.Namespace) -> None:
             raise GradmixError("--tracks and --model-as evaluate systems; they do not apply to --generative")
         from gradmix.evaluate_generative import check_seeds, evaluate_generative, generative_table
 
+        if not args.seconds:
+            raise GradmixError("--seconds 0 (whole songs) does not apply to --generative; give the seconds to sample")
         seeds = None if args.seeds is None else check_seeds(args.seeds, "--seeds")
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
         summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
-                                      model_path=args.model, n=args.n, seconds=args.seconds or D.EVAL_SECONDS, seed=args.seed,
+                                      model_path=args.model, n=args.n, seconds=args.seconds, seed=args.seed,
                                       seeds=seeds, refine_steps=args.refine, temperature=args.temperature,
                                       progress=sys.stdout.isatty())
         print(generative_table(summary))
@@ -253,12 +255,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gradmix: error: {message} (see {self.prog} --help)\n")
 
 
+class _IntermixedParser(_Parser):
+    """Options and positionals in any order. argparse alone gives an optional first positional the first token
+    and then refuses a second one after an option (``render STEMS -o MIX.wav CONSOLE``)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradmix", description="Automatic mixing through a differentiable console.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="mix the built-in example multitrack with the default model")
-    p.add_argument("-o", "--output", default=D.DEMO_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=D.DEMO_SECONDS, help="length of the example in seconds "
+    p.add_argument("-o", "--output", default=defaults.DEMO_OUT, help="output folder (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=defaults.DEMO_SECONDS, help="length of the example in seconds "
                    "(default %(default)s)")
     p.set_defaults(func=_demo)
     p = sub.add_parser("mix", help="mix a folder of stems with the mixing model; writes the mix and its console file")
@@ -272,13 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_mix)
     p = sub.add_parser("sample", help="several distinct mixes of the same stems, each with its console file")
     p.add_argument("stems_dir")
-    p.add_argument("-n", type=int, default=D.SAMPLE_COUNT, help="number of mixes (default %(default)s)")
+    p.add_argument("-n", type=int, default=defaults.SAMPLE_COUNT, help="number of mixes (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="output folder: mix_NN.wav, mix_NN.console.json, index.html")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=D.SAMPLE_TEMPERATURE,
+    p.add_argument("--temperature", type=float, default=defaults.SAMPLE_TEMPERATURE,
                    help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
                         "1: as far as a human engineer was from the model; default %(default)s)")
-    p.add_argument("--refine", type=int, metavar="STEPS", default=D.SAMPLE_REFINE_STEPS,
+    p.add_argument("--refine", type=int, metavar="STEPS", default=defaults.SAMPLE_REFINE_STEPS,
                    help="steps optimising each mix's pans, sends, buses and master towards its style "
                         "(default %(default)s; 0: the model's console alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
@@ -287,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stems_dir")
     p.add_argument("--reference", required=True, help="any mixed song (other content and length are fine)")
     p.add_argument("-o", "--output", required=True, help="mix file; its console file goes beside it")
-    p.add_argument("--refine", type=int, metavar="STEPS", default=D.MATCH_REFINE_STEPS,
+    p.add_argument("--refine", type=int, metavar="STEPS", default=defaults.MATCH_REFINE_STEPS,
                    help="steps optimising the console against the reference's features (default %(default)s; 0: "
                         "the style encoder and decoder alone)")
     p.add_argument("--model", help="model file (default: the shipped model)")
@@ -296,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stems_dir")
     p.add_argument("--target", required=True, help="a mix made from these stems")
     p.add_argument("-o", "--output", required=True, help="console file to write")
-    p.add_argument("--steps", type=int, default=D.FIT_MAX_STEPS, help="most optimisation steps (default %(default)s)")
-    p.add_argument("--budget", type=float, default=D.FIT_BUDGET_S,
+    p.add_argument("--steps", type=int, default=defaults.FIT_MAX_STEPS, help="most optimisation steps (default %(default)s)")
+    p.add_argument("--budget", type=float, default=defaults.FIT_BUDGET_S,
                    help="most seconds of optimisation (default %(default)s)")
     p.add_argument("--model", help="model file for the starting guess (default: the shipped model)")
     p.set_defaults(func=_fit)
@@ -310,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="override run.max_steps")
     p.add_argument("--out", help="override run.out (the run folder; training resumes from it)")
     p.set_defaults(func=_train)
+    sub._parser_class = _IntermixedParser
     p = sub.add_parser("render", help="render a folder of stems through a console file")
+    sub._parser_class = _Parser
     p.add_argument("stems_dir", nargs="?", help="folder holding the files the console names (default: the folder "
                    "the console file records, else its own folder)")
     p.add_argument("console", help="console file (JSON, see console.schema.json)")
@@ -323,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studio", help="a local web page to hear, compare, tweak and save the mix (studio extra)")
     p.add_argument("stems_dir", help="folder of stems (never modified)")
     p.add_argument("--console", help="open this console file (default: the model's automatic mix)")
-    p.add_argument("--port", type=int, default=D.STUDIO_PORT, help="port (default %(default)s; 0 picks a free one)")
-    p.add_argument("--host", default=D.STUDIO_HOST,
+    p.add_argument("--port", type=int, default=defaults.STUDIO_PORT, help="port (default %(default)s; 0 picks a free one)")
+    p.add_argument("--host", default=defaults.STUDIO_HOST,
                    help="address to listen on (default %(default)s; any other needs the token printed at start-up)")
     p.add_argument("--out", help="folder for saved files (default: STEMS_DIR.studio beside the stems folder)")
     p.add_argument("--model", help="mixing model file (default: the shipped model)")
@@ -346,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="dataset folder (folder of songs, MUSDB18, MUSDB18-HQ, MedleyDB-like) or .csv")
     p.add_argument("-o", "--output", required=True, help="output folder (folder-of-stems layout)")
     p.add_argument("--layout", choices=["folder", "musdb", "musdb-hq", "medleydb", "csv"], help="default: detect")
-    p.add_argument("--sample-rate", type=int, default=D.DATASET_SAMPLE_RATE, help="Hz (default %(default)s)")
-    p.add_argument("--target-lufs", type=float, default=D.STEM_LUFS,
+    p.add_argument("--sample-rate", type=int, default=defaults.DATASET_SAMPLE_RATE, help="Hz (default %(default)s)")
+    p.add_argument("--target-lufs", type=float, default=defaults.STEM_LUFS,
                    help="loudness of every normalised stem (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p.add_argument("--stats-only", action="store_true", help="pass 1 only: write classes.json (before sharded jobs)")
@@ -364,14 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
     p.add_argument("--model", required=True, help="local Demucs checkpoint (nothing is downloaded)")
     p.add_argument("--no-normalize", action="store_true", help="only separate")
-    p.add_argument("--target-lufs", type=float, default=D.STEM_LUFS,
+    p.add_argument("--target-lufs", type=float, default=defaults.STEM_LUFS,
                    help="loudness of every normalised stem (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_separate)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
     p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
-    p.add_argument("--systems", default=",".join(D.EVAL_SYSTEMS),
+    p.add_argument("--systems", default=",".join(defaults.EVAL_SYSTEMS),
                    help="default %(default)s; comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
                         "target")
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
@@ -383,13 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
     p.add_argument("--generative", action="store_true",
                    help="evaluate sampling (diversity, plausibility) and match instead of the systems")
-    p.add_argument("-n", type=int, default=D.SAMPLE_COUNT, help="--generative: samples per song (default %(default)s)")
-    p.add_argument("--refine", type=int, default=D.SAMPLE_REFINE_STEPS,
+    p.add_argument("-n", type=int, default=defaults.SAMPLE_COUNT, help="--generative: samples per song (default %(default)s)")
+    p.add_argument("--refine", type=int, default=defaults.SAMPLE_REFINE_STEPS,
                    help="--generative: refine steps of each sample and of match (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=D.SAMPLE_TEMPERATURE,
+    p.add_argument("--temperature", type=float, default=defaults.SAMPLE_TEMPERATURE,
                    help="--generative: as gradmix sample's (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="results folder")
-    p.add_argument("--seconds", type=float, default=D.EVAL_SECONDS,
+    p.add_argument("--seconds", type=float, default=defaults.EVAL_SECONDS,
                    help="evaluate the first S seconds (default %(default)s; 0: whole songs)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random console (--generative: of the random consoles, and of the samples "

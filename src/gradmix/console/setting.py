@@ -71,8 +71,9 @@ class ConsoleSetting:
     tracks: list[TrackSetting]
     buses: list[BusSetting] = field(default_factory=list)
     master: list[Entry] = field(default_factory=list)
-    stems: str | None = None
-    """The folder of the tracks' files, relative to the console file's folder (``None``: not recorded)."""
+    stems: Path | None = None
+    """The folder of the tracks' files (absolute; ``None``: not recorded). A console file holds it relative to
+    its own folder (``"stems"``): :meth:`load` reads it, :meth:`save` writes it."""
 
     # ---- JSON --------------------------------------------------------------------------------------
 
@@ -83,7 +84,6 @@ class ConsoleSetting:
                         "sends": [{"bus": b, "level_db": float(v)} for b, v in t.sends.items()]} for t in self.tracks],
             "buses": [{"name": b.name, "chain": [e.to_json() for e in b.chain]} for b in self.buses],
             "master": {"chain": [e.to_json() for e in self.master]},
-            **({"stems": self.stems} if self.stems else {}),
         }
 
     @classmethod
@@ -99,7 +99,7 @@ class ConsoleSetting:
             master = [Entry.from_json(e) for e in data.get("master", {}).get("chain", [])]
         except GradmixError as exc:
             raise ConsoleFileError(f"{source}: {exc}") from None
-        setting = cls(sr, tracks, buses, master, data.get("stems"))
+        setting = cls(sr, tracks, buses, master)
         setting._check(data, source)
         return setting
 
@@ -139,17 +139,22 @@ class ConsoleSetting:
                 seen.add(s["bus"])
 
     def save(self, path: str | os.PathLike, stems_dir: str | os.PathLike | None = None) -> Path:
-        """Write the JSON atomically (temp file + rename); with ``stems_dir``, record that folder (relative to
-        the file's) as :attr:`stems`, where ``render`` and ``export`` find the tracks' files."""
+        """Write the JSON atomically (temp file + rename), with the folder of the tracks' files (``stems_dir``,
+        else :attr:`stems`) relative to the file's folder, where ``render`` and ``export`` find them."""
         path = Path(path)
         if not path.parent.is_dir():
             raise GradmixError(f"{path.parent}: output folder does not exist")
-        if stems_dir is not None:
-            self.stems = Path(os.path.relpath(Path(stems_dir).resolve(), path.parent.resolve())).as_posix()
+        data = self.to_json()
+        folder = Path(stems_dir).resolve() if stems_dir is not None else self.stems
+        if folder is not None:
+            try:
+                data["stems"] = Path(os.path.relpath(folder, path.parent.resolve())).as_posix()
+            except ValueError:  # no relative path (another drive)
+                data["stems"] = folder.as_posix()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=2)
+                json.dump(data, f, indent=2)
                 f.write("\n")
             os.replace(tmp, path)
         except BaseException:
@@ -160,7 +165,7 @@ class ConsoleSetting:
     def stems_folder(self, path: str | os.PathLike) -> Path:
         """The folder of the tracks' files for the console file at ``path``: the recorded :attr:`stems`, or
         the file's own folder."""
-        return Path(os.path.normpath(Path(path).parent / self.stems)) if self.stems else Path(path).parent
+        return self.stems if self.stems is not None else Path(path).parent
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConsoleSetting:
@@ -176,7 +181,10 @@ class ConsoleSetting:
             data = json.loads(path.read_text(), parse_constant=constant)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConsoleFileError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_json(data, str(path))
+        setting = cls.from_json(data, str(path))
+        if "stems" in data:
+            setting.stems = (path.parent.resolve() / data["stems"]).resolve()
+        return setting
 
     # ---- building ------------------------------------------------------------------------------------
 
