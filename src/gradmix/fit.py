@@ -154,13 +154,15 @@ def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str
     Returns:
         ``(aligned (2, stop - start), lag, (start, stop))``: the mix over the samples ``start:stop`` of the stems
         that it covers (all ``n`` unless it starts late or ends early); ``lag`` in samples, positive where the
-        mix starts later than the stems, ``None`` where the mix already had the stems' length to within 1 ms and
-        needed no move (a shortfall under 1 ms is padded with zeros).
+        mix starts later than the stems; ``None`` where the mix has the stems' length to within 1 ms, which is
+        taken as aligned (a shortfall under 1 ms is padded with zeros) and not searched.
 
     Raises:
         GradmixError: when less than :data:`ALIGN_MIN_OVERLAP` of the stems' length overlaps the mix.
     """
     n, m = stems[0].shape[-1], ref.shape[-1]
+    if abs(m - n) <= sample_rate // 1000:  # the stems' length: a mix of them as they are (periodic material
+        return torch.nn.functional.pad(ref, (0, max(0, n - m)))[:, :n], None, (0, n)  # could fool a search)
     reach, window = int(ALIGN_MAX_S * sample_rate), int(ALIGN_WINDOW_S * sample_rate)
     guide = sum(t[..., :window].mean(0) for t in stems)
     mono = ref[:, : window + reach].mean(0)
@@ -168,8 +170,6 @@ def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str
     corr = torch.fft.irfft(torch.fft.rfft(mono.float(), size) * torch.fft.rfft(guide.float(), size).conj(), size)
     lags = torch.cat([torch.arange(0, min(reach, m - 1) + 1), torch.arange(-min(reach, n - 1), 0)])
     lag = int(lags[int(corr[lags % size].argmax())])
-    if lag == 0 and abs(m - n) <= sample_rate // 1000:
-        return torch.nn.functional.pad(ref, (0, max(0, n - m)))[:, :n], None, (0, n)
     start, stop = max(0, -lag), min(n, m - lag)
     overlap = max(0, stop - start)
     if overlap < ALIGN_MIN_OVERLAP * n:
