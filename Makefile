@@ -35,6 +35,8 @@ sysdeps:
 		echo "note: install ffmpeg (.stem.mp4 files), lmms + lmms-common (gradmix dataset lmms), chromium (studio tests)"
 
 test: install sysdeps
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
 # the default model: LMMS demo songs rendered into stems + mixes (resumable), then the training recipe

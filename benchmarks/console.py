@@ -42,28 +42,52 @@ def signals(tracks: int, seconds: float) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     n = int(seconds * SR)
     env = torch.rand(1, tracks, 1, n // 2205 + 1, generator=gen).repeat_interleave(2205, -1)[..., :n]
-    return torch.randn(1, tracks, 1, n, generator=gen) * 0.2 * env ** 2
+    return torch.randn(1, tracks, 1, n, generator=gen) * 0.2 * env**2
 
 
 def gradmix_console(x: torch.Tensor, grad: bool) -> float:
-    layout = Layout.build(["gain", "eq", "compressor", "pan"], {"reverb": [Slot(create("reverb"), {"mix": 1.0})]},
-                          ["eq", "compressor", "limiter"])
+    layout = Layout.build(
+        ["gain", "eq", "compressor", "pan"],
+        {"reverb": [Slot(create("reverb"), {"mix": 1.0})]},
+        ["eq", "compressor", "limiter"],
+    )
     n = x.shape[1]
 
     def p(v, *shape):
-        return torch.full(shape, float(v)).requires_grad_(grad) if not isinstance(v, list) else \
-            torch.tensor(v).expand(*shape, len(v)).clone().requires_grad_(grad)
+        return (
+            torch.full(shape, float(v)).requires_grad_(grad)
+            if not isinstance(v, list)
+            else torch.tensor(v).expand(*shape, len(v)).clone().requires_grad_(grad)
+        )
 
-    eq = {"freq_hz": [100.0, 300.0, 1000.0, 3000.0, 6000.0, 10000.0], "gain_db": [3.0, -2.0, 1.0, -3.0, 2.0, 1.0],
-          "q": [0.707, 1.0, 1.5, 1.0, 2.0, 0.707]}
-    comp = {"threshold_db": -30.0, "ratio": 4.0, "attack_ms": 5.0, "release_ms": 100.0, "knee_db": 6.0, "makeup_db": 3.0}
+    eq = {
+        "freq_hz": [100.0, 300.0, 1000.0, 3000.0, 6000.0, 10000.0],
+        "gain_db": [3.0, -2.0, 1.0, -3.0, 2.0, 1.0],
+        "q": [0.707, 1.0, 1.5, 1.0, 2.0, 0.707],
+    }
+    comp = {
+        "threshold_db": -30.0,
+        "ratio": 4.0,
+        "attack_ms": 5.0,
+        "release_ms": 100.0,
+        "knee_db": 6.0,
+        "makeup_db": 3.0,
+    }
     params = Params(
-        strip=[{"gain_db": p(-3.0, 1, n)}, {k: p(v, 1, n) for k, v in eq.items()}, {k: p(v, 1, n) for k, v in comp.items()},
-               {"pan": torch.linspace(-0.8, 0.8, n)[None].requires_grad_(grad)}],
+        strip=[
+            {"gain_db": p(-3.0, 1, n)},
+            {k: p(v, 1, n) for k, v in eq.items()},
+            {k: p(v, 1, n) for k, v in comp.items()},
+            {"pan": torch.linspace(-0.8, 0.8, n)[None].requires_grad_(grad)},
+        ],
         sends_db=p(-12.0, 1, n, 1),
         buses=[[{"decay_s": p([3.0, 2.6, 2.2, 1.6], 1), "predelay_ms": p(20.0, 1), "mix": p(1.0, 1)}]],
-        master=[{k: p(v, 1) for k, v in eq.items()}, {**{k: p(v, 1) for k, v in comp.items()}, "threshold_db": p(-12.0, 1)},
-                {"ceiling_db": p(-1.0, 1), "release_ms": p(100.0, 1), "gain_db": p(3.0, 1)}])
+        master=[
+            {k: p(v, 1) for k, v in eq.items()},
+            {**{k: p(v, 1) for k, v in comp.items()}, "threshold_db": p(-12.0, 1)},
+            {"ceiling_db": p(-1.0, 1), "release_ms": p(100.0, 1), "gain_db": p(3.0, 1)},
+        ],
+    )
     t0 = time.perf_counter()
     with torch.set_grad_enabled(grad):
         mix, _ = layout.render(x, params, sample_rate=SR)
@@ -81,14 +105,34 @@ def dasp_console(x: torch.Tensor, grad: bool) -> float:
     def p(v, *shape):
         return torch.full(shape, float(v)).requires_grad_(grad)
 
-    eq_args = dict(low_shelf_gain_db=p(3.0, n), low_shelf_cutoff_freq=p(100.0, n), low_shelf_q_factor=p(0.707, n),
-                   band0_gain_db=p(-2.0, n), band0_cutoff_freq=p(300.0, n), band0_q_factor=p(1.0, n),
-                   band1_gain_db=p(1.0, n), band1_cutoff_freq=p(1000.0, n), band1_q_factor=p(1.5, n),
-                   band2_gain_db=p(-3.0, n), band2_cutoff_freq=p(3000.0, n), band2_q_factor=p(1.0, n),
-                   band3_gain_db=p(2.0, n), band3_cutoff_freq=p(6000.0, n), band3_q_factor=p(2.0, n),
-                   high_shelf_gain_db=p(1.0, n), high_shelf_cutoff_freq=p(10000.0, n), high_shelf_q_factor=p(0.707, n))
-    comp_args = dict(threshold_db=p(-30.0, n), ratio=p(4.0, n), attack_ms=p(5.0, n), release_ms=p(100.0, n),
-                     knee_db=p(6.0, n), makeup_gain_db=p(3.0, n))
+    eq_args = dict(
+        low_shelf_gain_db=p(3.0, n),
+        low_shelf_cutoff_freq=p(100.0, n),
+        low_shelf_q_factor=p(0.707, n),
+        band0_gain_db=p(-2.0, n),
+        band0_cutoff_freq=p(300.0, n),
+        band0_q_factor=p(1.0, n),
+        band1_gain_db=p(1.0, n),
+        band1_cutoff_freq=p(1000.0, n),
+        band1_q_factor=p(1.5, n),
+        band2_gain_db=p(-3.0, n),
+        band2_cutoff_freq=p(3000.0, n),
+        band2_q_factor=p(1.0, n),
+        band3_gain_db=p(2.0, n),
+        band3_cutoff_freq=p(6000.0, n),
+        band3_q_factor=p(2.0, n),
+        high_shelf_gain_db=p(1.0, n),
+        high_shelf_cutoff_freq=p(10000.0, n),
+        high_shelf_q_factor=p(0.707, n),
+    )
+    comp_args = dict(
+        threshold_db=p(-30.0, n),
+        ratio=p(4.0, n),
+        attack_ms=p(5.0, n),
+        release_ms=p(100.0, n),
+        knee_db=p(6.0, n),
+        makeup_gain_db=p(3.0, n),
+    )
     t0 = time.perf_counter()
     with torch.set_grad_enabled(grad):
         y = F.gain(xs, SR, p(-3.0, n))
@@ -105,7 +149,7 @@ def dasp_console(x: torch.Tensor, grad: bool) -> float:
 
 
 def median_time(fn, x, grad: bool, runs: int) -> float:
-    fn(x[:, :2, :, : SR], grad)  # warm-up (numba JIT, caches)
+    fn(x[:, :2, :, :SR], grad)  # warm-up (numba JIT, caches)
     return statistics.median(fn(x, grad) for _ in range(runs))
 
 
@@ -148,16 +192,26 @@ def render_benchmark(minutes: float, tracks: int, runs: int) -> dict[str, list[d
             for name, console in consoles.items():
                 # a small wrapper process starts render, so that the peak memory and CPU time reported are
                 # render's own (a child forked straight from this large process would count its pages too)
-                cmd = [sys.executable, "-m", "gradmix.cli.main", "render", str(folder), str(console), "-o",
-                       str(Path(tmp) / "mix.wav"), "--timings"]
-                wrapper = ("import json, resource, subprocess, time; t = time.perf_counter(); "
-                           f"out = subprocess.run({cmd!r}, check=True, capture_output=True, text=True).stdout; "
-                           "wall = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
-                           "print(json.dumps(dict(wall=wall, peak_gb=r.ru_maxrss / 1024 ** 2, user=r.ru_utime, "
-                           "sys=r.ru_stime, stages=out.split('timings: ')[-1].strip())))")
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "gradmix.cli.main",
+                    "render",
+                    str(folder),
+                    str(console),
+                    "-o",
+                    str(Path(tmp) / "mix.wav"),
+                    "--timings",
+                ]
+                wrapper = (
+                    "import json, resource, subprocess, time; t = time.perf_counter(); "
+                    f"out = subprocess.run({cmd!r}, check=True, capture_output=True, text=True).stdout; "
+                    "wall = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+                    "print(json.dumps(dict(wall=wall, peak_gb=r.ru_maxrss / 1024 ** 2, user=r.ru_utime, "
+                    "sys=r.ru_stime, stages=out.split('timings: ')[-1].strip())))"
+                )
                 load = os.getloadavg()[0]
-                out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True,
-                                     text=True).stdout
+                out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True).stdout
                 results[name].append({**json.loads(out), "load": load})
     return results
 
@@ -172,8 +226,10 @@ def main() -> None:
     x = signals(16, seconds)
     track_seconds = 16 * seconds
     rows = []
-    for name, fn, note in (("gradmix", gradmix_console, "reverb bus on"),
-                           ("dasp-pytorch", dasp_console, "reverb bus off (direct convolution: minutes)")):
+    for name, fn, note in (
+        ("gradmix", gradmix_console, "reverb bus on"),
+        ("dasp-pytorch", dasp_console, "reverb bus off (direct convolution: minutes)"),
+    ):
         try:
             fwd = median_time(fn, x, False, runs) / track_seconds
             both = median_time(fn, x, True, runs) / track_seconds
@@ -194,17 +250,27 @@ def main() -> None:
     for name, fwd, both, note in rows:
         print(sep.join([name, f"{fwd:.4f}", f"{both:.4f}", note]))
     for name, runs_ in renders.items():
-        print(f"\ngradmix render, 8 stereo tracks x {minutes:g} min, {name} (new process each run): median "
-              f"{walls[name]:.1f} s wall")
+        print(
+            f"\ngradmix render, 8 stereo tracks x {minutes:g} min, {name} (new process each run): median "
+            f"{walls[name]:.1f} s wall"
+        )
         for r in runs_:
-            print(f"  {r['wall']:.1f} s wall, CPU {r['user']:.1f} s user + {r['sys']:.1f} s system, "
-                  f"{r['peak_gb']:.2f} GB peak, load {r['load']:.1f} before; {r['stages']} (the rest: start-up, imports)")
+            print(
+                f"  {r['wall']:.1f} s wall, CPU {r['user']:.1f} s user + {r['sys']:.1f} s system, "
+                f"{r['peak_gb']:.2f} GB peak, load {r['load']:.1f} before; {r['stages']} (the rest: start-up, imports)"
+            )
     g = rows[0]
     print("\nGoals:")
     print(f"  {'MET' if g[2] <= GOAL_CONSOLE else 'NOT MET'}: console fwd+bwd <= {GOAL_CONSOLE} s/track-s: {g[2]:.4f}")
     if not args.quick:
-        print(f"  {'MET' if wall <= GOAL_RENDER_S else 'NOT MET'}: render 8 stereo x 5 min <= {GOAL_RENDER_S:g} s: {wall:.1f} s")
-        print(f"  {'MET' if peak <= GOAL_RENDER_GB else 'NOT MET'}: render peak memory <= {GOAL_RENDER_GB:g} GB: {peak:.2f} GB")
+        print(
+            f"  {'MET' if wall <= GOAL_RENDER_S else 'NOT MET'}: "
+            f"render 8 stereo x 5 min <= {GOAL_RENDER_S:g} s: {wall:.1f} s"
+        )
+        print(
+            f"  {'MET' if peak <= GOAL_RENDER_GB else 'NOT MET'}: "
+            f"render peak memory <= {GOAL_RENDER_GB:g} GB: {peak:.2f} GB"
+        )
 
 
 if __name__ == "__main__":

@@ -84,12 +84,22 @@ class Settings:
     reverb_goal_repeats: int
 
 
-FULL = Settings(signals=(Signal("16 mono x 10 s", 16, 1, 10.0), Signal("8 stereo x 5 s", 8, 2, 5.0)),
-                reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0), repeats=5, budget_s=30.0,
-                dasp_reverb_subset=(1, 0.5), reverb_goal_repeats=3)
-QUICK = Settings(signals=(Signal("16 mono x 1 s", 16, 1, 1.0), Signal("8 stereo x 1 s", 8, 2, 1.0)),
-                 reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0), repeats=2, budget_s=3.0,
-                 dasp_reverb_subset=(1, 0.05), reverb_goal_repeats=1)
+FULL = Settings(
+    signals=(Signal("16 mono x 10 s", 16, 1, 10.0), Signal("8 stereo x 5 s", 8, 2, 5.0)),
+    reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0),
+    repeats=5,
+    budget_s=30.0,
+    dasp_reverb_subset=(1, 0.5),
+    reverb_goal_repeats=3,
+)
+QUICK = Settings(
+    signals=(Signal("16 mono x 1 s", 16, 1, 1.0), Signal("8 stereo x 1 s", 8, 2, 1.0)),
+    reverb_goal=Signal("16 stereo x 10 s", 16, 2, 10.0),
+    repeats=2,
+    budget_s=3.0,
+    dasp_reverb_subset=(1, 0.05),
+    reverb_goal_repeats=1,
+)
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -192,39 +202,59 @@ def case_gain(sig: Signal, gen: torch.Generator) -> Case:
 
     g = torch.linspace(-6.0, 6.0, sig.tracks)
     boards = [pb.Pedalboard([pb.Gain(float(v))]) for v in g]
-    return Case("gain", [
-        TorchImpl("gradmix", lambda x, p: gd.gain(x, gain_db=p["gain_db"]), {"gain_db": g}),
-        TorchImpl("dasp-pytorch", lambda x, p: dasp().gain(x, SR, p["gain_db"]), {"gain_db": g}),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
-    ], reference=lambda x: x * 10 ** (g.double().numpy()[:, None, None] / 20))
+    return Case(
+        "gain",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.gain(x, gain_db=p["gain_db"]), {"gain_db": g}),
+            TorchImpl("dasp-pytorch", lambda x, p: dasp().gain(x, SR, p["gain_db"]), {"gain_db": g}),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
+        ],
+        reference=lambda x: x * 10 ** (g.double().numpy()[:, None, None] / 20),
+    )
 
 
 def case_pan(sig: Signal, gen: torch.Generator) -> Case | None:
     if sig.channels != 1:
         return None
     p = torch.linspace(-0.9, 0.9, sig.tracks)
-    return Case("pan (mono -> stereo)", [
-        TorchImpl("gradmix", lambda x, q: gd.pan(x, pan=q["pan"]), {"pan": p}),
-        TorchImpl("dasp-pytorch", lambda x, q: dasp().stereo_panner(x, SR, (q["pan"][:, None] + 1) / 2),
-                  {"pan": p}, note="stereo_panner, another pan law"),
-    ])
+    return Case(
+        "pan (mono -> stereo)",
+        [
+            TorchImpl("gradmix", lambda x, q: gd.pan(x, pan=q["pan"]), {"pan": p}),
+            TorchImpl(
+                "dasp-pytorch",
+                lambda x, q: dasp().stereo_panner(x, SR, (q["pan"][:, None] + 1) / 2),
+                {"pan": p},
+                note="stereo_panner, another pan law",
+            ),
+        ],
+    )
 
 
 def case_width(sig: Signal, gen: torch.Generator) -> Case | None:
     if sig.channels != 2:
         return None
     w = torch.linspace(0.5, 1.5, sig.tracks)
-    return Case("stereo width", [
-        TorchImpl("gradmix", lambda x, p: gd.stereo_width(x, width=p["width"]), {"width": w}),
-        TorchImpl("dasp-pytorch", lambda x, p: dasp().stereo_widener(x, SR, (p["width"] / (1 + p["width"]))[:, None]),
-                  {"width": w}, note="stereo_widener"),
-    ])
+    return Case(
+        "stereo width",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.stereo_width(x, width=p["width"]), {"width": w}),
+            TorchImpl(
+                "dasp-pytorch",
+                lambda x, p: dasp().stereo_widener(x, SR, (p["width"] / (1 + p["width"]))[:, None]),
+                {"width": w},
+                note="stereo_widener",
+            ),
+        ],
+    )
 
 
 def peq_params(batch: int, gen: torch.Generator) -> dict[str, Tensor]:
-    return {"freq_hz": per_item(EQ_FREQS_HZ, batch, gen, spread=0.15),
-            "gain_db": 9.0 * (2 * torch.rand(batch, len(EQ_SHAPES), generator=gen) - 1),
-            "q": per_item(EQ_Q, batch, gen, spread=0.1)}
+    return {
+        "freq_hz": per_item(EQ_FREQS_HZ, batch, gen, spread=0.15),
+        "gain_db": 9.0 * (2 * torch.rand(batch, len(EQ_SHAPES), generator=gen) - 1),
+        "q": per_item(EQ_Q, batch, gen, spread=0.1),
+    }
 
 
 def rbj_sos(params: dict[str, Tensor], shapes=EQ_SHAPES) -> np.ndarray:
@@ -261,13 +291,22 @@ def case_peq(sig: Signal, gen: torch.Generator) -> Case:
     def scipy_track(i: int, t: np.ndarray) -> np.ndarray:
         return scipy.signal.sosfilt(sos[i], t, axis=-1)
 
-    return Case("parametric EQ, 6 bands", [
-        TorchImpl("gradmix", lambda x, p: gd.parametric_eq(x, sample_rate=SR, shapes=EQ_SHAPES, freq_hz=p["freq_hz"],
-                                                          gain_db=p["gain_db"], q=p["q"]), params),
-        TorchImpl("dasp-pytorch", dasp_peq, params, note="frequency-sampled FIR (FFT)"),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="shelf + 4 PeakFilter + shelf"),
-        NumpyImpl("scipy sosfilt", scipy_track, dtype=np.float64, note="float64, the floor", reference=True),
-    ], reference=lambda x: np.stack([scipy_track(i, x[i]) for i in range(x.shape[0])]))
+    return Case(
+        "parametric EQ, 6 bands",
+        [
+            TorchImpl(
+                "gradmix",
+                lambda x, p: gd.parametric_eq(
+                    x, sample_rate=SR, shapes=EQ_SHAPES, freq_hz=p["freq_hz"], gain_db=p["gain_db"], q=p["q"]
+                ),
+                params,
+            ),
+            TorchImpl("dasp-pytorch", dasp_peq, params, note="frequency-sampled FIR (FFT)"),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="shelf + 4 PeakFilter + shelf"),
+            NumpyImpl("scipy sosfilt", scipy_track, dtype=np.float64, note="float64, the floor", reference=True),
+        ],
+        reference=lambda x: np.stack([scipy_track(i, x[i]) for i in range(x.shape[0])]),
+    )
 
 
 def case_graphic(bands: int):
@@ -277,13 +316,25 @@ def case_graphic(bands: int):
         g = 6.0 * (2 * torch.rand(sig.tracks, bands, generator=gen) - 1)
         centres = gd.graphic_eq_centres_hz(bands)
         bw = 1.5 * (1.0 if bands == 10 else 1 / 3)
-        q = math.sqrt(2 ** bw) / (2 ** bw - 1)
-        boards = [pb.Pedalboard([pb.PeakFilter(cutoff_frequency_hz=min(fc, 0.9 * SR / 2), gain_db=float(gk), q=q)
-                                 for fc, gk in zip(centres, g[i].tolist())]) for i in range(sig.tracks)]
-        return Case(f"graphic EQ, {bands} bands", [
-            TorchImpl("gradmix", lambda x, p: gd.graphic_eq(x, sample_rate=SR, gain_db=p["gain_db"]), {"gain_db": g}),
-            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note=f"chain of {bands} PeakFilter"),
-        ])
+        q = math.sqrt(2**bw) / (2**bw - 1)
+        boards = [
+            pb.Pedalboard(
+                [
+                    pb.PeakFilter(cutoff_frequency_hz=min(fc, 0.9 * SR / 2), gain_db=float(gk), q=q)
+                    for fc, gk in zip(centres, g[i].tolist())
+                ]
+            )
+            for i in range(sig.tracks)
+        ]
+        return Case(
+            f"graphic EQ, {bands} bands",
+            [
+                TorchImpl(
+                    "gradmix", lambda x, p: gd.graphic_eq(x, sample_rate=SR, gain_db=p["gain_db"]), {"gain_db": g}
+                ),
+                NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note=f"chain of {bands} PeakFilter"),
+            ],
+        )
 
     return build
 
@@ -292,8 +343,15 @@ def torchcomp_compressor(x: Tensor, p: dict[str, Tensor]) -> Tensor:
     import torchcomp
 
     level = x.abs().amax(1).clamp_min(1e-7)
-    g = torchcomp.compexp_gain(level, p["threshold_db"], p["ratio"], -1000.0, 0.5,
-                               torchcomp.ms2coef(p["attack_ms"], SR), torchcomp.ms2coef(p["release_ms"], SR))
+    g = torchcomp.compexp_gain(
+        level,
+        p["threshold_db"],
+        p["ratio"],
+        -1000.0,
+        0.5,
+        torchcomp.ms2coef(p["attack_ms"], SR),
+        torchcomp.ms2coef(p["release_ms"], SR),
+    )
     return x * (g * torchcomp.db2amp(p["makeup_db"])[:, None]).unsqueeze(1)
 
 
@@ -301,59 +359,103 @@ def case_compressor(sig: Signal, gen: torch.Generator) -> Case:
     import pedalboard as pb
 
     b = sig.tracks
-    full = {"threshold_db": per_item(-30.0, b, gen), "ratio": per_item(4.0, b, gen), "attack_ms": per_item(5.0, b, gen),
-            "release_ms": per_item(100.0, b, gen), "knee_db": per_item(6.0, b, gen), "makeup_db": per_item(0.0, b, gen)}
+    full = {
+        "threshold_db": per_item(-30.0, b, gen),
+        "ratio": per_item(4.0, b, gen),
+        "attack_ms": per_item(5.0, b, gen),
+        "release_ms": per_item(100.0, b, gen),
+        "knee_db": per_item(6.0, b, gen),
+        "makeup_db": per_item(0.0, b, gen),
+    }
     no_knee = {k: v for k, v in full.items() if k != "knee_db"}
     dasp_params = {k: v for k, v in full.items() if k != "release_ms"}
     boards = [pb.Pedalboard([pb.Compressor(threshold_db=-30, ratio=4, attack_ms=5, release_ms=100)]) for _ in range(b)]
-    return Case("compressor", [
-        TorchImpl("gradmix", lambda x, p: gd.compressor(x, sample_rate=SR, **p), full),
-        TorchImpl("dasp-pytorch", lambda x, p: dasp().compressor(x, SR, p["threshold_db"], p["ratio"], p["attack_ms"],
-                                                                 p["attack_ms"], p["knee_db"], p["makeup_db"]),
-                  dasp_params, note="attack only (one FIR-approximated one-pole)"),
-        TorchImpl("torchcomp", torchcomp_compressor, no_knee, note="compexp_gain, hard knee, linear-gain smoothing"),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
-    ])
+    return Case(
+        "compressor",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.compressor(x, sample_rate=SR, **p), full),
+            TorchImpl(
+                "dasp-pytorch",
+                lambda x, p: dasp().compressor(
+                    x, SR, p["threshold_db"], p["ratio"], p["attack_ms"], p["attack_ms"], p["knee_db"], p["makeup_db"]
+                ),
+                dasp_params,
+                note="attack only (one FIR-approximated one-pole)",
+            ),
+            TorchImpl(
+                "torchcomp", torchcomp_compressor, no_knee, note="compexp_gain, hard knee, linear-gain smoothing"
+            ),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
+        ],
+    )
 
 
 def case_expander(sig: Signal, gen: torch.Generator) -> Case:
     import pedalboard as pb
 
     b = sig.tracks
-    params = {"threshold_db": per_item(-40.0, b, gen), "ratio": per_item(2.0, b, gen), "attack_ms": per_item(1.0, b, gen),
-              "release_ms": per_item(50.0, b, gen), "knee_db": per_item(6.0, b, gen), "range_db": per_item(60.0, b, gen),
-              "makeup_db": per_item(0.0, b, gen)}
+    params = {
+        "threshold_db": per_item(-40.0, b, gen),
+        "ratio": per_item(2.0, b, gen),
+        "attack_ms": per_item(1.0, b, gen),
+        "release_ms": per_item(50.0, b, gen),
+        "knee_db": per_item(6.0, b, gen),
+        "range_db": per_item(60.0, b, gen),
+        "makeup_db": per_item(0.0, b, gen),
+    }
     boards = [pb.Pedalboard([pb.NoiseGate(threshold_db=-40, ratio=2, attack_ms=1, release_ms=50)]) for _ in range(b)]
-    return Case("expander", [
-        TorchImpl("gradmix", lambda x, p: gd.expander(x, sample_rate=SR, **p), params),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="NoiseGate, ratio 2"),
-    ])
+    return Case(
+        "expander",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.expander(x, sample_rate=SR, **p), params),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="NoiseGate, ratio 2"),
+        ],
+    )
 
 
 def case_gate(sig: Signal, gen: torch.Generator) -> Case:
     import pedalboard as pb
 
     b = sig.tracks
-    params = {"threshold_db": per_item(-50.0, b, gen), "attack_ms": per_item(1.0, b, gen),
-              "release_ms": per_item(50.0, b, gen), "range_db": per_item(60.0, b, gen), "knee_db": per_item(3.0, b, gen)}
+    params = {
+        "threshold_db": per_item(-50.0, b, gen),
+        "attack_ms": per_item(1.0, b, gen),
+        "release_ms": per_item(50.0, b, gen),
+        "range_db": per_item(60.0, b, gen),
+        "knee_db": per_item(3.0, b, gen),
+    }
     boards = [pb.Pedalboard([pb.NoiseGate(threshold_db=-50, ratio=10, attack_ms=1, release_ms=50)]) for _ in range(b)]
-    return Case("noise gate", [
-        TorchImpl("gradmix", lambda x, p: gd.noise_gate(x, sample_rate=SR, **p), params),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="NoiseGate, ratio 10"),
-    ])
+    return Case(
+        "noise gate",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.noise_gate(x, sample_rate=SR, **p), params),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="NoiseGate, ratio 10"),
+        ],
+    )
 
 
 def case_limiter(sig: Signal, gen: torch.Generator) -> Case:
     import pedalboard as pb
 
     b = sig.tracks
-    params = {"ceiling_db": per_item(-6.0, b, gen), "release_ms": per_item(100.0, b, gen), "gain_db": per_item(6.0, b, gen)}
+    params = {
+        "ceiling_db": per_item(-6.0, b, gen),
+        "release_ms": per_item(100.0, b, gen),
+        "gain_db": per_item(6.0, b, gen),
+    }
     boards = [pb.Pedalboard([pb.Gain(6.0), pb.Limiter(threshold_db=-6.0, release_ms=100.0)]) for _ in range(b)]
-    return Case("limiter (+6 dB drive)", [
-        TorchImpl("gradmix", lambda x, p: gd.limiter(x, sample_rate=SR, lookahead_ms=5.0, **p), params,
-                  note="5 ms look-ahead"),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="Gain + Limiter (no look-ahead)"),
-    ])
+    return Case(
+        "limiter (+6 dB drive)",
+        [
+            TorchImpl(
+                "gradmix",
+                lambda x, p: gd.limiter(x, sample_rate=SR, lookahead_ms=5.0, **p),
+                params,
+                note="5 ms look-ahead",
+            ),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="Gain + Limiter (no look-ahead)"),
+        ],
+    )
 
 
 def case_distortion(sig: Signal, gen: torch.Generator) -> Case:
@@ -362,14 +464,24 @@ def case_distortion(sig: Signal, gen: torch.Generator) -> Case:
     b, c = sig.tracks, sig.channels
     params = {"drive_db": per_item(12.0, b, gen), "tone_db": per_item(2.0, b, gen), "mix": per_item(1.0, b, gen)}
     boards = [pb.Pedalboard([pb.Distortion(drive_db=12.0)]) for _ in range(b)]
+
     # dasp reshapes drive_db to (batch, channels, 1): one value per channel
-    dasp_drive = lambda x, p: dasp().distortion(x, SR, p["drive_db"][:, None].expand(-1, c).reshape(-1))
-    return Case("distortion (tanh)", [
-        TorchImpl("gradmix", lambda x, p: gd.distortion(x, sample_rate=SR, shape="tanh", **p), params,
-                  note="includes the tilt (2 shelves)"),
-        TorchImpl("dasp-pytorch", dasp_drive, {"drive_db": params["drive_db"]}, note="tanh only"),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="tanh only"),
-    ])
+    def dasp_drive(x, p):
+        return dasp().distortion(x, SR, p["drive_db"][:, None].expand(-1, c).reshape(-1))
+
+    return Case(
+        "distortion (tanh)",
+        [
+            TorchImpl(
+                "gradmix",
+                lambda x, p: gd.distortion(x, sample_rate=SR, shape="tanh", **p),
+                params,
+                note="includes the tilt (2 shelves)",
+            ),
+            TorchImpl("dasp-pytorch", dasp_drive, {"drive_db": params["drive_db"]}, note="tanh only"),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="tanh only"),
+        ],
+    )
 
 
 def dasp_reverb(x: Tensor, p: dict[str, Tensor]) -> Tensor:
@@ -392,22 +504,40 @@ def case_reverb(settings: Settings):
         import pedalboard as pb
 
         b = sig.tracks
-        params = {"decay_s": per_item([REVERB_DECAY_S] * gd.REVERB_BANDS, b, gen), "predelay_ms": per_item(10.0, b, gen),
-                  "mix": per_item(0.3, b, gen)}
-        dasp_params = {"band_gain": per_item([1.0] * 12, b, gen), "band_decay": per_item([DASP_DECAY] * 12, b, gen),
-                       "mix": per_item(0.3, b, gen)}
+        params = {
+            "decay_s": per_item([REVERB_DECAY_S] * gd.REVERB_BANDS, b, gen),
+            "predelay_ms": per_item(10.0, b, gen),
+            "mix": per_item(0.3, b, gen),
+        }
+        dasp_params = {
+            "band_gain": per_item([1.0] * 12, b, gen),
+            "band_decay": per_item([DASP_DECAY] * 12, b, gen),
+            "mix": per_item(0.3, b, gen),
+        }
         ir = gradmix_reverb_ir(sig.channels)
         freeverb = [pb.Pedalboard([pb.Reverb(room_size=0.9, wet_level=0.3, dry_level=0.7)]) for _ in range(b)]
         conv = [pb.Pedalboard([pb.Convolution(ir, mix=0.3, sample_rate=SR)]) for _ in range(b)]
         tracks, seconds = settings.dasp_reverb_subset
-        return Case(f"reverb, {REVERB_DECAY_S:g} s IR", [
-            TorchImpl("gradmix", lambda x, p: gd.reverb(x, sample_rate=SR, **p), params, note="FFT convolution"),
-            TorchImpl("dasp-pytorch", dasp_reverb, dasp_params, subset=(tracks, seconds),
-                      note=f"direct conv1d; timed on {tracks} track x {seconds:g} s"),
-            NumpyImpl("pedalboard", lambda i, t: freeverb[i](t, SR), note="Reverb = Freeverb, another algorithm"),
-            NumpyImpl("pedalboard", lambda i, t: conv[i](t, SR), goal=False,
-                      note="Convolution with gradmix's IR (like for like)"),
-        ])
+        return Case(
+            f"reverb, {REVERB_DECAY_S:g} s IR",
+            [
+                TorchImpl("gradmix", lambda x, p: gd.reverb(x, sample_rate=SR, **p), params, note="FFT convolution"),
+                TorchImpl(
+                    "dasp-pytorch",
+                    dasp_reverb,
+                    dasp_params,
+                    subset=(tracks, seconds),
+                    note=f"direct conv1d; timed on {tracks} track x {seconds:g} s",
+                ),
+                NumpyImpl("pedalboard", lambda i, t: freeverb[i](t, SR), note="Reverb = Freeverb, another algorithm"),
+                NumpyImpl(
+                    "pedalboard",
+                    lambda i, t: conv[i](t, SR),
+                    goal=False,
+                    note="Convolution with gradmix's IR (like for like)",
+                ),
+            ],
+        )
 
     return build
 
@@ -418,10 +548,13 @@ def case_delay(sig: Signal, gen: torch.Generator) -> Case:
     b = sig.tracks
     params = {"time_ms": per_item(250.0, b, gen), "feedback": per_item(0.4, b, gen), "mix": per_item(0.3, b, gen)}
     boards = [pb.Pedalboard([pb.Delay(delay_seconds=0.25, feedback=0.4, mix=0.3)]) for _ in range(b)]
-    return Case("delay", [
-        TorchImpl("gradmix", lambda x, p: gd.delay(x, sample_rate=SR, **p), params, note="exact echoes by FFT"),
-        NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
-    ])
+    return Case(
+        "delay",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.delay(x, sample_rate=SR, **p), params, note="exact echoes by FFT"),
+            NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR)),
+        ],
+    )
 
 
 def case_loudness(sig: Signal, gen: torch.Generator) -> Case:
@@ -432,16 +565,40 @@ def case_loudness(sig: Signal, gen: torch.Generator) -> Case:
     def measure(i: int, t: np.ndarray) -> np.ndarray:
         return np.asarray(meter.integrated_loudness(t.T))
 
-    return Case("integrated loudness", [
-        TorchImpl("gradmix", lambda x, p: gd.integrated_loudness(x, sample_rate=SR), {}),
-        NumpyImpl("pyloudnorm", measure, dtype=np.float64, reference=True,
-                  note="filter_class='DeMan' (its default 'K-weighting' is an approximation)"),
-    ], reference=lambda x: np.array([measure(i, x[i]) for i in range(x.shape[0])]), error_unit="LU")
+    return Case(
+        "integrated loudness",
+        [
+            TorchImpl("gradmix", lambda x, p: gd.integrated_loudness(x, sample_rate=SR), {}),
+            NumpyImpl(
+                "pyloudnorm",
+                measure,
+                dtype=np.float64,
+                reference=True,
+                note="filter_class='DeMan' (its default 'K-weighting' is an approximation)",
+            ),
+        ],
+        reference=lambda x: np.array([measure(i, x[i]) for i in range(x.shape[0])]),
+        error_unit="LU",
+    )
 
 
 def all_cases(settings: Settings) -> list:
-    return [case_gain, case_pan, case_width, case_peq, case_graphic(10), case_graphic(31), case_compressor,
-            case_expander, case_gate, case_limiter, case_distortion, case_reverb(settings), case_delay, case_loudness]
+    return [
+        case_gain,
+        case_pan,
+        case_width,
+        case_peq,
+        case_graphic(10),
+        case_graphic(31),
+        case_compressor,
+        case_expander,
+        case_gate,
+        case_limiter,
+        case_distortion,
+        case_reverb(settings),
+        case_delay,
+        case_loudness,
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -542,16 +699,26 @@ def run_reverb_goal(sig: Signal, settings: Settings) -> float:
     """Total seconds of gradmix's reverb forward+backward on the goal signal."""
     x = make_signal(sig, seed=2)
     gen = torch.Generator().manual_seed(2)
-    params = {"decay_s": per_item([REVERB_DECAY_S] * gd.REVERB_BANDS, sig.tracks, gen),
-              "predelay_ms": per_item(10.0, sig.tracks, gen), "mix": per_item(0.3, sig.tracks, gen)}
-    apply = lambda x, p: gd.reverb(x, sample_rate=SR, **p)
+    params = {
+        "decay_s": per_item([REVERB_DECAY_S] * gd.REVERB_BANDS, sig.tracks, gen),
+        "predelay_ms": per_item(10.0, sig.tracks, gen),
+        "mix": per_item(0.3, sig.tracks, gen),
+    }
+
+    def apply(x, p):
+        return gd.reverb(x, sample_rate=SR, **p)
+
     total, _ = timed(torch_forward_backward(apply, params, x), settings.reverb_goal_repeats, settings.budget_s)
     return total
 
 
 def progress(row: Row) -> None:
-    print(f"  {row.signal:>17} | {row.effect:<24} | {row.library:<14} fwd {fmt(row.fwd):>8}"
-          f"  fwd+bwd {fmt(row.fwd_bwd):>8}", file=sys.stderr, flush=True)
+    print(
+        f"  {row.signal:>17} | {row.effect:<24} | {row.library:<14} fwd {fmt(row.fwd):>8}"
+        f"  fwd+bwd {fmt(row.fwd_bwd):>8}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -565,8 +732,16 @@ def fmt_ratio(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
-COLUMNS = ("signal", "effect", "implementation", "fwd s/track-s", "fwd+bwd s/track-s", "gradmix fwd / this",
-           "max err", "notes")
+COLUMNS = (
+    "signal",
+    "effect",
+    "implementation",
+    "fwd s/track-s",
+    "fwd+bwd s/track-s",
+    "gradmix fwd / this",
+    "max err",
+    "notes",
+)
 
 
 def row_cells(r: Row) -> list[str]:
@@ -582,15 +757,29 @@ def goal_lines(rows: list, reverb_total: float, reverb_sig: Signal) -> list:
     peq, peq_sig = worst("parametric EQ, 6 bands", "fwd_bwd")
     lines.append((f"6-band PEQ fwd+bwd <= {GOAL_PEQ:.3f} s/track-s: worst {peq:.3g} ({peq_sig})", peq <= GOAL_PEQ))
     comp, comp_sig = worst("compressor", "fwd_bwd")
-    lines.append((f"compressor fwd+bwd <= {GOAL_COMPRESSOR:.3f} s/track-s: worst {comp:.3g} ({comp_sig})",
-                  comp <= GOAL_COMPRESSOR))
-    lines.append((f"reverb {REVERB_DECAY_S:g} s IR, {reverb_sig.name} fwd+bwd <= {GOAL_REVERB_TOTAL_S:g} s total: "
-                  f"{reverb_total:.2f} s", reverb_total <= GOAL_REVERB_TOTAL_S))
+    lines.append(
+        (
+            f"compressor fwd+bwd <= {GOAL_COMPRESSOR:.3f} s/track-s: worst {comp:.3g} ({comp_sig})",
+            comp <= GOAL_COMPRESSOR,
+        )
+    )
+    lines.append(
+        (
+            f"reverb {REVERB_DECAY_S:g} s IR, {reverb_sig.name} fwd+bwd <= {GOAL_REVERB_TOTAL_S:g} s total: "
+            f"{reverb_total:.2f} s",
+            reverb_total <= GOAL_REVERB_TOTAL_S,
+        )
+    )
     slow = [r for r in rows if r.goal and r.ratio is not None and r.ratio > GOAL_PEDALBOARD_RATIO]
     checked = [r for r in rows if r.goal and r.ratio is not None]
     detail = "; ".join(f"{r.effect} ({r.signal}) x{r.ratio:.1f}" for r in slow) or "none slower"
-    lines.append((f"every gradmix forward within {GOAL_PEDALBOARD_RATIO:g}x of pedalboard's "
-                  f"({len(checked)} pairs; over: {detail})", not slow))
+    lines.append(
+        (
+            f"every gradmix forward within {GOAL_PEDALBOARD_RATIO:g}x of pedalboard's "
+            f"({len(checked)} pairs; over: {detail})",
+            not slow,
+        )
+    )
     return lines
 
 
@@ -632,16 +821,18 @@ def load_text() -> str:
 
 def header_text(settings: Settings, quick: bool, load_before: str) -> str:
     import dasp_pytorch  # noqa: F401
-    import pedalboard
+    import pedalboard  # noqa: F401
     import scipy
     import torchcomp  # noqa: F401
     from importlib.metadata import version
 
     libs = ", ".join(f"{n} {version(n)}" for n in ("gradmix", "dasp-pytorch", "torchcomp", "pedalboard", "pyloudnorm"))
-    return (f"{'quick' if quick else 'full'} run; torch {torch.__version__} on {torch.get_num_threads()} threads, "
-            f"scipy {scipy.__version__}, {libs}; {platform.processor() or platform.machine()}; "
-            f"median of {settings.repeats} runs after a warm-up (fewer when a run takes over {settings.budget_s:g} s); "
-            f"{SR} Hz float32; {os.cpu_count()} CPUs, {load_before} before and {load_text()} after")
+    return (
+        f"{'quick' if quick else 'full'} run; torch {torch.__version__} on {torch.get_num_threads()} threads, "
+        f"scipy {scipy.__version__}, {libs}; {platform.processor() or platform.machine()}; "
+        f"median of {settings.repeats} runs after a warm-up (fewer when a run takes over {settings.budget_s:g} s); "
+        f"{SR} Hz float32; {os.cpu_count()} CPUs, {load_before} before and {load_text()} after"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -42,8 +42,9 @@ def make_case(folder: Path, seed: int) -> tuple[Path, Path, object]:
     layout = Layout.default()
     controls = engineer_controls(layout, 1, len(tracks), torch.Generator().manual_seed(seed))
     params = layout.denormalize(controls)
-    setting = ConsoleSetting.from_params(layout, params, names=[n for n, _ in tracks],
-                                         files=[f"{n}.wav" for n, _ in tracks], sample_rate=SR)
+    setting = ConsoleSetting.from_params(
+        layout, params, names=[n for n, _ in tracks], files=[f"{n}.wav" for n, _ in tracks], sample_rate=SR
+    )
     with torch.no_grad():
         mix, _ = setting.render(audio, keep_strips=False)
     target = folder / "target.wav"
@@ -62,8 +63,10 @@ def control_errors(true, fitted) -> dict[str, float]:
             specs = [s for s in a.effect.specs if s.name == name]
             va, vb = np.atleast_1d(va), np.atleast_1d(b.params[name])
             for spec, x, y in zip(specs, va, vb):  # one spec per band for banded parameters
-                u = [float(spec.normalize(torch.tensor(min(max(float(v), spec.min), spec.max), dtype=torch.float64)))
-                     for v in (x, y)]
+                u = [
+                    float(spec.normalize(torch.tensor(min(max(float(v), spec.min), spec.max), dtype=torch.float64)))
+                    for v in (x, y)
+                ]
                 out.setdefault(f"{key}.{name}", []).append(abs(u[0] - u[1]))
 
     assert isinstance(true, ConsoleSetting)
@@ -95,7 +98,9 @@ def main() -> None:
     from gradmix.console import ConsoleSetting
     from gradmix.fit import fit_folder
 
-    table = Table(title=f"gradmix fit: 8 tracks x 10 s, engineer-like console with reverb + delay, budget {args.budget:.0f} s")
+    table = Table(
+        title=f"gradmix fit: 8 tracks x 10 s, engineer-like console with reverb + delay, budget {args.budget:.0f} s"
+    )
     for col in ("seed", "residual", "steps", "wall", "goal"):
         table.add_column(col, justify="right")
     for seed in args.seeds:
@@ -104,8 +109,13 @@ def main() -> None:
             t = time.perf_counter()
             path, residual, steps = fit_folder(stems, target, Path(tmp) / "fit.console.json", budget_s=args.budget)
             wall = time.perf_counter() - t
-            table.add_row(str(seed), f"{residual:.1f} dB", str(steps), f"{wall:.0f} s",
-                          "met" if residual <= GOAL_DB and wall <= args.budget + 30 else "not met")
+            table.add_row(
+                str(seed),
+                f"{residual:.1f} dB",
+                str(steps),
+                f"{wall:.0f} s",
+                "met" if residual <= GOAL_DB and wall <= args.budget + 30 else "not met",
+            )
             if args.details:
                 errors = control_errors(true, ConsoleSetting.load(path))
                 for k, v in sorted(errors.items(), key=lambda kv: -kv[1]):

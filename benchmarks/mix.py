@@ -35,13 +35,20 @@ def write_stems(folder: Path, tracks: int, minutes: float) -> None:
 
 def timed(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak GB of ``cmd`` run from a small wrapper process (so the RSS is the command's own)."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL); "
-               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", wrapper], check=True, capture_output=True, text=True,
-                         env={"OMP_NUM_THREADS": "2", **__import__("os").environ}).stdout
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "2", **__import__("os").environ},
+    ).stdout
     wall, peak_kb = (float(v) for v in out.split())
-    return wall, peak_kb / 1024 ** 2
+    return wall, peak_kb / 1024**2
 
 
 def main() -> None:
@@ -54,10 +61,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stems = Path(tmp) / "stems"
         write_stems(stems, 8, minutes)
-        mix_cmd = [*cli, "mix", str(stems), "-o", str(Path(tmp) / "mix.wav")] + (["--model", args.model] if args.model else [])
+        mix_cmd = [*cli, "mix", str(stems), "-o", str(Path(tmp) / "mix.wav")] + (
+            ["--model", args.model] if args.model else []
+        )
         rows = [("gradmix mix (analysis + render)", *timed(mix_cmd))]
-        rows.append(("gradmix render of its console", *timed([*cli, "render", str(stems), str(Path(tmp) / "mix.console.json"),
-                                                              "-o", str(Path(tmp) / "again.wav")])))
+        rows.append(
+            (
+                "gradmix render of its console",
+                *timed(
+                    [
+                        *cli,
+                        "render",
+                        str(stems),
+                        str(Path(tmp) / "mix.console.json"),
+                        "-o",
+                        str(Path(tmp) / "again.wav"),
+                    ]
+                ),
+            )
+        )
     print(f"8 stereo tracks x {minutes:g} min, {SR} Hz, new process each, 2 threads")
     print("command | wall s | peak GB")
     print("--- | ---: | ---:")
@@ -65,7 +87,10 @@ def main() -> None:
         print(f"{name} | {wall:.1f} | {peak:.2f}")
     if not args.quick:
         wall = rows[0][1]
-        print(f"\nGoal: {'MET' if wall <= GOAL_MIX_S else 'NOT MET'}: mix 8 stereo x 3 min <= {GOAL_MIX_S:g} s: {wall:.1f} s")
+        print(
+            f"\nGoal: {'MET' if wall <= GOAL_MIX_S else 'NOT MET'}: "
+            f"mix 8 stereo x 3 min <= {GOAL_MIX_S:g} s: {wall:.1f} s"
+        )
 
 
 if __name__ == "__main__":

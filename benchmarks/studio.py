@@ -87,24 +87,40 @@ def main() -> None:
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         for tracks in (8, 64):
             stems = write_stems(Path(tmp) / f"s{tracks}", tracks, 45.0)
             rows[tracks] = measure(browser, stems, Path(tmp) / f"o{tracks}", args.repeats, edits=tracks == 8)
         browser.close()
     table = Table(title="gradmix studio: 45 s stereo stems, 30 s loop region, 2 CPU threads, headless chromium")
-    for col in ("tracks", "server start-up (mix + analysis)", "page load (all versions playable)",
-                "fader move -> audible (median)", "EQ band change -> audible (median)"):
+    for col in (
+        "tracks",
+        "server start-up (mix + analysis)",
+        "page load (all versions playable)",
+        "fader move -> audible (median)",
+        "EQ band change -> audible (median)",
+    ):
         table.add_column(col, justify="right")
     fmt = lambda v: "–" if v is None else f"{v:.2f} s"  # noqa: E731
     for tracks, r in rows.items():
         table.add_row(str(tracks), fmt(r["startup_s"]), fmt(r["load_s"]), fmt(r.get("fader_s")), fmt(r.get("eq_s")))
     Console().print(table)
     worst = max(rows[8]["fader_s"], rows[8]["eq_s"])
-    print(f"edit-to-audible goal <= {GOAL_S:.1f} s for 8 tracks: {'met' if worst <= GOAL_S else 'NOT met'} "
-          f"(worst median {worst:.2f} s)")
+    print(
+        f"edit-to-audible goal <= {GOAL_S:.1f} s for 8 tracks: {'met' if worst <= GOAL_S else 'NOT met'} "
+        f"(worst median {worst:.2f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@ def song():
     hats = torch.randn(1, n, generator=gen) * 0.02
     keys = torch.stack([torch.sin(2 * math.pi * 880 * t), torch.sin(2 * math.pi * 1320 * t)]) * 0.1
     silent = torch.zeros(1, n)
-    return ["bass", "hats", "keys", "silent"], [f"{k}.wav" for k in ("bass", "hats", "keys", "silent")], \
-        [bass, hats, keys, silent]
+    return (
+        ["bass", "hats", "keys", "silent"],
+        [f"{k}.wav" for k in ("bass", "hats", "keys", "silent")],
+        [bass, hats, keys, silent],
+    )
 
 
 def lufs(x):
@@ -32,7 +35,7 @@ def lufs(x):
 def test_plain_and_peak_normalised_sums():
     names, files, tracks = song()
     plain, _ = baseline("plain_sum", names, files, tracks, SR).render(tracks)
-    expected = sum(t.repeat(2, 1) * 0.5 ** 0.5 if t.shape[0] == 1 else t for t in tracks)
+    expected = sum(t.repeat(2, 1) * 0.5**0.5 if t.shape[0] == 1 else t for t in tracks)
     assert torch.allclose(plain, expected, atol=1e-6)
     peak, _ = baseline("peak_normalized", names, files, tracks, SR).render(tracks)
     assert 20 * math.log10(peak.abs().max().item()) == pytest.approx(-1.0, abs=0.01)
@@ -44,7 +47,7 @@ def test_equal_loudness_levels_every_non_silent_track():
     mix, strips = setting.render(tracks)
     for i, name in enumerate(names[:3]):
         strip = strips[i][:1] if tracks[i].shape[0] == 1 else strips[i]
-        assert lufs(strip * (2 ** 0.5 if tracks[i].shape[0] == 1 else 1)) == pytest.approx(-28.0, abs=0.5), name
+        assert lufs(strip * (2**0.5 if tracks[i].shape[0] == 1 else 1)) == pytest.approx(-28.0, abs=0.5), name
     assert setting.tracks[3].chain[0].params["gain_db"] == 0.0  # silent: left alone
     assert lufs(mix) == pytest.approx(-14.0, abs=0.5)
     assert mix.abs().max().item() <= 10 ** (-1 / 20) + 1e-6

@@ -21,16 +21,21 @@ def test_effects_listing(capsys):
         assert name in text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["sample", "x", "-n", "1000", "-o", "y"], "-n: 1000 is outside 1..100"),
-    (["eval", "x", "-o", "y", "--seconds", "nan"], "--seconds: nan is outside 0..inf"),
-    (["dataset", "normalize", "x", "-o", "y", "--sample-rate", "0"], "--sample-rate: 0 is outside 1..inf"),
-    (["dataset", "lmms", "y", "--workers", "0"], "--workers: 0 is outside 1..inf"),
-    (["match", "x", "--reference", "r.wav", "-o", "m.wav", "--refine", "-2"], "--refine: -2 is outside 0..inf"),
-    (["dataset", "normalize", "x", "-o", "y", "--target-lufs", "nan"], "--target-lufs: nan is outside -70..0"),
-    (["dataset", "separate", "x", "-o", "y", "--model", "m", "--target-lufs", "inf"],
-     "--target-lufs: inf is outside -70..0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "x", "-n", "1000", "-o", "y"], "-n: 1000 is outside 1..100"),
+        (["eval", "x", "-o", "y", "--seconds", "nan"], "--seconds: nan is outside 0..inf"),
+        (["dataset", "normalize", "x", "-o", "y", "--sample-rate", "0"], "--sample-rate: 0 is outside 1..inf"),
+        (["dataset", "lmms", "y", "--workers", "0"], "--workers: 0 is outside 1..inf"),
+        (["match", "x", "--reference", "r.wav", "-o", "m.wav", "--refine", "-2"], "--refine: -2 is outside 0..inf"),
+        (["dataset", "normalize", "x", "-o", "y", "--target-lufs", "nan"], "--target-lufs: nan is outside -70..0"),
+        (
+            ["dataset", "separate", "x", "-o", "y", "--model", "m", "--target-lufs", "inf"],
+            "--target-lufs: inf is outside -70..0",
+        ),
+    ],
+)
 def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)  # the relative outputs would land here
     assert main(args) == 2
@@ -38,14 +43,22 @@ def test_numbers_out_of_range_are_one_line_before_any_work(tmp_path, monkeypatch
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["mix", "stems"], "the following arguments are required: -o/--output (see gradmix mix --help)"),
-    (["dataset", "normalize", "x", "-o", "y", "--bogus"], "unrecognized arguments: --bogus (see gradmix --help)"),
-    (["render", "s", "c.json", "-o", "m.wav", "--format", "16"],
-     "argument --format: invalid choice: '16' (choose from 'float', '24') (see gradmix render --help)"),
-    (["sample", "s", "-o", "y", "-n", "many"], "argument -n: invalid int value: 'many' (see gradmix sample --help)"),
-    (["dataset"], "the following arguments are required: dataset_command (see gradmix dataset --help)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["mix", "stems"], "the following arguments are required: -o/--output (see gradmix mix --help)"),
+        (["dataset", "normalize", "x", "-o", "y", "--bogus"], "unrecognized arguments: --bogus (see gradmix --help)"),
+        (
+            ["render", "s", "c.json", "-o", "m.wav", "--format", "16"],
+            "argument --format: invalid choice: '16' (choose from 'float', '24') (see gradmix render --help)",
+        ),
+        (
+            ["sample", "s", "-o", "y", "-n", "many"],
+            "argument -n: invalid int value: 'many' (see gradmix sample --help)",
+        ),
+        (["dataset"], "the following arguments are required: dataset_command (see gradmix dataset --help)"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
@@ -70,8 +83,9 @@ def test_eval_of_a_missing_dataset_leaves_no_output_folder(tmp_path):
 def test_bad_output_folder_is_one_line_and_exit_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "demo", "-o", str(blocker / "sub")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradmix.cli.main", "demo", "-o", str(blocker / "sub")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot create the output folder" in proc.stderr
 

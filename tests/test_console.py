@@ -25,6 +25,7 @@ def tracks_mono(n=4, samples=8820, seed=0, dtype=torch.float64):
 
 def neutral_params(layout: Layout, batch: int, n: int, dtype=torch.float64) -> Params:
     """Physical defaults of every slot, no sends (-inf dB)."""
+
     def slot_defaults(slot: Slot, lead: tuple[int, ...]):
         out = {}
         for k, v in {**slot.effect.defaults(), **slot.fixed}.items():
@@ -32,10 +33,12 @@ def neutral_params(layout: Layout, batch: int, n: int, dtype=torch.float64) -> P
             out[k] = t.expand(*lead, *t.shape).clone()
         return out
 
-    return Params([slot_defaults(s, (batch, n)) for s in layout.strip],
-                  torch.full((batch, n, len(layout.buses)), -math.inf, dtype=dtype),
-                  [[slot_defaults(s, (batch,)) for s in chain] for _, chain in layout.buses],
-                  [slot_defaults(s, (batch,)) for s in layout.master])
+    return Params(
+        [slot_defaults(s, (batch, n)) for s in layout.strip],
+        torch.full((batch, n, len(layout.buses)), -math.inf, dtype=dtype),
+        [[slot_defaults(s, (batch,)) for s in chain] for _, chain in layout.buses],
+        [slot_defaults(s, (batch,)) for s in layout.master],
+    )
 
 
 def test_neutral_layout_equals_plain_panned_sum():
@@ -49,11 +52,14 @@ def test_neutral_layout_equals_plain_panned_sum():
 
 def test_neutral_setting_with_mono_and_stereo_tracks_equals_plain_sum():
     gen = torch.Generator().manual_seed(1)
-    audio = [torch.randn(1, 4410, generator=gen) * 0.1, torch.randn(2, 4410, generator=gen) * 0.1,
-             torch.randn(1, 4410, generator=gen) * 0.1]
+    audio = [
+        torch.randn(1, 4410, generator=gen) * 0.1,
+        torch.randn(2, 4410, generator=gen) * 0.1,
+        torch.randn(1, 4410, generator=gen) * 0.1,
+    ]
     setting = ConsoleSetting.neutral(["a", "b", "c"], sample_rate=SR)
     mix, strips = setting.render(audio)
-    plain = audio[0].repeat(2, 1) * 0.5 ** 0.5 + audio[1] + audio[2].repeat(2, 1) * 0.5 ** 0.5
+    plain = audio[0].repeat(2, 1) * 0.5**0.5 + audio[1] + audio[2].repeat(2, 1) * 0.5**0.5
     assert error_db(mix.numpy(), plain.numpy()) < -130  # float32 rounding
 
 
@@ -79,8 +85,9 @@ def test_gain_pan_and_balance_laws():
 
 
 def test_bus_is_the_sum_of_its_sends_through_its_chain():
-    layout = Layout.build(["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})],
-                                            "dly": [Slot(create("delay"), {"mix": 1.0})]})
+    layout = Layout.build(
+        ["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})], "dly": [Slot(create("delay"), {"mix": 1.0})]}
+    )
     x = tracks_mono(3)
     p = neutral_params(layout, 1, 3)
     p.strip[1]["pan"] = torch.tensor([[-0.5, 0.0, 0.7]], dtype=torch.float64)
@@ -89,8 +96,12 @@ def test_bus_is_the_sum_of_its_sends_through_its_chain():
     p.buses[0][0]["decay_s"] = torch.tensor([[0.5, 0.4, 0.3, 0.2]], dtype=torch.float64)
     mix, strips = layout.render(x, p, sample_rate=SR)
     expected = strips.sum(1)
-    for k, (fn, kw) in enumerate([(dsp.reverb, dict(decay_s=[0.5, 0.4, 0.3, 0.2], mix=1.0)),
-                                  (dsp.delay, dict(time_ms=250.0, feedback=0.3, mix=1.0))]):
+    for k, (fn, kw) in enumerate(
+        [
+            (dsp.reverb, dict(decay_s=[0.5, 0.4, 0.3, 0.2], mix=1.0)),
+            (dsp.delay, dict(time_ms=250.0, feedback=0.3, mix=1.0)),
+        ]
+    ):
         bus_in = (strips * torch.pow(10.0, sends[..., k] / 20)[..., None, None]).sum(1)
         expected = expected + fn(bus_in, sample_rate=SR, **kw)
     assert error_db(mix.numpy(), expected.numpy()) < -250
@@ -99,13 +110,19 @@ def test_bus_is_the_sum_of_its_sends_through_its_chain():
 def test_track_outputs_are_each_strip_with_its_own_bus_returns_and_sum_to_the_pre_master_mix():
     """Each track's part = its strip + every bus chain applied to its send alone; with linear buses the parts
     add up to what the master receives (superposition), in float64 to rounding."""
-    layout = Layout.build(["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})],
-                                            "dly": [Slot(create("delay"), {"mix": 1.0})]})
+    layout = Layout.build(
+        ["gain", "pan"], {"verb": [Slot(create("reverb"), {"mix": 1.0})], "dly": [Slot(create("delay"), {"mix": 1.0})]}
+    )
     x = torch.cat([tracks_mono(3, seed=1), tracks_mono(3, seed=2)])
     p = neutral_params(layout, 2, 3)
     p.strip[1]["pan"] = torch.tensor([[-0.5, 0.0, 0.7], [0.2, -0.9, 0.0]], dtype=torch.float64)
-    p.sends_db = torch.tensor([[[-6.0, -math.inf], [-12.0, -3.0], [-math.inf, -20.0]],
-                               [[-math.inf, -math.inf], [-3.0, -math.inf], [-10.0, -math.inf]]], dtype=torch.float64)
+    p.sends_db = torch.tensor(
+        [
+            [[-6.0, -math.inf], [-12.0, -3.0], [-math.inf, -20.0]],
+            [[-math.inf, -math.inf], [-3.0, -math.inf], [-10.0, -math.inf]],
+        ],
+        dtype=torch.float64,
+    )
     p.buses[0][0]["decay_s"] = torch.tensor([[0.5, 0.4, 0.3, 0.2], [1.5, 1.0, 0.8, 0.6]], dtype=torch.float64)
     p.buses[1][0]["time_ms"] = torch.tensor([250.0, 120.0], dtype=torch.float64)
     _, strips = layout.render(x, p, sample_rate=SR)
@@ -114,13 +131,17 @@ def test_track_outputs_are_each_strip_with_its_own_bus_returns_and_sum_to_the_pr
     pre_master = strips.sum(1)
     for k, fn in enumerate([dsp.reverb, dsp.delay]):
         for b in range(2):
-            kw = ({"decay_s": p.buses[0][0]["decay_s"][b:b + 1]} if k == 0 else
-                  {"time_ms": p.buses[1][0]["time_ms"][b:b + 1], "feedback": 0.3})
-            pre_master[b:b + 1] += fn(bus_in[b:b + 1, k], sample_rate=SR, mix=1.0, **kw)
+            kw = (
+                {"decay_s": p.buses[0][0]["decay_s"][b : b + 1]}
+                if k == 0
+                else {"time_ms": p.buses[1][0]["time_ms"][b : b + 1], "feedback": 0.3}
+            )
+            pre_master[b : b + 1] += fn(bus_in[b : b + 1, k], sample_rate=SR, mix=1.0, **kw)
     assert error_db(parts.sum(1).numpy(), pre_master.numpy()) < -250
     # the third track of song 0 sends to the delay only: its part is its strip plus its own echo
-    alone = strips[0:1, 2] + dsp.delay(strips[0:1, 2] * 10 ** (-20 / 20), sample_rate=SR, time_ms=250.0, feedback=0.3,
-                                        mix=1.0)
+    alone = strips[0:1, 2] + dsp.delay(
+        strips[0:1, 2] * 10 ** (-20 / 20), sample_rate=SR, time_ms=250.0, feedback=0.3, mix=1.0
+    )
     assert error_db(parts[0, 2].numpy(), alone[0].numpy()) < -250
     assert torch.equal(parts[1, 0], strips[1, 0])  # no send: the strip alone
     nonlinear = Layout.build(["gain"], {"crush": ["compressor"]})
@@ -145,7 +166,7 @@ def test_padding_tracks_contribute_nothing_and_batch_equals_songs():
 
 def _item(c: Controls, i: int, tracks: int | None = None) -> Controls:
     t = slice(None, tracks)
-    return Controls(c.strip[i:i + 1, t], c.sends[i:i + 1, t], c.buses[i:i + 1], c.master[i:i + 1])
+    return Controls(c.strip[i : i + 1, t], c.sends[i : i + 1, t], c.buses[i : i + 1], c.master[i : i + 1])
 
 
 def test_gradients_reach_every_control_group_and_are_finite_on_silence():
@@ -184,7 +205,10 @@ def test_controls_logits_round_trip_and_repeat():
         assert b.shape == (2, *a.shape[1:])
         assert torch.allclose(b[1], a[0].clamp(1e-4, 1 - 1e-4), atol=1e-12)
     assert float(back.master[0, 0]) == pytest.approx(1 - 1e-4)
-    assert c.expand(3).strip.shape == (3, 3, layout.num_strip_params) and c.expand(3).strip.data_ptr() == c.strip.data_ptr()
+    assert (
+        c.expand(3).strip.shape == (3, 3, layout.num_strip_params)
+        and c.expand(3).strip.data_ptr() == c.strip.data_ptr()
+    )
 
 
 def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):
@@ -192,8 +216,9 @@ def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):
     x = tracks_mono(3, samples=22050, dtype=torch.float32)
     c = layout.random_controls(1, 3, generator=torch.Generator().manual_seed(3))
     mix, params = layout.render_normalized(x, c, sample_rate=SR)
-    setting = ConsoleSetting.from_params(layout, params, names=["a", "b", "c"], files=["a.wav", "b.wav", "c.wav"],
-                                         sample_rate=SR)
+    setting = ConsoleSetting.from_params(
+        layout, params, names=["a", "b", "c"], files=["a.wav", "b.wav", "c.wav"], sample_rate=SR
+    )
     path = setting.save(tmp_path / "console.json")
     loaded = ConsoleSetting.load(path)
     assert loaded.to_json() == setting.to_json()
@@ -224,12 +249,16 @@ def _set(path, value):
             del d[last]
         else:
             d[last] = value
+
     return mutate
 
 
 BAD = [
     (_set(["tracks", 2, "chain", 1, "bands", 0, "q"], 0), "tracks[2].chain[1].bands[0].q: 0 is not > 0"),
-    (_set(["tracks", 0, "chain", 1, "bands", 3, "freq_hz"], 30000), "tracks[0].chain[1].bands[3].freq_hz: 30000 is not < 22050"),
+    (
+        _set(["tracks", 0, "chain", 1, "bands", 3, "freq_hz"], 30000),
+        "tracks[0].chain[1].bands[3].freq_hz: 30000 is not < 22050",
+    ),
     (_set(["tracks", 1, "chain", 2, "ratio"], 0.5), "tracks[1].chain[2].ratio: 0.5 is not >= 1"),
     (_set(["tracks", 1, "chain", 2, "tresh_db"], -3), "tracks[1].chain[2]: unknown key(s) 'tresh_db'"),
     (_set(["tracks", 0, "chain", 0, "type"], "fuzz"), "tracks[0].chain[0].type: 'fuzz' is not one of"),
@@ -237,7 +266,10 @@ BAD = [
     (_set(["tracks", 0, "chain", 0, "gain_db"], "loud"), "tracks[0].chain[0].gain_db: 'loud' is not of type number"),
     (_set(["tracks", 1, "name"], "a"), "tracks[1].name: 'a' is used by tracks[0] too"),
     (_set(["tracks", 2, "sends", 0, "bus"], "plate"), "tracks[2].sends[0].bus: 'plate' is not a bus"),
-    (_set(["buses", 0, "chain", 0, "decay_s"], [1.0, 2.0]), "buses[0].chain[0].decay_s: has 2 items, expected at least 4"),
+    (
+        _set(["buses", 0, "chain", 0, "decay_s"], [1.0, 2.0]),
+        "buses[0].chain[0].decay_s: has 2 items, expected at least 4",
+    ),
     (_set(["version"], 2), "version: 2 is not 1"),
     (_set(["format"], "other"), "format: 'other' is not 'gradmix.console'"),
     (_set(["tracks", 0, "name"], KeyError), "tracks[0]: 'name' is missing"),

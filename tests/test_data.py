@@ -14,14 +14,20 @@ import torch
 from conftest import require_tool
 from gradmix.console import Layout
 from gradmix.errors import GradmixError
-from gradmix.data import (DatasetError, SegmentDataset, collate, detect_layout, find_songs, random_example,
-                          read_example)
+from gradmix.data import DatasetError, SegmentDataset, collate, detect_layout, find_songs, random_example, read_example
 
 SR = 44100
 
 
-def write(path: Path, seconds: float, channels: int = 1, seed: int = 0, rate: int = SR, level: float = 0.1,
-          silent_until: float = 0.0) -> np.ndarray:
+def write(
+    path: Path,
+    seconds: float,
+    channels: int = 1,
+    seed: int = 0,
+    rate: int = SR,
+    level: float = 0.1,
+    silent_until: float = 0.0,
+) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(seed).standard_normal((int(seconds * rate), channels)).astype(np.float32) * level
     x[: int(silent_until * rate)] = 0
@@ -65,14 +71,19 @@ def test_musdb_stem_mp4_layout(tmp_path):
         write(w, 1.0, 2, seed=k)
     (tmp_path / "db" / "train").mkdir(parents=True)
     cmd = [ffmpeg, "-v", "error", "-y", *sum((["-i", str(w)] for w in waves), [])]
-    cmd += sum((["-map", f"{k}:a"] for k in range(5)), []) + ["-c:a", "flac", "-strict", "-2",
-                                                              str(tmp_path / "db" / "train" / "x.stem.mp4")]
+    cmd += sum((["-map", f"{k}:a"] for k in range(5)), []) + [
+        "-c:a",
+        "flac",
+        "-strict",
+        "-2",
+        str(tmp_path / "db" / "train" / "x.stem.mp4"),
+    ]
     subprocess.run(cmd, check=True)
     assert detect_layout(tmp_path / "db") == "musdb"
     song = find_songs(tmp_path / "db")[0]
     ex = read_example(song, offset_s=0.25, seconds=0.5, sample_rate=SR)
     ref, _ = sf.read(waves[4], always_2d=True)  # vocals
-    np.testing.assert_allclose(ex.tracks[3].numpy(), ref[int(0.25 * SR): int(0.75 * SR)].T, atol=1e-4)
+    np.testing.assert_allclose(ex.tracks[3].numpy(), ref[int(0.25 * SR) : int(0.75 * SR)].T, atol=1e-4)
     assert ex.mix is not None
 
 
@@ -81,9 +92,11 @@ def test_medleydb_layout_and_missing_stem(tmp_path):
     write(song / "Artist_Song_STEMS" / "Artist_Song_STEM_01.wav", 1.0)
     write(song / "Artist_Song_STEMS" / "Artist_Song_STEM_02.wav", 1.0, 2)
     write(song / "Artist_Song_MIX.wav", 1.0, 2)
-    meta = ("artist: Artist\ntitle: Song\nstems:\n"
-            "  S01: {filename: Artist_Song_STEM_01.wav, instrument: electric bass}\n"
-            "  S02: {filename: Artist_Song_STEM_02.wav, instrument: piano}\n")
+    meta = (
+        "artist: Artist\ntitle: Song\nstems:\n"
+        "  S01: {filename: Artist_Song_STEM_01.wav, instrument: electric bass}\n"
+        "  S02: {filename: Artist_Song_STEM_02.wav, instrument: piano}\n"
+    )
     (song / "Artist_Song_METADATA.yaml").write_text(meta)
     assert detect_layout(tmp_path) == "medleydb"
     s = find_songs(tmp_path)[0]
@@ -100,7 +113,9 @@ def test_csv_manifest(tmp_path):
     write(tmp_path / "audio" / "b1.wav", 1.0)
     write(tmp_path / "audio" / "amix.wav", 1.0, 2)
     manifest = tmp_path / "list.csv"
-    manifest.write_text("song,stem,label,mix\nA,audio/a1.wav,vox,audio/amix.wav\nA,audio/a2.wav,,\nB,audio/b1.wav,gtr,\n")
+    manifest.write_text(
+        "song,stem,label,mix\nA,audio/a1.wav,vox,audio/amix.wav\nA,audio/a2.wav,,\nB,audio/b1.wav,gtr,\n"
+    )
     assert detect_layout(manifest) == "csv"
     songs = find_songs(manifest)
     assert [(s.name, len(s.stems)) for s in songs] == [("A", 2), ("B", 1)]
@@ -118,8 +133,7 @@ def test_random_segments_skip_silence_are_seeded_and_resample(tmp_path):
     write(tmp_path / "s" / "b.wav", 10.0, 2, rate=48000, silent_until=8.0)
     song = find_songs(tmp_path)[0]
     for seed in range(5):
-        ex = random_example(song, seconds=1.0, sample_rate=SR, generator=torch.Generator().manual_seed(seed),
-                            tries=50)
+        ex = random_example(song, seconds=1.0, sample_rate=SR, generator=torch.Generator().manual_seed(seed), tries=50)
         assert ex.offset_s > 7.0 and ex.tracks.shape == (2, 2, SR)
         assert 10 * np.log10(ex.tracks.sum(0).square().mean().item()) > -50
     a = random_example(song, seconds=1.0, generator=torch.Generator().manual_seed(3))
@@ -139,14 +153,20 @@ def test_batches_of_songs_with_different_track_counts_render_through_the_console
     assert batch.mask.tolist() == [[True] * 3, [True, False, False], [True, True, False]]
     assert batch.tracks[1, 1:].abs().max() == 0 and not batch.has_mix.any()
     layout = Layout.default()
-    mix, _ = layout.render_normalized(batch.tracks, layout.random_controls(3, 3, torch.Generator().manual_seed(0)),
-                                      sample_rate=SR, mask=batch.mask, mono=batch.mono)
+    mix, _ = layout.render_normalized(
+        batch.tracks,
+        layout.random_controls(3, 3, torch.Generator().manual_seed(0)),
+        sample_rate=SR,
+        mask=batch.mask,
+        mono=batch.mono,
+    )
     assert mix.shape == (3, 2, SR // 2) and torch.isfinite(mix).all()
     again = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)))
     assert torch.equal(again.tracks, batch.tracks)
     ds.set_epoch(1)
-    assert not torch.equal(next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate))).tracks,
-                           batch.tracks)
+    assert not torch.equal(
+        next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate))).tracks, batch.tracks
+    )
 
 
 def test_bad_roots(tmp_path):
@@ -161,16 +181,16 @@ def test_wet_stems_are_read_beside_their_dry_stems_and_batched_with_a_mask(tmp_p
     """``<song>/wet/<stem file>`` is that stem's wet version; tracks without one are masked out."""
     dry_a = write(tmp_path / "one" / "a.wav", 2.0, seed=1)
     write(tmp_path / "one" / "b.wav", 2.0, 2, seed=2)
-    wet_a = write(tmp_path / "one" / "wet" / "a.wav", 2.0, 2, seed=3)          # a stereo wet of a mono dry
+    wet_a = write(tmp_path / "one" / "wet" / "a.wav", 2.0, 2, seed=3)  # a stereo wet of a mono dry
     write(tmp_path / "two" / "c.wav", 2.0, seed=4)
     songs = find_songs(tmp_path)
-    assert [s.name for s in songs] == ["one", "two"]                           # wet/ is no song and no stem
+    assert [s.name for s in songs] == ["one", "two"]  # wet/ is no song and no stem
     assert [r.name for r in songs[0].stems] == ["a", "b"]
     assert songs[0].stems[0].wet == tmp_path / "one" / "wet" / "a.wav" and songs[0].stems[1].wet is None
     ex = read_example(songs[0], offset_s=0.5, seconds=1.0, sample_rate=SR)
     assert ex.has_wet.tolist() == [True, False] and ex.wet.shape == ex.tracks.shape == (2, 2, SR)
-    assert np.array_equal(ex.wet[0].numpy().T, wet_a[SR // 2: SR // 2 + SR])
-    assert np.array_equal(ex.tracks[0, 0].numpy(), dry_a[SR // 2: SR // 2 + SR, 0]) and ex.wet[1].abs().max() == 0
+    assert np.array_equal(ex.wet[0].numpy().T, wet_a[SR // 2 : SR // 2 + SR])
+    assert np.array_equal(ex.tracks[0, 0].numpy(), dry_a[SR // 2 : SR // 2 + SR, 0]) and ex.wet[1].abs().max() == 0
     plain = read_example(songs[1], seconds=1.0)
     assert plain.wet is None and plain.has_wet is None
     batch = collate([plain, ex])

@@ -25,7 +25,7 @@ def harmonic_db(y, freq, sr=SR):
     w = np.hanning(y.size)
     spec = np.abs(np.fft.rfft(y * w)) / (w.sum() / 2)
     k = int(round(freq * y.size / sr))
-    return 20 * np.log10(spec[k - 2:k + 3].max() + 1e-30)
+    return 20 * np.log10(spec[k - 2 : k + 3].max() + 1e-30)
 
 
 @pytest.mark.parametrize("shape", DISTORTION_SHAPES)
@@ -48,9 +48,12 @@ def _rbj_highpass(f0, q, sr):
     return b / a[0], a / a[0]
 
 
-CURVES = {"tanh": np.tanh, "soft_clip": lambda u: np.where(np.abs(u) <= 1.5, u - 4 * u ** 3 / 27, np.sign(u)),
-          "hard_clip": lambda u: np.clip(u, -1, 1),
-          "asymmetric": lambda u: (np.tanh(u + 0.5) - np.tanh(0.5)) / (1 - np.tanh(0.5) ** 2)}
+CURVES = {
+    "tanh": np.tanh,
+    "soft_clip": lambda u: np.where(np.abs(u) <= 1.5, u - 4 * u**3 / 27, np.sign(u)),
+    "hard_clip": lambda u: np.clip(u, -1, 1),
+    "asymmetric": lambda u: (np.tanh(u + 0.5) - np.tanh(0.5)) / (1 - np.tanh(0.5) ** 2),
+}
 
 
 @pytest.mark.parametrize("shape", DISTORTION_SHAPES)
@@ -106,13 +109,15 @@ def test_reverb_impulse_response_decays_per_band():
     decay = torch.tensor([[2.0, 1.0, 0.5, 0.25]], dtype=torch.float64)
     sr = 16000.0
     h = reverb_impulse_response(sample_rate=sr, decay_s=decay, channels=1)[0, 0].numpy()
-    assert abs((h ** 2).sum() - 1) < 1e-9
+    assert abs((h**2).sum() - 1) < 1e-9
     edges = [20.0, *REVERB_CROSSOVERS_HZ, sr / 2]
     for k in range(4):
         lo, hi = edges[k] * (1.5 if k else 1), edges[k + 1] / 1.5
-        sos = scipy.signal.butter(6, [lo, hi] if k < 3 else lo, "bandpass" if k < 3 else "highpass", fs=sr, output="sos")
+        sos = scipy.signal.butter(
+            6, [lo, hi] if k < 3 else lo, "bandpass" if k < 3 else "highpass", fs=sr, output="sos"
+        )
         band = scipy.signal.sosfiltfilt(sos, h)
-        schroeder = np.cumsum((band ** 2)[::-1])[::-1]  # energy decay curve (ISO 3382)
+        schroeder = np.cumsum((band**2)[::-1])[::-1]  # energy decay curve (ISO 3382)
         edc = 10 * np.log10(schroeder / schroeder[0])
         t = np.arange(h.size) / sr
         window = (edc < -5) & (edc > -25)  # T20
@@ -124,8 +129,10 @@ def test_reverb_impulse_response_moves_smoothly_with_the_decay():
     """Across a step of the IR's length (1/8 s) the room stays the same: a small change of the decay times
     is a small change of the response, so their gradients lead somewhere."""
     sr = 8000.0
-    short, long = (reverb_impulse_response(sample_rate=sr, decay_s=torch.full((1, 4), d, dtype=torch.float64),
-                                           channels=2)[0] for d in (1.24, 1.26))  # 1.25 s and 1.375 s long
+    short, long = (
+        reverb_impulse_response(sample_rate=sr, decay_s=torch.full((1, 4), d, dtype=torch.float64), channels=2)[0]
+        for d in (1.24, 1.26)
+    )  # 1.25 s and 1.375 s long
     assert short.shape[-1] < long.shape[-1]
     short = torch.nn.functional.pad(short, (0, long.shape[-1] - short.shape[-1]))
     assert ((short - long).square().sum() / long.square().sum()).item() < 1e-3
@@ -167,14 +174,24 @@ def test_time_effects_gradcheck():
 
     assert torch.autograd.gradcheck(
         lambda x, d, p, m: reverb(x, sample_rate=4000, decay_s=d, predelay_ms=p, mix=m),
-        (x, torch.tensor([[0.02, 0.03, 0.01, 0.015], [0.01, 0.02, 0.03, 0.025]], dtype=torch.float64,
-                         requires_grad=True), t(3.3, 1.2), t(0.5, 0.7)))
-    assert torch.autograd.gradcheck(lambda x, d, f, m: delay(x, sample_rate=4000, time_ms=d, feedback=f, mix=m),
-                                    (x, t(3.3, 5.2), t(0.5, -0.7), t(0.5, 0.7)))
+        (
+            x,
+            torch.tensor(
+                [[0.02, 0.03, 0.01, 0.015], [0.01, 0.02, 0.03, 0.025]], dtype=torch.float64, requires_grad=True
+            ),
+            t(3.3, 1.2),
+            t(0.5, 0.7),
+        ),
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, d, f, m: delay(x, sample_rate=4000, time_ms=d, feedback=f, mix=m),
+        (x, t(3.3, 5.2), t(0.5, -0.7), t(0.5, 0.7)),
+    )
     for shape in DISTORTION_SHAPES:
         assert torch.autograd.gradcheck(
             lambda x, d, tone, m: distortion(x * 0.3, sample_rate=4000, drive_db=d, tone_db=tone, mix=m, shape=shape),
-            (x, t(3.3, 5.2), t(2.0, -3.0), t(0.5, 0.7)))
+            (x, t(3.3, 5.2), t(2.0, -3.0), t(0.5, 0.7)),
+        )
 
 
 def test_time_effect_bad_parameters():

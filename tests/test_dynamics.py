@@ -57,16 +57,33 @@ def music_like(rng, channels=2, n=4000):
 def test_compressor_matches_reference(rng, knee):
     x = music_like(rng)
     kw = dict(threshold=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0, knee=knee, makeup=3.0)
-    y = compressor(torch.tensor(x)[None], sample_rate=SR, threshold_db=-20.0, ratio=4.0, attack_ms=3.0,
-                   release_ms=60.0, knee_db=knee, makeup_db=3.0)[0].numpy()
+    y = compressor(
+        torch.tensor(x)[None],
+        sample_rate=SR,
+        threshold_db=-20.0,
+        ratio=4.0,
+        attack_ms=3.0,
+        release_ms=60.0,
+        knee_db=knee,
+        makeup_db=3.0,
+    )[0].numpy()
     assert error_db(y, reference(x, SR, "compressor", **kw)) < -200
 
 
 def test_expander_matches_reference(rng):
     x = music_like(rng)
     kw = dict(threshold=-25.0, ratio=3.0, attack_ms=2.0, release_ms=80.0, knee=4.0, makeup=1.0, range_db=40.0)
-    y = expander(torch.tensor(x)[None], sample_rate=SR, threshold_db=-25.0, ratio=3.0, attack_ms=2.0, release_ms=80.0,
-                 knee_db=4.0, range_db=40.0, makeup_db=1.0)[0].numpy()
+    y = expander(
+        torch.tensor(x)[None],
+        sample_rate=SR,
+        threshold_db=-25.0,
+        ratio=3.0,
+        attack_ms=2.0,
+        release_ms=80.0,
+        knee_db=4.0,
+        range_db=40.0,
+        makeup_db=1.0,
+    )[0].numpy()
     assert error_db(y, reference(x, SR, "expander", **kw)) < -200
 
 
@@ -81,20 +98,23 @@ def test_compressor_identity_below_threshold_and_slope_above(ratio, knee):
     threshold = -20.0
     levels = np.array([-40.0, -30.0, -10.0, -5.0, 0.0])
     x = torch.tensor(np.stack([square(lv, 4000) for lv in levels])[:, None])
-    y = compressor(x, sample_rate=SR, threshold_db=threshold, ratio=ratio, attack_ms=1.0, release_ms=10.0,
-                   knee_db=knee)
+    y = compressor(x, sample_rate=SR, threshold_db=threshold, ratio=ratio, attack_ms=1.0, release_ms=10.0, knee_db=knee)
     out_db = 20 * np.log10(np.abs(y[:, 0, -1].numpy()))
     expected = np.where(levels < threshold - knee / 2, levels, threshold + (levels - threshold) / ratio)
     np.testing.assert_allclose(out_db, expected, atol=1e-6)
     below = x[:2]
-    assert torch.equal(compressor(below, sample_rate=SR, threshold_db=threshold, ratio=ratio, attack_ms=1.0,
-                                  release_ms=10.0, knee_db=knee), below)
+    assert torch.equal(
+        compressor(
+            below, sample_rate=SR, threshold_db=threshold, ratio=ratio, attack_ms=1.0, release_ms=10.0, knee_db=knee
+        ),
+        below,
+    )
 
 
 def time_to_63_percent(gain_db: np.ndarray, start: int, target: float) -> float:
     """Samples from ``start`` until the gain has covered 1 - 1/e of its way to ``target``, interpolated."""
     g0, g1 = gain_db[start - 1], target
-    frac = (gain_db[start - 1:] - g0) / (g1 - g0)
+    frac = (gain_db[start - 1 :] - g0) / (g1 - g0)
     k = int(np.argmax(frac >= 1 - 1 / math.e))
     return k - 1 + (1 - 1 / math.e - frac[k - 1]) / (frac[k] - frac[k - 1])
 
@@ -105,8 +125,15 @@ def test_attack_and_release_time_constants_from_step_responses(attack_ms, releas
     n = int(sr * 4)
     quiet, loud = np.full(n // 4, 10 ** (-40 / 20)), np.full(n // 2, 10 ** (-10 / 20))
     x = np.concatenate([quiet, loud, quiet])
-    y = compressor(torch.tensor(x)[None, None], sample_rate=sr, threshold_db=-30.0, ratio=20.0, attack_ms=attack_ms,
-                   release_ms=release_ms, knee_db=0.0)[0, 0].numpy()
+    y = compressor(
+        torch.tensor(x)[None, None],
+        sample_rate=sr,
+        threshold_db=-30.0,
+        ratio=20.0,
+        attack_ms=attack_ms,
+        release_ms=release_ms,
+        knee_db=0.0,
+    )[0, 0].numpy()
     gain_db = 20 * np.log10(y / x)
     attack = time_to_63_percent(gain_db, n // 4, target=(1 / 20 - 1) * 20) / sr * 1000
     release = time_to_63_percent(gain_db, n // 4 + n // 2, target=0.0) / sr * 1000
@@ -117,8 +144,9 @@ def test_attack_and_release_time_constants_from_step_responses(attack_ms, releas
 def test_expander_and_gate_static_curves():
     levels = np.array([-70.0, -50.0, -35.0, -20.0])
     x = torch.tensor(np.stack([square(lv, 4000) for lv in levels])[:, None])
-    y = expander(x, sample_rate=SR, threshold_db=-30.0, ratio=2.0, attack_ms=1.0, release_ms=5.0, knee_db=0.0,
-                 range_db=30.0)
+    y = expander(
+        x, sample_rate=SR, threshold_db=-30.0, ratio=2.0, attack_ms=1.0, release_ms=5.0, knee_db=0.0, range_db=30.0
+    )
     out = 20 * np.log10(np.abs(y[:, 0, -1].numpy()))
     expected = np.maximum(np.where(levels < -30, -30 + 2 * (levels + 30), levels), levels - 30)
     np.testing.assert_allclose(out, expected, atol=1e-6)
@@ -138,8 +166,8 @@ def limiter_reference(x, sr, ceiling_db, release_ms, gain_db, lookahead_ms):
     n = x.shape[-1]
     r = np.minimum(1.0, c / np.maximum(np.abs(x).max(0), 1e-30))
     padded = np.concatenate([np.ones(L), r, np.ones(L)])
-    minima = np.array([padded[i: i + L + 1].min() for i in range(n + L)])  # window starting at i - L
-    averaged = np.array([minima[i: i + L + 1].mean() for i in range(n)])
+    minima = np.array([padded[i : i + L + 1].min() for i in range(n + L)])  # window starting at i - L
+    averaged = np.array([minima[i : i + L + 1].mean() for i in range(n)])
     w = 1 - np.exp(-1000 / (release_ms * sr))
     gain, prev = np.empty(n), 1.0
     for i in range(n):
@@ -159,13 +187,19 @@ def test_limiter_matches_its_documented_gain(rng, lookahead_ms):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), ceiling_db=st.floats(-12.0, 0.0), gain_db=st.floats(0.0, 24.0),
-       lookahead_ms=st.sampled_from([0.0, 0.5, 5.0]), release_ms=st.floats(1.0, 1000.0))
+@given(
+    seed=st.integers(0, 10_000),
+    ceiling_db=st.floats(-12.0, 0.0),
+    gain_db=st.floats(0.0, 24.0),
+    lookahead_ms=st.sampled_from([0.0, 0.5, 5.0]),
+    release_ms=st.floats(1.0, 1000.0),
+)
 def test_limiter_output_never_exceeds_ceiling(seed, ceiling_db, gain_db, lookahead_ms, release_ms):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 2, 3000, generator=gen) * torch.rand(2, 1, 3000, generator=gen) ** 4 * 2
-    y = limiter(x, sample_rate=SR, ceiling_db=ceiling_db, release_ms=release_ms, gain_db=gain_db,
-                lookahead_ms=lookahead_ms)
+    y = limiter(
+        x, sample_rate=SR, ceiling_db=ceiling_db, release_ms=release_ms, gain_db=gain_db, lookahead_ms=lookahead_ms
+    )
     assert y.abs().max().item() <= 10 ** (ceiling_db / 20), (seed, ceiling_db, gain_db, lookahead_ms)
 
 
@@ -182,15 +216,18 @@ def test_limiter_fades_in_over_the_lookahead_before_a_peak():
     L = limiter_latency_samples(5.0, SR)
     assert y[200].item() <= 1.0
     assert torch.allclose(y[: 200 - L], x[0, 0, : 200 - L])
-    assert bool((y[200 - L: 200].diff() <= 1e-12).all())  # gain falls monotonically towards the peak
+    assert bool((y[200 - L : 200].diff() <= 1e-12).all())  # gain falls monotonically towards the peak
 
 
-@pytest.mark.parametrize("fn,kw", [
-    (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0, knee_db=6.0, makeup_db=2.0)),
-    (compressor, dict(threshold_db=-20.0, ratio=8.0, attack_ms=1.0, release_ms=30.0, knee_db=0.0)),
-    (expander, dict(threshold_db=-25.0, ratio=3.0, attack_ms=2.0, release_ms=80.0, knee_db=4.0, range_db=40.0)),
-    (noise_gate, dict(threshold_db=-30.0, attack_ms=1.0, release_ms=50.0, range_db=60.0, knee_db=0.0)),
-])
+@pytest.mark.parametrize(
+    "fn,kw",
+    [
+        (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0, knee_db=6.0, makeup_db=2.0)),
+        (compressor, dict(threshold_db=-20.0, ratio=8.0, attack_ms=1.0, release_ms=30.0, knee_db=0.0)),
+        (expander, dict(threshold_db=-25.0, ratio=3.0, attack_ms=2.0, release_ms=80.0, knee_db=4.0, range_db=40.0)),
+        (noise_gate, dict(threshold_db=-30.0, attack_ms=1.0, release_ms=50.0, range_db=60.0, knee_db=0.0)),
+    ],
+)
 def test_fused_inference_path_equals_the_differentiable_path(rng, fn, kw):
     x = torch.tensor(music_like(rng))[None]
     with torch.no_grad():
@@ -210,11 +247,14 @@ def test_limiter_inference_path_equals_the_differentiable_path(rng, lookahead_ms
     assert fast.abs().max().item() <= 10 ** (-2 / 20)
 
 
-@pytest.mark.parametrize("fn,kw", [
-    (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0)),
-    (limiter, dict(gain_db=6.0)),
-    (limiter, dict(gain_db=0.0, lookahead_ms=0.0)),
-])
+@pytest.mark.parametrize(
+    "fn,kw",
+    [
+        (compressor, dict(threshold_db=-20.0, ratio=4.0, attack_ms=3.0, release_ms=60.0)),
+        (limiter, dict(gain_db=6.0)),
+        (limiter, dict(gain_db=0.0, lookahead_ms=0.0)),
+    ],
+)
 def test_inference_paths_leave_the_input_untouched(rng, fn, kw):
     """They reuse their own temporaries in place, never the caller's audio."""
     x = torch.tensor(music_like(rng) * 3, dtype=torch.float32)[None]
@@ -240,12 +280,39 @@ def test_running_min():
 
 
 GRAD_CASES = {
-    "compressor": (compressor, dict(threshold_db=[-10.0, -6.0], ratio=[4.0, 2.0], attack_ms=[1.0, 3.0],
-                                    release_ms=[20.0, 10.0], knee_db=[6.0, 3.0], makeup_db=[1.0, 2.0])),
-    "expander": (expander, dict(threshold_db=[-6.0, -3.0], ratio=[2.0, 3.0], attack_ms=[1.0, 3.0],
-                                release_ms=[20.0, 10.0], knee_db=[6.0, 3.0], range_db=[40.0, 60.0], makeup_db=[1.0, 0.0])),
-    "gate": (noise_gate, dict(threshold_db=[-6.0, -3.0], attack_ms=[1.0, 3.0], release_ms=[20.0, 10.0],
-                              range_db=[40.0, 60.0], knee_db=[6.0, 3.0])),
+    "compressor": (
+        compressor,
+        dict(
+            threshold_db=[-10.0, -6.0],
+            ratio=[4.0, 2.0],
+            attack_ms=[1.0, 3.0],
+            release_ms=[20.0, 10.0],
+            knee_db=[6.0, 3.0],
+            makeup_db=[1.0, 2.0],
+        ),
+    ),
+    "expander": (
+        expander,
+        dict(
+            threshold_db=[-6.0, -3.0],
+            ratio=[2.0, 3.0],
+            attack_ms=[1.0, 3.0],
+            release_ms=[20.0, 10.0],
+            knee_db=[6.0, 3.0],
+            range_db=[40.0, 60.0],
+            makeup_db=[1.0, 0.0],
+        ),
+    ),
+    "gate": (
+        noise_gate,
+        dict(
+            threshold_db=[-6.0, -3.0],
+            attack_ms=[1.0, 3.0],
+            release_ms=[20.0, 10.0],
+            range_db=[40.0, 60.0],
+            knee_db=[6.0, 3.0],
+        ),
+    ),
     "limiter": (limiter, dict(ceiling_db=[-3.0, -6.0], release_ms=[30.0, 10.0], gain_db=[3.0, 6.0])),
 }
 

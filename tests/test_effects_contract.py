@@ -108,17 +108,26 @@ def test_normalise_round_trip_and_defaults_in_range(name, config):
 # Per effect: excerpt length and an affine map (scale, shift) of the random controls under which every control
 # moves the output inside the excerpt — delay times and pre-delays shorter than it, a short reverb tail, a gate
 # threshold within the signal's levels (else the gate stays open and every gradient is 0).
-GRADCHECK_SETUP = {"delay": (2048, [0.1, 1, 1], 0.0), "reverb": (2048, [0.2] * 4 + [0.1, 1], 0.0),
-                   "gate": (512, [0.1, 1, 0.2, 1, 1], torch.tensor([0.85, 0, 0, 0, 0], dtype=torch.float64))}
+GRADCHECK_SETUP = {
+    "delay": (2048, [0.1, 1, 1], 0.0),
+    "reverb": (2048, [0.2] * 4 + [0.1, 1], 0.0),
+    "gate": (512, [0.1, 1, 0.2, 1, 1], torch.tensor([0.85, 0, 0, 0, 0], dtype=torch.float64)),
+}
 
 
 def dead_controls(effect: Effect, grad: torch.Tensor) -> list[str]:
     """Controls whose gradient is 0 for every item, leaving out gains of EQ bands whose shape has none."""
     shapes = effect.config().get("shapes", [])
-    gainless = {j for j, s in enumerate(effect.specs)
-                if s.name == "gain_db" and shapes and shapes[sum(t.name == "gain_db" for t in effect.specs[:j])]
-                not in GAIN_SHAPES}
-    return [f"{s.name}[{j}]" for j, s in enumerate(effect.specs) if j not in gainless and not grad[:, j].abs().max() > 0]
+    gainless = {
+        j
+        for j, s in enumerate(effect.specs)
+        if s.name == "gain_db"
+        and shapes
+        and shapes[sum(t.name == "gain_db" for t in effect.specs[:j])] not in GAIN_SHAPES
+    }
+    return [
+        f"{s.name}[{j}]" for j, s in enumerate(effect.specs) if j not in gainless and not grad[:, j].abs().max() > 0
+    ]
 
 
 @pytest.mark.parametrize("name,config", CONFIGS, ids=IDS)
@@ -128,11 +137,13 @@ def test_gradcheck_through_controls(name, config):
     x = audio(effect, 2, samples, torch.float64).requires_grad_()
     u = controls(effect, 2, seed=1, dtype=torch.float64, lo=0.05, hi=0.95)
     u = (u * torch.as_tensor(scale, dtype=torch.float64) + shift).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, u: effect.apply_normalized(x, u, sample_rate=SR)[0], (x, u),
-                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda x, u: effect.apply_normalized(x, u, sample_rate=SR)[0], (x, u), fast_mode=True
+    )
     y = effect.apply_normalized(x, u, sample_rate=SR)[0]
-    (grad,) = torch.autograd.grad((y * torch.randn(y.shape, generator=torch.Generator().manual_seed(0),
-                                                   dtype=y.dtype)).sum(), u)
+    (grad,) = torch.autograd.grad(
+        (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)).sum(), u
+    )
     assert not dead_controls(effect, grad), "controls that do not move the output: the check above saw 0 = 0"
 
 
@@ -162,7 +173,7 @@ def test_batch_equals_items(name, config):
     u = controls(effect, 3, seed=3, dtype=torch.float64)
     y, _ = effect.apply_normalized(x, u, sample_rate=SR)
     for i in range(3):
-        yi, _ = effect.apply_normalized(x[i:i + 1], u[i:i + 1], sample_rate=SR)
+        yi, _ = effect.apply_normalized(x[i : i + 1], u[i : i + 1], sample_rate=SR)
         err = (yi[0] - y[i]).abs().max().item() / max(y[i].abs().max().item(), 1e-30)
         assert err < 1e-9, (name, i, err)
 
@@ -178,8 +189,12 @@ def test_edges_of_every_range_and_extreme_signals(name, config, data):
     channels = 1 if effect.mono_in else 2
     n = 3000
     gen = torch.Generator().manual_seed(0)
-    x = {"silence": torch.zeros(1, channels, n), "full_scale_noise": torch.rand(1, channels, n, generator=gen) * 2 - 1,
-         "dc": torch.ones(1, channels, n), "impulse": torch.nn.functional.pad(torch.ones(1, channels, 1), (0, n - 1))}[kind]
+    x = {
+        "silence": torch.zeros(1, channels, n),
+        "full_scale_noise": torch.rand(1, channels, n, generator=gen) * 2 - 1,
+        "dc": torch.ones(1, channels, n),
+        "impulse": torch.nn.functional.pad(torch.ones(1, channels, 1), (0, n - 1)),
+    }[kind]
     x.requires_grad_()
     u.requires_grad_()
     y, _ = effect.apply_normalized(x, u, sample_rate=SR)
@@ -194,7 +209,7 @@ def test_defaults_are_neutral_or_nearly(name):
     effect = create(name)
     x = audio(effect, 1, 4410, torch.float64) * 0.1
     y = effect(x, sample_rate=SR)
-    ref = torch.cat([x, x], 1) * (0.5 ** 0.5) if effect.mono_in else x
+    ref = torch.cat([x, x], 1) * (0.5**0.5) if effect.mono_in else x
     err = (y - ref).abs().max().item() / ref.abs().max().item()
     assert err < 1e-6, (name, err)
 

@@ -24,8 +24,16 @@ def test_eval_writes_tables_plots_page_and_resumes(tmp_path, capsys):
         mix = stems[0] * 0.5 + stems[1] * 0.8
         sf.write(d / "mix.wav", mix.astype(np.float32), SR)
     out = tmp_path / "results"
-    args = ["eval", str(tmp_path / "data"), "--systems", "plain_sum,equal_loudness,rules,random_console,target",
-            "-o", str(out), "--seconds", "2"]
+    args = [
+        "eval",
+        str(tmp_path / "data"),
+        "--systems",
+        "plain_sum,equal_loudness,rules,random_console,target",
+        "-o",
+        str(out),
+        "--seconds",
+        "2",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| target | 0.000 ± 0.000" in text  # the human mix against itself scores zero
@@ -64,8 +72,12 @@ def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):
         for i, s in enumerate(stems):
             sf.write(d / f"t{i}.wav", s.astype(np.float32), SR)
         sf.write(d / "mix.wav", np.concatenate(stems, 1).astype(np.float32), SR)
-    model = save_model(tmp_path / "m.pt", MixController(Layout.default(), ModelConfig(channels=(4, 8), dim=16, layers=1)),
-                       sample_rate=SR, info={"excluded": ["song0"]})
+    model = save_model(
+        tmp_path / "m.pt",
+        MixController(Layout.default(), ModelConfig(channels=(4, 8), dim=16, layers=1)),
+        sample_rate=SR,
+        info={"excluded": ["song0"]},
+    )
     out = tmp_path / "results"
     base = ["eval", str(tmp_path / "data"), "--model", str(model), "-o", str(out)]
     assert main([*base, "--systems", "gradmix,equal_loudness", "--songs", "song1"]) == 0

@@ -14,8 +14,14 @@ import torch
 from gradmix.cli.main import main
 from gradmix.console import ConsoleSetting
 from gradmix.errors import GradmixError
-from gradmix.metrics.tracks import (ambience_db, compression_db, descriptor_spread, eq_tilt_db_per_octave,
-                                    track_descriptors, track_errors)
+from gradmix.metrics.tracks import (
+    ambience_db,
+    compression_db,
+    descriptor_spread,
+    eq_tilt_db_per_octave,
+    track_descriptors,
+    track_errors,
+)
 
 SR = 44100
 SECONDS = 2
@@ -30,8 +36,11 @@ def high_shelf(freq_hz: float, gain_db: float, sample_rate: float = SR) -> tuple
     w0 = 2 * math.pi * freq_hz / sample_rate
     alpha = math.sin(w0) / 2 * math.sqrt(2)
     c, k = math.cos(w0), 2 * math.sqrt(a_lin) * alpha
-    b = [a_lin * ((a_lin + 1) + (a_lin - 1) * c + k), -2 * a_lin * ((a_lin - 1) + (a_lin + 1) * c),
-         a_lin * ((a_lin + 1) + (a_lin - 1) * c - k)]
+    b = [
+        a_lin * ((a_lin + 1) + (a_lin - 1) * c + k),
+        -2 * a_lin * ((a_lin - 1) + (a_lin + 1) * c),
+        a_lin * ((a_lin + 1) + (a_lin - 1) * c - k),
+    ]
     a = [(a_lin + 1) - (a_lin - 1) * c + k, 2 * ((a_lin - 1) - (a_lin + 1) * c), (a_lin + 1) - (a_lin - 1) * c - k]
     return np.array(b) / a[0], np.array(a) / a[0]
 
@@ -53,8 +62,11 @@ def song_audio(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     centre = 1 / math.sqrt(2)
     a, b, c = dry
     bright = scipy.signal.lfilter(*high_shelf(**SHELF), b)
-    wet = [np.stack([a, np.zeros_like(a)], 1), np.stack([bright, bright], 1) * centre,
-           np.stack([c, c], 1) * centre * 10 ** (6 / 20)]
+    wet = [
+        np.stack([a, np.zeros_like(a)], 1),
+        np.stack([bright, bright], 1) * centre,
+        np.stack([c, c], 1) * centre * 10 ** (6 / 20),
+    ]
     return dry, wet
 
 
@@ -78,6 +90,7 @@ def tensors(seed: int = 0):
 
 
 # ---- ConsoleSetting.track_outputs ------------------------------------------------------------------------------
+
 
 def test_track_parts_sum_to_the_mix_before_the_master_chain():
     rng = np.random.default_rng(3)
@@ -105,6 +118,7 @@ def test_track_parts_sum_to_the_mix_before_the_master_chain():
 
 
 # ---- the measures ----------------------------------------------------------------------------------------------
+
 
 def test_the_wet_stems_against_themselves_have_no_error_and_spread_ratio_one():
     dry, wet, has = tensors()
@@ -156,27 +170,41 @@ def test_tilt_recovers_the_sign_and_size_of_a_shelf():
 def test_compression_and_ambience_descriptors():
     t = torch.arange(SR, dtype=torch.float64) / SR
     tone = torch.sin(2 * math.pi * 1000 * t)
-    loud_then_quiet = torch.cat([tone[: SR // 2], tone[SR // 2:] * 0.25])[None, None]  # 12 dB step
-    squashed = torch.cat([tone[: SR // 2] * 0.5, tone[SR // 2:] * 0.25])[None, None]  # the loud half 6 dB down
+    loud_then_quiet = torch.cat([tone[: SR // 2], tone[SR // 2 :] * 0.25])[None, None]  # 12 dB step
+    squashed = torch.cat([tone[: SR // 2] * 0.5, tone[SR // 2 :] * 0.25])[None, None]  # the loud half 6 dB down
     # crest = 10 log10(max frame power / mean): 10 log10(2 / (1 + 1/16)) - 10 log10(2 / (1 + 1/4)) = 0.706 dB
     expected = 10 * math.log10(2 / (1 + 1 / 16)) - 10 * math.log10(2 / (1 + 1 / 4))
     assert float(compression_db(squashed, loud_then_quiet, sample_rate=SR)) == pytest.approx(expected, abs=0.02)
     assert float(compression_db(loud_then_quiet * 3, loud_then_quiet, sample_rate=SR)) == pytest.approx(0.0, abs=1e-9)
     burst = torch.cat([tone[: SR // 4], torch.zeros(3 * SR // 4, dtype=torch.float64)])[None, None]
     after = t[: 3 * SR // 4]
-    tail = burst + torch.cat([torch.zeros(SR // 4, dtype=torch.float64),
-                              0.3 * torch.exp(-after / 0.2) * torch.sin(2 * math.pi * 700 * after)])
+    tail = burst + torch.cat(
+        [
+            torch.zeros(SR // 4, dtype=torch.float64),
+            0.3 * torch.exp(-after / 0.2) * torch.sin(2 * math.pi * 700 * after),
+        ]
+    )
     assert float(ambience_db(burst * 0.5, burst, sample_rate=SR)) == pytest.approx(0.0, abs=1e-9)
     assert float(ambience_db(tail, burst, sample_rate=SR)) > 40  # the dry's gaps are silent, the tail fills them
 
 
 # ---- gradmix eval --tracks ----------------------------------------------------------------------------------------
 
+
 def test_eval_tracks_writes_tables_and_resumes(tmp_path, capsys):
     write_dataset(tmp_path / "data", songs=2)
     out = tmp_path / "results"
-    args = ["eval", str(tmp_path / "data"), "--systems", "plain_sum,equal_loudness", "-o", str(out),
-            "--seconds", str(EXCERPT_S), "--tracks"]
+    args = [
+        "eval",
+        str(tmp_path / "data"),
+        "--systems",
+        "plain_sum,equal_loudness",
+        "-o",
+        str(out),
+        "--seconds",
+        str(EXCERPT_S),
+        "--tracks",
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "measured 6 track(s) in 2 song(s), 2 off-centre" in captured.out and not captured.err
@@ -223,8 +251,12 @@ def test_model_as_adds_a_system_and_refuses_bad_names_and_paths(tmp_path, capsys
     model = save_model(tmp_path / "m.pt", tiny, sample_rate=SR, info={})
     out = tmp_path / "results"
     base = ["eval", str(tmp_path / "data"), "--systems", "target", "-o", str(out), "--seconds", str(EXCERPT_S)]
-    for bad, why in ((f"plain_sum={model}", "already a system"), (f"gradmix={model}", "already a system"),
-                     (f"previous={tmp_path / 'nope.pt'}", "does not exist"), ("previous", "NAME=PATH")):
+    for bad, why in (
+        (f"plain_sum={model}", "already a system"),
+        (f"gradmix={model}", "already a system"),
+        (f"previous={tmp_path / 'nope.pt'}", "does not exist"),
+        ("previous", "NAME=PATH"),
+    ):
         assert main([*base, "--model-as", bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and why in err, err

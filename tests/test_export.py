@@ -39,30 +39,50 @@ def make_session(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name, rate, ch, sec, subtype in STEMS:
-        sf.write(folder / name, (rng.standard_normal((int(sec * rate), ch)) * 0.1).astype(np.float32), rate,
-                 subtype=subtype)
+        sf.write(
+            folder / name, (rng.standard_normal((int(sec * rate), ch)) * 0.1).astype(np.float32), rate, subtype=subtype
+        )
     s = ConsoleSetting.neutral(["kick", "gtr", "vox"], [n for n, *_ in STEMS], sample_rate=SR)
     kick = s.tracks[0]
     kick.chain[0].params["gain_db"] = -6.0
-    kick.chain[1].params.update(freq_hz=[80.0, 200.0, 900.0, 2500.0, 5000.0, 9000.0],
-                                gain_db=[3.0, -2.5, 1.0, 0.0, -4.0, 2.0], q=[0.7, 1.5, 2.0, 1.0, 3.0, 0.9])
-    kick.chain[2].params.update(threshold_db=-20.0, ratio=4.0, attack_ms=5.0, release_ms=80.0, knee_db=3.0,
-                                makeup_db=2.0)
+    kick.chain[1].params.update(
+        freq_hz=[80.0, 200.0, 900.0, 2500.0, 5000.0, 9000.0],
+        gain_db=[3.0, -2.5, 1.0, 0.0, -4.0, 2.0],
+        q=[0.7, 1.5, 2.0, 1.0, 3.0, 0.9],
+    )
+    kick.chain[2].params.update(
+        threshold_db=-20.0, ratio=4.0, attack_ms=5.0, release_ms=80.0, knee_db=3.0, makeup_db=2.0
+    )
     kick.chain[3].params["pan"] = -0.5
     kick.sends = {"reverb": -12.0, "delay": -20.0}
     shapes = ["highpass", "low_shelf", "peak", "notch", "bandpass", "high_shelf", "lowpass"]
     eq = ParametricEQ(shapes)
     s.tracks[1].chain = [
         entry("gain", gain_db=3.0),
-        Entry(eq, eq.complete({"freq_hz": [40.0, 120.0, 700.0, 1000.0, 3000.0, 8000.0, 16000.0],
-                               "gain_db": [0.0, 2.0, -3.0, 0.0, 0.0, 1.5, 0.0],
-                               "q": [0.707, 0.8, 1.2, 8.0, 2.0, 0.707, 0.6]})),
+        Entry(
+            eq,
+            eq.complete(
+                {
+                    "freq_hz": [40.0, 120.0, 700.0, 1000.0, 3000.0, 8000.0, 16000.0],
+                    "gain_db": [0.0, 2.0, -3.0, 0.0, 0.0, 1.5, 0.0],
+                    "q": [0.707, 0.8, 1.2, 8.0, 2.0, 0.707, 0.6],
+                }
+            ),
+        ),
         entry("distortion", {"shape": "soft_clip"}, drive_db=9.0, tone_db=-2.0, mix=0.4),
         entry("gain", gain_db=-1.5),
         entry("width", width=1.4),
         entry("balance", pan=0.3),
-        entry("expander", threshold_db=-45.0, ratio=2.5, attack_ms=2.0, release_ms=150.0, knee_db=4.0,
-              range_db=30.0, makeup_db=1.0),
+        entry(
+            "expander",
+            threshold_db=-45.0,
+            ratio=2.5,
+            attack_ms=2.0,
+            release_ms=150.0,
+            knee_db=4.0,
+            range_db=30.0,
+            makeup_db=1.0,
+        ),
         entry("pan", pan=0.25),
     ]
     s.tracks[1].sends = {"delay": -9.0}
@@ -168,8 +188,15 @@ def test_dawproject_holds_every_value_of_the_console(song, tmp_path):
     devices = list(channels[1].find("Devices"))
     assert [d.tag for d in devices] == ["Equalizer", "NoiseGate"]
     bands = devices[0].findall("Band")
-    assert [b.get("type") for b in bands] == ["highPass", "lowShelf", "bell", "notch", "bandPass", "highShelf",
-                                              "lowPass"]
+    assert [b.get("type") for b in bands] == [
+        "highPass",
+        "lowShelf",
+        "bell",
+        "notch",
+        "bandPass",
+        "highShelf",
+        "lowPass",
+    ]
     for b, shape in zip(bands, setting.tracks[1].chain[1].effect.shapes):
         assert (b.find("Gain") is None) == (shape not in ("peak", "low_shelf", "high_shelf"))
         assert b.get("order") == ("2" if shape in ("highpass", "lowpass") else None)
@@ -180,9 +207,13 @@ def test_dawproject_holds_every_value_of_the_console(song, tmp_path):
     assert close(param(gate, "Range", "decibel"), -30.0)
     assert close(param(gate, "Attack", "seconds"), 0.002) and close(param(gate, "Release", "seconds"), 0.15)
     comment = tracks[1].get("comment")
-    for text in ("chain[2] distortion(shape=soft_clip): drive_db=9 dB, tone_db=-2 dB, mix=0.4",
-                 "chain[4] width: width=1.4", "chain[5] balance: pan=0.3", "knee_db=4 dB, makeup_db=1 dB",
-                 "fader = the sum of the chain's gain effects: 3 + -1.5 = 1.5 dB"):
+    for text in (
+        "chain[2] distortion(shape=soft_clip): drive_db=9 dB, tone_db=-2 dB, mix=0.4",
+        "chain[4] width: width=1.4",
+        "chain[5] balance: pan=0.3",
+        "knee_db=4 dB, makeup_db=1 dB",
+        "fader = the sum of the chain's gain effects: 3 + -1.5 = 1.5 dB",
+    ):
         assert text in comment, (text, comment)
 
     # vox: the graphic EQ as bell bands that realise its gains, the gate, the limiter, the gain after them
@@ -195,8 +226,9 @@ def test_dawproject_holds_every_value_of_the_console(song, tmp_path):
     q = torch.tensor([param(b, "Q", "linear") for b in bands], dtype=torch.float64)
     assert torch.allclose(f, torch.tensor(graphic_eq_centres_hz(10), dtype=torch.float64))
     centres = graphic_eq_centres_hz(10)
-    response = frequency_response_db(*biquad_coefficients("peak", sample_rate=SR, freq_hz=f, gain_db=g, q=q),
-                                     centres, SR)
+    response = frequency_response_db(
+        *biquad_coefficients("peak", sample_rate=SR, freq_hz=f, gain_db=g, q=q), centres, SR
+    )
     assert (response - torch.tensor(GRAPHIC, dtype=torch.float64)).abs().max() < 0.2  # dB, the EQ's own tolerance
     assert close(param(devices[1], "Ratio", "linear"), GATE_RATIO)
     assert close(param(devices[1], "Threshold", "decibel"), -55.0)  # the gain comes after it
@@ -353,14 +385,16 @@ def test_reaper_holds_every_value_of_the_console(song, tmp_path, capsys):
     # everything else is in the notes: the project's, and each track's SWS notes keyed by its GUID
     (project_notes,) = child(project, "NOTES")
     text = notes(project_notes)
-    for line in ("chain[2] compressor: threshold_db=-20 dB, ratio=4, attack_ms=5 ms, release_ms=80 ms, knee_db=3 dB, "
-                 "makeup_db=2 dB (with the gain on the fader before this plugin: -14 dB)",
-                 "eq: low_shelf 80 Hz +3 dB Q 0.7; peak 200 Hz -2.5 dB Q 1.5",
-                 "chain[2] distortion(shape=soft_clip): drive_db=9 dB, tone_db=-2 dB, mix=0.4",
-                 "chain[0] graphic_eq(bands=10): gain_db=[3, -2, 0, 4.5, -6, 1, 2.5, -1.5, 0.5, 6] dB",
-                 "limiter(lookahead_ms=3.0): ceiling_db=-3 dB, release_ms=60 ms, gain_db=4 dB",
-                 "chain[0] reverb(seed=0): decay_s=[2.5, 2, 1.5, 1] s, predelay_ms=25 ms, mix=1",
-                 "sends (post-fader; AUXRECV on the bus tracks): reverb -12 dB, delay -20 dB"):
+    for line in (
+        "chain[2] compressor: threshold_db=-20 dB, ratio=4, attack_ms=5 ms, release_ms=80 ms, knee_db=3 dB, "
+        "makeup_db=2 dB (with the gain on the fader before this plugin: -14 dB)",
+        "eq: low_shelf 80 Hz +3 dB Q 0.7; peak 200 Hz -2.5 dB Q 1.5",
+        "chain[2] distortion(shape=soft_clip): drive_db=9 dB, tone_db=-2 dB, mix=0.4",
+        "chain[0] graphic_eq(bands=10): gain_db=[3, -2, 0, 4.5, -6, 1, 2.5, -1.5, 0.5, 6] dB",
+        "limiter(lookahead_ms=3.0): ceiling_db=-3 dB, release_ms=60 ms, gain_db=4 dB",
+        "chain[0] reverb(seed=0): decay_s=[2.5, 2, 1.5, 1] s, predelay_ms=25 ms, mix=1",
+        "sends (post-fader; AUXRECV on the bus tracks): reverb -12 dB, delay -20 dB",
+    ):
         assert line in text, line
     assert all(line[0].startswith("|") for line in project_notes["lines"])
     (extensions,) = child(project, "EXTENSIONS")
@@ -455,11 +489,14 @@ def test_embedding_refuses_stems_mix_would_refuse_in_one_line(song, tmp_path, ca
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song"]
 
 
-@pytest.mark.parametrize("fmt, name, message", [
-    ("reaper", "s.dawproject", "a reaper session is a .rpp file, not '.dawproject'"),
-    ("dawproject", "s.RPP", "a dawproject session is a .dawproject file, not '.RPP'"),
-    ("dawproject", "session", "a dawproject session is a .dawproject file, not 'no suffix'"),
-])
+@pytest.mark.parametrize(
+    "fmt, name, message",
+    [
+        ("reaper", "s.dawproject", "a reaper session is a .rpp file, not '.dawproject'"),
+        ("dawproject", "s.RPP", "a dawproject session is a .dawproject file, not '.RPP'"),
+        ("dawproject", "session", "a dawproject session is a .dawproject file, not 'no suffix'"),
+    ],
+)
 def test_a_suffix_that_is_not_the_formats_is_one_line(song, tmp_path, capsys, fmt, name, message):
     out = tmp_path / name
     assert main(["export", str(song), "--format", fmt, "-o", str(out)]) == 2

@@ -28,8 +28,12 @@ def make_dataset(root: Path, songs: int = 3) -> None:
         n = 3 * SR
         env = np.repeat(rng.uniform(0.05, 1.0, n // 2205 + 1), 2205)[:n] ** 2
         bass = scipy.signal.sosfilt(scipy.signal.butter(4, 150 + 100 * k, fs=SR, output="sos"), rng.standard_normal(n))
-        hats = scipy.signal.sosfilt(scipy.signal.butter(4, 3000 + 2000 * k, "highpass", fs=SR, output="sos"),
-                                    rng.standard_normal(n)) * env
+        hats = (
+            scipy.signal.sosfilt(
+                scipy.signal.butter(4, 3000 + 2000 * k, "highpass", fs=SR, output="sos"), rng.standard_normal(n)
+            )
+            * env
+        )
         gains = (0.5, 0.05 + 0.1 * k)
         sf.write(folder / "bass.wav", (gains[0] * bass / np.abs(bass).max()).astype(np.float32), SR)
         stereo = np.stack([hats, 0.3 * hats + 0.2 * rng.standard_normal(n) * env], 1)  # left-heavy, wide

@@ -10,8 +10,16 @@ import scipy.signal
 import torch
 
 from conftest import error_db, response_db_from_impulse
-from gradmix.dsp import (balance, biquad_coefficients, gain, graphic_eq, graphic_eq_centres_hz, pan, parametric_eq,
-                         stereo_width)
+from gradmix.dsp import (
+    balance,
+    biquad_coefficients,
+    gain,
+    graphic_eq,
+    graphic_eq_centres_hz,
+    pan,
+    parametric_eq,
+    stereo_width,
+)
 from gradmix.dsp.eq import graphic_eq_response_db
 from gradmix.errors import ParameterError, ShapeError
 
@@ -77,13 +85,20 @@ def test_parametric_eq_matches_scipy_sos_cascade(rng):
     g = rng.uniform(-12, 12, (2, 6))
     q = rng.uniform(0.4, 4, (2, 6))
     x = rng.standard_normal((2, 2, 5000))
-    y = parametric_eq(torch.tensor(x), sample_rate=sr, shapes=SHAPES6, freq_hz=torch.tensor(f), gain_db=torch.tensor(g),
-                      q=torch.tensor(q)).numpy()
+    y = parametric_eq(
+        torch.tensor(x),
+        sample_rate=sr,
+        shapes=SHAPES6,
+        freq_hz=torch.tensor(f),
+        gain_db=torch.tensor(g),
+        q=torch.tensor(q),
+    ).numpy()
     for i in range(2):
         sos = []
         for k, s in enumerate(SHAPES6):
-            b, a = biquad_coefficients(s, sample_rate=sr, freq_hz=torch.tensor(f[i, k]), gain_db=torch.tensor(g[i, k]),
-                                       q=torch.tensor(q[i, k]))
+            b, a = biquad_coefficients(
+                s, sample_rate=sr, freq_hz=torch.tensor(f[i, k]), gain_db=torch.tensor(g[i, k]), q=torch.tensor(q[i, k])
+            )
             sos.append(np.concatenate([b.numpy(), a.numpy()]))
         assert error_db(y[i], scipy.signal.sosfilt(np.array(sos), x[i], axis=-1)) < -220
 
@@ -95,21 +110,31 @@ def test_parametric_eq_accepts_per_band_sequences_and_gradchecks():
     q = torch.tensor([[0.7, 2.0, 0.9], [1.2, 0.5, 3.0]], dtype=torch.float64, requires_grad=True)
     shapes = ["low_shelf", "peak", "high_shelf"]
     assert torch.autograd.gradcheck(
-        lambda x, f, g, q: parametric_eq(x, sample_rate=16000, shapes=shapes, freq_hz=f, gain_db=g, q=q), (x, f, g, q))
-    y = parametric_eq(x.detach(), sample_rate=16000, shapes=shapes, freq_hz=[100.0, 1000.0, 5000.0],
-                      gain_db=[3.0, -4.0, 6.0], q=[0.7, 2.0, 0.9])
-    ref = parametric_eq(x.detach(), sample_rate=16000, shapes=shapes, freq_hz=f.detach(), gain_db=g.detach(),
-                        q=q.detach())
+        lambda x, f, g, q: parametric_eq(x, sample_rate=16000, shapes=shapes, freq_hz=f, gain_db=g, q=q), (x, f, g, q)
+    )
+    y = parametric_eq(
+        x.detach(),
+        sample_rate=16000,
+        shapes=shapes,
+        freq_hz=[100.0, 1000.0, 5000.0],
+        gain_db=[3.0, -4.0, 6.0],
+        q=[0.7, 2.0, 0.9],
+    )
+    ref = parametric_eq(
+        x.detach(), sample_rate=16000, shapes=shapes, freq_hz=f.detach(), gain_db=g.detach(), q=q.detach()
+    )
     assert torch.equal(y[0], ref[0])
 
 
 def test_parametric_eq_bad_input():
     with pytest.raises(ParameterError, match="shapes\\[1\\]: 'bell'"):
-        parametric_eq(torch.zeros(1, 1, 8), sample_rate=44100, shapes=["peak", "bell"], freq_hz=[1, 2], gain_db=[0, 0],
-                      q=[1, 1])
+        parametric_eq(
+            torch.zeros(1, 1, 8), sample_rate=44100, shapes=["peak", "bell"], freq_hz=[1, 2], gain_db=[0, 0], q=[1, 1]
+        )
     with pytest.raises(ParameterError, match="freq_hz: 25000 is not < 22050"):
-        parametric_eq(torch.zeros(1, 1, 8), sample_rate=44100, shapes=["peak"], freq_hz=[25000.0], gain_db=[0.0],
-                      q=[1.0])
+        parametric_eq(
+            torch.zeros(1, 1, 8), sample_rate=44100, shapes=["peak"], freq_hz=[25000.0], gain_db=[0.0], q=[1.0]
+        )
 
 
 @pytest.mark.parametrize("bands", [10, 31])
@@ -122,7 +147,9 @@ def test_graphic_eq_within_a_third_of_a_db_of_requested_gains_at_centres(bands, 
     centres = graphic_eq_centres_hz(bands)
     err = (graphic_eq_response_db(gains, sr, centres) - gains).abs()
     worst = err.max().item()
-    assert worst < (0.2 if bands == 10 else 0.3), f"worst error {worst:.2f} dB for gains {gains[err.max(1).values.argmax()].tolist()}"
+    assert worst < (0.2 if bands == 10 else 0.3), (
+        f"worst error {worst:.2f} dB for gains {gains[err.max(1).values.argmax()].tolist()}"
+    )
 
 
 def test_graphic_eq_filtered_impulse_matches_design():

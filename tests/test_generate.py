@@ -71,8 +71,9 @@ def test_sample_writes_n_distinct_mixes_repeatably(tmp_path, style_model, capsys
     mixes = [sf.read(tmp_path / "a" / f"mix_0{k}.wav")[0] for k in (1, 2, 3)]
     for k in (1, 2, 3):  # same seed, same mixes and consoles
         assert np.array_equal(mixes[k - 1], sf.read(tmp_path / "b" / f"mix_0{k}.wav")[0])
-        assert (tmp_path / "a" / f"mix_0{k}.console.json").read_text() == \
-            (tmp_path / "b" / f"mix_0{k}.console.json").read_text()
+        assert (tmp_path / "a" / f"mix_0{k}.console.json").read_text() == (
+            tmp_path / "b" / f"mix_0{k}.console.json"
+        ).read_text()
     for i in range(3):
         for j in range(i + 1, 3):
             assert np.abs(mixes[i] - mixes[j]).max() > 1e-3  # distinct
@@ -110,8 +111,10 @@ def test_draw_styles_is_seeded_and_checks_its_arguments(style_model):
         # the whole bank drawn: offsets less their mean, which is the model's bias
         assert torch.allclose(drawn.mean(0), torch.zeros(bank.shape[1]), atol=1e-4)
         assert torch.cdist(drawn + bank.mean(0), bank).min(1).values.max() < 1e-4  # each is a window's, shifted alike
-    assert torch.equal(torch.cdist(f + model.style_bank_offsets.mean(0), model.style_bank_offsets).argmin(1),
-                       torch.cdist(t + model.style_bank_tones.mean(0), model.style_bank_tones).argmin(1))  # same windows
+    assert torch.equal(
+        torch.cdist(f + model.style_bank_offsets.mean(0), model.style_bank_offsets).argmin(1),
+        torch.cdist(t + model.style_bank_tones.mean(0), model.style_bank_tones).argmin(1),
+    )  # same windows
     centre, none, flat = draw_styles(model, 3, seed=1, temperature=0)
     assert torch.allclose(centre, model.style_center.expand(3, -1)) and none.abs().max() == 0 and flat.abs().max() == 0
     half, half_offsets, half_tones = draw_styles(model, 5, seed=1, temperature=0.5)
@@ -147,7 +150,9 @@ def test_style_bank_holds_how_each_human_mix_differs_from_the_model_s(tmp_path):
     with torch.no_grad():  # the model's own mix of the window, by the console file's renderer
         own = automix(m, ["a", "b"], [None, None], tracks, SR).render(tracks, keep_strips=False)[0]
         assert torch.allclose(m.style_bank[1], m.encode_style(mix[None], sample_rate=SR)[0][0])
-    expected = style_coordinates(style_features(mix[None].double(), SR)) - style_coordinates(style_features(own[None], SR))
+    expected = style_coordinates(style_features(mix[None].double(), SR)) - style_coordinates(
+        style_features(own[None], SR)
+    )
     assert torch.allclose(m.style_bank_offsets[1], expected[0].float(), atol=1e-2)  # two renderers, float32
     tones = tonal_balance(mix[None].double(), SR) - tonal_balance(own[None], SR)
     assert torch.allclose(m.style_bank_tones[1], tones[0].float(), atol=0.05)  # dB
@@ -159,8 +164,13 @@ def test_style_bank_holds_how_each_human_mix_differs_from_the_model_s(tmp_path):
     assert torch.allclose(loaded.style_bank_offsets, m.style_bank_offsets, rtol=1e-3, atol=1e-3)  # float16 in the file
     assert torch.allclose(loaded.style_bank_tones, m.style_bank_tones, rtol=1e-3, atol=0.05)
     state = {k: v for k, v in m.state_dict().items() if not k.startswith("style_bank")}
-    torch.save({**torch.load(tmp_path / "m.pt", weights_only=True),
-                "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()}}, tmp_path / "old.pt")
+    torch.save(
+        {
+            **torch.load(tmp_path / "m.pt", weights_only=True),
+            "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+        },
+        tmp_path / "old.pt",
+    )
     assert load_model(tmp_path / "old.pt")[0].style_bank.shape == (0, 4)  # a file from before the bank loads
 
 
@@ -191,7 +201,9 @@ def test_toned_spectral_features_are_those_of_the_mix_through_the_eq_curve():
     toned = toned_spectral_features(x, curve, SR)
     # independently: filter the audio by the same curve (whole-signal FFT) and measure it
     freqs = np.fft.rfftfreq(x.shape[-1], 1 / SR)
-    gain = 10 ** (np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), curve.numpy()) / 20)
+    gain = 10 ** (
+        np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), curve.numpy()) / 20
+    )
     filtered = torch.from_numpy(np.fft.irfft(np.fft.rfft(x.numpy(), axis=-1) * gain, n=x.shape[-1], axis=-1))
     heard = style_features(filtered, SR)
     for k in ("centroid_hz", "bandwidth_hz", "rolloff_hz"):
@@ -239,8 +251,10 @@ def test_refining_the_mix_section_moves_the_style_and_keeps_the_strips(style_mod
     from gradmix.models.checkpoint import load_model
 
     model = load_model(style_model)[0]
-    tracks = [torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in
-              (torch.randn(1, 3 * SR, generator=torch.Generator().manual_seed(k)).numpy() * 0.1 for k in range(3))]
+    tracks = [
+        torch.from_numpy(np.asarray(x, dtype=np.float32))
+        for x in (torch.randn(1, 3 * SR, generator=torch.Generator().manual_seed(k)).numpy() * 0.1 for k in range(3))
+    ]
     analysis = analyse(model, tracks, SR)
     ex = song_excerpt(tracks, analysis, SR, seconds=2.0, chunk_s=1.0, preroll_s=0.5)
     start = model.decide(analysis.embeddings)
@@ -248,10 +262,13 @@ def test_refining_the_mix_section_moves_the_style_and_keeps_the_strips(style_mod
 
     def distance(c):
         with torch.no_grad():
-            est, _ = model.layout.render_normalized(ex.x, type(c)(*(v.expand(2, *v.shape[1:]) for v in
-                                                                    (c.strip, c.sends, c.buses, c.master))),
-                                                    sample_rate=SR, mono=ex.mono)
-        return float(style_distance(est[..., ex.preroll:].transpose(0, 1).reshape(1, 2, -1), target, SR))
+            est, _ = model.layout.render_normalized(
+                ex.x,
+                type(c)(*(v.expand(2, *v.shape[1:]) for v in (c.strip, c.sends, c.buses, c.master))),
+                sample_rate=SR,
+                mono=ex.mono,
+            )
+        return float(style_distance(est[..., ex.preroll :].transpose(0, 1).reshape(1, 2, -1), target, SR))
 
     end = refine_controls(model, ex, start, target, SR, steps=15, lr=0.1, mix_section_only=True)
     assert distance(end) < 0.8 * distance(start)
@@ -291,10 +308,15 @@ def test_balanced_refinement_widens_to_both_sides(style_model):
 
     def side(c):
         with torch.no_grad():
-            est, _ = model.layout.render_normalized(ex.x, type(c)(*(v.expand(2, *v.shape[1:]) for v in
-                                                                    (c.strip, c.sends, c.buses, c.master))),
-                                                    sample_rate=SR, mono=ex.mono)
-        return float(panning_features(est[..., ex.preroll:].transpose(0, 1).reshape(1, 2, -1), SR)["panning_index"].abs())
+            est, _ = model.layout.render_normalized(
+                ex.x,
+                type(c)(*(v.expand(2, *v.shape[1:]) for v in (c.strip, c.sends, c.buses, c.master))),
+                sample_rate=SR,
+                mono=ex.mono,
+            )
+        return float(
+            panning_features(est[..., ex.preroll :].transpose(0, 1).reshape(1, 2, -1), SR)["panning_index"].abs()
+        )
 
     leaning = refine_controls(model, ex, start, target, SR, steps=20, lr=0.1, mix_section_only=True)
     balanced = refine_controls(model, ex, start, target, SR, steps=20, lr=0.1, mix_section_only=True, balanced=True)
@@ -311,22 +333,67 @@ def test_match_follows_the_reference_and_refine_gets_closer(tmp_path, style_mode
     ref = np.stack([rng.standard_normal(t.size), rng.standard_normal(t.size)], 1) * 0.2
     sf.write(tmp_path / "ref.wav", ref.astype(np.float32), SR)
     out = tmp_path / "m.wav"
-    assert main(["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(out),
-                 "--model", str(style_model)]) == 0  # refined by default
+    assert (
+        main(
+            ["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(out), "--model", str(style_model)]
+        )
+        == 0
+    )  # refined by default
     text = capsys.readouterr().out
     before, after = (float(text.split(f"{k} ")[1].split(",")[0].split()[0]) for k in ("model", "refined"))
     assert after < before
-    assert main(["match", str(stems), "--reference", str(tmp_path / "ref.wav"), "-o", str(tmp_path / "m0.wav"),
-                 "--refine", "0", "--model", str(style_model)]) == 0
+    assert (
+        main(
+            [
+                "match",
+                str(stems),
+                "--reference",
+                str(tmp_path / "ref.wav"),
+                "-o",
+                str(tmp_path / "m0.wav"),
+                "--refine",
+                "0",
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "refined" not in text and float(text.split("model ")[1].split()[0]) == pytest.approx(before, rel=1e-6)
     assert out.is_file() and out.with_suffix(".console.json").is_file()
-    assert main(["match", str(stems), "--reference", str(tmp_path / "missing.wav"), "-o", str(out),
-                 "--model", str(style_model)]) == 2
+    assert (
+        main(
+            [
+                "match",
+                str(stems),
+                "--reference",
+                str(tmp_path / "missing.wav"),
+                "-o",
+                str(out),
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 2
+    )
     sf.write(tmp_path / "silent.wav", np.zeros((SR, 2), np.float32), SR)
     out.unlink()
-    assert main(["match", str(stems), "--reference", str(tmp_path / "silent.wav"), "-o", str(out),
-                 "--model", str(style_model)]) == 2
+    assert (
+        main(
+            [
+                "match",
+                str(stems),
+                "--reference",
+                str(tmp_path / "silent.wav"),
+                "-o",
+                str(out),
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 2
+    )
     assert "silent.wav: silent" in capsys.readouterr().err and not out.exists()
 
 
@@ -338,21 +405,68 @@ def test_fit_recovers_a_console_of_the_same_stems(tmp_path, style_model, capsys)
     setting.tracks[1].chain[3].params["pan"] = 0.5
     setting.save(tmp_path / "truth.json")
     assert main(["render", str(stems), str(tmp_path / "truth.json"), "-o", str(tmp_path / "target.wav")]) == 0
-    assert main(["fit", str(stems), "--target", str(tmp_path / "target.wav"), "-o", str(tmp_path / "fit.json"),
-                 "--steps", "60", "--model", str(style_model)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(stems),
+                "--target",
+                str(tmp_path / "target.wav"),
+                "-o",
+                str(tmp_path / "fit.json"),
+                "--steps",
+                "60",
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 0
+    )
     residual = float(capsys.readouterr().out.split("residual ")[1].split(" dB")[0])
     assert residual < -20
     assert main(["render", str(stems), str(tmp_path / "fit.json"), "-o", str(tmp_path / "again.wav")]) == 0
     a, b = sf.read(tmp_path / "again.wav")[0], sf.read(tmp_path / "target.wav")[0]
-    assert 10 * np.log10(((a - b) ** 2).sum() / (b ** 2).sum()) == pytest.approx(residual, abs=1.0)
+    assert 10 * np.log10(((a - b) ** 2).sum() / (b**2).sum()) == pytest.approx(residual, abs=1.0)
     for bad in (["--steps", "0"], ["--budget", "nan"]):
-        assert main(["fit", str(stems), "--target", str(tmp_path / "target.wav"), "-o", str(tmp_path / "x.json"),
-                     "--model", str(style_model), *bad]) == 2
-    assert main(["sample", str(stems), "-n", "2", "-o", str(tmp_path / "s"), "--refine", "-1",
-                 "--model", str(style_model)]) == 2 and not (tmp_path / "s").exists()
+        assert (
+            main(
+                [
+                    "fit",
+                    str(stems),
+                    "--target",
+                    str(tmp_path / "target.wav"),
+                    "-o",
+                    str(tmp_path / "x.json"),
+                    "--model",
+                    str(style_model),
+                    *bad,
+                ]
+            )
+            == 2
+        )
+    assert (
+        main(
+            ["sample", str(stems), "-n", "2", "-o", str(tmp_path / "s"), "--refine", "-1", "--model", str(style_model)]
+        )
+        == 2
+        and not (tmp_path / "s").exists()
+    )
     sf.write(tmp_path / "short.wav", b[: SR // 2], SR)
-    assert main(["fit", str(stems), "--target", str(tmp_path / "short.wav"), "-o", str(tmp_path / "x.json"),
-                 "--model", str(style_model)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(stems),
+                "--target",
+                str(tmp_path / "short.wav"),
+                "-o",
+                str(tmp_path / "x.json"),
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 2
+    )
     assert "covers 50 % of them: fit needs a mix of these stems" in capsys.readouterr().err
 
 
@@ -371,16 +485,32 @@ def test_fit_aligns_a_bounce_with_a_tail_and_an_offset_to_its_stems(tmp_path, st
     offset = int(0.04 * SR)
     bounce = np.concatenate([np.zeros((offset, 2), np.float32), exact, np.zeros((int(0.3 * SR), 2), np.float32)])
     sf.write(tmp_path / "bounce.wav", bounce, SR, subtype="FLOAT")
-    tracks = [torch.from_numpy(sf.read(stems / f"t{i}.wav", dtype="float32", always_2d=True)[0].T.copy())
-              for i in range(2)]
+    tracks = [
+        torch.from_numpy(sf.read(stems / f"t{i}.wav", dtype="float32", always_2d=True)[0].T.copy()) for i in range(2)
+    ]
     aligned, lag, span = align_to_stems(torch.from_numpy(bounce.T.copy()), tracks, SR)
     assert lag == offset and span == (0, SR) and torch.equal(aligned, torch.from_numpy(exact.T.copy()))
     # a bounce that lacks the stems' first 40 ms covers them from there on, and only that part is fitted
     late, lag, span = align_to_stems(torch.from_numpy(exact[offset:].T.copy()), tracks, SR)
     assert lag == -offset and span == (offset, SR) and torch.equal(late, torch.from_numpy(exact[offset:].T.copy()))
     capsys.readouterr()
-    assert main(["fit", str(stems), "--target", str(tmp_path / "bounce.wav"), "-o", str(tmp_path / "fit.json"),
-                 "--steps", "30", "--model", str(style_model)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(stems),
+                "--target",
+                str(tmp_path / "bounce.wav"),
+                "-o",
+                str(tmp_path / "fit.json"),
+                "--steps",
+                "30",
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "starts +40 ms from them" in err and "1.34 s against the stems' 1.00 s" in err
     assert float(out.split("residual ")[1].split(" dB")[0]) < -20
@@ -448,7 +578,9 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     before = render_error(model, x, mono, logits, ref)
     hold, moved = _search_time(model, x, mono, logits, ref, SR, effect)
     assert moved and list(hold) == [j]
-    assert abs(found_time(model, logits, bus, effect) - found_time(model, truth.logits(), bus, effect)) * SR / 1000 < 0.5
+    assert (
+        abs(found_time(model, logits, bus, effect) - found_time(model, truth.logits(), bus, effect)) * SR / 1000 < 0.5
+    )
     with torch.no_grad():
         sends = model.layout.denormalize(Controls.from_logits(logits)).sends_db[0, :, bus]  # dB
     assert float(sends[1]) > float(sends[0]) + 6  # the right track is heard on the bus, the other far less
@@ -461,15 +593,28 @@ def test_fit_refuses_a_song_it_could_not_hold_in_memory_before_any_work(tmp_path
 
     stems = make_stems(tmp_path / "stems", n=2, seconds=1.0)
     sf.write(tmp_path / "target.wav", np.zeros((SR, 2)) + 0.1, SR)
-    monkeypatch.setattr(fit, "_available_memory", lambda: 10 ** 6)
-    assert main(["fit", str(stems), "--target", str(tmp_path / "target.wav"), "-o", str(tmp_path / "fit.json"),
-                 "--model", str(style_model)]) == 2
+    monkeypatch.setattr(fit, "_available_memory", lambda: 10**6)
+    assert (
+        main(
+            [
+                "fit",
+                str(stems),
+                "--target",
+                str(tmp_path / "target.wav"),
+                "-o",
+                str(tmp_path / "fit.json"),
+                "--model",
+                str(style_model),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "2 tracks x 1 s need about" in err[0] and "0.0 GiB is available" in err[0]
     assert not (tmp_path / "fit.json").exists()
     monkeypatch.setattr(fit, "_available_memory", lambda: None)  # a system that does not say: no refusal
     fit._check_memory(256, 600.0)
-    monkeypatch.setattr(fit, "_available_memory", lambda: 24 * 2 ** 30)
+    monkeypatch.setattr(fit, "_available_memory", lambda: 24 * 2**30)
     fit._check_memory(40, 240.0)  # a long song of many tracks fits 24 GiB
     with pytest.raises(GradmixError, match="256 tracks x 240 s"):
         fit._check_memory(256, 240.0)
@@ -504,7 +649,9 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
     logits = start.logits()
     hold, moved = _search_time(model, x, mono, logits, ref, SR, "delay")
     assert moved and list(hold) == [j]
-    error_samples = (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
+    error_samples = (
+        (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
+    )
     assert abs(error_samples) < 0.5  # 9 samples early before the dry levels were taken out and the lag refined
 
 
@@ -601,7 +748,8 @@ def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
         comp = [s.effect.type_name for s in layout.strip].index("compressor")
         params.strip[comp]["threshold_db"].fill_(-30.0)  # room to move it
         logits[0][0, :, layout.strip_control_index(comp, "threshold_db")] = torch.logit(
-            layout.strip[comp].specs[0].normalize(torch.tensor(-30.0)))
+            layout.strip[comp].specs[0].normalize(torch.tensor(-30.0))
+        )
         params = layout.denormalize(Controls.from_logits(logits))
         before = render_strips(layout.strip, x, params.strip, sample_rate=SR)
         _set_level(layout, logits, params, torch.tensor([-20.0, 6.0]))  # -20 dB: below any make-up gain
@@ -617,10 +765,30 @@ def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, ca
         d = tmp_path / "data" / f"song{k}"
         stems = make_stems(d, n=2, seconds=2.0)
         mix = sum(sf.read(p)[0] for p in sorted(stems.glob("t*.wav")))
-        sf.write(d / "mix.wav", np.stack([mix, 0.8 * mix + 0.01 * rng.standard_normal(mix.size)], 1).astype(np.float32), SR)
+        sf.write(
+            d / "mix.wav", np.stack([mix, 0.8 * mix + 0.01 * rng.standard_normal(mix.size)], 1).astype(np.float32), SR
+        )
     out = tmp_path / "gen"
-    assert main(["eval", str(tmp_path / "data"), "--generative", "-n", "3", "--refine", "2", "--seconds", "2",
-                 "--model", str(style_model), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "data"),
+                "--generative",
+                "-n",
+                "3",
+                "--refine",
+                "2",
+                "--seconds",
+                "2",
+                "--model",
+                str(style_model),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "generative.json").read_text())
     rows = summary["per_seed"][0]["rows"]  # one seed (--seed's): the samples' rows; the random consoles' below
     assert summary["songs"] == ["song0", "song1"] and summary["seeds"] == [0] and len(rows[0]["sample_scores"]) == 3
@@ -630,8 +798,10 @@ def test_generative_evaluation_reports_every_criterion(tmp_path, style_model, ca
     assert row["sample_win_rates"] == wins and len(random["random_scores"]) == 3
     every = [w for r in rows for w in r["sample_win_rates"]]
     assert summary["win_rate"] == pytest.approx(np.mean(every)) and summary["worst_win_rate"] == min(every)
-    assert all((s < random["random_mean_score"]) == (row["plausible_share"] * 3 > k) for k, s in
-               enumerate(sorted(row["sample_scores"])))  # the share: samples under the random consoles' mean
+    assert all(
+        (s < random["random_mean_score"]) == (row["plausible_share"] * 3 > k)
+        for k, s in enumerate(sorted(row["sample_scores"]))
+    )  # the share: samples under the random consoles' mean
     assert all(np.isfinite(summary[k]) for k in ("frechet_samples", "frechet_random", "match_ratio", "mmd_samples"))
     assert "diversity" in capsys.readouterr().out and (out / "generative.md").is_file()
     vectors = np.load(out / "vectors.npz")  # samples: (seeds, n, segments, features)

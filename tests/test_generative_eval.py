@@ -28,8 +28,9 @@ def normal(seed: int, n: int, d: int = 5, shift: float = 0.0) -> np.ndarray:
 
 def mmd2_by_loops(a: np.ndarray, b: np.ndarray, sigma: float) -> float:
     """MMD²_u written out term by term (Gretton et al. 2012, eq. 3), O(n²) Python loops."""
+
     def k(x, y):
-        return math.exp(-sum((xi - yi) ** 2 for xi, yi in zip(x, y)) / (2 * sigma ** 2))
+        return math.exp(-sum((xi - yi) ** 2 for xi, yi in zip(x, y)) / (2 * sigma**2))
 
     n, m = len(a), len(b)
     xx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -74,12 +75,15 @@ def test_mmd_permutation_p_value_is_uniform_under_the_null_and_small_for_a_shift
     assert mmd_test(normal(9, 50), normal(10, 50), seed=4) == mmd_test(normal(9, 50), normal(10, 50), seed=4)
 
 
-@pytest.mark.parametrize("a, b, bandwidth, found", [
-    (np.zeros((1, 3)), np.zeros((4, 3)), None, "shape (1, 3)"),
-    (np.zeros((4, 3)), np.zeros((4, 2)), None, "a has 3 features and b 2"),
-    (np.full((4, 3), np.nan), np.zeros((4, 3)), None, "non-finite"),
-    (np.zeros((4, 3)), np.zeros((4, 3)), 0.0, "bandwidth 0.0"),
-])
+@pytest.mark.parametrize(
+    "a, b, bandwidth, found",
+    [
+        (np.zeros((1, 3)), np.zeros((4, 3)), None, "shape (1, 3)"),
+        (np.zeros((4, 3)), np.zeros((4, 2)), None, "a has 3 features and b 2"),
+        (np.full((4, 3), np.nan), np.zeros((4, 3)), None, "non-finite"),
+        (np.zeros((4, 3)), np.zeros((4, 3)), 0.0, "bandwidth 0.0"),
+    ],
+)
 def test_mmd_refuses_bad_input_in_one_line(a, b, bandwidth, found):
     with pytest.raises(GradmixError, match=re.escape(found)) as info:
         mmd(a, b, bandwidth=bandwidth)
@@ -115,16 +119,33 @@ def dataset(tmp_path_factory):
         d = root / "data" / f"song{k}"
         stems = make_stems(d, n=2, seconds=2.0)
         mix = sum(sf.read(p)[0] for p in sorted(stems.glob("t*.wav")))
-        sf.write(d / "mix.wav", np.stack([mix, 0.8 * mix + 0.01 * rng.standard_normal(mix.size)], 1).astype(np.float32),
-                 SR)
+        sf.write(
+            d / "mix.wav", np.stack([mix, 0.8 * mix + 0.01 * rng.standard_normal(mix.size)], 1).astype(np.float32), SR
+        )
     return root
 
 
 @pytest.fixture(scope="module")
 def two_seeds(dataset, style_model):
     out = dataset / "two"
-    assert main(["eval", str(dataset / "data"), "--generative", *ARGS, "--seeds", "0", "1", "--model", str(style_model),
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(dataset / "data"),
+                "--generative",
+                *ARGS,
+                "--seeds",
+                "0",
+                "1",
+                "--model",
+                str(style_model),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "generative.json").read_text())
 
 
@@ -173,8 +194,9 @@ def test_mmd_columns_are_the_mmd_of_the_standardised_vectors(two_seeds):
 
 def test_one_seed_gives_the_figures_that_seed_has_in_a_run_of_several(two_seeds, dataset, style_model):
     _, several = two_seeds
-    one = evaluate_generative(dataset / "data", dataset / "one", n=2, refine_steps=0, seconds=2, seed=0,
-                              model_path=style_model)  # the single-seed path: seeds default to [seed]
+    one = evaluate_generative(
+        dataset / "data", dataset / "one", n=2, refine_steps=0, seconds=2, seed=0, model_path=style_model
+    )  # the single-seed path: seeds default to [seed]
     assert one["seeds"] == [0] and all(one["std"][k] is None for k in FIGURES)
     for k in FIGURES:  # rel 1e-9: the same computation, only float summation order could differ
         assert one[k] == pytest.approx(several["per_seed"][0][k], rel=1e-9), k
@@ -183,9 +205,14 @@ def test_one_seed_gives_the_figures_that_seed_has_in_a_run_of_several(two_seeds,
     assert f"| {d:.2f} | {d:.2f} | >= 0.5 |" in (dataset / "one" / "generative.md").read_text()  # no ± with one seed
 
 
-@pytest.mark.parametrize("seeds, found", [(["-1"], "--seeds: -1 is not a seed"),
-                                          (["0", "2", "0"], "--seeds: 0 given more than once"),
-                                          (["x"], "invalid int value: 'x'")])
+@pytest.mark.parametrize(
+    "seeds, found",
+    [
+        (["-1"], "--seeds: -1 is not a seed"),
+        (["0", "2", "0"], "--seeds: 0 given more than once"),
+        (["x"], "invalid int value: 'x'"),
+    ],
+)
 def test_bad_seeds_are_one_line_and_exit_2(tmp_path, capsys, seeds, found):
     out = tmp_path / "out"
     try:  # the library's check returns 2 from main; argparse's (not an integer) exits with 2

@@ -12,8 +12,16 @@ import soundfile as sf
 from conftest import require_tool
 from gradmix.cli.main import main
 from gradmix.data import find_songs, lmms
-from gradmix.data.lmms import (PROJECTS_DIR, isolate, licence_of, read_project, route, shared_nonlinear,
-                               silent_by_design, stem_tracks)
+from gradmix.data.lmms import (
+    PROJECTS_DIR,
+    isolate,
+    licence_of,
+    read_project,
+    route,
+    shared_nonlinear,
+    silent_by_design,
+    stem_tracks,
+)
 from gradmix.errors import GradmixError
 
 SONG = PROJECTS_DIR / "shorties" / "Greshz-CoolSnip.mmpz"
@@ -103,7 +111,7 @@ def test_render_a_real_demo_song(tmp_path):
     wet = sum(sf.read(ref.wet, always_2d=True)[0] for ref in songs[0].stems)
     mix = sf.read(songs[0].mix.path, always_2d=True)[0]
     n = min(len(wet), len(mix))
-    assert 10 * np.log10(np.sum((wet[:n] - mix[:n]) ** 2) / np.sum(mix ** 2)) < -100
+    assert 10 * np.log10(np.sum((wet[:n] - mix[:n]) ** 2) / np.sum(mix**2)) < -100
     assert meta["wet_vs_mix_residual_db"] < -100 and meta["wet_skipped"] == {}
     assert all(info["wet"]["shared_nonlinear"] == [] for info in meta["stems"].values())
     (out / ".Greshz-CoolSnip.killed").mkdir()  # what a killed run leaves behind
@@ -125,9 +133,9 @@ def test_skipped_tracks_leave_no_work_files(tmp_path, monkeypatch):
         if name.endswith("wet2.wav"):
             raise lmms.LmmsError(f"{project}: lmms render failed 2 times (crash)")
         if name.endswith("stem0.wav"):
-            sf.write(out_wav, np.zeros((4410, 2), np.float32), 44100)       # silent
+            sf.write(out_wav, np.zeros((4410, 2), np.float32), 44100)  # silent
         elif name.endswith("stem1.wav"):
-            open(out_wav, "wb").write(b"garbage")                            # unreadable
+            open(out_wav, "wb").write(b"garbage")  # unreadable
         else:
             sf.write(out_wav, (0.1 * np.random.default_rng(0).standard_normal((4410, 2))).astype(np.float32), 44100)
 
@@ -183,10 +191,10 @@ def test_a_song_rendered_before_wet_stems_existed_is_rendered_again(tmp_path, mo
 
     monkeypatch.setattr(lmms, "render_song", fake_render_song)
     summary = lmms.build_dataset(tmp_path, [project], workers=1)
-    assert rendered == [project] and summary["skipped"] == 0   # done, but without wet stems: rendered again
+    assert rendered == [project] and summary["skipped"] == 0  # done, but without wet stems: rendered again
     (old / "wet").mkdir()
     summary = lmms.build_dataset(tmp_path, [project], workers=1)
-    assert rendered == [project] and summary["skipped"] == 1   # complete: left alone
+    assert rendered == [project] and summary["skipped"] == 1  # complete: left alone
 
 
 def test_a_missing_project_or_a_file_for_the_output_folder_is_one_line(tmp_path, capsys):

@@ -32,8 +32,16 @@ def ebu_3341(case: int, sr: int) -> np.ndarray:
         return stereo_sine(-33, 20, sr)
     if case == 3:
         return np.concatenate([stereo_sine(-36, 10, sr), stereo_sine(-23, 60, sr), stereo_sine(-36, 10, sr)], 1)
-    return np.concatenate([stereo_sine(-72, 10, sr), stereo_sine(-36, 10, sr), stereo_sine(-23, 60, sr),
-                           stereo_sine(-36, 10, sr), stereo_sine(-72, 10, sr)], 1)
+    return np.concatenate(
+        [
+            stereo_sine(-72, 10, sr),
+            stereo_sine(-36, 10, sr),
+            stereo_sine(-23, 60, sr),
+            stereo_sine(-36, 10, sr),
+            stereo_sine(-72, 10, sr),
+        ],
+        1,
+    )
 
 
 @pytest.mark.parametrize("sr", [44100, 48000])

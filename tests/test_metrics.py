@@ -40,7 +40,7 @@ def test_rolloff_is_its_bin_s_frequency_with_the_interpolated_crossing_s_gradien
     m = mag.detach()[0, :, 0].numpy()
 
     def crossing(m):  # where the cumulative power reaches 85 %, linear within the bin
-        c = np.cumsum(m ** 2)
+        c = np.cumsum(m**2)
         k = int(np.argmax(c >= 0.85 * c[-1]))
         return k, freqs[k] - (c[k] - 0.85 * c[-1]) / m[k] ** 2 * (freqs[1] - freqs[0])
 
@@ -57,7 +57,7 @@ def test_rolloff_is_its_bin_s_frequency_with_the_interpolated_crossing_s_gradien
         assert crossing(up)[0] == crossing(down)[0] == k  # the bin does not change within the step
         numeric = (crossing(up)[1] - crossing(down)[1]) / (2 * h)
         assert grad[j] == pytest.approx(numeric, rel=1e-4, abs=1e-6)
-    assert grad[:k].max() < 0 < grad[k + 1:].min()  # power below the crossing lowers it, above raises it
+    assert grad[:k].max() < 0 < grad[k + 1 :].min()  # power below the crossing lowers it, above raises it
 
 
 def test_white_noise_is_flat_and_wide():

@@ -57,8 +57,11 @@ def test_mix_writes_the_mix_a_console_that_reproduces_it_and_a_report(tmp_path, 
     text = capsys.readouterr().out
     assert "mixed 3 tracks" in text and "LUFS" in text
     console = json.loads((out / "mix.console.json").read_text())
-    assert console["format"] == "gradmix.console" and [t["file"] for t in console["tracks"]] == \
-        ["bass.wav", "kick.wav", "pad.wav"]
+    assert console["format"] == "gradmix.console" and [t["file"] for t in console["tracks"]] == [
+        "bass.wav",
+        "kick.wav",
+        "pad.wav",
+    ]
     assert any(t["sends"] for t in console["tracks"])  # sends the model set are in the file
     assert main(["render", str(stems), str(out / "mix.console.json"), "-o", str(out / "again.wav")]) == 0
     mix, again = read(out / "mix.wav"), read(out / "again.wav")
@@ -131,18 +134,21 @@ def _nan(stems: Path) -> None:
     sf.write(stems / "kick.wav", x.astype(np.float32), SR, subtype="FLOAT")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "the folder is empty"),
-    ("nan", "NaN"),
-    ("overwrite", "overwrite an input"),
-    ("model", "no such model file"),
-    ("inside", "inside the input folder"),  # the mix would be read as a stem next time
-    ("model over", "overwrite an input"),  # the model file given as the output
-    ("console", "the console file and the mix would be the same file"),
-    ("short", "gradmix needs at least 0.5 s"),
-    ("silent", "every stem is silent"),
-    ("mp3", "gradmix writes .wav or .flac audio files, not '.mp3'"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "the folder is empty"),
+        ("nan", "NaN"),
+        ("overwrite", "overwrite an input"),
+        ("model", "no such model file"),
+        ("inside", "inside the input folder"),  # the mix would be read as a stem next time
+        ("model over", "overwrite an input"),  # the model file given as the output
+        ("console", "the console file and the mix would be the same file"),
+        ("short", "gradmix needs at least 0.5 s"),
+        ("silent", "every stem is silent"),
+        ("mp3", "gradmix writes .wav or .flac audio files, not '.mp3'"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, message):
     stems = make_stems(tmp_path / "stems")
     output = tmp_path / "mix.wav"
@@ -170,8 +176,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_file, case, me
             sf.write(f, x[: SR // 4] if case == "short" else np.zeros_like(x), SR)
     extra = ["--console", str(output)] if case == "console" else []
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    proc = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "mix", str(stems), "-o", str(output),
-                           "--model", model, *extra], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradmix.cli.main", "mix", str(stems), "-o", str(output), "--model", model, *extra],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
@@ -190,8 +199,11 @@ def test_demo_mixes_the_example_with_the_default_model(tmp_path, capsys):
     assert "report page" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model still gives every track one EQ (issue 24): this turns "
-                                       "into a failure to remove the mark once a per-track model ships")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped model still gives every track one EQ (issue 24): this turns "
+    "into a failure to remove the mark once a per-track model ships",
+)
 def test_the_shipped_model_treats_a_kick_a_hihat_a_bass_and_a_pad_differently():
     """Per-track mixing, not one strip for all: every pair of these tracks gets EQ curves that differ by at
     least 2 dB somewhere in 100 Hz - 10 kHz, and a compressor or sends that differ too (threshold or send by
@@ -213,11 +225,19 @@ def test_the_shipped_model_treats_a_kick_a_hihat_a_bass_and_a_pad_differently():
         b, a = dsp.eq.eq_coefficients(eq.effect.shapes, sample_rate=setting.sample_rate, **p)
         curves[track.name] = dsp.frequency_response_db(b, a, freqs, setting.sample_rate)[0].numpy()
         comp = next(e for e in track.chain if e.effect.type_name == "compressor").params
-        dynamics[track.name] = (comp["threshold_db"], comp["ratio"], track.sends.get("reverb", -60.0),
-                                track.sends.get("delay", -60.0))
+        dynamics[track.name] = (
+            comp["threshold_db"],
+            comp["ratio"],
+            track.sends.get("reverb", -60.0),
+            track.sends.get("delay", -60.0),
+        )
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert np.abs(curves[a] - curves[b]).max() >= 2.0, (a, b, curves[a] - curves[b])
             (ta, ra, va, da), (tb, rb, vb, db_) = dynamics[a], dynamics[b]
-            assert (abs(ta - tb) >= 2 or abs(ra - rb) >= 0.3 or abs(va - vb) >= 2 or abs(da - db_) >= 2), \
-                (a, b, dynamics[a], dynamics[b])
+            assert abs(ta - tb) >= 2 or abs(ra - rb) >= 0.3 or abs(va - vb) >= 2 or abs(da - db_) >= 2, (
+                a,
+                b,
+                dynamics[a],
+                dynamics[b],
+            )

@@ -83,11 +83,11 @@ def test_untrained_model_starts_at_the_neutral_console():
     m = MixController(layout, TINY)
     with torch.no_grad():
         p = layout.denormalize(m(tracks_batch(), sample_rate=SR))
-    assert p.strip[0]["gain_db"].abs().max() < 1.0          # faders near 0 dB
-    assert p.strip[1]["gain_db"].abs().max() < 0.5          # EQ bands near flat
-    assert p.strip[3]["pan"].abs().max() < 0.05             # centred
-    assert p.sends_db.max() < -55                           # sends off
-    assert p.strip[2]["ratio"].max() < 1.2                  # compressors nearly off
+    assert p.strip[0]["gain_db"].abs().max() < 1.0  # faders near 0 dB
+    assert p.strip[1]["gain_db"].abs().max() < 0.5  # EQ bands near flat
+    assert p.strip[3]["pan"].abs().max() < 0.05  # centred
+    assert p.sends_db.max() < -55  # sends off
+    assert p.strip[2]["ratio"].max() < 1.2  # compressors nearly off
 
 
 def test_model_size_of_the_default_config():
@@ -151,8 +151,9 @@ def test_training_steps_reduce_the_loss():
     layout = Layout.default()
     m = MixController(layout, TINY)
     x = tracks_batch(batch=1, n=3, seconds=1.0)
-    target, _ = layout.render_normalized(x, engineer_controls(layout, 1, 3, torch.Generator().manual_seed(1)),
-                                         sample_rate=SR)
+    target, _ = layout.render_normalized(
+        x, engineer_controls(layout, 1, 3, torch.Generator().manual_seed(1)), sample_rate=SR
+    )
     loss = MixLoss(SR, LossWeights(stft=1.0, stereo=1.0, loudness=1.0, features=0.0))
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     values = []
@@ -176,7 +177,7 @@ def test_engineer_controls_are_valid_and_repeatable():
         assert torch.equal(u, getattr(b, name)) and ((u >= 0) & (u <= 1)).all()
     p = layout.denormalize(a)
     reverb_on = (p.sends_db[..., 0] > -59).float().mean()
-    assert 0.45 < float(reverb_on) < 0.75   # 60 % of tracks send to the reverb
+    assert 0.45 < float(reverb_on) < 0.75  # 60 % of tracks send to the reverb
     gains = p.strip[0]["gain_db"]
     assert gains.min() >= -12 and gains.max() <= 9 and 2.5 < float(gains.std()) < 5
     assert (p.master[2]["ceiling_db"] <= -0.3).all()
@@ -216,7 +217,9 @@ def test_direct_style_path_starts_silent_and_moves_every_control_with_z(tmp_path
     assert (c.strip - a.strip).abs().min() > 0 and (c.master - a.master).abs().min() > 0
     assert torch.allclose(m.decide(emb, None, torch.zeros(1, 3)).strip, a.strip)  # z = 0: no offset
     loaded, _ = load_model(save_model(tmp_path / "m.pt", m, sample_rate=SR, info={}))
-    assert loaded.cfg.style_direct and torch.allclose(loaded.decide(emb, None, torch.ones(1, 3)).strip, c.strip, atol=2e-3)
+    assert loaded.cfg.style_direct and torch.allclose(
+        loaded.decide(emb, None, torch.ones(1, 3)).strip, c.strip, atol=2e-3
+    )
 
 
 def _example_tracks(names, seconds=6.0):
@@ -231,8 +234,9 @@ def test_engineer_habits_treat_a_kick_a_hihat_a_bass_and_chords_as_an_engineer_w
     names = ["kick", "hats", "bass", "chords"]
     x = _example_tracks(names)
     layout = Layout.default()
-    p = layout.denormalize(engineer_controls(layout, 1, 4, torch.Generator().manual_seed(0), audio=x, mask=None,
-                                             sample_rate=SR))
+    p = layout.denormalize(
+        engineer_controls(layout, 1, 4, torch.Generator().manual_seed(0), audio=x, mask=None, sample_rate=SR)
+    )
     gain, eq, comp, pan = ({k: v[0] for k, v in s.items()} for s in p.strip)
     kick, hats, bass, chords = range(4)
     # the low shelf cuts under the hi-hat's content, not under the kick's or the bass's
@@ -259,7 +263,10 @@ def test_engineer_habits_are_repeatable_and_share_a_songs_taste():
     p = layout.denormalize(a)
     pan = p.strip[3]["pan"]
     # one song's width and reverb level are shared by its tracks and differ between songs (the song's taste)
-    assert float((pan[0, 1].abs() - pan[1, 1].abs()).abs()) > 0.02 or float((pan[0, 3].abs() - pan[2, 3].abs()).abs()) > 0.02
+    assert (
+        float((pan[0, 1].abs() - pan[1, 1].abs()).abs()) > 0.02
+        or float((pan[0, 3].abs() - pan[2, 3].abs()).abs()) > 0.02
+    )
     with pytest.raises(ValueError, match="audio must be"):
         engineer_controls(layout, 2, 4, audio=x, sample_rate=SR)
 
@@ -274,8 +281,9 @@ def test_control_loss_counts_only_the_weighted_tracks_and_is_zero_on_a_match():
     assert float(control_loss(a, a, ones)) == 0.0
     assert float(control_loss(a, b, ones)) > 0.01
     only_first = torch.tensor([[1.0, 0, 0], [0, 0, 0]])
-    mixed = dataclasses.replace(a, strip=torch.cat([a.strip[:, :1], b.strip[:, 1:]], 1),
-                       sends=torch.cat([a.sends[:, :1], b.sends[:, 1:]], 1))
+    mixed = dataclasses.replace(
+        a, strip=torch.cat([a.strip[:, :1], b.strip[:, 1:]], 1), sends=torch.cat([a.sends[:, :1], b.sends[:, 1:]], 1)
+    )
     assert float(control_loss(mixed, a, only_first)) == 0.0 and float(control_loss(mixed, a, ones)) > 0.0
     assert float(control_loss(a, b, torch.zeros(2, 3))) == 0.0
     assert float(control_loss(dataclasses.replace(a, sends=b.sends), a, ones)) > 0.0  # the sends count too
@@ -301,6 +309,6 @@ def test_track_contrast_ignores_what_tracks_share_and_reaches_the_strip_head():
     with torch.no_grad():
         m.strip_head[-1].weight.normal_()
     emb = torch.randn(1, 4, 16, generator=gen)
-    z = torch.randn(1, 3, generator=gen) * 100   # a large style: the tracks still get their own settings
+    z = torch.randn(1, 3, generator=gen) * 100  # a large style: the tracks still get their own settings
     out = m.decide(emb, None, z).strip
     assert float(out.std(1).mean()) > 0.05

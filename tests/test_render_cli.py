@@ -26,8 +26,9 @@ def make_song(folder: Path, rates=(SR, SR, SR), channels=(1, 2, 1), lengths=(1.0
     names = []
     for i, (rate, ch, sec) in enumerate(zip(rates, channels, lengths)):
         name = f"track{i}.wav"
-        sf.write(folder / name, (rng.standard_normal((int(sec * rate), ch)) * 0.1).astype(np.float32), rate,
-                 subtype="FLOAT")
+        sf.write(
+            folder / name, (rng.standard_normal((int(sec * rate), ch)) * 0.1).astype(np.float32), rate, subtype="FLOAT"
+        )
         names.append(name)
     setting = ConsoleSetting.neutral([Path(n).stem for n in names], names, sample_rate=SR)
     setting.tracks[0].chain[0].params["gain_db"] = -6.0
@@ -51,7 +52,7 @@ def test_render_pads_resamples_and_writes(tmp_path, capsys):
     assert "dBFS" in text and "LUFS" in text and "timings" not in text
     stems, _ = load_stems(song, files=["track0.wav", "track1.wav", "track2.wav"], sample_rate=SR)
     assert stems[1].source_rate == 48000 and stems[1].audio.shape == (2, SR)
-    assert stems[2].audio[:, int(0.5 * SR):].abs().max() == 0  # padded with silence
+    assert stems[2].audio[:, int(0.5 * SR) :].abs().max() == 0  # padded with silence
     setting = ConsoleSetting.load(console)
     expected, strips = setting.render([s.audio for s in stems])
     assert error_db(mix.T, expected.numpy()) < -120
@@ -153,10 +154,15 @@ def test_bad_folders_and_outputs(tmp_path):
     console = make_song(song)
     cases = [
         (("render", str(song), str(console), "-o", str(song / "track0.wav")), "would overwrite an input file"),
-        (("render", str(song), str(console), "-o", str(tmp_path / "nowhere" / "mix.wav")), "output folder does not exist"),
+        (
+            ("render", str(song), str(console), "-o", str(tmp_path / "nowhere" / "mix.wav")),
+            "output folder does not exist",
+        ),
         (("render", str(song), str(console), "-o", "/proc/gradmix-mix.wav"), "output folder is not writable"),
-        (("render", str(song), str(console), "-o", str(tmp_path / "m.wav"), "--stems-out", str(song)),
-         "would overwrite an input file"),
+        (
+            ("render", str(song), str(console), "-o", str(tmp_path / "m.wav"), "--stems-out", str(song)),
+            "would overwrite an input file",
+        ),
         (("render", str(tmp_path / "missing"), str(console), "-o", str(tmp_path / "m.wav")), "no such folder"),
         (("render", str(song), str(tmp_path / "nope.json"), "-o", str(tmp_path / "m.wav")), "no such console file"),
     ]

@@ -46,9 +46,9 @@ def test_separate_then_normalise(tmp_path, tiny_model):
         x, sr = sf.read(ref.path, always_2d=True)
         assert sr == SR and x.shape == (3 * SR, 2) and np.isfinite(x).all()
         # the network's output, not the mix copied into every source
-        assert 10 * np.log10(((x - mix) ** 2).sum() / (mix ** 2).sum()) > -20
+        assert 10 * np.log10(((x - mix) ** 2).sum() / (mix**2).sum()) > -20
         sources.append(x)
-    assert all(np.abs(a - b).max() > 1e-4 for i, a in enumerate(sources) for b in sources[i + 1:])
+    assert all(np.abs(a - b).max() > 1e-4 for i, a in enumerate(sources) for b in sources[i + 1 :])
     classes = json.loads((out / "normalized" / "classes.json").read_text())["classes"]
     assert set(classes) == {"drums", "bass", "other", "vocals"}
     assert len(find_songs(out / "normalized")) == 2
@@ -60,6 +60,18 @@ def test_separate_then_normalise(tmp_path, tiny_model):
 def test_missing_model_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "m").mkdir()
     sf.write(tmp_path / "m" / "a.wav", np.zeros((100, 2), np.float32), SR)
-    assert main(["dataset", "separate", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "--model",
-                 str(tmp_path / "nope.th")]) == 2
+    assert (
+        main(
+            [
+                "dataset",
+                "separate",
+                str(tmp_path / "m"),
+                "-o",
+                str(tmp_path / "o"),
+                "--model",
+                str(tmp_path / "nope.th"),
+            ]
+        )
+        == 2
+    )
     assert "no such separation model" in capsys.readouterr().err

@@ -67,9 +67,15 @@ def test_region_render_is_the_console_render_of_that_region(session):
         assert region.shape == (2, 3 * SR)
         # compressors, delays and reverb tails from before the region are settled by the pre-roll
         assert error_db(region.numpy(), full_render(session, version).numpy()) < (-100 if version == SUM else -40)
-    assert error_db(session.render_region(SUM).mix.numpy(), sum(
-        a[:, 2 * SR: 5 * SR].expand(2, -1) * (np.sqrt(0.5) if a.shape[0] == 1 else 1.0)
-        for a in session.audio).numpy()) < -100  # the plain sum: mono tracks centred with the -3 dB pan law
+    assert (
+        error_db(
+            session.render_region(SUM).mix.numpy(),
+            sum(
+                a[:, 2 * SR : 5 * SR].expand(2, -1) * (np.sqrt(0.5) if a.shape[0] == 1 else 1.0) for a in session.audio
+            ).numpy(),
+        )
+        < -100
+    )  # the plain sum: mono tracks centred with the -3 dB pan law
 
 
 def test_one_fader_move_re_renders_one_strip(session, monkeypatch):
@@ -97,8 +103,12 @@ def test_one_fader_move_re_renders_one_strip(session, monkeypatch):
 def test_edits_are_validated_all_or_nothing_and_undoable(session):
     first = session.edited.to_json()
     with pytest.raises(ConsoleFileError, match=r"tracks\[0\]\.chain\[1\]\.bands\[2\]\.q: 0 is not > 0"):
-        session.edit([{"path": ["tracks", 0, "chain", 0, "gain_db"], "value": -1.0},
-                      {"path": ["tracks", 0, "chain", 1, "bands", 2, "q"], "value": 0}])
+        session.edit(
+            [
+                {"path": ["tracks", 0, "chain", 0, "gain_db"], "value": -1.0},
+                {"path": ["tracks", 0, "chain", 1, "bands", 2, "q"], "value": 0},
+            ]
+        )
     assert session.edited.to_json() == first
     with pytest.raises(ConsoleFileError, match="does not exist"):
         session.edit([{"path": ["tracks", 9, "chain", 0, "gain_db"], "value": -1.0}])
@@ -122,11 +132,16 @@ def test_mute_and_solo_change_what_plays_not_the_console(session):
     everything = session.render_region(SUM).mix.clone()
     session.monitor(muted=[1], soloed=[])
     muted = session.render_region(SUM).mix
-    track1 = session.audio[1][:, :4 * SR]
-    assert error_db((everything - muted).numpy(), track1.expand(2, -1).numpy() * (1.0 if track1.shape[0] == 2 else np.sqrt(0.5))) < -100
+    track1 = session.audio[1][:, : 4 * SR]
+    assert (
+        error_db(
+            (everything - muted).numpy(), track1.expand(2, -1).numpy() * (1.0 if track1.shape[0] == 2 else np.sqrt(0.5))
+        )
+        < -100
+    )
     session.monitor(muted=[], soloed=[3])
     solo = session.render_region(SUM).mix
-    track3 = session.audio[3][:, :4 * SR]
+    track3 = session.audio[3][:, : 4 * SR]
     assert error_db(solo.numpy(), track3.expand(2, -1).numpy() * (1.0 if track3.shape[0] == 2 else np.sqrt(0.5))) < -100
     assert session.edited.to_json() == session.versions[next(iter(session.versions))].to_json()
     with pytest.raises(GradmixError, match="no track 7"):
@@ -226,9 +241,16 @@ def test_only_files_inside_the_stems_and_output_folders_are_served(client, song,
     secret = song.parent / "secret.txt"
     secret.write_text("no")
     assert client.get("/files/stems/kick.wav").status_code == 200
-    for path in ("/files/stems/../secret.txt", "/files/stems/%2e%2e/secret.txt", "/files/stems/..%2fsecret.txt",
-                 f"/files/stems/{secret}", "/files/stems//etc/passwd", "/files/elsewhere/kick.wav",
-                 "/files/out/nothing.wav", "/static/../session.py"):
+    for path in (
+        "/files/stems/../secret.txt",
+        "/files/stems/%2e%2e/secret.txt",
+        "/files/stems/..%2fsecret.txt",
+        f"/files/stems/{secret}",
+        "/files/stems//etc/passwd",
+        "/files/elsewhere/kick.wav",
+        "/files/out/nothing.wav",
+        "/static/../session.py",
+    ):
         assert client.get(path).status_code == 404, path
     link = song / "link.wav"  # a link inside the stems folder that leads out of it
     link.symlink_to(secret)
@@ -265,8 +287,9 @@ def test_foreign_host_names_and_missing_tokens_are_refused(session):
     assert shared.get("/?token=s3cret").status_code == 200
 
 
-def test_studio_on_a_shared_host_prints_a_token_and_the_server_refuses_requests_without_it(song, tmp_path, monkeypatch,
-                                                                                            capsys):
+def test_studio_on_a_shared_host_prints_a_token_and_the_server_refuses_requests_without_it(
+    song, tmp_path, monkeypatch, capsys
+):
     """`gradmix studio --host 0.0.0.0` makes a token and prints it; the real server answers 403 without it and
     413 to an upload declared larger than the 200 MB cap, before reading it."""
     require("starlette")
@@ -299,8 +322,15 @@ def test_studio_on_a_shared_host_prints_a_token_and_the_server_refuses_requests_
         answers["none"] = ask("GET", "/api/state")
         answers["wrong"] = ask("GET", "/api/state", {"x-gradmix-token": "wrong"})
         answers["token"] = ask("GET", f"/api/state?token={self.token}")
-        answers["big"] = ask("POST", "/api/match", {"x-gradmix-token": self.token, "x-filename": "big.wav",
-                                                    "content-length": str(server.MAX_UPLOAD_BYTES + 1)})
+        answers["big"] = ask(
+            "POST",
+            "/api/match",
+            {
+                "x-gradmix-token": self.token,
+                "x-filename": "big.wav",
+                "content-length": str(server.MAX_UPLOAD_BYTES + 1),
+            },
+        )
         self.server.should_exit = True
         thread.join(10)
 
@@ -316,9 +346,15 @@ def test_concurrent_edits_leave_a_whole_console(session, client):
     from concurrent.futures import ThreadPoolExecutor
 
     def move(k: int):
-        return client.post("/api/edit", json={"changes": [
-            {"path": ["tracks", 0, "chain", 0, "gain_db"], "value": float(-k)},
-            {"path": ["tracks", 1, "chain", 0, "gain_db"], "value": float(-k)}]}).status_code
+        return client.post(
+            "/api/edit",
+            json={
+                "changes": [
+                    {"path": ["tracks", 0, "chain", 0, "gain_db"], "value": float(-k)},
+                    {"path": ["tracks", 1, "chain", 0, "gain_db"], "value": float(-k)},
+                ]
+            },
+        ).status_code
 
     with ThreadPoolExecutor(4) as pool:
         assert set(pool.map(move, range(12))) == {200}
@@ -330,19 +366,31 @@ def test_concurrent_edits_leave_a_whole_console(session, client):
 
 
 def test_cli_refuses_a_missing_folder_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path / "nope"), "--port", "0"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path), "--port", "99999"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gradmix.cli.main", "studio", str(tmp_path), "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip() == "gradmix: error: --port: 99999 is not a port (0..65535)"
 
 
 def test_cli_refuses_an_output_folder_that_is_a_file_in_one_line(song, tmp_path):
     blocker = tmp_path / "saves"
     blocker.write_text("not a folder")
-    r = subprocess.run([sys.executable, "-m", "gradmix.cli.main", "studio", str(song), "--port", "0",
-                        "--out", str(blocker)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gradmix.cli.main", "studio", str(song), "--port", "0", "--out", str(blocker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr == f"gradmix: error: {blocker}: is a file; saves go into a folder\n"
     assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["saves"]
 
@@ -351,8 +399,12 @@ def test_cli_serves_and_stops_cleanly_on_ctrl_c(song, tmp_path):
     require("uvicorn")
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "gradmix.cli.main", "studio", str(song), "--port", "0",
-                             "--out", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradmix.cli.main", "studio", str(song), "--port", "0", "--out", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         deadline = time.time() + 120
@@ -383,9 +435,18 @@ def browser():
     if not Path(CHROMIUM).exists():
         require_tool("chromium")
     with sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 

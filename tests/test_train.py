@@ -30,7 +30,7 @@ def make_dataset(root: Path, songs: int = 2, with_mix: bool = True) -> Path:
     for s in range(songs):
         stems = []
         for k in range(2 + s):
-            x = (0.2 * np.sin(2 * np.pi * (100 + 150 * k + 40 * s) * t) + 0.02 * rng.standard_normal(t.size))
+            x = 0.2 * np.sin(2 * np.pi * (100 + 150 * k + 40 * s) * t) + 0.02 * rng.standard_normal(t.size)
             stems.append(x)
             (root / f"song{s}").mkdir(parents=True, exist_ok=True)
             sf.write(root / f"song{s}" / f"track{k}.wav", x.astype(np.float32), SR)
@@ -41,9 +41,12 @@ def make_dataset(root: Path, songs: int = 2, with_mix: bool = True) -> Path:
 
 
 def write_config(path: Path, data: Path, out: Path, **run) -> Path:
-    cfg = {"data": {"songs": [str(data)], "seconds": 1.0, "sample_rate": SR, "batch_size": 2, "regime": "mixed"},
-           "model": TINY, "optim": {"lr": 1e-3, "warmup_steps": 1},
-           "run": {"out": str(out), "max_steps": 2, "log_every": 1, "checkpoint_every": 1, "progress": False, **run}}
+    cfg = {
+        "data": {"songs": [str(data)], "seconds": 1.0, "sample_rate": SR, "batch_size": 2, "regime": "mixed"},
+        "model": TINY,
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "run": {"out": str(out), "max_steps": 2, "log_every": 1, "checkpoint_every": 1, "progress": False, **run},
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -60,22 +63,26 @@ def test_config_errors_name_the_key(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: [unclosed")
     with pytest.raises(GradmixError, match="not valid YAML"):
         TrainConfig.load(tmp_path / "bad.yaml")
-    (tmp_path / "rel.yaml").write_text(yaml.safe_dump({"data": {"songs": ["songs"]}, "run": {"out": "runs/x"},
-                                                       "optim": {"loss": {"features": 0.5}}}))
+    (tmp_path / "rel.yaml").write_text(
+        yaml.safe_dump({"data": {"songs": ["songs"]}, "run": {"out": "runs/x"}, "optim": {"loss": {"features": 0.5}}})
+    )
     cfg = TrainConfig.load(tmp_path / "rel.yaml")
     assert cfg.data.songs == [str(tmp_path / "songs")] and cfg.run.out == str(tmp_path / "runs" / "x")
     assert cfg.optim.loss.features == 0.5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--devices", "abc"], "config.run.devices (--devices): 'abc' is not a number of devices (>= 1) or 'auto'"),
-    (["--devices", "0"], "config.run.devices (--devices): 0 is not a number of devices (>= 1) or 'auto'"),
-    (["--num-nodes", "0"], "config.run.num_nodes: must be > 0, got 0"),
-    (["--accelerator", "tpu9"], "config.run.accelerator (--accelerator): 'tpu9' is not one of auto, gpu, cpu"),
-    (["--strategy", "nope"], "config.run.strategy (--strategy): 'nope' is not one of auto, ddp, "),
-    (["--out", "afile"], "afile: cannot create the output folder (File exists)"),
-    (["--out", "afile/run"], "afile/run: cannot create the output folder (Not a directory)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--devices", "abc"], "config.run.devices (--devices): 'abc' is not a number of devices (>= 1) or 'auto'"),
+        (["--devices", "0"], "config.run.devices (--devices): 0 is not a number of devices (>= 1) or 'auto'"),
+        (["--num-nodes", "0"], "config.run.num_nodes: must be > 0, got 0"),
+        (["--accelerator", "tpu9"], "config.run.accelerator (--accelerator): 'tpu9' is not one of auto, gpu, cpu"),
+        (["--strategy", "nope"], "config.run.strategy (--strategy): 'nope' is not one of auto, ddp, "),
+        (["--out", "afile"], "afile: cannot create the output folder (File exists)"),
+        (["--out", "afile/run"], "afile/run: cannot create the output folder (Not a directory)"),
+    ],
+)
 def test_bad_run_settings_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, args, message):
     require("lightning")
     from gradmix.cli.main import main
@@ -172,9 +179,27 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     config = write_config(tmp_path / "cfg.yaml", data, tmp_path / "run")
     (tmp_path / "probe.py").write_text(DDP_PROBE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(tmp_path), "train", str(config),
-                           "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--max-steps", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "probe.py"),
+            str(tmp_path),
+            "train",
+            str(config),
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--accelerator",
+            "cpu",
+            "--max-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, meta = load_model(tmp_path / "run" / "model.pt")
     assert meta["info"]["steps"] == 2
@@ -266,8 +291,9 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
     layout = Layout.build(["gain", "pan"])
     x = torch.randn(1, 1, 1, SR // 2, generator=torch.Generator().manual_seed(0)).expand(1, 2, 1, SR // 2) * 0.1
     pans, gains = torch.tensor([[-0.6, 0.5]]), torch.tensor([[-3.0, 2.0]])
-    params = layout.denormalize(Controls(torch.zeros(1, 2, 2), torch.zeros(1, 2, 0), torch.zeros(1, 0),
-                                         torch.zeros(1, 0)))
+    params = layout.denormalize(
+        Controls(torch.zeros(1, 2, 2), torch.zeros(1, 2, 0), torch.zeros(1, 0), torch.zeros(1, 0))
+    )
     params.strip = [{"gain_db": gains}, {"pan": pans}]
     _, wet = layout.render(x, params, sample_rate=SR)
     logits = Controls(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 0), torch.zeros(1, 0), torch.zeros(1, 0)).logits()
@@ -277,8 +303,13 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
         c = Controls.from_logits(logits)
         p = layout.denormalize(c)
         _, strips = layout.render(x, p, sample_rate=SR)
-        loss = loss_fn(track_outputs(layout, strips, p, sample_rate=SR), wet, active_tracks(x, wet, has_wet),
-                       pre_master(layout, strips, p, sample_rate=SR), wet.sum(1))[0]
+        loss = loss_fn(
+            track_outputs(layout, strips, p, sample_rate=SR),
+            wet,
+            active_tracks(x, wet, has_wet),
+            pre_master(layout, strips, p, sample_rate=SR),
+            wet.sum(1),
+        )[0]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -54,8 +54,11 @@ class Stem:
 
 def is_audio_file(path: Path) -> bool:
     name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and (name.endswith(STEM_MP4) or path.suffix.lower() in
-                                                            AUDIO_EXTENSIONS)
+    return (
+        path.is_file()
+        and not name.startswith(".")
+        and (name.endswith(STEM_MP4) or path.suffix.lower() in AUDIO_EXTENSIONS)
+    )
 
 
 def list_audio_files(folder: str | os.PathLike) -> list[Path]:
@@ -93,7 +96,7 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
                 got = f.read(min(frames - done, len(block)), dtype="float32", always_2d=True, out=block)
                 if len(got) == 0:
                     break
-                data[:, done: done + len(got)] = got.T
+                data[:, done : done + len(got)] = got.T
                 done += len(got)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: cannot be read as audio ({_short(exc)})") from None
@@ -119,8 +122,10 @@ def _check_wav_length(path: Path) -> None:
             chunk_id, chunk_size = struct.unpack("<4sI", f.read(8))
             if chunk_id == b"data":
                 if head[:4] == b"RIFF" and pos + 8 + chunk_size > size:
-                    raise AudioError(f"{path}: truncated: the data chunk promises {chunk_size} bytes, "
-                                     f"the file holds {size - pos - 8}")
+                    raise AudioError(
+                        f"{path}: truncated: the data chunk promises {chunk_size} bytes, "
+                        f"the file holds {size - pos - 8}"
+                    )
                 return
             pos += 8 + chunk_size + (chunk_size & 1)
 
@@ -129,8 +134,10 @@ def _checked(path: Path, data: np.ndarray, channels: int, rate: int) -> tuple[np
     if data.shape[-1] == 0:
         raise AudioError(f"{path}: has no samples (zero length)")
     if channels > 2:
-        raise AudioError(f"{path}: has {channels} channels; gradmix takes mono or stereo stems — split it into "
-                         f"mono files first (e.g. `sox {path.name} ch1.wav remix 1`)")
+        raise AudioError(
+            f"{path}: has {channels} channels; gradmix takes mono or stereo stems — split it into "
+            f"mono files first (e.g. `sox {path.name} ch1.wav remix 1`)"
+        )
     if not np.isfinite(data.sum()):  # one pass; locate the culprit only when there is one
         first = int(np.argwhere(~np.isfinite(data))[0][-1])
         raise AudioError(f"{path}: contains NaN or Inf samples (first at {first / rate:.3f} s)")
@@ -150,11 +157,25 @@ def read_stem_mp4(path: Path, include_mixture: bool = False) -> list[tuple[str, 
         when ``include_mixture``.
     """
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise AudioError(f"{path}: reading .stem.mp4 needs ffmpeg and ffprobe on the PATH "
-                         "(e.g. `apt-get install ffmpeg`)")
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a", "-show_entries",
-                            "stream=index,sample_rate,channels", "-of", "json", str(path)],
-                           capture_output=True, text=True)
+        raise AudioError(
+            f"{path}: reading .stem.mp4 needs ffmpeg and ffprobe on the PATH (e.g. `apt-get install ffmpeg`)"
+        )
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a",
+            "-show_entries",
+            "stream=index,sample_rate,channels",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
         raise AudioError(f"{path}: cannot be read as audio ({_short(RuntimeError(probe.stderr))})")
     streams = json.loads(probe.stdout).get("streams", [])
@@ -164,8 +185,10 @@ def read_stem_mp4(path: Path, include_mixture: bool = False) -> list[tuple[str, 
     first = 0 if include_mixture else 1
     for k, info in enumerate(streams[first:], start=first):
         rate, channels = int(info["sample_rate"]), int(info["channels"])
-        dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:a:{k}", "-f", "f32le",
-                              "-acodec", "pcm_f32le", "-"], capture_output=True)
+        dec = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(path), "-map", f"0:a:{k}", "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+            capture_output=True,
+        )
         if dec.returncode != 0:
             raise AudioError(f"{path}: stream {k} cannot be decoded ({_short(RuntimeError(dec.stderr.decode()))})")
         data = np.frombuffer(dec.stdout, dtype=np.float32).reshape(-1, channels).T
@@ -175,8 +198,15 @@ def read_stem_mp4(path: Path, include_mixture: bool = False) -> list[tuple[str, 
     return out
 
 
-def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sample_rate: int | None = None,
-               strict: bool = False, max_tracks: int = MAX_TRACKS, progress: bool = False) -> tuple[list[Stem], int]:
+def load_stems(
+    folder: str | os.PathLike,
+    *,
+    files: list[str] | None = None,
+    sample_rate: int | None = None,
+    strict: bool = False,
+    max_tracks: int = MAX_TRACKS,
+    progress: bool = False,
+) -> tuple[list[Stem], int]:
     """Load stems from ``folder``: validated, resampled to one rate, padded to the longest.
 
     Args:
@@ -221,8 +251,10 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
             continue
         found = [s for s in streams if s[0] == stream]
         if not found:
-            raise AudioError(f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
-                             "name one as FILE.stem.mp4#STREAM")
+            raise AudioError(
+                f"{path}: has no stream {stream!r} (streams: {', '.join(s[0] for s in streams)}); "
+                "name one as FILE.stem.mp4#STREAM"
+            )
         raw.append((name, path, found[0][1], found[0][2]))
     if len(raw) > max_tracks:
         raise AudioError(f"{folder}: {len(raw)} stems, more than the {max_tracks} gradmix takes at once")
@@ -233,8 +265,9 @@ def load_stems(folder: str | os.PathLike, *, files: list[str] | None = None, sam
     for name, path, data, rate in raw:
         if rate != sample_rate:
             if strict:
-                raise AudioError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to "
-                                 "resample)")
+                raise AudioError(
+                    f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (--strict refuses to resample)"
+                )
             data = resample(data, rate, sample_rate)
         stems.append(Stem(name, path, torch.from_numpy(data), rate))
     length = max(s.audio.shape[-1] for s in stems)
@@ -313,8 +346,9 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int,
-                subtype: str = "float") -> Path:
+def write_audio(
+    path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int, subtype: str = "float"
+) -> Path:
     """Write ``(channels, samples)`` audio to a WAV/FLAC file atomically (temp file + rename).
 
     Args:
@@ -338,7 +372,7 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sampl
     try:
         with sf.SoundFile(tmp, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as f:
             for start in range(0, data.shape[1], _BLOCK_FRAMES):  # interleaved block by block: no song-long copy
-                f.write(data[:, start: start + _BLOCK_FRAMES].T.astype(np.float32))
+                f.write(data[:, start : start + _BLOCK_FRAMES].T.astype(np.float32))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

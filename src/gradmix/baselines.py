@@ -52,8 +52,9 @@ def _set_mix_loudness(setting: ConsoleSetting, tracks: Sequence[Tensor], target_
         _master(setting, "limiter").params["gain_db"] += target_lufs - lufs
 
 
-def plain_sum(names: Sequence[str], files: Sequence[str | None], tracks: Sequence[Tensor],
-              sample_rate: int) -> ConsoleSetting:
+def plain_sum(
+    names: Sequence[str], files: Sequence[str | None], tracks: Sequence[Tensor], sample_rate: int
+) -> ConsoleSetting:
     return ConsoleSetting.neutral(names, files, sample_rate=sample_rate)
 
 
@@ -85,16 +86,18 @@ def _limit_and_level(setting: ConsoleSetting, tracks, mix_lufs: float) -> None:
     _set_mix_loudness(setting, tracks, mix_lufs)
 
 
-def equal_loudness(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS,
-                   mix_lufs: float = MIX_LUFS) -> ConsoleSetting:
+def equal_loudness(
+    names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix_lufs: float = MIX_LUFS
+) -> ConsoleSetting:
     setting = plain_sum(names, files, tracks, sample_rate)
     _level_tracks(setting, tracks, track_lufs)
     _limit_and_level(setting, tracks, mix_lufs)
     return setting
 
 
-def rules(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix_lufs: float = MIX_LUFS
-          ) -> ConsoleSetting:
+def rules(
+    names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix_lufs: float = MIX_LUFS
+) -> ConsoleSetting:
     setting = plain_sum(names, files, tracks, sample_rate)
     loudness = _level_tracks(setting, tracks, track_lufs)
     centroids = []
@@ -104,8 +107,7 @@ def rules(names, files, tracks, sample_rate, track_lufs: float = TRACK_LUFS, mix
     others = sorted((c, i) for i, c in enumerate(centroids) if c >= LOW_CENTROID_HZ)
     for i, c in enumerate(centroids):
         comp = _entry(setting, i, "compressor").params
-        comp.update(threshold_db=max(-60.0, min(0.0, loudness[i] + 6.0)), ratio=2.0, attack_ms=10.0,
-                    release_ms=150.0)
+        comp.update(threshold_db=max(-60.0, min(0.0, loudness[i] + 6.0)), ratio=2.0, attack_ms=10.0, release_ms=150.0)
         if c < LOW_CENTROID_HZ:
             _entry(setting, i, "gain").params["gain_db"] += 3.0
     for rank, (_, i) in enumerate(others):
@@ -122,14 +124,20 @@ def random_console(names, files, tracks, sample_rate, seed: int = 0) -> ConsoleS
     layout = Layout.default()
     gen = torch.Generator().manual_seed(seed)
     controls = layout.random_controls(1, len(names), generator=gen, dtype=torch.float64)
-    return ConsoleSetting.from_params(layout, layout.denormalize(controls), names=list(names), files=list(files),
-                                      sample_rate=sample_rate)
+    return ConsoleSetting.from_params(
+        layout, layout.denormalize(controls), names=list(names), files=list(files), sample_rate=sample_rate
+    )
 
 
 def baseline(name: str, names, files, tracks, sample_rate, **kw) -> ConsoleSetting:
     """The console setting of baseline ``name`` (one of :data:`BASELINES`) for one song."""
-    fns = {"plain_sum": plain_sum, "peak_normalized": peak_normalized, "equal_loudness": equal_loudness,
-           "rules": rules, "random_console": random_console}
+    fns = {
+        "plain_sum": plain_sum,
+        "peak_normalized": peak_normalized,
+        "equal_loudness": equal_loudness,
+        "rules": rules,
+        "random_console": random_console,
+    }
     if name not in fns:
         raise GradmixError(f"baseline: {name!r} is not one of {', '.join(BASELINES)}")
     return fns[name](names, files, tracks, sample_rate, **kw)

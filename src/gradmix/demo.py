@@ -18,7 +18,9 @@ from gradmix.example import EXAMPLE_TRACKS, example_multitrack
 SAMPLE_RATE = 44100
 
 
-def run_demo(out_dir: str | Path, seconds: float = DEMO_SECONDS, model_path: str | Path | None = None) -> dict[str, Path]:
+def run_demo(
+    out_dir: str | Path, seconds: float = DEMO_SECONDS, model_path: str | Path | None = None
+) -> dict[str, Path]:
     """Write the example's stems to ``out_dir/stems`` and mix them; returns the written files by role."""
     from gradmix.mix import mix_folder
 
@@ -32,8 +34,13 @@ def run_demo(out_dir: str | Path, seconds: float = DEMO_SECONDS, model_path: str
     plain = dsp.pan(torch.stack([tracks[n] for n in EXAMPLE_TRACKS]), pan=0.0).sum(0)  # centred, the console's law
     write_audio(out / "sum.wav", plain, SAMPLE_RATE)
     report = mix_folder(out / "stems", out / "mix.wav", model_path=model_path, report=True)
-    files = {"stems": out / "stems", "sum": out / "sum.wav", "mix": report.output, "console": report.console,
-             "report": report.report}
+    files = {
+        "stems": out / "stems",
+        "sum": out / "sum.wav",
+        "mix": report.output,
+        "console": report.console,
+        "report": report.report,
+    }
     _print_summary(files, report, plain)
     return files
 
@@ -55,5 +62,7 @@ def _print_summary(files: dict[str, Path], report, plain: torch.Tensor) -> None:
     table.add_row("console file", str(files["console"]), "", "")
     table.add_row("report page", str(files["report"]), "", "")
     Console().print(table)
-    print(f"open {files['report']} in a browser; edit {files['console']} and run "
-          f"`gradmix render {files['stems']} {files['console']} -o my_mix.wav` to change the mix")
+    print(
+        f"open {files['report']} in a browser; edit {files['console']} and run "
+        f"`gradmix render {files['stems']} {files['console']} -o my_mix.wav` to change the mix"
+    )

@@ -38,17 +38,27 @@ from gradmix.defaults import EVAL_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.metrics import GROUPS, aggregate_score, feature_errors
 from gradmix.metrics import features as F
-from gradmix.metrics.tracks import (DESCRIPTORS, OFF_CENTRE, descriptor_spread, track_descriptors,
-                                    track_errors)
+from gradmix.metrics.tracks import DESCRIPTORS, OFF_CENTRE, descriptor_spread, track_descriptors, track_errors
 from gradmix.progress import progress as show_progress
 
 SYSTEMS = BASELINES + ("gradmix", "target")
 
 
-def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sample_rate: int = 44100,
-             seconds: float | None = EVAL_SECONDS, seed: int = 0, progress: bool = False, model_path: str | Path | None = None,
-             songs: list[str] | None = None, held_out: bool = False, tracks: bool = False,
-             models: Mapping[str, str | Path] | None = None) -> dict[str, Any]:
+def evaluate(
+    dataset: str | Path,
+    out_dir: str | Path,
+    *,
+    systems: list[str],
+    sample_rate: int = 44100,
+    seconds: float | None = EVAL_SECONDS,
+    seed: int = 0,
+    progress: bool = False,
+    model_path: str | Path | None = None,
+    songs: list[str] | None = None,
+    held_out: bool = False,
+    tracks: bool = False,
+    models: Mapping[str, str | Path] | None = None,
+) -> dict[str, Any]:
     """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name, or with
     ``held_out`` on the songs the model's training excluded); ``gradmix`` is the mixing model (``model_path``,
     default the shipped one). ``models`` maps further system names to model files (each a system that is the
@@ -99,8 +109,10 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
         raise GradmixError(f"{dataset}: no song has a mix to compare with (name it mix.wav)")
     wet_songs = [s for s in songs if any(r.wet is not None for r in s.stems)] if tracks else []
     if tracks and not wet_songs:
-        raise GradmixError(f"{dataset}: --tracks needs wet stems (<song>/wet/<the dry stem's file name>), and none of "
-                           f"its {len(songs)} song(s) with a mix has any")
+        raise GradmixError(
+            f"{dataset}: --tracks needs wet stems (<song>/wet/<the dry stem's file name>), and none of "
+            f"its {len(songs)} song(s) with a mix has any"
+        )
     wet_names = {s.name for s in wet_songs}
     make_output_folder(out / "songs")
     if tracks:
@@ -112,8 +124,9 @@ def evaluate(dataset: str | Path, out_dir: str | Path, *, systems: list[str], sa
         need_tracks = tracks_path is not None and not tracks_path.is_file()
         if not (need_features or need_tracks):
             continue
-        result, track_result = _evaluate_song(song, out, systems, sample_rate, seconds, seed, mixers,
-                                              features=need_features, tracks=need_tracks)
+        result, track_result = _evaluate_song(
+            song, out, systems, sample_rate, seconds, seed, mixers, features=need_features, tracks=need_tracks
+        )
         if need_features:
             _write_json(result_path, result)
         if need_tracks:
@@ -136,8 +149,18 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, seconds: float | None, seed: int,
-                   mixers: Mapping[str, Any], *, features: bool = True, tracks: bool = False) -> tuple[dict, dict]:
+def _evaluate_song(
+    song,
+    out: Path,
+    systems: list[str],
+    sample_rate: int,
+    seconds: float | None,
+    seed: int,
+    mixers: Mapping[str, Any],
+    *,
+    features: bool = True,
+    tracks: bool = False,
+) -> tuple[dict, dict]:
     """Render every system on one song; with ``features`` compare each mix with the target (rows, audio, plot),
     with ``tracks`` measure each system's parts against the wet stems. Returns the two per-song results."""
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
@@ -162,8 +185,9 @@ def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, second
 
                 setting = automix(mixers[system], names, files, audio, sample_rate)
             else:
-                setting = baseline(system, names, files, audio, sample_rate,
-                                   **({"seed": seed} if system == "random_console" else {}))
+                setting = baseline(
+                    system, names, files, audio, sample_rate, **({"seed": seed} if system == "random_console" else {})
+                )
             with torch.no_grad():
                 mix, strips = setting.render(audio, keep_strips=tracks)
                 if measure is not None:
@@ -177,8 +201,13 @@ def _evaluate_song(song, out: Path, systems: list[str], sample_rate: int, second
         write_audio(audio_dir / f"{system}.wav", mix[0], sample_rate, "16")
         errors = feature_errors(mix, target, sample_rate)
         score, groups = aggregate_score(errors)
-        row = {"song": song.name, "system": system, "score": float(score),
-               **{f"group_{g}": float(v) for g, v in groups.items()}, **{k: float(v) for k, v in errors.items()}}
+        row = {
+            "song": song.name,
+            "system": system,
+            "score": float(score),
+            **{f"group_{g}": float(v) for g, v in groups.items()},
+            **{k: float(v) for k, v in errors.items()},
+        }
         try:
             from gradmix.metrics import mrstft_distance
 
@@ -209,8 +238,12 @@ class _TrackMeasure:
         desc = track_descriptors(parts, self.dry, sample_rate=self.sample_rate)
         self.measured = errors["measured"]
         for n in torch.nonzero(self.measured).flatten().tolist():
-            row = {"song": self.song, "system": system, "track": self.names[n],
-                   "off_centre": bool(errors["off_centre"][n])}
+            row = {
+                "song": self.song,
+                "system": system,
+                "track": self.names[n],
+                "off_centre": bool(errors["off_centre"][n]),
+            }
             row.update({k: float(v[n]) for k, v in errors.items() if k not in ("measured", "off_centre")})
             row.update({k: float(desc[k][n]) for k in DESCRIPTORS})
             row.update({f"wet_{k}": float(self.authors[k][n]) for k in DESCRIPTORS})
@@ -223,8 +256,14 @@ class _TrackMeasure:
     def result(self) -> dict:
         measured = self.measured if self.measured is not None else torch.zeros(len(self.names), dtype=torch.bool)
         off = self.authors["position"].abs() >= OFF_CENTRE
-        return {"tracks": len(self.names), "with_wet": int(self.has_wet.sum()), "measured": int(measured.sum()),
-                "off_centre": int((measured & off).sum()), "rows": self.rows, "spread": self.spread}
+        return {
+            "tracks": len(self.names),
+            "with_wet": int(self.has_wet.sum()),
+            "measured": int(measured.sum()),
+            "off_centre": int((measured & off).sum()),
+            "rows": self.rows,
+            "spread": self.spread,
+        }
 
 
 def _spectrum_and_panning(x: torch.Tensor, sample_rate: int) -> dict[str, list[float]]:
@@ -232,8 +271,11 @@ def _spectrum_and_panning(x: torch.Tensor, sample_rate: int) -> dict[str, list[f
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs().square().mean(-1)[0]
     sps, energy = F.stereo_panning_spectrum(spec)
     pan = ((sps * energy).sum(-1) / energy.sum(-1).clamp_min(F.EPS))[0]
-    return {"freqs": F.bin_frequencies(sample_rate, mag).tolist(), "spectrum_db": (10 * torch.log10(mag + 1e-12)).tolist(),
-            "panning": pan.tolist()}
+    return {
+        "freqs": F.bin_frequencies(sample_rate, mag).tolist(),
+        "spectrum_db": (10 * torch.log10(mag + 1e-12)).tolist(),
+        "panning": pan.tolist(),
+    }
 
 
 def _summary(rows: list[dict], systems: list[str]) -> list[tuple[str, dict[str, tuple[float, float]]]]:
@@ -256,8 +298,10 @@ def _write_tables(rows: list[dict], systems: list[str], out: Path) -> None:
     lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for s, vals in summary:
         lines.append(f"| {s} | " + " | ".join(f"{m:.3f} ± {d:.3f}" for m, d in vals.values()) + " |")
-    (out / "results.md").write_text("Feature errors against the human mix (MAPE; lower is better), mean ± std over "
-                                    f"{len({r['song'] for r in rows})} song(s).\n\n" + "\n".join(lines) + "\n")
+    (out / "results.md").write_text(
+        "Feature errors against the human mix (MAPE; lower is better), mean ± std over "
+        f"{len({r['song'] for r in rows})} song(s).\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _plot_groups(rows: list[dict], systems: list[str], path: Path) -> None:
@@ -301,8 +345,13 @@ def _plot_song(spectra: dict[str, dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-TRACK_COLUMNS = ("level error (dB)", "position error", "off-centre: position error (centred mix)",
-                 "octave-band error (dB)", *(f"spread ratio: {d}" for d in DESCRIPTORS))
+TRACK_COLUMNS = (
+    "level error (dB)",
+    "position error",
+    "off-centre: position error (centred mix)",
+    "octave-band error (dB)",
+    *(f"spread ratio: {d}" for d in DESCRIPTORS),
+)
 """Columns of ``tracks.md`` after the system's name."""
 
 
@@ -318,8 +367,12 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
             w.writeheader()
             w.writerows(table)
         os.replace(tmp, out / name)
-    counts = {"songs": len(songs), "measured": sum(s["measured"] for s in songs),
-              "off_centre": sum(s["off_centre"] for s in songs), "skipped": skipped}
+    counts = {
+        "songs": len(songs),
+        "measured": sum(s["measured"] for s in songs),
+        "off_centre": sum(s["off_centre"] for s in songs),
+        "skipped": skipped,
+    }
 
     def mean(values: list[float], fmt: str) -> str:
         v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
@@ -329,17 +382,29 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
     for system in systems:
         mine = [r for r in rows if r["system"] == system]
         off = [r for r in mine if r["off_centre"]]
-        off_cell = (f"{mean([r['position_error'] for r in off], '.3f')} "
-                    f"({mean([r['centred_position_error'] for r in off], '.3f')})") if off else "–"
-        cells = [mean([r["level_error_db"] for r in mine], ".2f"), mean([r["position_error"] for r in mine], ".3f"),
-                 off_cell, mean([r["octave_band_error_db"] for r in mine], ".2f")]
+        off_cell = (
+            (
+                f"{mean([r['position_error'] for r in off], '.3f')} "
+                f"({mean([r['centred_position_error'] for r in off], '.3f')})"
+            )
+            if off
+            else "–"
+        )
+        cells = [
+            mean([r["level_error_db"] for r in mine], ".2f"),
+            mean([r["position_error"] for r in mine], ".3f"),
+            off_cell,
+            mean([r["octave_band_error_db"] for r in mine], ".2f"),
+        ]
         cells += [mean([r[f"ratio_{d}"] for r in spread if r["system"] == system], ".2f") for d in DESCRIPTORS]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
-    head = (f"Per-track measures against the authors' wet stems: {counts['measured']} track(s) measured in "
-            f"{len(songs)} song(s), {counts['off_centre']} of them off-centre (|wet position| >= {OFF_CENTRE:g}). "
-            "Errors are means over tracks (lower is better); a spread ratio is the mean over songs of the standard "
-            "deviation over a song's tracks of the descriptor, the system's over the authors' (1: as varied as the "
-            "authors' mix, 0: every track treated alike).")
+    head = (
+        f"Per-track measures against the authors' wet stems: {counts['measured']} track(s) measured in "
+        f"{len(songs)} song(s), {counts['off_centre']} of them off-centre (|wet position| >= {OFF_CENTRE:g}). "
+        "Errors are means over tracks (lower is better); a spread ratio is the mean over songs of the standard "
+        "deviation over a song's tracks of the descriptor, the system's over the authors' (1: as varied as the "
+        "authors' mix, 0: every track treated alike)."
+    )
     text = head + "\n\n" + "\n".join(lines) + "\n"
     if skipped:
         text += f"\nSkipped (no wet stems): {', '.join(skipped)}.\n"
@@ -349,16 +414,20 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
 
 def _write_html(songs, rows: list[dict], systems: list[str], out: Path, tracks: bool = False) -> None:
     table = (out / "results.md").read_text()
-    parts = ["<!doctype html><meta charset='utf-8'><title>gradmix eval</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px}</style>",
-             "<h1>gradmix evaluation</h1><pre>" + html.escape(table) + "</pre><img src='groups.png' width='100%'>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>gradmix eval</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px}</style>",
+        "<h1>gradmix evaluation</h1><pre>" + html.escape(table) + "</pre><img src='groups.png' width='100%'>",
+    ]
     if tracks:
         parts.append("<h2>Per-track measures</h2><pre>" + html.escape((out / "tracks.md").read_text()) + "</pre>")
     for song in songs:
         parts.append(f"<h2>{html.escape(song.name)}</h2><img src='{html.escape(song.name)}.png' width='100%'><table>")
         for s in ["target"] + [x for x in systems if x != "target"]:
             score = next((r["score"] for r in rows if r["song"] == song.name and r["system"] == s), math.nan)
-            parts.append(f"<tr><td>{s}</td><td>{score:.3f}</td><td><audio controls preload='none' "
-                         f"src='audio/{html.escape(song.name)}/{s}.wav'></audio></td></tr>")
+            parts.append(
+                f"<tr><td>{s}</td><td>{score:.3f}</td><td><audio controls preload='none' "
+                f"src='audio/{html.escape(song.name)}/{s}.wav'></audio></td></tr>"
+            )
         parts.append("</table>")
     (out / "index.html").write_text("\n".join(parts))

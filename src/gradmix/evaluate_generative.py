@@ -52,16 +52,35 @@ from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example
 from gradmix.defaults import EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.errors import GradmixError
-from gradmix.metrics import (aggregate_score, feature_errors, frechet_distance, median_bandwidth, mix_features,
-                             mmd_test, style_distance)
+from gradmix.metrics import (
+    aggregate_score,
+    feature_errors,
+    frechet_distance,
+    median_bandwidth,
+    mix_features,
+    mmd_test,
+    style_distance,
+)
 from gradmix.metrics.distances import STYLE_FEATURES
 from gradmix.progress import progress as show_progress
 
 SEGMENT_S = 10.0
 
-FIGURES = ("diversity_ratio", "plausible_share", "win_rate", "worst_win_rate", "frechet_samples", "frechet_random",
-           "mmd_samples", "mmd_samples_p", "mmd_random", "mmd_random_p", "mmd_equal_loudness", "mmd_equal_loudness_p",
-           "mmd_bandwidth")
+FIGURES = (
+    "diversity_ratio",
+    "plausible_share",
+    "win_rate",
+    "worst_win_rate",
+    "frechet_samples",
+    "frechet_random",
+    "mmd_samples",
+    "mmd_samples_p",
+    "mmd_random",
+    "mmd_random_p",
+    "mmd_equal_loudness",
+    "mmd_equal_loudness_p",
+    "mmd_bandwidth",
+)
 """The figures measured once per sample seed (each reported as mean and std over the seeds, and per seed)."""
 
 DIVERSITY_MIN = 0.5
@@ -92,7 +111,7 @@ def check_seeds(seeds: Any, name: str = "seeds") -> list[int]:
 def _vectors(mix: torch.Tensor, sample_rate: int) -> np.ndarray:
     """Feature vectors ``(segments, features)`` of a ``(2, samples)`` mix, one per 10-s segment."""
     seg = int(SEGMENT_S * sample_rate)
-    parts = [mix[:, i: i + seg] for i in range(0, max(1, mix.shape[-1] - seg // 2), seg)] or [mix]
+    parts = [mix[:, i : i + seg] for i in range(0, max(1, mix.shape[-1] - seg // 2), seg)] or [mix]
     out = []
     for p in parts:
         f = mix_features(p[None].double(), sample_rate)
@@ -113,11 +132,22 @@ def _write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list[str] | None = None,
-                        held_out: bool = False, model_path: str | Path | None = None, n: int = SAMPLE_COUNT,
-                        seconds: float = EVAL_SECONDS, refine_steps: int = SAMPLE_REFINE_STEPS, seed: int = 0, seeds: list[int] | None = None,
-                        temperature: float = SAMPLE_TEMPERATURE, permutations: int = 1000,
-                        progress: bool = False) -> dict[str, Any]:
+def evaluate_generative(
+    dataset: str | Path,
+    out_dir: str | Path,
+    *,
+    songs: list[str] | None = None,
+    held_out: bool = False,
+    model_path: str | Path | None = None,
+    n: int = SAMPLE_COUNT,
+    seconds: float = EVAL_SECONDS,
+    refine_steps: int = SAMPLE_REFINE_STEPS,
+    seed: int = 0,
+    seeds: list[int] | None = None,
+    temperature: float = SAMPLE_TEMPERATURE,
+    permutations: int = 1000,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Measure sampling and ``match`` on the songs of ``dataset`` (see the module docstring); write the results
     into ``out_dir`` and return the summary of ``generative.json``.
 
@@ -177,14 +207,22 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
         random_mean = float(np.mean(random_scores))
         del randoms
         for s in seeds:
-            samples = [render(c) for c in sample_settings(song_obj, analysis, n, seed=s, temperature=temperature,
-                                                          refine_steps=refine_steps)]
+            samples = [
+                render(c)
+                for c in sample_settings(
+                    song_obj, analysis, n, seed=s, temperature=temperature, refine_steps=refine_steps
+                )
+            ]
             sample_vecs[s][song.name] = np.stack([_vectors(m, sr) for m in samples])
             sample_scores = [score(m) for m in samples]
-            seed_rows[s].append({
-                "song": song.name, "sample_scores": sample_scores,
-                "sample_win_rates": [float(np.mean([x < r for r in random_scores])) for x in sample_scores],
-                "plausible_share": float(np.mean([x < random_mean for x in sample_scores]))})
+            seed_rows[s].append(
+                {
+                    "song": song.name,
+                    "sample_scores": sample_scores,
+                    "sample_win_rates": [float(np.mean([x < r for r in random_scores])) for x in sample_scores],
+                    "plausible_share": float(np.mean([x < random_mean for x in sample_scores])),
+                }
+            )
         ref = examples[(i + 1) % len(examples)].mix
         equal = render(baseline("equal_loudness", names, files, tracks, sr))
         equal_vecs[song.name] = _vectors(equal, sr)
@@ -192,37 +230,76 @@ def evaluate_generative(dataset: str | Path, out_dir: str | Path, *, songs: list
             z = model.encode_style(ref[None], sample_rate=sr)[0][0]
         matched = render(console_for(model, analysis, names, files, sr, z))
         refined = render(refine(song_obj, analysis, z, ref, steps=refine_steps))
-        d = {k: float(style_distance(m[None], ref[None], sr)) for k, m in
-             (("equal_loudness", equal), ("match", matched), ("match_refined", refined))}
-        rows.append({"song": song.name, "reference": found[(i + 1) % len(found)].name,
-                     "random_scores": random_scores, "random_mean_score": random_mean, "style": d})
-    per_seed = [{"seed": s, **_seed_figures(human, sample_vecs[s], random_vecs, equal_vecs, seed_rows[s],
-                                            permutations=permutations, seed=s), "rows": seed_rows[s]}
-                for s in seeds]
+        d = {
+            k: float(style_distance(m[None], ref[None], sr))
+            for k, m in (("equal_loudness", equal), ("match", matched), ("match_refined", refined))
+        }
+        rows.append(
+            {
+                "song": song.name,
+                "reference": found[(i + 1) % len(found)].name,
+                "random_scores": random_scores,
+                "random_mean_score": random_mean,
+                "style": d,
+            }
+        )
+    per_seed = [
+        {
+            "seed": s,
+            **_seed_figures(
+                human, sample_vecs[s], random_vecs, equal_vecs, seed_rows[s], permutations=permutations, seed=s
+            ),
+            "rows": seed_rows[s],
+        }
+        for s in seeds
+    ]
     summary: dict[str, Any] = {
-        "songs": [r["song"] for r in rows], "n": n, "seconds": seconds, "temperature": temperature,
-        "refine_steps": refine_steps, "seed": seed, "seeds": seeds, "permutations": permutations,
+        "songs": [r["song"] for r in rows],
+        "n": n,
+        "seconds": seconds,
+        "temperature": temperature,
+        "refine_steps": refine_steps,
+        "seed": seed,
+        "seeds": seeds,
+        "permutations": permutations,
         **{k: float(np.mean([p[k] for p in per_seed])) for k in FIGURES},
         "std": {k: float(np.std([p[k] for p in per_seed], ddof=1)) if len(seeds) > 1 else None for k in FIGURES},
         "match_ratio": float(np.mean([r["style"]["match"] / r["style"]["equal_loudness"] for r in rows])),
-        "match_refined_ratio": float(np.mean([r["style"]["match_refined"] / r["style"]["equal_loudness"]
-                                              for r in rows])),
-        "per_seed": per_seed, "rows": rows,
+        "match_refined_ratio": float(
+            np.mean([r["style"]["match_refined"] / r["style"]["equal_loudness"] for r in rows])
+        ),
+        "per_seed": per_seed,
+        "rows": rows,
     }
     summary["criteria"] = criteria(summary)
     _write(out / "generative.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     _write(out / "generative.md", lambda f: f.write(generative_table(summary).encode()))
-    _write(out / "vectors.npz", lambda f: np.savez(
-        f, features=np.array(STYLE_FEATURES), songs=np.array(summary["songs"]), seeds=np.array(seeds),
-        **{f"human/{k}": v for k, v in human.items()}, **{f"equal_loudness/{k}": v for k, v in equal_vecs.items()},
-        **{f"random/{k}": v for k, v in random_vecs.items()},
-        **{f"samples/{k}": np.stack([sample_vecs[s][k] for s in seeds]) for k in human}))
+    _write(
+        out / "vectors.npz",
+        lambda f: np.savez(
+            f,
+            features=np.array(STYLE_FEATURES),
+            songs=np.array(summary["songs"]),
+            seeds=np.array(seeds),
+            **{f"human/{k}": v for k, v in human.items()},
+            **{f"equal_loudness/{k}": v for k, v in equal_vecs.items()},
+            **{f"random/{k}": v for k, v in random_vecs.items()},
+            **{f"samples/{k}": np.stack([sample_vecs[s][k] for s in seeds]) for k in human},
+        ),
+    )
     return summary
 
 
-def _seed_figures(human: dict[str, np.ndarray], samples: dict[str, np.ndarray], randoms: dict[str, np.ndarray],
-                  equal: dict[str, np.ndarray], rows: list[dict[str, Any]], *, permutations: int,
-                  seed: int) -> dict[str, float]:
+def _seed_figures(
+    human: dict[str, np.ndarray],
+    samples: dict[str, np.ndarray],
+    randoms: dict[str, np.ndarray],
+    equal: dict[str, np.ndarray],
+    rows: list[dict[str, Any]],
+    *,
+    permutations: int,
+    seed: int,
+) -> dict[str, float]:
     """The :data:`FIGURES` of one sample seed from the unstandardised vectors ``{song: (segments, features)}``
     (``human``, ``equal``) and ``{song: (n, segments, features)}`` (``samples``, ``randoms``), and the seed's
     per-song rows (scores against the human mix)."""
@@ -251,8 +328,9 @@ def _seed_figures(human: dict[str, np.ndarray], samples: dict[str, np.ndarray], 
         "mmd_bandwidth": bandwidth,
     }
     for name, vectors in (("samples", all_samples), ("random", all_random), ("equal_loudness", all_equal)):
-        figures[f"mmd_{name}"], figures[f"mmd_{name}_p"] = mmd_test(vectors, all_human, bandwidth=bandwidth,
-                                                                   permutations=permutations, seed=seed)
+        figures[f"mmd_{name}"], figures[f"mmd_{name}_p"] = mmd_test(
+            vectors, all_human, bandwidth=bandwidth, permutations=permutations, seed=seed
+        )
     return figures
 
 
@@ -262,11 +340,14 @@ def criteria(s: dict[str, Any]) -> dict[str, bool]:
     >= :data:`PLAUSIBLE_MIN`), ``frechet_below_random``, ``mmd_below_random`` and ``mmd_below_equal_loudness``
     (the samples' distance to the human mixes below the random consoles' / the equal-loudness mixes'),
     ``match`` (refined ratio <= :data:`MATCH_MAX`)."""
-    return {"diversity": s["diversity_ratio"] >= DIVERSITY_MIN, "plausible": s["plausible_share"] >= PLAUSIBLE_MIN,
-            "frechet_below_random": s["frechet_samples"] < s["frechet_random"],
-            "mmd_below_random": s["mmd_samples"] < s["mmd_random"],
-            "mmd_below_equal_loudness": s["mmd_samples"] < s["mmd_equal_loudness"],
-            "match": s["match_refined_ratio"] <= MATCH_MAX}
+    return {
+        "diversity": s["diversity_ratio"] >= DIVERSITY_MIN,
+        "plausible": s["plausible_share"] >= PLAUSIBLE_MIN,
+        "frechet_below_random": s["frechet_samples"] < s["frechet_random"],
+        "mmd_below_random": s["mmd_samples"] < s["mmd_random"],
+        "mmd_below_equal_loudness": s["mmd_samples"] < s["mmd_equal_loudness"],
+        "match": s["match_refined_ratio"] <= MATCH_MAX,
+    }
 
 
 def generative_table(s: dict[str, Any]) -> str:
@@ -281,37 +362,72 @@ def generative_table(s: dict[str, Any]) -> str:
     def each(key: str, digits: int = 2, p: bool = False) -> str:
         return ", ".join(f"{q[key]:.{digits}f}" + (f" (p {q[key + '_p']:.3f})" if p else "") for q in per_seed)
 
-    def row(measure: str, key: str, criterion: str = "", ok: bool | None = None, digits: int = 2,
-            p: bool = False) -> str:
+    def row(
+        measure: str, key: str, criterion: str = "", ok: bool | None = None, digits: int = 2, p: bool = False
+    ) -> str:
         verdict = "" if ok is None else ("met" if ok else "not met")
         return f"| {measure} | {mean(key, digits)} | {each(key, digits, p)} | {criterion} | {verdict} |"
 
-    lines = [f"Generative evaluation on {len(s['songs'])} song(s) ({', '.join(s['songs'])}), first {s['seconds']:g} s, "
-             f"{s['n']} samples each (temperature {s.get('temperature', 1.0):g}), sample seed(s) "
-             f"{', '.join(map(str, seeds))}; {s['n']} random consoles per song from seed {s['seed']} (the same for "
-             f"every sample seed). Values: mean ± standard deviation over the seeds, then each seed's in seed order; "
-             f"the criteria are judged on the means.", "",
-             "| measure | mean ± std | per seed | criterion | met? |", "|---|---:|---|---|---|",
-             row("diversity: mean pairwise distance of samples / between human mixes", "diversity_ratio",
-                 f">= {DIVERSITY_MIN:g}", met["diversity"]),
-             row("plausible: share of samples closer to the human mix than the random consoles' mean",
-                 "plausible_share", f">= {PLAUSIBLE_MIN:g}", met["plausible"]),
-             row("share of (sample, random console) pairs in which the sample is closer to the human mix: all "
-                 "samples", "win_rate"),
-             row("same, the worst sample", "worst_win_rate"),
-             row("Fréchet distance to the human mixes: samples", "frechet_samples", "below random consoles'",
-                 met["frechet_below_random"]),
-             row("Fréchet distance to the human mixes: random consoles", "frechet_random"),
-             row("kernel audio distance (MMD²_u) to the human mixes (permutation p): samples", "mmd_samples",
-                 digits=3, p=True),
-             row("kernel audio distance: random consoles", "mmd_random", "samples' below this",
-                 met["mmd_below_random"], digits=3, p=True),
-             row("kernel audio distance: equal-loudness mix", "mmd_equal_loudness", "samples' below this",
-                 met["mmd_below_equal_loudness"], digits=3, p=True),
-             row("kernel bandwidth (median heuristic, standardised features)", "mmd_bandwidth"),
-             f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal "
-             f"loudness's | {s['match_refined_ratio']:.2f} | (no seed) | <= {MATCH_MAX:g} | "
-             f"{'met' if met['match'] else 'not met'} |",
-             f"| match --refine 0 (the style encoder and decoder alone): same ratio | {s['match_ratio']:.2f} | "
-             f"(no seed) | | |"]
+    lines = [
+        f"Generative evaluation on {len(s['songs'])} song(s) ({', '.join(s['songs'])}), first {s['seconds']:g} s, "
+        f"{s['n']} samples each (temperature {s.get('temperature', 1.0):g}), sample seed(s) "
+        f"{', '.join(map(str, seeds))}; {s['n']} random consoles per song from seed {s['seed']} (the same for "
+        f"every sample seed). Values: mean ± standard deviation over the seeds, then each seed's in seed order; "
+        f"the criteria are judged on the means.",
+        "",
+        "| measure | mean ± std | per seed | criterion | met? |",
+        "|---|---:|---|---|---|",
+        row(
+            "diversity: mean pairwise distance of samples / between human mixes",
+            "diversity_ratio",
+            f">= {DIVERSITY_MIN:g}",
+            met["diversity"],
+        ),
+        row(
+            "plausible: share of samples closer to the human mix than the random consoles' mean",
+            "plausible_share",
+            f">= {PLAUSIBLE_MIN:g}",
+            met["plausible"],
+        ),
+        row(
+            "share of (sample, random console) pairs in which the sample is closer to the human mix: all samples",
+            "win_rate",
+        ),
+        row("same, the worst sample", "worst_win_rate"),
+        row(
+            "Fréchet distance to the human mixes: samples",
+            "frechet_samples",
+            "below random consoles'",
+            met["frechet_below_random"],
+        ),
+        row("Fréchet distance to the human mixes: random consoles", "frechet_random"),
+        row(
+            "kernel audio distance (MMD²_u) to the human mixes (permutation p): samples",
+            "mmd_samples",
+            digits=3,
+            p=True,
+        ),
+        row(
+            "kernel audio distance: random consoles",
+            "mmd_random",
+            "samples' below this",
+            met["mmd_below_random"],
+            digits=3,
+            p=True,
+        ),
+        row(
+            "kernel audio distance: equal-loudness mix",
+            "mmd_equal_loudness",
+            "samples' below this",
+            met["mmd_below_equal_loudness"],
+            digits=3,
+            p=True,
+        ),
+        row("kernel bandwidth (median heuristic, standardised features)", "mmd_bandwidth"),
+        f"| match --refine {s['refine_steps']} (the default): style distance to the reference / equal "
+        f"loudness's | {s['match_refined_ratio']:.2f} | (no seed) | <= {MATCH_MAX:g} | "
+        f"{'met' if met['match'] else 'not met'} |",
+        f"| match --refine 0 (the style encoder and decoder alone): same ratio | {s['match_ratio']:.2f} | "
+        f"(no seed) | | |",
+    ]
     return "\n".join(lines) + "\n"

@@ -31,7 +31,9 @@ def example_multitrack(seconds: float = 8.0, sample_rate: int = 44100, seed: int
         return torch.exp(-since / tau)
 
     since_beat = t % beat
-    kick = torch.sin(2 * math.pi * (50 * since_beat + 60 * 0.03 * (1 - decay(since_beat, 0.03)))) * decay(since_beat, 0.15)
+    kick = torch.sin(2 * math.pi * (50 * since_beat + 60 * 0.03 * (1 - decay(since_beat, 0.03)))) * decay(
+        since_beat, 0.15
+    )
     since_snare = (t - beat) % (2 * beat)
     noise = torch.randn(n, generator=gen, dtype=torch.float64)
     snare = (0.6 * noise + 0.4 * torch.sin(2 * math.pi * 190 * t)) * decay(since_snare, 0.08)
@@ -51,7 +53,7 @@ def example_multitrack(seconds: float = 8.0, sample_rate: int = 44100, seed: int
     melody = torch.tensor([440.0, 523.25, 587.33, 659.25, 587.33, 523.25, 440.0, 392.0])
     note = melody[((t // beat).long() % 8)].double() * (1 + 0.004 * torch.sin(2 * math.pi * 5.5 * t))
     lead_phase = 2 * math.pi * torch.cumsum(note, 0) / sample_rate
-    lead = (torch.sin(lead_phase) + 0.5 * torch.sin(2 * lead_phase) + 0.25 * torch.sin(3 * lead_phase))
+    lead = torch.sin(lead_phase) + 0.5 * torch.sin(2 * lead_phase) + 0.25 * torch.sin(3 * lead_phase)
     lead = lead * (1 - decay(since_beat, 0.01)) * decay(since_beat, 0.4) * (bar_pos >= 0).double()
     del phase
     out = {}

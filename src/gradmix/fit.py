@@ -29,14 +29,23 @@ from gradmix.models import MixController
 from gradmix.progress import progress as show_progress
 
 FIT_WINDOW_S, FIT_WARMUP_S, FIT_CHECK_EVERY = 2.5, 1.0, 10
-FIT_MOVES = ((0.0, "levels"),) + tuple(
-    (share, move) for share in (0.25, 0.6) for move in ("delay", "reverb", "levels"))
+FIT_MOVES = ((0.0, "levels"),) + tuple((share, move) for share in (0.25, 0.6) for move in ("delay", "reverb", "levels"))
 """Closed-form moves of :func:`fit_folder` and the share of the budget (time or steps) after which each is made."""
 
 
-def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *, max_steps: int = FIT_MAX_STEPS,
-               budget_s: float = FIT_BUDGET_S, stop_db: float = -40.0, lr: float = 0.05, seed: int = 0,
-               model_path: str | Path | None = None, progress: bool = False) -> tuple[Path, float, int]:
+def fit_folder(
+    stems_dir: str | Path,
+    target: str | Path,
+    output: str | Path,
+    *,
+    max_steps: int = FIT_MAX_STEPS,
+    budget_s: float = FIT_BUDGET_S,
+    stop_db: float = -40.0,
+    lr: float = 0.05,
+    seed: int = 0,
+    model_path: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[Path, float, int]:
     """Find the console that turns the stems into ``target`` by gradient descent on every control.
 
     Starts from the model's guess for the target's style. Each step renders a random 2.5-s window (after 1 s
@@ -66,8 +75,11 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
     ref, lag, (start, stop) = align_to_stems(ref, song.audio, sr, name=str(target))
     if lag is not None:
         where = "their length" if stop - start == n else f"the {(stop - start) / sr:.2f} s they share"
-        print(f"note: {target}: {length / sr:.2f} s against the stems' {n / sr:.2f} s; it starts "
-              f"{1000 * lag / sr:+.0f} ms from them (cross-correlation), and is fitted on {where}", file=sys.stderr)
+        print(
+            f"note: {target}: {length / sr:.2f} s against the stems' {n / sr:.2f} s; it starts "
+            f"{1000 * lag / sr:+.0f} ms from them (cross-correlation), and is fitted on {where}",
+            file=sys.stderr,
+        )
     if stop - start < n:  # the console is fitted where the mix has the stems, not against padding
         song.audio = [a[..., start:stop] for a in song.audio]
         n = stop - start
@@ -118,9 +130,10 @@ def fit_folder(stems_dir: str | Path, target: str | Path, output: str | Path, *,
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
         s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
         a0 = max(0, s0 - warm)
-        est, _ = model.layout.render_normalized(x[..., a0: s0 + seg], Controls.from_logits(logits), sample_rate=sr,
-                                                mono=mono)
-        est, tgt = est[..., s0 - a0:], ref[None, :, s0: s0 + seg]
+        est, _ = model.layout.render_normalized(
+            x[..., a0 : s0 + seg], Controls.from_logits(logits), sample_rate=sr, mono=mono
+        )
+        est, tgt = est[..., s0 - a0 :], ref[None, :, s0 : s0 + seg]
         err = (est - tgt).square().sum() / tgt.square().sum().clamp_min(1e-12)
         loss = mrstft(est, tgt) + torch.log10(err + 1e-12)
         opt.zero_grad()
@@ -139,8 +152,9 @@ ALIGN_MAX_S, ALIGN_MIN_OVERLAP, ALIGN_WINDOW_S = 2.0, 0.9, 60.0
 the lag is found over the stems' first ``ALIGN_WINDOW_S`` seconds."""
 
 
-def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str = "target"
-                   ) -> tuple[Tensor, int | None, tuple[int, int]]:
+def align_to_stems(
+    ref: Tensor, stems: list[Tensor], sample_rate: int, name: str = "target"
+) -> tuple[Tensor, int | None, tuple[int, int]]:
     """A mix bounced from a DAW, aligned to its stems: the lag (within :data:`ALIGN_MAX_S`) at which its mono
     sum correlates best with the stems' plain mono sum over the first :data:`ALIGN_WINDOW_S`, then cut to the
     part of the stems it covers.
@@ -173,10 +187,12 @@ def align_to_stems(ref: Tensor, stems: list[Tensor], sample_rate: int, name: str
     start, stop = max(0, -lag), min(n, m - lag)
     overlap = max(0, stop - start)
     if overlap < ALIGN_MIN_OVERLAP * n:
-        raise GradmixError(f"{name}: {m / sample_rate:.2f} s long, the stems {n / sample_rate:.2f} s; aligned at its "
-                           f"best lag ({1000 * lag / sample_rate:+.0f} ms) it covers {100 * overlap / n:.0f} % of them: "
-                           "fit needs a mix of these stems")
-    return ref[:, start + lag: stop + lag], lag, (start, stop)
+        raise GradmixError(
+            f"{name}: {m / sample_rate:.2f} s long, the stems {n / sample_rate:.2f} s; aligned at its "
+            f"best lag ({1000 * lag / sample_rate:+.0f} ms) it covers {100 * overlap / n:.0f} % of them: "
+            "fit needs a mix of these stems"
+        )
+    return ref[:, start + lag : stop + lag], lag, (start, stop)
 
 
 FIT_BYTES_PER_TRACK_SECOND, FIT_BYTES_PER_SEARCHED_TRACK_SECOND = 0.7e6, 4e6
@@ -189,12 +205,16 @@ is the model's and the libraries' own (the estimate: 1.1, 4.5 and 1.5 GB besides
 
 def _check_memory(tracks: int, seconds: float) -> None:
     """Refuse in one line a song fit could not hold in the memory this machine has available."""
-    need = tracks * (FIT_BYTES_PER_TRACK_SECOND * seconds + FIT_BYTES_PER_SEARCHED_TRACK_SECOND * min(seconds, SEARCH_S))
+    need = tracks * (
+        FIT_BYTES_PER_TRACK_SECOND * seconds + FIT_BYTES_PER_SEARCHED_TRACK_SECOND * min(seconds, SEARCH_S)
+    )
     have = _available_memory()
     if have is not None and need > have:
-        raise GradmixError(f"fit: {tracks} tracks x {seconds:.0f} s need about {need / 2 ** 30:.1f} GiB of memory, "
-                           f"{have / 2 ** 30:.1f} GiB is available: fit an excerpt (the same seconds of the stems and "
-                           "of the target) or fewer stems")
+        raise GradmixError(
+            f"fit: {tracks} tracks x {seconds:.0f} s need about {need / 2**30:.1f} GiB of memory, "
+            f"{have / 2**30:.1f} GiB is available: fit an excerpt (the same seconds of the stems and "
+            "of the target) or fewer stems"
+        )
 
 
 def _available_memory() -> int | None:
@@ -209,8 +229,9 @@ def _available_memory() -> int | None:
     return None
 
 
-def _song_error(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
-                sample_rate: int) -> float:
+def _song_error(
+    model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor, sample_rate: int
+) -> float:
     """Sum of squares of the whole song's render with ``logits`` minus ``ref (2, samples)``."""
     return float((_render_song(model, x, mono, logits, sample_rate) - ref).square().sum())
 
@@ -228,8 +249,13 @@ def _render_song(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         per = max(1, CHUNK_SAMPLES // (2 * length))
         for a in range(0, n, per):
             part = slice(a, a + per)
-            strips = render_strips(layout.strip, x[:, part], [{k: v[:, part] for k, v in p.items()} for p in params.strip],
-                                   sample_rate=sample_rate, mono=mono[:, part])
+            strips = render_strips(
+                layout.strip,
+                x[:, part],
+                [{k: v[:, part] for k, v in p.items()} for p in params.strip],
+                sample_rate=sample_rate,
+                mono=mono[:, part],
+            )
             mix += strips.sum(1)
             buses += bus_inputs(strips, params.sends_db[:, part])
             del strips
@@ -246,8 +272,9 @@ FINE_MS = 10.0
 """How far (ms) :func:`_search_time` moves its chosen time to the peak of the high band's cross-correlation."""
 
 
-def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
-                 sample_rate: int, effect: str) -> tuple[dict[int, float], bool]:
+def _search_time(
+    model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor, sample_rate: int, effect: str
+) -> tuple[dict[int, float], bool]:
     """Set the time of the bus effect ``effect`` (a delay's time, a reverb's pre-delay; to a fraction of a
     sample), the sends to its bus and the parameter judged on a grid (a delay's feedback, a reverb's decay
     times) in ``logits`` (in place) where the waveform error is least; and the tracks' levels, pans and sends
@@ -278,8 +305,9 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         ripple of the error; whether any control moved), or ``({}, False)`` without such a bus.
     """
     layout = model.layout
-    found = [(k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain)
-             if s.effect.type_name == effect]
+    found = [
+        (k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain) if s.effect.type_name == effect
+    ]
     if not found:
         return {}, False
     k, i = found[0]
@@ -308,14 +336,18 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
                 for band, spec in enumerate(s for s in slot.specs if s.name == name):
                     target[2][0, columns[name] + band] = _to_logit(spec, value.reshape(-1)[band].double())
 
-        def output(values: dict[str, Tensor], sends_db: Tensor | None = None, mute: bool = False,
-                   samples: int | None = None) -> Tensor:  # the first `samples` (the effects are causal)
+        def output(
+            values: dict[str, Tensor], sends_db: Tensor | None = None, mute: bool = False, samples: int | None = None
+        ) -> Tensor:  # the first `samples` (the effects are causal)
             trial = [v.detach().clone() for v in logits]
             set_values(trial, values)
             inputs: list[Tensor | None] = [None] * len(buses_in)
             if not mute:
-                inputs[k] = buses_in[k][..., :samples] if sends_db is None else \
-                    torch.einsum("bnct,n->bct", strips[..., :samples], torch.pow(10.0, sends_db / 20))
+                inputs[k] = (
+                    buses_in[k][..., :samples]
+                    if sends_db is None
+                    else torch.einsum("bnct,n->bct", strips[..., :samples], torch.pow(10.0, sends_db / 20))
+                )
             trial_params = layout.denormalize(Controls.from_logits(trial))
             return finish(layout, rest[..., :samples], inputs, trial_params, sample_rate=sample_rate)[0]
 
@@ -343,7 +375,7 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         per_track, energy = [], []  # per track: its cross-correlation up to the longest lag, its energy
         per = max(1, CHUNK_SAMPLES // (2 * size))  # tracks at a time: their spectra are twice the span each
         for a in range(0, strips.shape[1], per):
-            basis = at_time_zero(strips[0, a: a + per, :, :span])  # (m, 2, span)
+            basis = at_time_zero(strips[0, a : a + per, :, :span])  # (m, 2, span)
             xc = cross(basis)  # (m, size // 2 + 1)
             magnitude = xc.abs()
             floor = 1e-3 * magnitude.amax(-1, keepdim=True) + 1e-30  # a silent track's row stays zero, not NaN
@@ -356,13 +388,20 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
         per_track, energy = torch.cat(per_track), torch.cat(energy)
         candidates = []
         for curve, levels, count in ((explained, True, 12), (whitened, True, 8), (on_bus.abs(), False, 8)):
-            window = curve[max(lo, 1): hi + 1]
-            peaks = torch.topk(torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
-                               min(count, window.numel())).indices + max(lo, 1)
+            window = curve[max(lo, 1) : hi + 1]
+            peaks = torch.topk(
+                torch.nn.functional.max_pool1d(window[None, None], 41, 1, 20)[0, 0].eq(window) * window,
+                min(count, window.numel()),
+            ).indices + max(lo, 1)
             for lag in peaks.tolist():
                 frac = _between_samples(curve, lag)
-                db = (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6))).clamp(
-                    SEND_SPEC.min, SEND_SPEC.max).to(strips.dtype) if levels else None
+                db = (
+                    (20 * torch.log10((per_track[:, lag] / energy).clamp_min(1e-6)))
+                    .clamp(SEND_SPEC.min, SEND_SPEC.max)
+                    .to(strips.dtype)
+                    if levels
+                    else None
+                )
                 if all(abs(lag + frac - seen) > 1 for seen, _ in candidates):  # the curves share many peaks
                     candidates.append((lag + frac, db))
         # judged at the bus's best overall level: the candidates' own levels ignore the master's gain
@@ -393,7 +432,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             # the decay times scaled together, and alike in every band: a band the gradient steps shrank to
             # nothing while the pre-delay was wrong comes back
             return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)] + [
-                torch.full_like(value, d) for d in (0.3, 0.6, 1.0, 1.6, 2.5)]
+                torch.full_like(value, d) for d in (0.3, 0.6, 1.0, 1.6, 2.5)
+            ]
 
         emphasis = 2 - 2 * torch.cos(torch.linspace(0, math.pi, size // 2 + 1, dtype=spectrum.real.dtype))
 
@@ -406,11 +446,14 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             a, b = max(lo, 1, round(lag) - width), min(hi, round(lag) + width)
             if b <= a:
                 return lag
-            peak = a + int(curve[a: b + 1].argmax())
+            peak = a + int(curve[a : b + 1].argmax())
             return peak + _between_samples(curve, peak)
 
-        coarse = [torch.tensor(v) for v in (0.0, 0.25, 0.5)] if effect == "delay" else \
-            [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
+        coarse = (
+            [torch.tensor(v) for v in (0.0, 0.25, 0.5)]
+            if effect == "delay"
+            else [current[grid_name] * f for f in (0.6, 1.0, 1.6)]
+        )
         best_judged, choice = judge(current, now_db)[0], None
         for lag, db in candidates:
             for value in coarse:
@@ -436,7 +479,8 @@ def _search_time(model: MixController, x: Tensor, mono: Tensor, logits: list[Ten
             # judged with the dry parts' levels free, so it may need them moved to pay
             moved = _song_error(model, x, mono, trial, ref, sample_rate) < before or (
                 _solve_levels(model, x, mono, trial, ref, sample_rate)
-                and _song_error(model, x, mono, trial, ref, sample_rate) < before)
+                and _song_error(model, x, mono, trial, ref, sample_rate) < before
+            )
             if moved:
                 for v, t in zip(logits, trial):
                     v.data.copy_(t)
@@ -460,7 +504,9 @@ def _without(dry: Tensor):
     copy of another, at the copy's lag); without it, a bus's true lag stands out."""
     dry = dry.double()
     gram = torch.einsum("nct,mct->cnm", dry, dry)
-    gram = gram + 1e-9 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None] * torch.eye(len(dry), dtype=dry.dtype)
+    gram = gram + 1e-9 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None] * torch.eye(
+        len(dry), dtype=dry.dtype
+    )
 
     def project(y: Tensor) -> Tensor:
         coef = torch.linalg.solve(gram, torch.einsum("nct,...ct->cn...", dry, y.double()))
@@ -472,9 +518,14 @@ def _without(dry: Tensor):
 def _spectral_loss():
     import auraloss
 
-    return auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[256, 1024, 4096], hop_sizes=[64, 256, 1024],
-                                                 win_lengths=[256, 1024, 4096], w_sc=0.0, w_log_mag=1.0,
-                                                 w_lin_mag=1.0)
+    return auraloss.freq.MultiResolutionSTFTLoss(
+        fft_sizes=[256, 1024, 4096],
+        hop_sizes=[64, 256, 1024],
+        win_lengths=[256, 1024, 4096],
+        w_sc=0.0,
+        w_log_mag=1.0,
+        w_lin_mag=1.0,
+    )
 
 
 LEVEL_SOLVE_S = 15.0
@@ -516,8 +567,13 @@ def _linearised(layout, params, strips: Tensor, sample_rate: int, span: int):
     ``run(chain, chain_params, y)`` applies a chain to a batch ``(m, 2, span)``; ``master(y)`` applies the
     master chain with each dynamics effect's gain envelope held at the current mix's (a linear map of the
     first ``span`` samples)."""
-    stage = add_buses(layout, strips.sum(0, keepdim=True), bus_inputs(strips[None], params.sends_db).unbind(1),
-                      params, sample_rate=sample_rate)
+    stage = add_buses(
+        layout,
+        strips.sum(0, keepdim=True),
+        bus_inputs(strips[None], params.sends_db).unbind(1),
+        params,
+        sample_rate=sample_rate,
+    )
     envelopes = []
     for slot, p in zip(layout.master, params.master):
         out = slot.effect(stage, p, sample_rate=sample_rate)
@@ -544,12 +600,23 @@ def _linear_console(layout) -> bool:
     strip = [s.effect for s in layout.strip]
     master = [s.effect for s in layout.master]
     buses = [s.effect for _, chain in layout.buses for s in chain]
-    return (strip[-1].type_name == "pan" and all(e.linear or e.envelope for e in strip[:-1] + master)
-            and all(e.linear for e in buses))
+    return (
+        strip[-1].type_name == "pan"
+        and all(e.linear or e.envelope for e in strip[:-1] + master)
+        and all(e.linear for e in buses)
+    )
 
 
-def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Tensor], ref: Tensor,
-                  sample_rate: int, *, rounds: int = 4) -> bool:
+def _solve_levels(
+    model: MixController,
+    x: Tensor,
+    mono: Tensor,
+    logits: list[Tensor],
+    ref: Tensor,
+    sample_rate: int,
+    *,
+    rounds: int = 4,
+) -> bool:
     """Set every track's level, pan and sends in ``logits`` (in place) by least squares on the waveform error
     (``x (1, N, 2, samples)``, ``ref (2, samples)``), every other control held.
 
@@ -570,6 +637,7 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
     n_tracks, n_buses = x.shape[1], len(layout.buses)
     span = min(x.shape[-1], int(LEVEL_SOLVE_S * sample_rate))
     with torch.no_grad():
+
         def error(trial: list[Tensor]) -> float:
             return _song_error(model, x, mono, trial, ref, sample_rate)
 
@@ -594,9 +662,9 @@ def _solve_levels(model: MixController, x: Tensor, mono: Tensor, logits: list[Te
         r = J.new_zeros(len(J), dtype=torch.float64)
         block_samples = 1 << 16  # in double, a block of samples at a time: no double copy of J
         for a in range(0, J.shape[1], block_samples):
-            block = J[:, a: a + block_samples].double()
+            block = J[:, a : a + block_samples].double()
             Q += block @ block.T
-            r += block @ target[a: a + block_samples].double()
+            r += block @ target[a : a + block_samples].double()
         del F, J, block
         ridge = 1e-9 * Q.diagonal().mean().clamp_min(1e-30)
         g, s = gains.double(), sends.double()
@@ -689,4 +757,3 @@ def _set_level(layout, logits: list[Tensor], params, level_db: Tensor) -> None:
             spec = layout.strip[i].spec("threshold_db")
             t = params.strip[i]["threshold_db"][0]
             logits[0][0, :, layout.strip_control_index(i, "threshold_db")] = _to_logit(spec, t + moved)
-

@@ -46,8 +46,9 @@ SAMPLE_PAN_NUDGE = 0.03
 tracks is a saddle of the width features, and each sample should widen its own way."""
 
 
-def draw_styles(model: MixController, n: int, *, seed: int = 0,
-                temperature: float = SAMPLE_TEMPERATURE) -> tuple[Tensor, Tensor, Tensor]:
+def draw_styles(
+    model: MixController, n: int, *, seed: int = 0, temperature: float = SAMPLE_TEMPERATURE
+) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` mix styles from the model's style bank, seeded: ``(n, style_dim)`` z, moved from the model's centre
     towards a drawn window's ``z`` by ``temperature``; ``(n, features)`` that window's style offset and
     ``(n, bands)`` its tonal offset (dB), each less the bank's mean and times ``temperature`` (0: the automatic
@@ -62,8 +63,10 @@ def draw_styles(model: MixController, n: int, *, seed: int = 0,
         raise GradmixError(f"--temperature: must be >= 0, got {temperature}")
     bank = model.style_bank
     if not len(bank) or len(model.style_bank_tones) != len(bank):
-        raise GradmixError("this model has no style bank with tonal offsets (made before this gradmix): "
-                           "retrain it, or add one with gradmix.generate.build_style_bank")
+        raise GradmixError(
+            "this model has no style bank with tonal offsets (made before this gradmix): "
+            "retrain it, or add one with gradmix.generate.build_style_bank"
+        )
     g = torch.Generator().manual_seed(seed)
     picks = torch.cat([torch.randperm(len(bank), generator=g) for _ in range(-(-n // len(bank)))])[:n]
     z = model.style_center + temperature * (bank[picks] - model.style_center)
@@ -77,8 +80,9 @@ def toned_spectral_features(mix: Tensor, gain_db: Tensor, sample_rate: float) ->
     between them, flat beyond): where a tonal offset takes that mix, in the measured features."""
     mag = mid_magnitude(mix)
     freqs = bin_frequencies(sample_rate, mag).double().numpy()
-    curve = np.interp(np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ),
-                      gain_db.double().numpy())
+    curve = np.interp(
+        np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), gain_db.double().numpy()
+    )
     mag = mag * torch.from_numpy(10 ** (curve / 20)).to(mag.dtype)[:, None]
     weight = mag.square().sum(1)
     return {k: weighted_mean(v, weight) for k, v in spectral_frames(mag, sample_rate).items()}
@@ -96,8 +100,10 @@ def style_coordinates(f: dict[str, Tensor]) -> Tensor:
 
 def style_from_coordinates(c: Tensor) -> dict[str, Tensor]:
     """The inverse of :func:`style_coordinates` (levels below 0 LU, 0 dB crest or no panning become those)."""
-    return {k: torch.exp(c[..., i]) if k in LOG_FEATURES else c[..., i] if k == "loudness_lufs" else c[..., i].clamp_min(0)
-            for i, k in enumerate(STYLE_FEATURES)}
+    return {
+        k: torch.exp(c[..., i]) if k in LOG_FEATURES else c[..., i] if k == "loudness_lufs" else c[..., i].clamp_min(0)
+        for i, k in enumerate(STYLE_FEATURES)
+    }
 
 
 def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Tensor]], sample_rate: int) -> None:
@@ -146,10 +152,17 @@ def _write(setting: ConsoleSetting, mix: Tensor, path: Path, inputs: list[Path],
     return Rendered(path, console, lufs, 20 * math.log10(max(mix.abs().max().item(), 1e-12)))
 
 
-def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = SAMPLE_COUNT, seed: int = 0,
-                  temperature: float = SAMPLE_TEMPERATURE,
-                  refine_steps: int = SAMPLE_REFINE_STEPS, model_path: str | Path | None = None,
-                  progress: bool = False) -> list[Rendered]:
+def sample_folder(
+    stems_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    n: int = SAMPLE_COUNT,
+    seed: int = 0,
+    temperature: float = SAMPLE_TEMPERATURE,
+    refine_steps: int = SAMPLE_REFINE_STEPS,
+    model_path: str | Path | None = None,
+    progress: bool = False,
+) -> list[Rendered]:
     """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them."""
     _check_refine_steps(refine_steps)
     song = load_song(stems_dir, model_path, progress=progress)
@@ -159,10 +172,13 @@ def sample_folder(stems_dir: str | Path, out_dir: str | Path, *, n: int = SAMPLE
     draw_styles(song.model, n, seed=seed, temperature=temperature)  # argument errors before any work
     make_output_folder(out)
     analysis = analyse(song.model, song.audio, song.sample_rate)
-    settings = sample_settings(song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps,
-                               progress=progress)
-    results = [_write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
-               for k, s in enumerate(show_progress(settings, "rendering", progress))]
+    settings = sample_settings(
+        song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps, progress=progress
+    )
+    results = [
+        _write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
+        for k, s in enumerate(show_progress(settings, "rendering", progress))
+    ]
     comparison_page(out / "index.html", settings, results)
     return results
 
@@ -181,8 +197,9 @@ def read_reference(path: str | Path, sample_rate: int) -> Tensor:
     if not np.abs(data).max() > 0:
         raise GradmixError(f"{path}: silent; a reference or target mix needs sound")
     if data.shape[-1] < MIN_SECONDS * rate:
-        raise GradmixError(f"{path}: {data.shape[-1] / rate:.2f} s long; a reference or target mix needs at least "
-                           f"{MIN_SECONDS} s")
+        raise GradmixError(
+            f"{path}: {data.shape[-1] / rate:.2f} s long; a reference or target mix needs at least {MIN_SECONDS} s"
+        )
     if rate != sample_rate:
         data = resample(data, rate, sample_rate)
     x = torch.from_numpy(np.ascontiguousarray(data))
@@ -213,8 +230,15 @@ class Excerpt:
     preroll: int
 
 
-def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, seconds: float | None = 12.0,
-                 chunk_s: float = 4.0, preroll_s: float = 1.0) -> Excerpt:
+def song_excerpt(
+    audio: list[Tensor],
+    analysis: Analysis,
+    sample_rate: int,
+    *,
+    seconds: float | None = 12.0,
+    chunk_s: float = 4.0,
+    preroll_s: float = 1.0,
+) -> Excerpt:
     """``seconds`` of the song in ``chunk_s`` chunks spread evenly over it (the whole song if it is shorter or
     ``seconds`` is None)."""
     n = audio[0].shape[-1]
@@ -226,7 +250,7 @@ def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, s
         starts = [round(i * (n - chunk) / max(count - 1, 1)) for i in range(count)]
     gains = torch.tensor(analysis.gains_db)[:, None, None]
     x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]) * torch.pow(10.0, gains / 20)
-    parts = [torch.nn.functional.pad(x[..., max(0, s - pre): s + chunk], (max(0, pre - s), 0)) for s in starts]
+    parts = [torch.nn.functional.pad(x[..., max(0, s - pre) : s + chunk], (max(0, pre - s), 0)) for s in starts]
     mono = torch.tensor([[a.shape[0] == 1 for a in audio]]).expand(len(parts), -1)
     return Excerpt(torch.stack(parts), mono, pre)
 
@@ -234,8 +258,9 @@ def song_excerpt(audio: list[Tensor], analysis: Analysis, sample_rate: int, *, s
 def _excerpt_mix(model: MixController, excerpt: Excerpt, controls: Controls, sample_rate: int) -> Tensor:
     """``(1, 2, samples)``: the excerpt mixed with ``controls`` (batch of one), its chunks joined."""
     with torch.no_grad():
-        est, _ = model.layout.render_normalized(excerpt.x, controls.expand(excerpt.x.shape[0]),
-                                                sample_rate=sample_rate, mono=excerpt.mono)
+        est, _ = model.layout.render_normalized(
+            excerpt.x, controls.expand(excerpt.x.shape[0]), sample_rate=sample_rate, mono=excerpt.mono
+        )
         return _joined(est, excerpt)
 
 
@@ -245,12 +270,22 @@ def _coordinates(mix: Tensor, sample_rate: int) -> Tensor:
 
 def _joined(est: Tensor, excerpt: Excerpt) -> Tensor:
     """The chunks' mixes ``(chunks, 2, T)`` without their pre-roll, joined into one ``(1, 2, samples)``."""
-    return est[..., excerpt.preroll:].transpose(0, 1).reshape(1, 2, -1)
+    return est[..., excerpt.preroll :].transpose(0, 1).reshape(1, 2, -1)
 
 
-def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, target: dict[str, Tensor],
-                    sample_rate: int, *, steps: int, lr: float = 0.05, mix_section_only: bool = False,
-                    balanced: bool = False, progress: bool = False) -> Controls:
+def refine_controls(
+    model: MixController,
+    excerpt: Excerpt,
+    start: Controls,
+    target: dict[str, Tensor],
+    sample_rate: int,
+    *,
+    steps: int,
+    lr: float = 0.05,
+    mix_section_only: bool = False,
+    balanced: bool = False,
+    progress: bool = False,
+) -> Controls:
     """Adam on the controls' logits (from ``start``, batch of one) so that the excerpt's mix has the style
     features ``target`` (``{name: (1,)}``): minimises :func:`gradmix.metrics.style_distance`.
 
@@ -267,14 +302,16 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
             raise GradmixError("refining the mix section needs a layout whose strips end with a pan")
         with torch.no_grad():
             params = layout.denormalize(Controls.from_logits(logits, k))
-            before_pan = render_strips(layout.strip[:-1], excerpt.x, params.strip[:-1], sample_rate=sample_rate,
-                                       mono=excerpt.mono)
+            before_pan = render_strips(
+                layout.strip[:-1], excerpt.x, params.strip[:-1], sample_rate=sample_rate, mono=excerpt.mono
+            )
     for _ in show_progress(range(steps), "refining", progress):
         controls = Controls.from_logits(logits, k)
         if mix_section_only:
             params = layout.denormalize(controls)
-            strips = render_strips(layout.strip[-1:], before_pan, params.strip[-1:], sample_rate=sample_rate,
-                                   mono=excerpt.mono)
+            strips = render_strips(
+                layout.strip[-1:], before_pan, params.strip[-1:], sample_rate=sample_rate, mono=excerpt.mono
+            )
             est = mix_down(layout, strips, params, sample_rate=sample_rate)
         else:
             est, _ = layout.render_normalized(excerpt.x, controls, sample_rate=sample_rate, mono=excerpt.mono)
@@ -289,22 +326,39 @@ def refine_controls(model: MixController, excerpt: Excerpt, start: Controls, tar
     return Controls.from_logits([v.detach() for v in logits])
 
 
-def refine(song: Song, analysis: Analysis, z: Tensor, reference: Tensor, *, steps: int, lr: float = 0.05,
-           progress: bool = False) -> ConsoleSetting:
+def refine(
+    song: Song,
+    analysis: Analysis,
+    z: Tensor,
+    reference: Tensor,
+    *,
+    steps: int,
+    lr: float = 0.05,
+    progress: bool = False,
+) -> ConsoleSetting:
     """The model's console for style ``z``, then every control refined (:func:`refine_controls`) towards the
     style features of ``reference`` ``(2, samples)``."""
     model, sr = song.model, song.sample_rate
     with torch.no_grad():
         target = style_features(reference[None], sr)
         start = model.decide(analysis.embeddings, None, z[None])
-    controls = refine_controls(model, song_excerpt(song.audio, analysis, sr), start, target, sr, steps=steps, lr=lr,
-                               progress=progress)
+    controls = refine_controls(
+        model, song_excerpt(song.audio, analysis, sr), start, target, sr, steps=steps, lr=lr, progress=progress
+    )
     return setting_from_controls(model, controls, analysis, song.names, song.files, sr)
 
 
-def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, temperature: float = SAMPLE_TEMPERATURE,
-                    refine_steps: int = SAMPLE_REFINE_STEPS, skip: int = 0,
-                    progress: bool = False) -> list[ConsoleSetting]:
+def sample_settings(
+    song: Song,
+    analysis: Analysis,
+    n: int,
+    *,
+    seed: int = 0,
+    temperature: float = SAMPLE_TEMPERATURE,
+    refine_steps: int = SAMPLE_REFINE_STEPS,
+    skip: int = 0,
+    progress: bool = False,
+) -> list[ConsoleSetting]:
     """``n`` console settings in styles drawn by :func:`draw_styles`: the controller's console for each ``z``,
     then ``refine_steps`` steps on the mix section towards the style's features (0: the controller alone).
     ``skip``: leave out the first draws (the studio's next sample continues the same sequence)."""
@@ -315,8 +369,9 @@ def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, te
         own_mix = _excerpt_mix(model, excerpt, model.decide(analysis.embeddings), sr)
         own = _coordinates(own_mix, sr)[0]
     out = []
-    for i, (z, offset, tone) in enumerate(zip(show_progress(list(zs), "sampling mixes", progress), offsets, tones),
-                                          start=skip):
+    for i, (z, offset, tone) in enumerate(
+        zip(show_progress(list(zs), "sampling mixes", progress), offsets, tones), start=skip
+    ):
         with torch.no_grad():
             controls = model.decide(analysis.embeddings, None, z[None])
         if excerpt is not None:
@@ -324,8 +379,17 @@ def sample_settings(song: Song, analysis: Analysis, n: int, *, seed: int = 0, te
             # spectral features move as the human's EQ difference would move this song's, not by a ratio: a
             # third brighter is a small boost on a bright song and a huge one on a dark song
             target.update({k: v.to(excerpt.x.dtype) for k, v in toned_spectral_features(own_mix, tone, sr).items()})
-            controls = refine_controls(model, excerpt, _nudge_pans(model, controls, seed * 100003 + i), target, sr,
-                                       steps=refine_steps, lr=SAMPLE_REFINE_LR, mix_section_only=True, balanced=True)
+            controls = refine_controls(
+                model,
+                excerpt,
+                _nudge_pans(model, controls, seed * 100003 + i),
+                target,
+                sr,
+                steps=refine_steps,
+                lr=SAMPLE_REFINE_LR,
+                mix_section_only=True,
+                balanced=True,
+            )
         out.append(setting_from_controls(model, controls, analysis, song.names, song.files, sr))
     return out
 
@@ -340,10 +404,15 @@ def _nudge_pans(model: MixController, controls: Controls, seed: int) -> Controls
     return Controls(strip, controls.sends, controls.buses, controls.master)
 
 
-def match_folder(stems_dir: str | Path, reference: str | Path, output: str | Path, *,
-                 refine_steps: int = MATCH_REFINE_STEPS,
-                 model_path: str | Path | None = None,
-                 progress: bool = False) -> tuple[Rendered, dict[str, float]]:
+def match_folder(
+    stems_dir: str | Path,
+    reference: str | Path,
+    output: str | Path,
+    *,
+    refine_steps: int = MATCH_REFINE_STEPS,
+    model_path: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
     of the mix to the reference: ``model`` (the model's console) and, after refinement, ``refined``."""
     _check_refine_steps(refine_steps)

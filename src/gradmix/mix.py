@@ -51,8 +51,14 @@ def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Ana
     return Analysis(gains, torch.cat(emb)[None])
 
 
-def console_for(model: MixController, analysis: Analysis, names: list[str], files: list[str | None],
-                sample_rate: int, z: Tensor | None = None) -> ConsoleSetting:
+def console_for(
+    model: MixController,
+    analysis: Analysis,
+    names: list[str],
+    files: list[str | None],
+    sample_rate: int,
+    z: Tensor | None = None,
+) -> ConsoleSetting:
     """The console setting the model chooses for analysed tracks, in mix style ``z`` ``(style_dim,)`` (default:
     the model's centre of human mixes)."""
     with torch.no_grad():
@@ -60,14 +66,21 @@ def console_for(model: MixController, analysis: Analysis, names: list[str], file
     return setting_from_controls(model, controls, analysis, names, files, sample_rate)
 
 
-def setting_from_controls(model: MixController, controls: Controls, analysis: Analysis, names: list[str],
-                          files: list[str | None], sample_rate: int) -> ConsoleSetting:
+def setting_from_controls(
+    model: MixController,
+    controls: Controls,
+    analysis: Analysis,
+    names: list[str],
+    files: list[str | None],
+    sample_rate: int,
+) -> ConsoleSetting:
     """The console file of 0..1 ``controls`` (batch of one) for loudness-normalised tracks: the
     normalisation gains of ``analysis`` are folded into the faders, so the file renders the raw stems."""
     with torch.no_grad():
         params = model.layout.denormalize(controls)
-    setting = ConsoleSetting.from_params(model.layout, params, names=names, files=files, sample_rate=sample_rate,
-                                         send_floor_db=SEND_FLOOR_DB)
+    setting = ConsoleSetting.from_params(
+        model.layout, params, names=names, files=files, sample_rate=sample_rate, send_floor_db=SEND_FLOOR_DB
+    )
     for track, g in zip(setting.tracks, analysis.gains_db):
         fader = next((e for e in track.chain if e.effect.type_name == "gain"), None)
         if fader is None:
@@ -76,8 +89,14 @@ def setting_from_controls(model: MixController, controls: Controls, analysis: An
     return setting
 
 
-def automix(model: MixController, names: list[str], files: list[str | None], tracks: list[Tensor],
-            sample_rate: int, z: Tensor | None = None) -> ConsoleSetting:
+def automix(
+    model: MixController,
+    names: list[str],
+    files: list[str | None],
+    tracks: list[Tensor],
+    sample_rate: int,
+    z: Tensor | None = None,
+) -> ConsoleSetting:
     """The console setting ``model`` chooses for one song (tracks: per track ``(channels, samples)``)."""
     return console_for(model, analyse(model, tracks, sample_rate), names, files, sample_rate, z)
 
@@ -94,8 +113,9 @@ class Song:
     inputs: list[Path]
 
 
-def load_song(stems_dir: str | Path, model_path: str | Path | None = None, *, strict: bool = False,
-              progress: bool = False) -> Song:
+def load_song(
+    stems_dir: str | Path, model_path: str | Path | None = None, *, strict: bool = False, progress: bool = False
+) -> Song:
     """Load the model (default: the shipped one) and every stem of ``stems_dir`` at the model's sample rate."""
     stems_dir = Path(stems_dir)
     model, meta = load_model(model_path)
@@ -124,9 +144,17 @@ class MixReport:
     tracks: int
 
 
-def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | Path | None = None,
-               console_path: str | Path | None = None, report: bool = False, strict: bool = False,
-               subtype: str = "float", progress: bool = False) -> MixReport:
+def mix_folder(
+    stems_dir: str | Path,
+    output: str | Path,
+    *,
+    model_path: str | Path | None = None,
+    console_path: str | Path | None = None,
+    report: bool = False,
+    strict: bool = False,
+    subtype: str = "float",
+    progress: bool = False,
+) -> MixReport:
     """Mix every stem of ``stems_dir`` with the model into ``output``; write the console file beside it
     (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``.
 
@@ -153,5 +181,13 @@ def mix_folder(stems_dir: str | Path, output: str | Path, *, model_path: str | P
         from gradmix.report import write_report
 
         write_report(report_path, setting, before=before, after=mix, mix_file=output)
-    return MixReport(output, console_path, report_path, 20 * math.log10(max(peak, 1e-12)), loud, before_lufs,
-                     mix.shape[-1] / sr, len(names))
+    return MixReport(
+        output,
+        console_path,
+        report_path,
+        20 * math.log10(max(peak, 1e-12)),
+        loud,
+        before_lufs,
+        mix.shape[-1] / sr,
+        len(names),
+    )

@@ -8,8 +8,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], label: str, show: bool, *, total: int | None = None,
-             transient: bool = False) -> Iterable[T]:
+def progress(
+    items: Iterable[T], label: str, show: bool, *, total: int | None = None, transient: bool = False
+) -> Iterable[T]:
     """``items`` unchanged, wrapped in a rich progress bar when ``show``."""
     if not show:
         return items

@@ -32,9 +32,16 @@ class RenderReport:
         return self.peak_dbfs > 0.0
 
 
-def render_folder(stems_dir: str | Path | None, console_file: str | Path, output: str | Path, *, strict: bool = False,
-                  subtype: str = "float", stems_out: str | Path | None = None,
-                  progress: bool = False) -> RenderReport:
+def render_folder(
+    stems_dir: str | Path | None,
+    console_file: str | Path,
+    output: str | Path,
+    *,
+    strict: bool = False,
+    subtype: str = "float",
+    stems_out: str | Path | None = None,
+    progress: bool = False,
+) -> RenderReport:
     """Render the stems of ``stems_dir`` named by ``console_file`` into ``output``.
 
     Everything is read and checked before anything is written; outputs are written atomically and
@@ -49,8 +56,13 @@ def render_folder(stems_dir: str | Path | None, console_file: str | Path, output
     warm_up = threading.Thread(target=_load_kernels, name="gradmix-kernels")
     warm_up.start()  # numba's start-up (about 0.7 s) runs while the files are read (libsndfile frees the GIL)
     try:
-        stems, sr = load_stems(stems_dir, files=[t.file for t in setting.tracks], sample_rate=setting.sample_rate,
-                               strict=strict, progress=progress)
+        stems, sr = load_stems(
+            stems_dir,
+            files=[t.file for t in setting.tracks],
+            sample_rate=setting.sample_rate,
+            strict=strict,
+            progress=progress,
+        )
     finally:
         warm_up.join()
     inputs = [s.path for s in stems] + [Path(console_file), Path(stems_dir)]
@@ -62,6 +74,7 @@ def render_folder(stems_dir: str | Path | None, console_file: str | Path, output
             raise GradmixError(f"{out_dir}: --stems-out must be a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         stem_paths = [check_output_path(out_dir / f"{safe_file_name(t.name)}.wav", inputs) for t in setting.tracks]
+
     def write_strip(i: int, strip: torch.Tensor) -> None:
         write_audio(stem_paths[i], strip, sr, subtype)
 
@@ -69,8 +82,7 @@ def render_folder(stems_dir: str | Path | None, console_file: str | Path, output
     audio = [s.audio for s in stems]
     del stems  # render releases each track once it is through its strip
     with torch.no_grad():
-        mix, _ = setting.render(audio, keep_strips=False, on_strip=write_strip if stem_paths else None,
-                                release=True)
+        mix, _ = setting.render(audio, keep_strips=False, on_strip=write_strip if stem_paths else None, release=True)
     timings["render"] = time.perf_counter() - clock - sum(timings.values())
     low, high = torch.aminmax(mix)  # no song-long |mix| temporary
     peak = max(high.item(), -low.item())
@@ -85,6 +97,8 @@ def _load_kernels() -> None:
     """Run the compiled kernels of a render (filters, dynamics; numba, cached on disk) once on a tiny signal."""
     x = torch.zeros(1, 2, 16)
     with torch.no_grad():
-        dsp.limiter(dsp.compressor(x, sample_rate=44100, threshold_db=-20.0, ratio=2.0, attack_ms=1.0, release_ms=10.0),
-                    sample_rate=44100)
+        dsp.limiter(
+            dsp.compressor(x, sample_rate=44100, threshold_db=-20.0, ratio=2.0, attack_ms=1.0, release_ms=10.0),
+            sample_rate=44100,
+        )
         dsp.integrated_loudness(x, sample_rate=44100)

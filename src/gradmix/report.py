@@ -53,8 +53,13 @@ def console_figure(setting: ConsoleSetting, before: Tensor | None, after: Tensor
     n = len(names)
     fig, axes = plt.subplots(3, 2, figsize=(13, 12))
     y = np.arange(n)
-    gains = [float(find_entry(t.chain, "gain").params["gain_db"]) if find_entry(t.chain, "gain") else 0.0 for t in setting.tracks]
-    pans = [float(find_entry(t.chain, "pan").params["pan"]) if find_entry(t.chain, "pan") else 0.0 for t in setting.tracks]
+    gains = [
+        float(find_entry(t.chain, "gain").params["gain_db"]) if find_entry(t.chain, "gain") else 0.0
+        for t in setting.tracks
+    ]
+    pans = [
+        float(find_entry(t.chain, "pan").params["pan"]) if find_entry(t.chain, "pan") else 0.0 for t in setting.tracks
+    ]
     ax = axes[0, 0]
     ax.barh(y, gains, color="tab:blue")
     ax.set(yticks=y, yticklabels=names, xlabel="dB", title="Fader (gain) per track")
@@ -104,7 +109,11 @@ def console_figure(setting: ConsoleSetting, before: Tensor | None, after: Tensor
     if before is not None and after is not None:
         for sig, label in ((before, "before (plain sum)"), (after, "after (mix)")):
             st = _short_term_lufs(sig, sr)
-            ax.plot(np.arange(len(st)), st, label=f"{label}: {integrated_loudness(sig[None], sample_rate=sr).item():.1f} LUFS")
+            ax.plot(
+                np.arange(len(st)),
+                st,
+                label=f"{label}: {integrated_loudness(sig[None], sample_rate=sr).item():.1f} LUFS",
+            )
         ax.set(title="Short-term loudness (3 s blocks)", xlabel="s", ylabel="LUFS")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -114,8 +123,14 @@ def console_figure(setting: ConsoleSetting, before: Tensor | None, after: Tensor
     return fig
 
 
-def write_report(path: str | os.PathLike, setting: ConsoleSetting, *, before: Tensor | None = None,
-                 after: Tensor | None = None, mix_file: str | os.PathLike | None = None) -> Path:
+def write_report(
+    path: str | os.PathLike,
+    setting: ConsoleSetting,
+    *,
+    before: Tensor | None = None,
+    after: Tensor | None = None,
+    mix_file: str | os.PathLike | None = None,
+) -> Path:
     """Write the report page to ``path`` (atomically)."""
     import matplotlib.pyplot as plt
 
@@ -148,7 +163,7 @@ def write_report(path: str | os.PathLike, setting: ConsoleSetting, *, before: Te
 td:first-child{{text-align:left}}</style></head><body>
 <h1>gradmix mix report</h1>{loud}{player}
 <table><tr><th>track</th><th>gain dB</th><th>pan</th><th>comp. threshold dB, ratio</th><th>sends</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <img alt="the console" style="width:100%" src="data:image/png;base64,{png}">
 <p>The console file beside the mix holds every setting; edit it and run <code>gradmix render</code>.</p>
 </body></html>"""
@@ -191,14 +206,18 @@ def comparison_page(path: Path, settings: list[ConsoleSetting], results: list) -
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
         png = base64.b64encode(buf.getvalue()).decode()
-        rows.append(f"<h2>{html.escape(r.mix.name)}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:.1f} dBFS</h2>"
-                    f'<audio controls src="{html.escape(r.mix.name)}"></audio> '
-                    f'<a href="{html.escape(r.console.name)}">console file</a><br>'
-                    f'<img alt="console of {html.escape(r.mix.name)}" src="data:image/png;base64,{png}">')
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>gradmix samples</title></head>"
-            "<body style='font-family:sans-serif;max-width:1000px;margin:auto'><h1>gradmix: sampled mixes</h1>"
-            "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
-            "</p>" + "".join(rows) + "</body></html>")
+        rows.append(
+            f"<h2>{html.escape(r.mix.name)}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:.1f} dBFS</h2>"
+            f'<audio controls src="{html.escape(r.mix.name)}"></audio> '
+            f'<a href="{html.escape(r.console.name)}">console file</a><br>'
+            f'<img alt="console of {html.escape(r.mix.name)}" src="data:image/png;base64,{png}">'
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>gradmix samples</title></head>"
+        "<body style='font-family:sans-serif;max-width:1000px;margin:auto'><h1>gradmix: sampled mixes</h1>"
+        "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
+        "</p>" + "".join(rows) + "</body></html>"
+    )
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page)
     os.replace(tmp, path)

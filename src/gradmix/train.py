@@ -42,8 +42,7 @@ from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import save_model
 from gradmix.models.engineer import engineer_controls
-from gradmix.models.losses import (TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss,
-                                   pick_tracks)
+from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
 
 REGIMES = ("supervised", "self_supervised", "mixed")
 
@@ -156,8 +155,13 @@ def _build(cls, d: Any, where: str):
         raise GradmixError(f"config{where}: {exc}") from None
 
 
-_NESTED = {(TrainConfig, "data"): DataConfig, (TrainConfig, "model"): ModelConfig, (TrainConfig, "optim"): OptimConfig,
-           (TrainConfig, "run"): RunConfig, (OptimConfig, "loss"): LossWeights}
+_NESTED = {
+    (TrainConfig, "data"): DataConfig,
+    (TrainConfig, "model"): ModelConfig,
+    (TrainConfig, "optim"): OptimConfig,
+    (TrainConfig, "run"): RunConfig,
+    (OptimConfig, "loss"): LossWeights,
+}
 
 
 def check(cfg: TrainConfig) -> None:
@@ -167,8 +171,10 @@ def check(cfg: TrainConfig) -> None:
     if not cfg.data.songs:
         raise GradmixError("config.data.songs: give at least one dataset folder")
     if cfg.data.sample_rate < 40000:
-        raise GradmixError(f"config.data.sample_rate: {cfg.data.sample_rate} Hz is too low for the console "
-                           "(its EQ ranges reach 18 kHz); use 44100 or 48000")
+        raise GradmixError(
+            f"config.data.sample_rate: {cfg.data.sample_rate} Hz is too low for the console "
+            "(its EQ ranges reach 18 kHz); use 44100 or 48000"
+        )
     if not 0 <= cfg.data.self_supervised_fraction <= 1:
         raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
     if cfg.optim.loss.tracks_per_song < 0:
@@ -176,11 +182,17 @@ def check(cfg: TrainConfig) -> None:
     if not 0 <= cfg.data.augment_compress <= 1:
         raise GradmixError("config.data.augment_compress: must be within 0..1")
     if cfg.optim.loss.track_weighting not in TRACK_WEIGHTINGS:
-        raise GradmixError(f"config.optim.loss.track_weighting: {cfg.optim.loss.track_weighting!r} is not one of "
-                           f"{', '.join(TRACK_WEIGHTINGS)}")
-    for name, v in (("data.seconds", cfg.data.seconds), ("data.batch_size", cfg.data.batch_size),
-                    ("optim.lr", cfg.optim.lr), ("run.max_steps", cfg.run.max_steps),
-                    ("run.num_nodes", cfg.run.num_nodes)):
+        raise GradmixError(
+            f"config.optim.loss.track_weighting: {cfg.optim.loss.track_weighting!r} is not one of "
+            f"{', '.join(TRACK_WEIGHTINGS)}"
+        )
+    for name, v in (
+        ("data.seconds", cfg.data.seconds),
+        ("data.batch_size", cfg.data.batch_size),
+        ("optim.lr", cfg.optim.lr),
+        ("run.max_steps", cfg.run.max_steps),
+        ("run.num_nodes", cfg.run.num_nodes),
+    ):
         if not v > 0:
             raise GradmixError(f"config.{name}: must be > 0, got {v}")
     devices = cfg.run.devices
@@ -193,8 +205,10 @@ def check_lightning(cfg: TrainConfig) -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    for key, known in (("accelerator", ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]),
-                       ("strategy", ["auto", *StrategyRegistry.available_strategies()])):
+    for key, known in (
+        ("accelerator", ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]),
+        ("strategy", ["auto", *StrategyRegistry.available_strategies()]),
+    ):
         value = getattr(cfg.run, key)
         if value not in known:
             names = ", ".join(known[:6]) + (", ..." if len(known) > 6 else "")
@@ -281,8 +295,9 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             if bool(use_mix.all()):
                 return batch.mix, use_mix, None
             with torch.no_grad():
-                c = engineer_controls(self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x,
-                                      mask=batch.mask, sample_rate=self.sr)
+                c = engineer_controls(
+                    self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x, mask=batch.mask, sample_rate=self.sr
+                )
                 c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))
                 params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
@@ -304,8 +319,10 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
 
             def parts_and_mix(strips, params):
                 chosen = dataclasses.replace(params, sends_db=pick(params.sends_db))
-                return (track_outputs(self.layout, pick(strips), chosen, sample_rate=self.sr),
-                        pre_master(self.layout, strips * has_wet[..., None, None], params, sample_rate=self.sr))
+                return (
+                    track_outputs(self.layout, pick(strips), chosen, sample_rate=self.sr),
+                    pre_master(self.layout, strips * has_wet[..., None, None], params, sample_rate=self.sr),
+                )
 
             parts, mix = parts_and_mix(strips, params)
             wet, wet_mix = pick(wet_all), (wet_all * has_wet[..., None, None]).sum(1)
@@ -325,8 +342,10 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                     return (step + 1) / warm
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-                                                       "interval": "step"}}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"},
+            }
 
         def on_train_epoch_start(self) -> None:
             self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
@@ -348,8 +367,9 @@ def style_center(model: MixController, songs: list, data: DataConfig, segments: 
     return torch.stack(mus).mean(0) if mus else torch.zeros(model.cfg.style_dim)
 
 
-def add_style_bank(model: MixController, songs: list, sample_rate: int, *, window_s: float = 10.0,
-                   most_s: float = 90.0) -> None:
+def add_style_bank(
+    model: MixController, songs: list, sample_rate: int, *, window_s: float = 10.0, most_s: float = 90.0
+) -> None:
     """The styles ``gradmix sample`` draws from (:func:`gradmix.generate.build_style_bank`): every whole
     ``window_s`` window of the first ``most_s`` seconds of each song with a human mix."""
     from gradmix.data import read_example, song_seconds
@@ -378,16 +398,30 @@ def train(cfg: TrainConfig) -> Path:
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     songs = training_songs(cfg.data)
     out = make_output_folder(cfg.run.out)
-    data = SegmentDataset(songs, seconds=cfg.data.seconds, sample_rate=cfg.data.sample_rate, seed=cfg.run.seed,
-                          length=max(len(songs), cfg.data.batch_size * 50))
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.data.batch_size, shuffle=True, collate_fn=collate,
-                                         num_workers=cfg.data.num_workers, drop_last=True,
-                                         persistent_workers=cfg.data.num_workers > 0)
+    data = SegmentDataset(
+        songs,
+        seconds=cfg.data.seconds,
+        sample_rate=cfg.data.sample_rate,
+        seed=cfg.run.seed,
+        length=max(len(songs), cfg.data.batch_size * 50),
+    )
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
     has_wet = any(stem.wet is not None for song in songs for stem in song.stems)
     per_track = cfg.optim.loss.per_track and (has_wet or cfg.data.regime != "supervised")
     if cfg.optim.loss.per_track and not has_wet:
-        print("note: no training song has wet stems; the human mixes train with the mix losses alone"
-              + (", engineer-like targets with their per-track parts too" if per_track else ""), file=sys.stderr)
+        print(
+            "note: no training song has wet stems; the human mixes train with the mix losses alone"
+            + (", engineer-like targets with their per-track parts too" if per_track else ""),
+            file=sys.stderr,
+        )
     module = _lightning_module(cfg, per_track)
     loggers = [CSVLogger(out, name="logs")]  # each (re)start writes logs/version_N
     try:
@@ -397,13 +431,24 @@ def train(cfg: TrainConfig) -> Path:
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
     except ImportError:
         pass
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.run.checkpoint_every,
-                           save_last=True, save_top_k=0)
-    trainer = L.Trainer(max_steps=cfg.run.max_steps, accelerator=cfg.run.accelerator, devices=cfg.run.devices,
-                        num_nodes=cfg.run.num_nodes, strategy=cfg.run.strategy, precision=cfg.run.precision,
-                        gradient_clip_val=cfg.optim.grad_clip, logger=loggers, callbacks=[ckpt],
-                        log_every_n_steps=cfg.run.log_every, enable_progress_bar=cfg.run.progress,
-                        enable_model_summary=False, default_root_dir=out)
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints", every_n_train_steps=cfg.run.checkpoint_every, save_last=True, save_top_k=0
+    )
+    trainer = L.Trainer(
+        max_steps=cfg.run.max_steps,
+        accelerator=cfg.run.accelerator,
+        devices=cfg.run.devices,
+        num_nodes=cfg.run.num_nodes,
+        strategy=cfg.run.strategy,
+        precision=cfg.run.precision,
+        gradient_clip_val=cfg.optim.grad_clip,
+        logger=loggers,
+        callbacks=[ckpt],
+        log_every_n_steps=cfg.run.log_every,
+        enable_progress_bar=cfg.run.progress,
+        enable_model_summary=False,
+        default_root_dir=out,
+    )
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     path = out / "model.pt"
@@ -411,7 +456,15 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.model.style_dim:
             module.model.style_center.copy_(style_center(module.model, songs, cfg.data))
             add_style_bank(module.model, songs, cfg.data.sample_rate)
-        save_model(path, module.model, sample_rate=cfg.data.sample_rate,
-                   info={"steps": int(trainer.global_step), "songs": [s.name for s in songs],
-                         "excluded": list(cfg.data.exclude), "regime": cfg.data.regime})
+        save_model(
+            path,
+            module.model,
+            sample_rate=cfg.data.sample_rate,
+            info={
+                "steps": int(trainer.global_step),
+                "songs": [s.name for s in songs],
+                "excluded": list(cfg.data.exclude),
+                "regime": cfg.data.regime,
+            },
+        )
     return path

@@ -23,10 +23,20 @@ def _demo(args: argparse.Namespace) -> None:
 def _mix(args: argparse.Namespace) -> None:
     from gradmix.mix import mix_folder
 
-    r = mix_folder(args.stems_dir, args.output, model_path=args.model, console_path=args.console, report=args.report,
-                   strict=args.strict, subtype=args.format, progress=sys.stdout.isatty())
-    print(f"mixed {r.tracks} tracks ({r.seconds:.1f} s) into {r.output}: {r.loudness_lufs:.1f} LUFS, "
-          f"peak {r.peak_dbfs:+.1f} dBFS")
+    r = mix_folder(
+        args.stems_dir,
+        args.output,
+        model_path=args.model,
+        console_path=args.console,
+        report=args.report,
+        strict=args.strict,
+        subtype=args.format,
+        progress=sys.stdout.isatty(),
+    )
+    print(
+        f"mixed {r.tracks} tracks ({r.seconds:.1f} s) into {r.output}: {r.loudness_lufs:.1f} LUFS, "
+        f"peak {r.peak_dbfs:+.1f} dBFS"
+    )
     print(f"console: {r.console} (edit it, then: gradmix render {args.stems_dir} {r.console} -o MIX.wav)")
     if r.report:
         print(f"report: {r.report}")
@@ -35,8 +45,16 @@ def _mix(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from gradmix.generate import sample_folder
 
-    results = sample_folder(args.stems_dir, args.output, n=args.n, seed=args.seed, model_path=args.model,
-                            temperature=args.temperature, refine_steps=args.refine, progress=sys.stdout.isatty())
+    results = sample_folder(
+        args.stems_dir,
+        args.output,
+        n=args.n,
+        seed=args.seed,
+        model_path=args.model,
+        temperature=args.temperature,
+        refine_steps=args.refine,
+        progress=sys.stdout.isatty(),
+    )
     for r in results:
         print(f"{r.mix}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:+.1f} dBFS; console {r.console.name}")
     print(f"compare them: {Path(args.output) / 'index.html'}")
@@ -45,8 +63,14 @@ def _sample(args: argparse.Namespace) -> None:
 def _match(args: argparse.Namespace) -> None:
     from gradmix.generate import match_folder
 
-    r, d = match_folder(args.stems_dir, args.reference, args.output, model_path=args.model, refine_steps=args.refine,
-                        progress=sys.stdout.isatty())
+    r, d = match_folder(
+        args.stems_dir,
+        args.reference,
+        args.output,
+        model_path=args.model,
+        refine_steps=args.refine,
+        progress=sys.stdout.isatty(),
+    )
     dist = ", ".join(f"{k} {v:.3f}" for k, v in d.items())
     print(f"wrote {r.mix} ({r.loudness_lufs:.1f} LUFS) and {r.console}; style distance to the reference: {dist}")
 
@@ -54,8 +78,15 @@ def _match(args: argparse.Namespace) -> None:
 def _fit(args: argparse.Namespace) -> None:
     from gradmix.fit import fit_folder
 
-    path, residual, steps = fit_folder(args.stems_dir, args.target, args.output, max_steps=args.steps,
-                                       budget_s=args.budget, model_path=args.model, progress=sys.stdout.isatty())
+    path, residual, steps = fit_folder(
+        args.stems_dir,
+        args.target,
+        args.output,
+        max_steps=args.steps,
+        budget_s=args.budget,
+        model_path=args.model,
+        progress=sys.stdout.isatty(),
+    )
     print(f"wrote {path} after {steps} steps: residual {residual:.1f} dB (error energy relative to the target)")
 
 
@@ -101,18 +132,29 @@ def _render(args: argparse.Namespace) -> None:
     gc.freeze()  # and none of them is scanned again by the full collections of numba's start-up
     gc.enable()
 
-    report = render_folder(args.stems_dir, args.console, args.output, strict=args.strict, subtype=args.format,
-                           stems_out=args.stems_out, progress=sys.stdout.isatty())
-    print(f"wrote {report.output} ({report.seconds:.1f} s): peak {report.peak_dbfs:+.1f} dBFS, "
-          f"{report.loudness_lufs:.1f} LUFS")
+    report = render_folder(
+        args.stems_dir,
+        args.console,
+        args.output,
+        strict=args.strict,
+        subtype=args.format,
+        stems_out=args.stems_out,
+        progress=sys.stdout.isatty(),
+    )
+    print(
+        f"wrote {report.output} ({report.seconds:.1f} s): peak {report.peak_dbfs:+.1f} dBFS, "
+        f"{report.loudness_lufs:.1f} LUFS"
+    )
     if report.stems_out:
         print(f"wrote {len(report.stems_out)} processed stems to {report.stems_out[0].parent}")
     if args.timings:
         print("timings: " + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in report.timings.items()))
     if report.clips:
         where = "clips in the 24-bit file" if args.format != "float" else "would clip in a fixed-point file"
-        print(f"warning: the mix peaks at {report.peak_dbfs:+.1f} dBFS and {where}; lower the master or add a "
-              "limiter", file=sys.stderr)
+        print(
+            f"warning: the mix peaks at {report.peak_dbfs:+.1f} dBFS and {where}; lower the master or add a limiter",
+            file=sys.stderr,
+        )
 
 
 def _studio(args: argparse.Namespace) -> None:
@@ -120,8 +162,16 @@ def _studio(args: argparse.Namespace) -> None:
 
     if not 0 <= args.port <= 65535:
         raise GradmixError(f"--port: {args.port} is not a port (0..65535)")
-    run_studio(args.stems_dir, console=args.console, out_dir=args.out, model_path=args.model, host=args.host,
-               port=args.port, strict=args.strict, open_browser=args.open)
+    run_studio(
+        args.stems_dir,
+        console=args.console,
+        out_dir=args.out,
+        model_path=args.model,
+        host=args.host,
+        port=args.port,
+        strict=args.strict,
+        open_browser=args.open,
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -141,9 +191,17 @@ def _export(args: argparse.Namespace) -> None:
 def _normalize(args: argparse.Namespace) -> None:
     from gradmix.data.fxnorm import normalize_dataset
 
-    summary = normalize_dataset(args.root, args.output, layout=args.layout, sample_rate=args.sample_rate,
-                                target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty(),
-                                shard=args.shard, stats_only=args.stats_only)
+    summary = normalize_dataset(
+        args.root,
+        args.output,
+        layout=args.layout,
+        sample_rate=args.sample_rate,
+        target_lufs=args.target_lufs,
+        workers=args.workers,
+        progress=sys.stdout.isatty(),
+        shard=args.shard,
+        stats_only=args.stats_only,
+    )
     classes = ", ".join(f"{k} ({v['count']})" for k, v in summary["classes"].items())
     print(f"normalised {len(summary['done'])} song(s), {summary['skipped']} already done; classes: {classes}")
     print(f"wrote {args.output}")
@@ -165,11 +223,20 @@ def _lmms(args: argparse.Namespace) -> None:
 def _separate(args: argparse.Namespace) -> None:
     from gradmix.data.separate import separate_dataset
 
-    summary = separate_dataset(args.mixes_dir, args.output, model_path=args.model, normalize=not args.no_normalize,
-                               target_lufs=args.target_lufs, workers=args.workers, progress=sys.stdout.isatty(),
-                               shard=args.shard)
-    print(f"separated {len(summary['done'])} mix(es) into {', '.join(summary['sources'])}; "
-          f"{summary['skipped']} already done; wrote {args.output}")
+    summary = separate_dataset(
+        args.mixes_dir,
+        args.output,
+        model_path=args.model,
+        normalize=not args.no_normalize,
+        target_lufs=args.target_lufs,
+        workers=args.workers,
+        progress=sys.stdout.isatty(),
+        shard=args.shard,
+    )
+    print(
+        f"separated {len(summary['done'])} mix(es) into {', '.join(summary['sources'])}; "
+        f"{summary['skipped']} already done; wrote {args.output}"
+    )
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -182,10 +249,20 @@ def _eval(args: argparse.Namespace) -> None:
             raise GradmixError("--seconds 0 (whole songs) does not apply to --generative; give the seconds to sample")
         seeds = None if args.seeds is None else check_seeds(args.seeds, "--seeds")
         songs = [s for s in args.songs.split(",") if s] if args.songs else None
-        summary = evaluate_generative(args.dataset, args.output, songs=songs, held_out=args.held_out,
-                                      model_path=args.model, n=args.n, seconds=args.seconds, seed=args.seed,
-                                      seeds=seeds, refine_steps=args.refine, temperature=args.temperature,
-                                      progress=sys.stdout.isatty())
+        summary = evaluate_generative(
+            args.dataset,
+            args.output,
+            songs=songs,
+            held_out=args.held_out,
+            model_path=args.model,
+            n=args.n,
+            seconds=args.seconds,
+            seed=args.seed,
+            seeds=seeds,
+            refine_steps=args.refine,
+            temperature=args.temperature,
+            progress=sys.stdout.isatty(),
+        )
         print(generative_table(summary))
         return
     if args.seeds is not None:
@@ -200,18 +277,29 @@ def _eval(args: argparse.Namespace) -> None:
         if name.strip() in models:
             raise GradmixError(f"--model-as: {name.strip()!r} is given twice")
         models[name.strip()] = path.strip()
-    summary = evaluate(args.dataset, args.output, systems=[s.strip() for s in args.systems.split(",") if s.strip()],
-                       seconds=args.seconds or None, seed=args.seed, progress=sys.stdout.isatty(), model_path=args.model,
-                       songs=[s for s in args.songs.split(",") if s] if args.songs else None, held_out=args.held_out,
-                       tracks=args.tracks, models=models)
+    summary = evaluate(
+        args.dataset,
+        args.output,
+        systems=[s.strip() for s in args.systems.split(",") if s.strip()],
+        seconds=args.seconds or None,
+        seed=args.seed,
+        progress=sys.stdout.isatty(),
+        model_path=args.model,
+        songs=[s for s in args.songs.split(",") if s] if args.songs else None,
+        held_out=args.held_out,
+        tracks=args.tracks,
+        models=models,
+    )
     print((Path(args.output) / "results.md").read_text())
     line = f"evaluated {summary['songs']} song(s)"
     if args.tracks:
         t = summary["tracks"]
         print((Path(args.output) / "tracks.md").read_text())
         if t["skipped"]:
-            print(f"note: --tracks: {len(t['skipped'])} song(s) without wet stems skipped: {', '.join(t['skipped'])}",
-                  file=sys.stderr)
+            print(
+                f"note: --tracks: {len(t['skipped'])} song(s) without wet stems skipped: {', '.join(t['skipped'])}",
+                file=sys.stderr,
+            )
         line += f"; measured {t['measured']} track(s) in {t['songs']} song(s), {t['off_centre']} off-centre"
     print(f"{line}; see {args.output}/index.html")
 
@@ -228,8 +316,9 @@ def _effects(args: argparse.Namespace) -> None:
     for name in sorted(REGISTRY):
         effect = REGISTRY[name]()
         for i, s in enumerate(effect.specs):
-            table.add_row(name if i == 0 else "", s.label, s.unit, f"{s.min:g}", f"{s.max:g}", f"{s.default:g}",
-                          s.scale)
+            table.add_row(
+                name if i == 0 else "", s.label, s.unit, f"{s.min:g}", f"{s.max:g}", f"{s.default:g}", s.scale
+            )
     Console().print(table)
 
 
@@ -244,7 +333,9 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _shard_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see docs/datasets.md)")
+    p.add_argument(
+        "--shard", type=_shard, help="I/N: this job does items I, I+N, ... (cluster runs; see docs/datasets.md)"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -276,8 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="mix the built-in example multitrack with the default model")
     p.add_argument("-o", "--output", default=defaults.DEMO_OUT, help="output folder (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=defaults.DEMO_SECONDS, help="length of the example in seconds "
-                   "(default %(default)s)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=defaults.DEMO_SECONDS,
+        help="length of the example in seconds (default %(default)s)",
+    )
     p.set_defaults(func=_demo)
     p = sub.add_parser("mix", help="mix a folder of stems with the mixing model; writes the mix and its console file")
     p.add_argument("stems_dir", help="folder of stems (wav, flac, aiff, ogg; .stem.mp4 with ffmpeg)")
@@ -293,30 +388,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=defaults.SAMPLE_COUNT, help="number of mixes (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="output folder: mix_NN.wav, mix_NN.console.json, index.html")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=defaults.SAMPLE_TEMPERATURE,
-                   help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
-                        "1: as far as a human engineer was from the model; default %(default)s)")
-    p.add_argument("--refine", type=int, metavar="STEPS", default=defaults.SAMPLE_REFINE_STEPS,
-                   help="steps optimising each mix's pans, sends, buses and master towards its style "
-                        "(default %(default)s; 0: the model's console alone)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.SAMPLE_TEMPERATURE,
+        help="how far each mix moves from the automatic mix towards its drawn human style (0: not at all, "
+        "1: as far as a human engineer was from the model; default %(default)s)",
+    )
+    p.add_argument(
+        "--refine",
+        type=int,
+        metavar="STEPS",
+        default=defaults.SAMPLE_REFINE_STEPS,
+        help="steps optimising each mix's pans, sends, buses and master towards its style "
+        "(default %(default)s; 0: the model's console alone)",
+    )
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_sample)
     p = sub.add_parser("match", help="mix the stems in the style of a reference song")
     p.add_argument("stems_dir")
     p.add_argument("--reference", required=True, help="any mixed song (other content and length are fine)")
     p.add_argument("-o", "--output", required=True, help="mix file; its console file goes beside it")
-    p.add_argument("--refine", type=int, metavar="STEPS", default=defaults.MATCH_REFINE_STEPS,
-                   help="steps optimising the console against the reference's features (default %(default)s; 0: "
-                        "the style encoder and decoder alone)")
+    p.add_argument(
+        "--refine",
+        type=int,
+        metavar="STEPS",
+        default=defaults.MATCH_REFINE_STEPS,
+        help="steps optimising the console against the reference's features (default %(default)s; 0: "
+        "the style encoder and decoder alone)",
+    )
     p.add_argument("--model", help="model file (default: the shipped model)")
     p.set_defaults(func=_match)
     p = sub.add_parser("fit", help="reverse-engineer a mix of these stems: the console that renders it")
     p.add_argument("stems_dir")
     p.add_argument("--target", required=True, help="a mix made from these stems")
     p.add_argument("-o", "--output", required=True, help="console file to write")
-    p.add_argument("--steps", type=int, default=defaults.FIT_MAX_STEPS, help="most optimisation steps (default %(default)s)")
-    p.add_argument("--budget", type=float, default=defaults.FIT_BUDGET_S,
-                   help="most seconds of optimisation (default %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=defaults.FIT_MAX_STEPS, help="most optimisation steps (default %(default)s)"
+    )
+    p.add_argument(
+        "--budget", type=float, default=defaults.FIT_BUDGET_S, help="most seconds of optimisation (default %(default)s)"
+    )
     p.add_argument("--model", help="model file for the starting guess (default: the shipped model)")
     p.set_defaults(func=_fit)
     p = sub.add_parser("train", help="train a mixing model from a YAML config (Lightning; CPU, GPUs, DDP)")
@@ -331,8 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub._parser_class = _IntermixedParser
     p = sub.add_parser("render", help="render a folder of stems through a console file")
     sub._parser_class = _Parser
-    p.add_argument("stems_dir", nargs="?", help="folder holding the files the console names (default: the folder "
-                   "the console file records, else its own folder)")
+    p.add_argument(
+        "stems_dir",
+        nargs="?",
+        help="folder holding the files the console names (default: the folder "
+        "the console file records, else its own folder)",
+    )
     p.add_argument("console", help="console file (JSON, see console.schema.json)")
     p.add_argument("-o", "--output", required=True, help="mix file to write (.wav or .flac)")
     p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
@@ -343,9 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("studio", help="a local web page to hear, compare, tweak and save the mix (studio extra)")
     p.add_argument("stems_dir", help="folder of stems (never modified)")
     p.add_argument("--console", help="open this console file (default: the model's automatic mix)")
-    p.add_argument("--port", type=int, default=defaults.STUDIO_PORT, help="port (default %(default)s; 0 picks a free one)")
-    p.add_argument("--host", default=defaults.STUDIO_HOST,
-                   help="address to listen on (default %(default)s; any other needs the token printed at start-up)")
+    p.add_argument(
+        "--port", type=int, default=defaults.STUDIO_PORT, help="port (default %(default)s; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--host",
+        default=defaults.STUDIO_HOST,
+        help="address to listen on (default %(default)s; any other needs the token printed at start-up)",
+    )
     p.add_argument("--out", help="folder for saved files (default: STEMS_DIR.studio beside the stems folder)")
     p.add_argument("--model", help="mixing model file (default: the shipped model)")
     p.add_argument("--strict", action="store_true", help="refuse stems at another sample rate than the console's")
@@ -353,11 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_studio)
     p = sub.add_parser("export", help="write a console file as a DAW session (DAWproject or REAPER) playing the stems")
     p.add_argument("console", help="console file (JSON)")
-    p.add_argument("--format", choices=["dawproject", "reaper"], required=True,
-                   help="dawproject: a .dawproject (Bitwig Studio, Studio One, Cubase); reaper: a REAPER .RPP")
+    p.add_argument(
+        "--format",
+        choices=["dawproject", "reaper"],
+        required=True,
+        help="dawproject: a .dawproject (Bitwig Studio, Studio One, Cubase); reaper: a REAPER .RPP",
+    )
     p.add_argument("-o", "--output", required=True, help="session file to write (.dawproject or .RPP)")
-    p.add_argument("--stems", help="folder holding the files the console names (default: the folder the console "
-                   "file records, else its own folder)")
+    p.add_argument(
+        "--stems",
+        help="folder holding the files the console names (default: the folder the console "
+        "file records, else its own folder)",
+    )
     p.add_argument("--embed", action="store_true", help="dawproject: copy the stems into the file")
     p.set_defaults(func=_export)
     p = sub.add_parser("dataset", help="build training data")
@@ -367,13 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (folder-of-stems layout)")
     p.add_argument("--layout", choices=["folder", "musdb", "musdb-hq", "medleydb", "csv"], help="default: detect")
     p.add_argument("--sample-rate", type=int, default=defaults.DATASET_SAMPLE_RATE, help="Hz (default %(default)s)")
-    p.add_argument("--target-lufs", type=float, default=defaults.STEM_LUFS,
-                   help="loudness of every normalised stem (default %(default)s)")
+    p.add_argument(
+        "--target-lufs",
+        type=float,
+        default=defaults.STEM_LUFS,
+        help="loudness of every normalised stem (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     p.add_argument("--stats-only", action="store_true", help="pass 1 only: write classes.json (before sharded jobs)")
     _shard_option(p)
     p.set_defaults(func=_normalize)
-    p = dsub.add_parser("lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry and wet stems + mix")
+    p = dsub.add_parser(
+        "lmms", help="render LMMS projects (default: Debian's lmms-common demos) into dry and wet stems + mix"
+    )
     p.add_argument("output", help="output folder (folder-of-stems layout)")
     p.add_argument("--projects", nargs="+", help="your own .mmp/.mmpz projects instead of the shipped demos")
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
@@ -384,47 +518,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
     p.add_argument("--model", required=True, help="local Demucs checkpoint (nothing is downloaded)")
     p.add_argument("--no-normalize", action="store_true", help="only separate")
-    p.add_argument("--target-lufs", type=float, default=defaults.STEM_LUFS,
-                   help="loudness of every normalised stem (default %(default)s)")
+    p.add_argument(
+        "--target-lufs",
+        type=float,
+        default=defaults.STEM_LUFS,
+        help="loudness of every normalised stem (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_separate)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
     p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
-    p.add_argument("--systems", default=",".join(defaults.EVAL_SYSTEMS),
-                   help="default %(default)s; comma-separated: plain_sum, peak_normalized, equal_loudness, rules, random_console, gradmix, "
-                        "target")
+    p.add_argument(
+        "--systems",
+        default=",".join(defaults.EVAL_SYSTEMS),
+        help="default %(default)s; comma-separated: plain_sum, peak_normalized, equal_loudness, rules, "
+        "random_console, gradmix, target",
+    )
     p.add_argument("--model", help="model file for the gradmix system (default: the shipped model)")
-    p.add_argument("--model-as", action="append", metavar="NAME=PATH",
-                   help="add a system NAME that is the mixing model at PATH (repeatable; e.g. previous=old.pt)")
-    p.add_argument("--tracks", action="store_true",
-                   help="also measure each track's part against the authors' wet stems (songs with <song>/wet/)")
+    p.add_argument(
+        "--model-as",
+        action="append",
+        metavar="NAME=PATH",
+        help="add a system NAME that is the mixing model at PATH (repeatable; e.g. previous=old.pt)",
+    )
+    p.add_argument(
+        "--tracks",
+        action="store_true",
+        help="also measure each track's part against the authors' wet stems (songs with <song>/wet/)",
+    )
     p.add_argument("--songs", help="comma-separated song names to evaluate (default: every song with a mix)")
     p.add_argument("--held-out", action="store_true", help="evaluate the songs the model's training left out")
-    p.add_argument("--generative", action="store_true",
-                   help="evaluate sampling (diversity, plausibility) and match instead of the systems")
-    p.add_argument("-n", type=int, default=defaults.SAMPLE_COUNT, help="--generative: samples per song (default %(default)s)")
-    p.add_argument("--refine", type=int, default=defaults.SAMPLE_REFINE_STEPS,
-                   help="--generative: refine steps of each sample and of match (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=defaults.SAMPLE_TEMPERATURE,
-                   help="--generative: as gradmix sample's (default %(default)s)")
+    p.add_argument(
+        "--generative",
+        action="store_true",
+        help="evaluate sampling (diversity, plausibility) and match instead of the systems",
+    )
+    p.add_argument(
+        "-n", type=int, default=defaults.SAMPLE_COUNT, help="--generative: samples per song (default %(default)s)"
+    )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=defaults.SAMPLE_REFINE_STEPS,
+        help="--generative: refine steps of each sample and of match (default %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.SAMPLE_TEMPERATURE,
+        help="--generative: as gradmix sample's (default %(default)s)",
+    )
     p.add_argument("-o", "--output", required=True, help="results folder")
-    p.add_argument("--seconds", type=float, default=defaults.EVAL_SECONDS,
-                   help="evaluate the first S seconds (default %(default)s; 0: whole songs)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the random console (--generative: of the random consoles, and of the samples "
-                        "without --seeds)")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                   help="--generative: draw the samples once per seed (distinct, >= 0) and report each figure as "
-                        "mean ± std over them and per seed (default: --seed alone)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=defaults.EVAL_SECONDS,
+        help="evaluate the first S seconds (default %(default)s; 0: whole songs)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random console (--generative: of the random consoles, and of the samples without --seeds)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="--generative: draw the samples once per seed (distinct, >= 0) and report each figure as "
+        "mean ± std over them and per seed (default: --seed alone)",
+    )
     p.set_defaults(func=_eval)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)
     return parser
 
 
-NUMBER_RANGES = {"n": (1, 100), "refine": (0, None), "workers": (1, None), "sample_rate": (1, None),
-                 "seconds": (0, None), "target_lufs": (-70, 0)}
+NUMBER_RANGES = {
+    "n": (1, 100),
+    "refine": (0, None),
+    "workers": (1, None),
+    "sample_rate": (1, None),
+    "seconds": (0, None),
+    "target_lufs": (-70, 0),
+}
 """Ranges of numeric options that argparse checks only for type (``None``: no upper bound); NaN is outside."""
 
 

@@ -1,10 +1,34 @@
 """The mixing console: per-track strips, post-fader sends to buses, master chain; console files."""
 
-from gradmix.console.layout import (SEND_SPEC, Controls, Layout, Params, Slot, mix_down, pre_master, render_strips,
-                                    track_outputs)
+from gradmix.console.layout import (
+    SEND_SPEC,
+    Controls,
+    Layout,
+    Params,
+    Slot,
+    mix_down,
+    pre_master,
+    render_strips,
+    track_outputs,
+)
 from gradmix.console.schema import SCHEMA_PATH, console_schema, validate
 from gradmix.console.setting import BusSetting, ConsoleSetting, Entry, TrackSetting
 
-__all__ = ["SEND_SPEC", "SCHEMA_PATH", "BusSetting", "ConsoleSetting", "Controls", "Entry", "Layout", "Params",
-           "Slot", "TrackSetting", "console_schema", "mix_down", "pre_master", "render_strips", "track_outputs",
-           "validate"]
+__all__ = [
+    "SEND_SPEC",
+    "SCHEMA_PATH",
+    "BusSetting",
+    "ConsoleSetting",
+    "Controls",
+    "Entry",
+    "Layout",
+    "Params",
+    "Slot",
+    "TrackSetting",
+    "console_schema",
+    "mix_down",
+    "pre_master",
+    "render_strips",
+    "track_outputs",
+    "validate",
+]

@@ -82,8 +82,12 @@ class Layout:
     master: tuple[Slot, ...] = ()
 
     @classmethod
-    def build(cls, strip: Sequence[Slot | Effect | str], buses: Mapping[str, Sequence[Slot | Effect | str]] = {},
-              master: Sequence[Slot | Effect | str] = ()) -> Layout:
+    def build(
+        cls,
+        strip: Sequence[Slot | Effect | str],
+        buses: Mapping[str, Sequence[Slot | Effect | str]] = {},
+        master: Sequence[Slot | Effect | str] = (),
+    ) -> Layout:
         """Build from effect instances, slots or type names."""
         return cls(_slots(strip), tuple((name, _slots(chain)) for name, chain in buses.items()), _slots(master))
 
@@ -91,9 +95,11 @@ class Layout:
     def default(cls) -> Layout:
         """gain -> 6-band EQ -> compressor -> pan; a reverb bus and a delay bus (100 % wet);
         master EQ -> compressor -> limiter."""
-        return cls.build(["gain", "eq", "compressor", "pan"],
-                         {"reverb": [Slot(create("reverb"), {"mix": 1.0})], "delay": [Slot(create("delay"), {"mix": 1.0})]},
-                         ["eq", "compressor", "limiter"])
+        return cls.build(
+            ["gain", "eq", "compressor", "pan"],
+            {"reverb": [Slot(create("reverb"), {"mix": 1.0})], "delay": [Slot(create("delay"), {"mix": 1.0})]},
+            ["eq", "compressor", "limiter"],
+        )
 
     @property
     def bus_names(self) -> list[str]:
@@ -119,13 +125,15 @@ class Layout:
         _expect(c.sends, (batch, tracks, len(self.buses)), "controls.sends")
         _expect(c.buses, (batch, self.num_bus_params), "controls.buses")
         _expect(c.master, (batch, self.num_master_params), "controls.master")
-        strip = [{k: v.unflatten(0, (batch, tracks)) for k, v in s.denormalize(u).items()}
-                 for s, u in zip(self.strip, _split(c.strip.flatten(0, 1), self.strip))]
+        strip = [
+            {k: v.unflatten(0, (batch, tracks)) for k, v in s.denormalize(u).items()}
+            for s, u in zip(self.strip, _split(c.strip.flatten(0, 1), self.strip))
+        ]
         bus_slots = [s for _, chain in self.buses for s in chain]
         flat = [s.denormalize(u) for s, u in zip(bus_slots, _split(c.buses, bus_slots))]
         buses, i = [], 0
         for _, chain in self.buses:
-            buses.append(flat[i: i + len(chain)])
+            buses.append(flat[i : i + len(chain)])
             i += len(chain)
         master = [s.denormalize(u) for s, u in zip(self.master, _split(c.master, self.master))]
         return Params(strip, SEND_SPEC.denormalize(c.sends), buses, master)
@@ -146,17 +154,30 @@ class Layout:
             raise ParameterError(f"bus {self.buses[bus][0]!r} slot {slot}: no controlled parameter {name!r}")
         return before + names.index(name)
 
-    def random_controls(self, batch: int, tracks: int, generator: torch.Generator | None = None,
-                        dtype=torch.float32) -> Controls:
+    def random_controls(
+        self, batch: int, tracks: int, generator: torch.Generator | None = None, dtype=torch.float32
+    ) -> Controls:
         """Uniform 0..1 controls (for tests and random-console baselines)."""
+
         def r(*shape):
             return torch.rand(*shape, generator=generator, dtype=dtype)
 
-        return Controls(r(batch, tracks, self.num_strip_params), r(batch, tracks, len(self.buses)),
-                        r(batch, self.num_bus_params), r(batch, self.num_master_params))
+        return Controls(
+            r(batch, tracks, self.num_strip_params),
+            r(batch, tracks, len(self.buses)),
+            r(batch, self.num_bus_params),
+            r(batch, self.num_master_params),
+        )
 
-    def render(self, tracks: Tensor, params: Params, *, sample_rate: float, mask: Tensor | None = None,
-               mono: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def render(
+        self,
+        tracks: Tensor,
+        params: Params,
+        *,
+        sample_rate: float,
+        mask: Tensor | None = None,
+        mono: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Render a batch of multitracks with physical parameters.
 
         Args:
@@ -176,8 +197,15 @@ class Layout:
             strips = strips * mask.to(strips)[:, :, None, None]
         return mix_down(self, strips, params, sample_rate=sample_rate), strips
 
-    def render_normalized(self, tracks: Tensor, controls: Controls, *, sample_rate: float,
-                          mask: Tensor | None = None, mono: Tensor | None = None) -> tuple[Tensor, Params]:
+    def render_normalized(
+        self,
+        tracks: Tensor,
+        controls: Controls,
+        *,
+        sample_rate: float,
+        mask: Tensor | None = None,
+        mono: Tensor | None = None,
+    ) -> tuple[Tensor, Params]:
         """Render with 0..1 controls; returns the mix ``(batch, 2, samples)`` and the physical parameters."""
         params = self.denormalize(controls)
         mix, _ = self.render(tracks, params, sample_rate=sample_rate, mask=mask, mono=mono)
@@ -196,8 +224,10 @@ class Controls:
     def logits(self) -> list[Tensor]:
         """The four blocks as logits (of controls kept 1e-4 inside 0..1): new leaf tensors that require grad,
         what an optimiser moves."""
-        return [torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_()
-                for u in (self.strip, self.sends, self.buses, self.master)]
+        return [
+            torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_()
+            for u in (self.strip, self.sends, self.buses, self.master)
+        ]
 
     @classmethod
     def from_logits(cls, logits: Sequence[Tensor], batch: int = 1) -> Controls:
@@ -236,8 +266,14 @@ def _split(u: Tensor, slots: Sequence[Slot]) -> list[Tensor]:
     return list(torch.split(u, sizes, dim=-1)) if slots else []
 
 
-def render_strips(chain: Sequence[Slot], tracks: Tensor, params: Sequence[Mapping[str, Tensor]], *,
-                  sample_rate: float, mono: Tensor | None = None) -> Tensor:
+def render_strips(
+    chain: Sequence[Slot],
+    tracks: Tensor,
+    params: Sequence[Mapping[str, Tensor]],
+    *,
+    sample_rate: float,
+    mono: Tensor | None = None,
+) -> Tensor:
     """Run every track through the strip chain in one batched call per effect.
 
     Args:
@@ -295,8 +331,7 @@ def mix_down(layout: Layout, strips: Tensor, params: Params, *, sample_rate: flo
     Returns:
         ``(batch, 2, samples)``.
     """
-    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params,
-                  sample_rate=sample_rate)
+    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params, sample_rate=sample_rate)
 
 
 def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
@@ -317,8 +352,10 @@ def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate
     for name, chain in layout.buses:
         for slot in chain:
             if not slot.effect.linear:
-                raise ParameterError(f"bus {name!r}: {slot.effect.type_name} is not linear, so a track's own part "
-                                     "of the bus output is not defined")
+                raise ParameterError(
+                    f"bus {name!r}: {slot.effect.type_name} is not linear, so a track's own part "
+                    "of the bus output is not defined"
+                )
     batch, n = strips.shape[:2]
     out = strips
     for k, (_, chain) in enumerate(layout.buses):
@@ -335,8 +372,9 @@ def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate
 def pre_master(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
     """What the master chain receives: the strips summed plus every bus's output, ``(batch, 2, samples)``,
     from strips ``(batch, tracks, 2, samples)`` (zero a track's strip to leave it out)."""
-    return add_buses(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params,
-                     sample_rate=sample_rate)
+    return add_buses(
+        layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params, sample_rate=sample_rate
+    )
 
 
 def _per_track(v: Any, batch: int, n: int) -> Any:
@@ -353,8 +391,9 @@ def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
     return torch.einsum("bnct,bnk->bkct", strips, gain)
 
 
-def add_buses(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
-              sample_rate: float) -> Tensor:
+def add_buses(
+    layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *, sample_rate: float
+) -> Tensor:
     """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)``.
 
     ``buses_in`` holds each bus's input ``(batch, 2, samples)``, or ``None`` for a bus nothing is sent to
@@ -370,8 +409,9 @@ def add_buses(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], pa
     return mix
 
 
-def finish(layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *,
-           sample_rate: float) -> Tensor:
+def finish(
+    layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *, sample_rate: float
+) -> Tensor:
     """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` (:func:`add_buses`) and run
     the master chain."""
     mix = add_buses(layout, mix, buses_in, params, sample_rate=sample_rate)

@@ -21,7 +21,11 @@ SCHEMA_PATH = Path(__file__).with_name("console.schema.json")
 NUMBER = {"type": "number"}
 # Physical validity of each parameter name (not the mixing ranges: a person may go beyond those).
 VALIDITY: dict[str, dict[str, Any]] = {
-    "gain_db": NUMBER, "makeup_db": NUMBER, "threshold_db": NUMBER, "ceiling_db": NUMBER, "tone_db": NUMBER,
+    "gain_db": NUMBER,
+    "makeup_db": NUMBER,
+    "threshold_db": NUMBER,
+    "ceiling_db": NUMBER,
+    "tone_db": NUMBER,
     "level_db": NUMBER,
     "pan": {"type": "number", "minimum": -1, "maximum": 1},
     "width": {"type": "number", "minimum": 0},
@@ -49,9 +53,17 @@ def _effect_schema(name: str) -> dict[str, Any]:
     effect = cls()
     props: dict[str, Any] = {"type": {"const": name}}
     if name == "eq":
-        band = {"type": "object", "required": ["shape", "freq_hz"], "additionalProperties": False,
-                "properties": {"shape": {"enum": list(SHAPES)}, "freq_hz": VALIDITY["freq_hz"],
-                               "gain_db": VALIDITY["gain_db"], "q": VALIDITY["q"]}}
+        band = {
+            "type": "object",
+            "required": ["shape", "freq_hz"],
+            "additionalProperties": False,
+            "properties": {
+                "shape": {"enum": list(SHAPES)},
+                "freq_hz": VALIDITY["freq_hz"],
+                "gain_db": VALIDITY["gain_db"],
+                "q": VALIDITY["q"],
+            },
+        }
         props["bands"] = {"type": "array", "items": band}
     elif name == "graphic_eq":
         props["gain_db"] = {"type": "array", "items": NUMBER, "minItems": 10, "maxItems": 31}
@@ -61,27 +73,52 @@ def _effect_schema(name: str) -> dict[str, Any]:
         for pname in effect.names():
             count = sum(1 for s in effect.specs if s.name == pname)
             banded = effect.specs[[s.name for s in effect.specs].index(pname)].band is not None
-            props[pname] = ({"type": "array", "items": VALIDITY[pname], "minItems": count, "maxItems": count}
-                            if banded else VALIDITY[pname])
+            props[pname] = (
+                {"type": "array", "items": VALIDITY[pname], "minItems": count, "maxItems": count}
+                if banded
+                else VALIDITY[pname]
+            )
     return {"type": "object", "required": ["type"], "additionalProperties": False, "properties": props}
 
 
 def console_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a console file."""
     names = sorted(REGISTRY)
-    chain = {"type": "array", "items": {
-        "type": "object", "required": ["type"], "properties": {"type": {"enum": names}},
-        "allOf": [{"if": {"properties": {"type": {"const": n}}, "required": ["type"]},
-                   "then": {"$ref": f"#/$defs/{n}"}} for n in names]}}
-    send = {"type": "object", "required": ["bus", "level_db"], "additionalProperties": False,
-            "properties": {"bus": {"type": "string", "minLength": 1}, "level_db": VALIDITY["level_db"]}}
-    track = {"type": "object", "required": ["name", "chain"], "additionalProperties": False,
-             "properties": {"name": {"type": "string", "minLength": 1},
-                            "file": {"type": ["string", "null"]},
-                            "chain": {"$ref": "#/$defs/chain"},
-                            "sends": {"type": "array", "items": send}}}
-    bus = {"type": "object", "required": ["name", "chain"], "additionalProperties": False,
-           "properties": {"name": {"type": "string", "minLength": 1}, "chain": {"$ref": "#/$defs/chain"}}}
+    chain = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": names}},
+            "allOf": [
+                {"if": {"properties": {"type": {"const": n}}, "required": ["type"]}, "then": {"$ref": f"#/$defs/{n}"}}
+                for n in names
+            ],
+        },
+    }
+    send = {
+        "type": "object",
+        "required": ["bus", "level_db"],
+        "additionalProperties": False,
+        "properties": {"bus": {"type": "string", "minLength": 1}, "level_db": VALIDITY["level_db"]},
+    }
+    track = {
+        "type": "object",
+        "required": ["name", "chain"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "file": {"type": ["string", "null"]},
+            "chain": {"$ref": "#/$defs/chain"},
+            "sends": {"type": "array", "items": send},
+        },
+    }
+    bus = {
+        "type": "object",
+        "required": ["name", "chain"],
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string", "minLength": 1}, "chain": {"$ref": "#/$defs/chain"}},
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://gradmix.invalid/console.schema.json",
@@ -96,9 +133,16 @@ def console_schema() -> dict[str, Any]:
             "sample_rate": {"type": "integer", "minimum": 8000, "maximum": 384000},
             "tracks": {"type": "array", "items": track, "minItems": 1},
             "buses": {"type": "array", "items": bus},
-            "master": {"type": "object", "additionalProperties": False, "properties": {"chain": {"$ref": "#/$defs/chain"}}},
-            "stems": {"type": "string", "minLength": 1,
-                      "description": "the folder of the tracks' files, relative to this file's folder (optional)"},
+            "master": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"chain": {"$ref": "#/$defs/chain"}},
+            },
+            "stems": {
+                "type": "string",
+                "minLength": 1,
+                "description": "the folder of the tracks' files, relative to this file's folder (optional)",
+            },
         },
         "$defs": {"chain": chain, **{n: _effect_schema(n) for n in names}},
     }

@@ -79,9 +79,18 @@ class ConsoleSetting:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "version": VERSION, "sample_rate": self.sample_rate,
-            "tracks": [{"name": t.name, "file": t.file, "chain": [e.to_json() for e in t.chain],
-                        "sends": [{"bus": b, "level_db": float(v)} for b, v in t.sends.items()]} for t in self.tracks],
+            "format": FORMAT,
+            "version": VERSION,
+            "sample_rate": self.sample_rate,
+            "tracks": [
+                {
+                    "name": t.name,
+                    "file": t.file,
+                    "chain": [e.to_json() for e in t.chain],
+                    "sends": [{"bus": b, "level_db": float(v)} for b, v in t.sends.items()],
+                }
+                for t in self.tracks
+            ],
             "buses": [{"name": b.name, "chain": [e.to_json() for e in b.chain]} for b in self.buses],
             "master": {"chain": [e.to_json() for e in self.master]},
         }
@@ -92,9 +101,15 @@ class ConsoleSetting:
         validate(data, source)
         sr = data["sample_rate"]
         try:
-            tracks = [TrackSetting(t["name"], t.get("file"), [Entry.from_json(e) for e in t["chain"]],
-                                   {s["bus"]: float(s["level_db"]) for s in t.get("sends", [])})
-                      for t in data["tracks"]]
+            tracks = [
+                TrackSetting(
+                    t["name"],
+                    t.get("file"),
+                    [Entry.from_json(e) for e in t["chain"]],
+                    {s["bus"]: float(s["level_db"]) for s in t.get("sends", [])},
+                )
+                for t in data["tracks"]
+            ]
             buses = [BusSetting(b["name"], [Entry.from_json(e) for e in b["chain"]]) for b in data.get("buses", [])]
             master = [Entry.from_json(e) for e in data.get("master", {}).get("chain", [])]
         except GradmixError as exc:
@@ -133,7 +148,10 @@ class ConsoleSetting:
             seen = set()
             for j, s in enumerate(t.get("sends", [])):
                 if s["bus"] not in bus_names:
-                    fail(["tracks", i, "sends", j, "bus"], f"{s['bus']!r} is not a bus (buses: {', '.join(bus_names) or 'none'})")
+                    fail(
+                        ["tracks", i, "sends", j, "bus"],
+                        f"{s['bus']!r} is not a bus (buses: {', '.join(bus_names) or 'none'})",
+                    )
                 if s["bus"] in seen:
                     fail(["tracks", i, "sends", j, "bus"], f"{s['bus']!r} is sent to twice")
                 seen.add(s["bus"])
@@ -172,6 +190,7 @@ class ConsoleSetting:
         path = Path(path)
         if not path.is_file():
             raise ConsoleFileError(f"{path}: no such console file")
+
         def constant(name: str) -> float:  # -Infinity is an absent send; NaN and +Infinity are no setting
             if name != "-Infinity":
                 raise ConsoleFileError(f"{path}: {name} is not a value a console file may hold")
@@ -189,8 +208,14 @@ class ConsoleSetting:
     # ---- building ------------------------------------------------------------------------------------
 
     @classmethod
-    def neutral(cls, names: Sequence[str], files: Sequence[str | None] | None = None, *, sample_rate: int,
-                layout: Layout | None = None) -> ConsoleSetting:
+    def neutral(
+        cls,
+        names: Sequence[str],
+        files: Sequence[str | None] | None = None,
+        *,
+        sample_rate: int,
+        layout: Layout | None = None,
+    ) -> ConsoleSetting:
         """Every effect of ``layout`` at its defaults and no sends: renders the plain (panned) sum."""
         layout = layout or Layout.default()
         files = list(files) if files is not None else [None] * len(names)
@@ -198,35 +223,60 @@ class ConsoleSetting:
         def entries(slots: Sequence[Slot]) -> list[Entry]:
             return [Entry(s.effect, s.effect.complete(dict(s.fixed))) for s in slots]
 
-        return cls(sample_rate, [TrackSetting(n, f, entries(layout.strip)) for n, f in zip(names, files)],
-                   [BusSetting(name, entries(chain)) for name, chain in layout.buses], entries(layout.master))
+        return cls(
+            sample_rate,
+            [TrackSetting(n, f, entries(layout.strip)) for n, f in zip(names, files)],
+            [BusSetting(name, entries(chain)) for name, chain in layout.buses],
+            entries(layout.master),
+        )
 
     @classmethod
-    def from_params(cls, layout: Layout, params: Params, *, names: Sequence[str], files: Sequence[str | None],
-                    sample_rate: int, item: int = 0, send_floor_db: float = -math.inf) -> ConsoleSetting:
+    def from_params(
+        cls,
+        layout: Layout,
+        params: Params,
+        *,
+        names: Sequence[str],
+        files: Sequence[str | None],
+        sample_rate: int,
+        item: int = 0,
+        send_floor_db: float = -math.inf,
+    ) -> ConsoleSetting:
         """The console file of batch item ``item`` of a network's physical parameters.
 
         Sends at or below ``send_floor_db`` are left out.
         """
+
         def val(v: Tensor, *index: int) -> Any:
             return v.detach()[(item, *index)].tolist()
 
         tracks = []
         for n, (name, file) in enumerate(zip(names, files)):
             chain = [Entry(s.effect, {k: val(v, n) for k, v in p.items()}) for s, p in zip(layout.strip, params.strip)]
-            sends = {bus: float(params.sends_db[item, n, k]) for k, bus in enumerate(layout.bus_names)
-                     if float(params.sends_db[item, n, k]) > send_floor_db}
+            sends = {
+                bus: float(params.sends_db[item, n, k])
+                for k, bus in enumerate(layout.bus_names)
+                if float(params.sends_db[item, n, k]) > send_floor_db
+            }
             tracks.append(TrackSetting(name, file, chain, sends))
-        buses = [BusSetting(name, [Entry(s.effect, {k: val(v) for k, v in p.items()}) for s, p in zip(chain, ps)])
-                 for (name, chain), ps in zip(layout.buses, params.buses)]
+        buses = [
+            BusSetting(name, [Entry(s.effect, {k: val(v) for k, v in p.items()}) for s, p in zip(chain, ps)])
+            for (name, chain), ps in zip(layout.buses, params.buses)
+        ]
         master = [Entry(s.effect, {k: val(v) for k, v in p.items()}) for s, p in zip(layout.master, params.master)]
         return cls(sample_rate, tracks, buses, master)
 
     # ---- rendering ------------------------------------------------------------------------------------
 
-    def render(self, tracks: Sequence[Tensor], *, keep_strips: bool = True,
-               on_strip: Callable[[int, Tensor], None] | None = None,
-               chunk_samples: int = CHUNK_SAMPLES, release: bool = False) -> tuple[Tensor, Tensor | None]:
+    def render(
+        self,
+        tracks: Sequence[Tensor],
+        *,
+        keep_strips: bool = True,
+        on_strip: Callable[[int, Tensor], None] | None = None,
+        chunk_samples: int = CHUNK_SAMPLES,
+        release: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """Render the song.
 
         Tracks are rendered in batched chunks of at most ``chunk_samples`` samples (all channels of all
@@ -251,24 +301,32 @@ class ConsoleSetting:
         groups: dict[Any, list[int]] = {}
         for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
             groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
-        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
-                             dtype=like.dtype)
+        sends = torch.tensor(
+            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks], dtype=like.dtype
+        )
         grad = torch.is_grad_enabled()
 
         def add(acc: Tensor, value: Tensor, scale: float = 1.0) -> Tensor:
             return acc + value * scale if grad else acc.add_(value, alpha=scale)  # in place: no song-long copies
 
         mix = like.new_zeros(1, 2, length)
-        buses_in: list[Tensor | None] = [like.new_zeros(1, 2, length) if bool((sends[:, k] > -math.inf).any())
-                                         else None for k in range(len(self.buses))]
+        buses_in: list[Tensor | None] = [
+            like.new_zeros(1, 2, length) if bool((sends[:, k] > -math.inf).any()) else None
+            for k in range(len(self.buses))
+        ]
         strips = like.new_zeros(len(tracks), 2, length) if keep_strips else None
         for (_, channels), members in groups.items():
             per_chunk = max(1, chunk_samples // (2 * length))
             for start in range(0, len(members), per_chunk):
-                idx = members[start: start + per_chunk]
+                idx = members[start : start + per_chunk]
                 chain = self.tracks[idx[0]].chain
-                params = [{name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype)
-                           for name in entry.params} for k, entry in enumerate(chain)]
+                params = [
+                    {
+                        name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype)
+                        for name in entry.params
+                    }
+                    for k, entry in enumerate(chain)
+                ]
                 x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
                 out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
                 for j, i in enumerate(idx):
@@ -309,18 +367,26 @@ class ConsoleSetting:
             ``(tracks, 2, samples)``, the dtype and device of ``strips``.
         """
         if strips.dim() != 3 or strips.shape[0] != len(self.tracks) or strips.shape[1] != 2:
-            raise GradmixError(f"strips: expected ({len(self.tracks)} tracks, 2 channels, samples), "
-                               f"got {tuple(strips.shape)}")
-        sends = torch.tensor([[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
-                             dtype=strips.dtype, device=strips.device).reshape(1, len(self.tracks), len(self.buses))
+            raise GradmixError(
+                f"strips: expected ({len(self.tracks)} tracks, 2 channels, samples), got {tuple(strips.shape)}"
+            )
+        sends = torch.tensor(
+            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+            dtype=strips.dtype,
+            device=strips.device,
+        ).reshape(1, len(self.tracks), len(self.buses))
         layout, params = self._mix_layout(sends)
         return track_outputs(layout, strips[None], params, sample_rate=self.sample_rate)[0]
 
     def _mix_layout(self, sends_db: Tensor) -> tuple[Layout, Params]:
         """The bus and master chains as a :class:`Layout` without strips, and their :class:`Params` (batch of
         one) with ``sends_db (1, tracks, buses)``."""
-        layout = Layout((), tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
-                        tuple(Slot(e.effect) for e in self.master))
-        params = Params([], sends_db, [[e.params for e in b.chain] for b in self.buses],
-                        [e.params for e in self.master])
+        layout = Layout(
+            (),
+            tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
+            tuple(Slot(e.effect) for e in self.master),
+        )
+        params = Params(
+            [], sends_db, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master]
+        )
         return layout, params

@@ -37,8 +37,7 @@ class Augmentation:
         return bool(self.gain_db or self.tilt_db or self.compress)
 
 
-def augment_tracks(tracks: Tensor, aug: Augmentation, generator: torch.Generator, *,
-                   sample_rate: float) -> Tensor:
+def augment_tracks(tracks: Tensor, aug: Augmentation, generator: torch.Generator, *, sample_rate: float) -> Tensor:
     """A randomly changed copy of ``tracks (batch, tracks, channels, samples)`` (see the module docstring).
 
     The parameters are drawn on the CPU from ``generator`` (one draw per track, padding included, so the
@@ -59,13 +58,24 @@ def augment_tracks(tracks: Tensor, aug: Augmentation, generator: torch.Generator
     attack, release = uniform(2.0, 20.0), uniform(50.0, 300.0)
     x = tracks.flatten(0, 1) * torch.pow(10.0, gain / 20)[:, None, None]
     if aug.tilt_db:
-        x = dsp.parametric_eq(x, sample_rate=sample_rate, shapes=("low_shelf", "high_shelf"),
-                              freq_hz=x.new_tensor([250.0, 4000.0]).expand(items, 2),
-                              gain_db=torch.stack([tilt / 2, -tilt / 2], -1), q=0.7071)
+        x = dsp.parametric_eq(
+            x,
+            sample_rate=sample_rate,
+            shapes=("low_shelf", "high_shelf"),
+            freq_hz=x.new_tensor([250.0, 4000.0]).expand(items, 2),
+            gain_db=torch.stack([tilt / 2, -tilt / 2], -1),
+            q=0.7071,
+        )
     if aug.compress:
         peak_db = 20 * torch.log10(x.abs().amax((-2, -1)).clamp_min(1e-6))
-        squashed = dsp.compressor(x, sample_rate=sample_rate, threshold_db=peak_db + threshold,
-                                  ratio=torch.where(squash, ratio, torch.ones_like(ratio)), attack_ms=attack,
-                                  release_ms=release, knee_db=6.0)
+        squashed = dsp.compressor(
+            x,
+            sample_rate=sample_rate,
+            threshold_db=peak_db + threshold,
+            ratio=torch.where(squash, ratio, torch.ones_like(ratio)),
+            attack_ms=attack,
+            release_ms=release,
+            knee_db=6.0,
+        )
         x = torch.where(squash[:, None, None], squashed, x)
     return x.unflatten(0, (b, n))

@@ -42,8 +42,42 @@ from gradmix.defaults import DATASET_SAMPLE_RATE, STEM_LUFS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
-BANDS_HZ = np.array([20, 25, 31.5, 40, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600,
-                     2000, 2500, 3150, 4000, 5000, 6300, 8000, 10000, 12500, 16000, 20000], dtype=float)
+BANDS_HZ = np.array(
+    [
+        20,
+        25,
+        31.5,
+        40,
+        50,
+        63,
+        80,
+        100,
+        125,
+        160,
+        200,
+        250,
+        315,
+        400,
+        500,
+        630,
+        800,
+        1000,
+        1250,
+        1600,
+        2000,
+        2500,
+        3150,
+        4000,
+        5000,
+        6300,
+        8000,
+        10000,
+        12500,
+        16000,
+        20000,
+    ],
+    dtype=float,
+)
 SILENCE_LUFS = -65.0
 EQ_LIMIT_DB = 12.0
 MAX_RATIO = 10.0
@@ -99,10 +133,15 @@ def stem_features(x: torch.Tensor, sample_rate: int, mono: bool) -> StemFeatures
     left, right = x[0].double().square().sum(), x[1].double().square().sum()
     mid = ((x[0] + x[1]) / 2).double().square().sum()
     side = ((x[0] - x[1]) / 2).double().square().sum()
-    return StemFeatures(loud, _band_spectrum_db(x, sample_rate).tolist(),
-                        float(np.percentile(levels, 95) - np.percentile(levels, 50)), float(np.percentile(levels, 50)),
-                        float(10 * math.log10((side + 1e-20) / (mid + 1e-20))),
-                        float(10 * math.log10((left + 1e-20) / (right + 1e-20))), bool(mono))
+    return StemFeatures(
+        loud,
+        _band_spectrum_db(x, sample_rate).tolist(),
+        float(np.percentile(levels, 95) - np.percentile(levels, 50)),
+        float(np.percentile(levels, 50)),
+        float(10 * math.log10((side + 1e-20) / (mid + 1e-20))),
+        float(10 * math.log10((left + 1e-20) / (right + 1e-20))),
+        bool(mono),
+    )
 
 
 def class_statistics(features: Iterable[tuple[str, StemFeatures]]) -> dict[str, dict[str, Any]]:
@@ -114,15 +153,19 @@ def class_statistics(features: Iterable[tuple[str, StemFeatures]]) -> dict[str, 
     stats = {}
     for label, fs in groups.items():
         stereo = [f.width_db for f in fs if not f.mono]
-        stats[label] = {"count": len(fs), "spectrum_db": np.mean([f.spectrum_db for f in fs], 0).tolist(),
-                        "spread_db": float(np.mean([f.spread_db for f in fs])),
-                        "width_db": float(np.mean(stereo)) if stereo else None,
-                        "loudness_lufs": float(np.mean([f.loudness_lufs for f in fs]))}
+        stats[label] = {
+            "count": len(fs),
+            "spectrum_db": np.mean([f.spectrum_db for f in fs], 0).tolist(),
+            "spread_db": float(np.mean([f.spread_db for f in fs])),
+            "width_db": float(np.mean(stereo)) if stereo else None,
+            "loudness_lufs": float(np.mean([f.loudness_lufs for f in fs])),
+        }
     return stats
 
 
-def normalize_stem(x: torch.Tensor, sample_rate: int, mono: bool, stats: dict[str, Any], *,
-                   target_lufs: float = -25.0) -> tuple[torch.Tensor, dict[str, Any]]:
+def normalize_stem(
+    x: torch.Tensor, sample_rate: int, mono: bool, stats: dict[str, Any], *, target_lufs: float = -25.0
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Normalise one ``(2, samples)`` stem towards its class ``stats``; returns the audio and the label."""
     before = stem_features(x, sample_rate, mono)
     label: dict[str, Any] = {"order": list(ORDER), "before": asdict(before)}
@@ -135,9 +178,14 @@ def normalize_stem(x: torch.Tensor, sample_rate: int, mono: bool, stats: dict[st
     spread = stem_features(y[0].float(), sample_rate, mono).spread_db
     if spread > stats["spread_db"] + 0.5:
         levels = _short_term_levels_db(y[0], sample_rate)
-        comp = {"threshold_db": float(np.percentile(levels, 50)) + 3.0,
-                "ratio": float(min(MAX_RATIO, spread / max(stats["spread_db"], 0.5))),
-                "attack_ms": 10.0, "release_ms": 100.0, "knee_db": 6.0, "makeup_db": 0.0}
+        comp = {
+            "threshold_db": float(np.percentile(levels, 50)) + 3.0,
+            "ratio": float(min(MAX_RATIO, spread / max(stats["spread_db"], 0.5))),
+            "attack_ms": 10.0,
+            "release_ms": 100.0,
+            "knee_db": 6.0,
+            "makeup_db": 0.0,
+        }
         y = dsp.compressor(y, sample_rate=sample_rate, **comp)
     pan, width = 0.0, 1.0
     if not mono:
@@ -156,9 +204,18 @@ def normalize_stem(x: torch.Tensor, sample_rate: int, mono: bool, stats: dict[st
     loud = float(dsp.integrated_loudness(y[:, :1] if mono else y, sample_rate=sample_rate))
     gain_db = target_lufs - loud
     y = dsp.gain(y, gain_db=gain_db)
-    label.update({"balance_pan": pan, "width": width, "eq_gain_db": eq.tolist(), "eq_bands_hz": BANDS_HZ.tolist(),
-                  "compressor": comp, "gain_db": gain_db, "target_lufs": target_lufs,
-                  "after": asdict(stem_features(y[0].float(), sample_rate, mono))})
+    label.update(
+        {
+            "balance_pan": pan,
+            "width": width,
+            "eq_gain_db": eq.tolist(),
+            "eq_bands_hz": BANDS_HZ.tolist(),
+            "compressor": comp,
+            "gain_db": gain_db,
+            "target_lufs": target_lufs,
+            "after": asdict(stem_features(y[0].float(), sample_rate, mono)),
+        }
+    )
     return y[0].float(), label
 
 
@@ -176,8 +233,10 @@ def _read_song(song: Song, sample_rate: int) -> Example:
 def _measure(args: tuple[Song, int, bool]) -> list[tuple[str, StemFeatures]]:
     song, sample_rate, labelled = args
     ex = _read_song(song, sample_rate)
-    return [(_class_of(song, i, labelled), stem_features(ex.tracks[i], sample_rate, bool(ex.mono[i])))
-            for i in range(len(song.stems))]
+    return [
+        (_class_of(song, i, labelled), stem_features(ex.tracks[i], sample_rate, bool(ex.mono[i])))
+        for i in range(len(song.stems))
+    ]
 
 
 def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
@@ -192,16 +251,24 @@ def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
     for i, ref in enumerate(song.stems):
         cls = _class_of(song, i, labelled)
         mono = bool(ex.mono[i])
-        y, label = normalize_stem(ex.tracks[i], sample_rate, mono, stats[cls] if cls in stats else
-                                  {"spectrum_db": [0.0] * len(BANDS_HZ), "spread_db": 1e9, "width_db": None},
-                                  target_lufs=target_lufs)
+        y, label = normalize_stem(
+            ex.tracks[i],
+            sample_rate,
+            mono,
+            stats[cls] if cls in stats else {"spectrum_db": [0.0] * len(BANDS_HZ), "spread_db": 1e9, "width_db": None},
+            target_lufs=target_lufs,
+        )
         write_audio(tmp / f"{ref.name}.wav", y[:1] if mono else y, sample_rate)
         (tmp / f"{ref.name}.fxnorm.json").write_text(json.dumps({"class": cls, **label}, indent=1))
         labels[ref.name] = ref.label
     if ex.mix is not None:
         write_audio(tmp / "mix.wav", ex.mix, sample_rate)
-    meta = {**song.meta, "labels": {k: v for k, v in labels.items() if v}, "source": str(song.stems[0].path.parent),
-            "fxnorm": {"order": list(ORDER), "target_lufs": target_lufs}}
+    meta = {
+        **song.meta,
+        "labels": {k: v for k, v in labels.items() if v},
+        "source": str(song.stems[0].path.parent),
+        "fxnorm": {"order": list(ORDER), "target_lufs": target_lufs},
+    }
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=1, default=str))
     (tmp / DONE).write_text("ok\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -209,9 +276,18 @@ def _normalize_song(args: tuple[Song, int, bool, dict, float, str]) -> str:
     return song.name
 
 
-def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | None = None, sample_rate: int = DATASET_SAMPLE_RATE,
-                      target_lufs: float = STEM_LUFS, workers: int | None = None, progress: bool = False,
-                      shard: tuple[int, int] | None = None, stats_only: bool = False) -> dict[str, Any]:
+def normalize_dataset(
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    layout: str | None = None,
+    sample_rate: int = DATASET_SAMPLE_RATE,
+    target_lufs: float = STEM_LUFS,
+    workers: int | None = None,
+    progress: bool = False,
+    shard: tuple[int, int] | None = None,
+    stats_only: bool = False,
+) -> dict[str, Any]:
     """FxNorm a whole dataset into ``out_dir`` (folder-of-stems layout); resumable, never touches ``root``.
 
     On a cluster: run once with ``stats_only=True`` (pass 1 writes ``classes.json``), then one job per
@@ -233,8 +309,14 @@ def normalize_dataset(root: str | Path, out_dir: str | Path, *, layout: str | No
         raise GradmixError(f"{stats_path}: missing; run pass 1 once first (--stats-only) before sharded jobs")
     else:
         with _pool(workers) as pool:
-            measured = list(show_progress(pool.map(_measure, [(s, sample_rate, labelled) for s in songs]),
-                                           "pass 1: measuring stems", progress, total=len(songs)))
+            measured = list(
+                show_progress(
+                    pool.map(_measure, [(s, sample_rate, labelled) for s in songs]),
+                    "pass 1: measuring stems",
+                    progress,
+                    total=len(songs),
+                )
+            )
         stats = class_statistics(f for song in measured for f in song)
         make_output_folder(out_dir)  # once every song has been read and checked
         tmp = out_dir / ".classes.json.tmp"

@@ -86,8 +86,12 @@ def _song_tracks(root: ET.Element) -> ET.Element:
 
 
 def _bb_containers(root: ET.Element) -> list[ET.Element]:
-    return [c for t in _song_tracks(root).findall("track") if t.get("type") == BEAT_BASSLINE
-            for c in t.iter("trackcontainer")]
+    return [
+        c
+        for t in _song_tracks(root).findall("track")
+        if t.get("type") == BEAT_BASSLINE
+        for c in t.iter("trackcontainer")
+    ]
 
 
 def _candidates(root: ET.Element) -> list[tuple[ET.Element, bool]]:
@@ -103,8 +107,11 @@ def stem_tracks(root: ET.Element) -> list[TrackRef]:
         if t.get("muted") == "1":
             continue
         inst = t.find("instrumenttrack/instrument")
-        refs.append(TrackRef(i, t.get("name", f"track{i}"), t.get("type"), inside,
-                             inst.get("name") if inst is not None else None))
+        refs.append(
+            TrackRef(
+                i, t.get("name", f"track{i}"), t.get("type"), inside, inst.get("name") if inst is not None else None
+            )
+        )
     return refs
 
 
@@ -146,17 +153,60 @@ def isolate(root: ET.Element, ref: TrackRef, *, wet: bool = False) -> ET.Element
 
 
 MASTER = "0"
-LMMS_LINEAR_EFFECTS = frozenset({
-    # LMMS's own effects
-    "amplifier", "bassbooster", "delay", "dualfilter", "eq", "flanger", "multitapecho", "reverbsc",
-    "spectrumanalyzer", "stereoenhancer", "stereomatrix",
-    # LADSPA plugins (by label) found in the shipped projects
-    "Reverb", "Plate2x2", "Eq", "Eq2x2", "tap_stereo_echo", "fbdelay_1s", "delay_1s", "canyon_delay", "Filter",
-    "PhaserI", "PhaserII", "Phaser", "fourByFourPole", "autoPhaser", "MultiChorus", "ChorusI", "Flanger",
-    "tap_chorusflanger", "comb", "dj_eq", "tap_equalizer", "VintageDelay", "ToneStack", "CabinetII", "dcRemove",
-    "amp_stereo", "hpf", "lpf", "highpass_iir", "freeverb3", "tap_reverb", "amPitchshift", "Narrower",
-    "StereoTools", "ringmod_1i1o1l", "SweepVFI", "SweepVFII",
-})
+LMMS_LINEAR_EFFECTS = frozenset(
+    {
+        # LMMS's own effects
+        "amplifier",
+        "bassbooster",
+        "delay",
+        "dualfilter",
+        "eq",
+        "flanger",
+        "multitapecho",
+        "reverbsc",
+        "spectrumanalyzer",
+        "stereoenhancer",
+        "stereomatrix",
+        # LADSPA plugins (by label) found in the shipped projects
+        "Reverb",
+        "Plate2x2",
+        "Eq",
+        "Eq2x2",
+        "tap_stereo_echo",
+        "fbdelay_1s",
+        "delay_1s",
+        "canyon_delay",
+        "Filter",
+        "PhaserI",
+        "PhaserII",
+        "Phaser",
+        "fourByFourPole",
+        "autoPhaser",
+        "MultiChorus",
+        "ChorusI",
+        "Flanger",
+        "tap_chorusflanger",
+        "comb",
+        "dj_eq",
+        "tap_equalizer",
+        "VintageDelay",
+        "ToneStack",
+        "CabinetII",
+        "dcRemove",
+        "amp_stereo",
+        "hpf",
+        "lpf",
+        "highpass_iir",
+        "freeverb3",
+        "tap_reverb",
+        "amPitchshift",
+        "Narrower",
+        "StereoTools",
+        "ringmod_1i1o1l",
+        "SweepVFI",
+        "SweepVFII",
+    }
+)
 """Effects whose output is linear in their input (filters, delays, reverbs, modulation, gain, stereo
 matrices). Anything else (compressors, limiters, clippers, waveshapers, exciters, de-essers, a peak
 controller, LADSPA plugins not listed) is taken as nonlinear."""
@@ -278,8 +328,7 @@ def render(project: str | Path, out_wav: str | Path, timeout_s: float = 600.0, a
         if proc.returncode == 0 and Path(out_wav).is_file():
             return
     Path(out_wav).unlink(missing_ok=True)  # no half-written render left behind
-    raise LmmsError(f"{project}: lmms render failed {attempts} times "
-                    f"({(proc.stderr or proc.stdout).strip()[-200:]})")
+    raise LmmsError(f"{project}: lmms render failed {attempts} times ({(proc.stderr or proc.stdout).strip()[-200:]})")
 
 
 def licence_of(project: Path, copyright_file: Path = COPYRIGHT_FILE) -> dict[str, Any]:
@@ -303,8 +352,10 @@ def licence_of(project: Path, copyright_file: Path = COPYRIGHT_FILE) -> dict[str
         patterns = fields.get("Files", [])
         if any(fnmatch.fnmatch(rel, p) for p in patterns) and "License" in fields:
             specific = patterns != ["*"]  # the catch-all stanza names LMMS's authors, not the song's
-            found = {"licence": fields["License"][0] if fields["License"] else None,
-                     "copyright": fields.get("Copyright", []) if specific else []}
+            found = {
+                "licence": fields["License"][0] if fields["License"] else None,
+                "copyright": fields.get("Copyright", []) if specific else [],
+            }
     return found
 
 
@@ -319,7 +370,7 @@ def _safe(name: str) -> str:
 
 def _level_db(x: np.ndarray, ref: np.ndarray) -> float:
     """RMS of ``x`` relative to the RMS of ``ref``, in dB."""
-    return float(20 * np.log10(np.sqrt(np.mean(x ** 2)) / max(np.sqrt(np.mean(ref ** 2)), 1e-12) + 1e-12))
+    return float(20 * np.log10(np.sqrt(np.mean(x**2)) / max(np.sqrt(np.mean(ref**2)), 1e-12) + 1e-12))
 
 
 def _add(total: np.ndarray, audio: np.ndarray) -> None:
@@ -403,22 +454,34 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
                 raise LmmsError(f"{project}: the wet stem of track {ref.name!r} is silent, its dry stem is not")
             write_audio(tmp / "wet" / file, wet, rate)
             _add(wet_total, wet)
-            info["wet"] = {"level_vs_dry_db": _level_db(wet[:, :audio.shape[-1]], audio[:, :wet.shape[-1]]),
-                           "route": route(root, ref), "shared_nonlinear": shared.get(ref.index, [])}
+            info["wet"] = {
+                "level_vs_dry_db": _level_db(wet[:, : audio.shape[-1]], audio[:, : wet.shape[-1]]),
+                "route": route(root, ref),
+                "shared_nonlinear": shared.get(ref.index, []),
+            }
         if not stems:
             raise LmmsError(f"{project}: no track rendered to a non-silent stem")
-        scale = float((wet_total * mix).sum() / max(float((wet_total ** 2).sum()), 1e-20))
+        scale = float((wet_total * mix).sum() / max(float((wet_total**2).sum()), 1e-20))
         master = next((c for c in root.iter("fxchannel") if c.get("num") == MASTER), None)
-        meta = {"title": project.name.split(".mmp")[0], "author": project.name.split("-")[0], "source": str(project),
-                **licence_of(project), "sample_rate": rate, "stems": stems, "skipped": skipped,
-                "wet_skipped": wet_skipped,
-                "stems_vs_mix_residual_db": _level_db(dry_total - mix, mix),
-                "wet_vs_mix_residual_db": _level_db(wet_total - mix, mix),
-                "wet_vs_mix_residual_scaled_db": _level_db(scale * wet_total - mix, mix),
-                "master": {"volume": float((master.get("volume") if master is not None else None) or 1),
-                           "effects": effect_names(master.find("fxchain")) if master is not None else []},
-                "note": "stems are dry (volume, pan, effects neutral); wet/ holds each track as the author mixed it, "
-                        "before the master channel; mix.wav is the author's own mix"}
+        meta = {
+            "title": project.name.split(".mmp")[0],
+            "author": project.name.split("-")[0],
+            "source": str(project),
+            **licence_of(project),
+            "sample_rate": rate,
+            "stems": stems,
+            "skipped": skipped,
+            "wet_skipped": wet_skipped,
+            "stems_vs_mix_residual_db": _level_db(dry_total - mix, mix),
+            "wet_vs_mix_residual_db": _level_db(wet_total - mix, mix),
+            "wet_vs_mix_residual_scaled_db": _level_db(scale * wet_total - mix, mix),
+            "master": {
+                "volume": float((master.get("volume") if master is not None else None) or 1),
+                "effects": effect_names(master.find("fxchain")) if master is not None else [],
+            },
+            "note": "stems are dry (volume, pan, effects neutral); wet/ holds each track as the author mixed it, "
+            "before the master channel; mix.wav is the author's own mix",
+        }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
         (tmp / DONE).write_text("ok\n")
         shutil.rmtree(out, ignore_errors=True)
@@ -428,8 +491,14 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, progress: bool = False,
-                  workers: int | None = None, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+def build_dataset(
+    out_dir: str | Path,
+    projects: list[Path] | None = None,
+    *,
+    progress: bool = False,
+    workers: int | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Render projects (default: every shipped demo) into a folder-of-stems dataset; resumable.
 
     ``workers`` songs render at once (default: every core; each is a chain of lmms processes);
@@ -458,11 +527,16 @@ def build_dataset(out_dir: str | Path, projects: list[Path] | None = None, *, pr
             return None
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        done = [r for r in show_progress(pool.map(one, todo), "rendering LMMS projects", progress, total=len(todo))
-                if r]
+        done = [
+            r for r in show_progress(pool.map(one, todo), "rendering LMMS projects", progress, total=len(todo)) if r
+        ]
     wet_skipped = {name: json.loads((out_dir / name / "metadata.json").read_text())["wet_skipped"] for name in done}
-    return {"done": done, "skipped": len(projects) - len(todo), "failed": failed,
-            "wet_skipped": {k: v for k, v in wet_skipped.items() if v}}
+    return {
+        "done": done,
+        "skipped": len(projects) - len(todo),
+        "failed": failed,
+        "wet_skipped": {k: v for k, v in wet_skipped.items() if v},
+    }
 
 
 def is_done(song_dir: Path) -> bool:

@@ -105,8 +105,7 @@ def read_segment(ref: StemRef, offset_s: float, seconds: float | None, sample_ra
         start = int(round(offset_s * rate))
         count = -1 if seconds is None else int(math.ceil(seconds * rate))
         try:
-            data = sf.read(str(ref.path), start=min(start, frames), frames=count, dtype="float32",
-                           always_2d=True)[0].T
+            data = sf.read(str(ref.path), start=min(start, frames), frames=count, dtype="float32", always_2d=True)[0].T
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{ref.path}: cannot be read as audio ({exc})") from None
         if data.shape[0] > 2:
@@ -135,8 +134,9 @@ def song_seconds(song: Song) -> float:
     return max(frames / rate for frames, rate in map(stem_info, song.stems))
 
 
-def read_example(song: Song, *, offset_s: float = 0.0, seconds: float | None = None,
-                 sample_rate: int = 44100) -> Example:
+def read_example(
+    song: Song, *, offset_s: float = 0.0, seconds: float | None = None, sample_rate: int = 44100
+) -> Example:
     """The stems (and mix, and wet stems) of ``song`` from ``offset_s`` for ``seconds`` (``None``: the whole song;
     from the start, every file is read whole and checked as ``gradmix mix`` reads stems, truncation included),
     padded with silence to the longest stem."""
@@ -144,22 +144,32 @@ def read_example(song: Song, *, offset_s: float = 0.0, seconds: float | None = N
         seconds = song_seconds(song) - offset_s
     parts = [read_segment(r, offset_s, seconds, sample_rate) for r in song.stems]
     mix = None if song.mix is None else read_segment(song.mix, offset_s, seconds, sample_rate)
-    wets = [None if r.wet is None else read_segment(StemRef(r.wet, r.name), offset_s, seconds, sample_rate)
-            for r in song.stems]
+    wets = [
+        None if r.wet is None else read_segment(StemRef(r.wet, r.name), offset_s, seconds, sample_rate)
+        for r in song.stems
+    ]
     length = max(x.shape[-1] for x in parts)
     tracks = torch.from_numpy(np.stack([_fit(x, length) for x in parts]))
     mono = torch.tensor([_is_mono(r) for r in song.stems])
     mix = None if mix is None else torch.from_numpy(_fit(mix, length))
     wet = has_wet = None
     if any(w is not None for w in wets):
-        wet = torch.from_numpy(np.stack([np.zeros((2, length), np.float32) if w is None else _fit(w, length)
-                                         for w in wets]))
+        wet = torch.from_numpy(
+            np.stack([np.zeros((2, length), np.float32) if w is None else _fit(w, length) for w in wets])
+        )
         has_wet = torch.tensor([w is not None for w in wets])
     return Example(song.name, tracks, mono, mix, [r.label for r in song.stems], offset_s, wet, has_wet)
 
 
-def random_example(song: Song, *, seconds: float, sample_rate: int = 44100, generator: torch.Generator | None = None,
-                   min_level_db: float = -50.0, tries: int = 10) -> Example:
+def random_example(
+    song: Song,
+    *,
+    seconds: float,
+    sample_rate: int = 44100,
+    generator: torch.Generator | None = None,
+    min_level_db: float = -50.0,
+    tries: int = 10,
+) -> Example:
     """A random segment of ``song`` whose summed stems are louder than ``min_level_db`` RMS (dBFS).
 
     Draws up to ``tries`` offsets from ``generator``; if every draw is quieter, the loudest one is returned.
@@ -203,8 +213,17 @@ def collate(examples: list[Example]) -> Batch:
         if e.wet is not None:
             wet[i, :k, :, :t] = e.wet
             has_wet[i, :k] = e.has_wet
-    return Batch(tracks, mask, mono, mix, has_mix, [e.song for e in examples],
-                 [e.labels + [None] * (n - len(e.labels)) for e in examples], wet, has_wet)
+    return Batch(
+        tracks,
+        mask,
+        mono,
+        mix,
+        has_mix,
+        [e.song for e in examples],
+        [e.labels + [None] * (n - len(e.labels)) for e in examples],
+        wet,
+        has_wet,
+    )
 
 
 class SegmentDataset(torch.utils.data.Dataset):
@@ -214,8 +233,16 @@ class SegmentDataset(torch.utils.data.Dataset):
     Use with ``DataLoader(..., collate_fn=collate)``; call :meth:`set_epoch` to draw new offsets.
     """
 
-    def __init__(self, songs: list[Song], *, seconds: float, sample_rate: int = 44100, seed: int = 0,
-                 length: int | None = None, min_level_db: float = -50.0) -> None:
+    def __init__(
+        self,
+        songs: list[Song],
+        *,
+        seconds: float,
+        sample_rate: int = 44100,
+        seed: int = 0,
+        length: int | None = None,
+        min_level_db: float = -50.0,
+    ) -> None:
         if not songs:
             raise AudioError("SegmentDataset: no songs given")
         self.songs, self.seconds, self.sample_rate = songs, seconds, sample_rate
@@ -230,5 +257,10 @@ class SegmentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Example:
         gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-        return random_example(self.songs[index % len(self.songs)], seconds=self.seconds, sample_rate=self.sample_rate,
-                              generator=gen, min_level_db=self.min_level_db)
+        return random_example(
+            self.songs[index % len(self.songs)],
+            seconds=self.seconds,
+            sample_rate=self.sample_rate,
+            generator=gen,
+            min_level_db=self.min_level_db,
+        )

@@ -55,9 +55,17 @@ def separate_mix(model: torch.nn.Module, mix: torch.Tensor, sample_rate: int) ->
     return stems, rate
 
 
-def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: str | Path, normalize: bool = True,
-                     target_lufs: float = STEM_LUFS, workers: int | None = None, progress: bool = False,
-                     shard: tuple[int, int] | None = None) -> dict[str, Any]:
+def separate_dataset(
+    mixes_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model_path: str | Path,
+    normalize: bool = True,
+    target_lufs: float = STEM_LUFS,
+    workers: int | None = None,
+    progress: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Separate every mix in ``mixes_dir`` into ``out_dir/stems`` (and FxNorm it into ``out_dir/normalized``).
 
     Resumable: songs already separated are skipped. The input folder is never written to. With
@@ -87,8 +95,11 @@ def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: 
             for name, stem in zip(sources, stems):
                 write_audio(tmp / f"{name}.wav", stem, model_rate)
             write_audio(tmp / "mix.wav", torch.from_numpy(audio), rate)
-            (tmp / "metadata.json").write_text(json.dumps(
-                {"labels": {s: s for s in sources}, "source": str(path), "separated_by": str(model_path)}, indent=1))
+            (tmp / "metadata.json").write_text(
+                json.dumps(
+                    {"labels": {s: s for s in sources}, "source": str(path), "separated_by": str(model_path)}, indent=1
+                )
+            )
             (tmp / DONE).write_text("ok\n")
             shutil.rmtree(stems_dir / song, ignore_errors=True)
             os.replace(tmp, stems_dir / song)
@@ -99,6 +110,12 @@ def separate_dataset(mixes_dir: str | Path, out_dir: str | Path, *, model_path: 
     if normalize and shard is None:
         from gradmix.data.fxnorm import normalize_dataset
 
-        summary["normalized"] = normalize_dataset(stems_dir, out_dir / "normalized", layout="folder",
-                                                  target_lufs=target_lufs, workers=workers, progress=progress)
+        summary["normalized"] = normalize_dataset(
+            stems_dir,
+            out_dir / "normalized",
+            layout="folder",
+            target_lufs=target_lufs,
+            workers=workers,
+            progress=progress,
+        )
     return summary

@@ -79,8 +79,13 @@ def find_songs(root: str | Path, layout: str | None = None) -> list[Song]:
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:
         raise DatasetError(f"layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
-    songs = {"folder": _folder_songs, "musdb": _musdb_songs, "musdb-hq": _musdb_hq_songs,
-             "medleydb": _medleydb_songs, "csv": _csv_songs}[layout](root)
+    songs = {
+        "folder": _folder_songs,
+        "musdb": _musdb_songs,
+        "musdb-hq": _musdb_hq_songs,
+        "medleydb": _medleydb_songs,
+        "csv": _csv_songs,
+    }[layout](root)
     if not songs:
         raise DatasetError(f"{root}: no songs found in the {layout!r} layout")
     return songs
@@ -112,8 +117,9 @@ def _musdb_songs(root: Path) -> list[Song]:
     for split in ("train", "test"):
         for p in sorted((root / split).glob(f"*{STEM_MP4}")) if (root / split).is_dir() else []:
             name = p.name[: -len(STEM_MP4)]
-            songs.append(Song(name, [StemRef(p, s, s, s) for s in MUSDB_STEMS], StemRef(p, "mix", None, "mixture"),
-                              {}, split))
+            songs.append(
+                Song(name, [StemRef(p, s, s, s) for s in MUSDB_STEMS], StemRef(p, "mix", None, "mixture"), {}, split)
+            )
     return songs
 
 
@@ -148,8 +154,14 @@ def _medleydb_songs(root: Path) -> list[Song]:
                 raise DatasetError(f"{meta_path}: stems.{key} names {path.name}, which is missing from {stem_dir}")
             stems.append(StemRef(path, path.stem, info.get("instrument")))
         mix = folder / f"{name}_MIX.wav"
-        songs.append(Song(name, stems, StemRef(mix, "mix") if mix.is_file() else None,
-                          {k: v for k, v in meta.items() if k != "stems"}))
+        songs.append(
+            Song(
+                name,
+                stems,
+                StemRef(mix, "mix") if mix.is_file() else None,
+                {k: v for k, v in meta.items() if k != "stems"},
+            )
+        )
     return songs
 
 
@@ -160,8 +172,9 @@ def _csv_songs(manifest: Path) -> list[Song]:
         reader = csv.DictReader(f)
         missing = {"song", "stem"} - set(reader.fieldnames or [])
         if missing:
-            raise DatasetError(f"{manifest}: missing column(s) {', '.join(sorted(missing))} "
-                               "(expected song, stem, label, mix, wet)")
+            raise DatasetError(
+                f"{manifest}: missing column(s) {', '.join(sorted(missing))} (expected song, stem, label, mix, wet)"
+            )
         for line, row in enumerate(reader, start=2):
             path = base / row["stem"]
             if not path.is_file():
@@ -187,4 +200,13 @@ def select_shard(items: list, shard: tuple[int, int] | None) -> list:
     return items[i::n]
 
 
-__all__ = ["AUDIO_EXTENSIONS", "LAYOUTS", "DatasetError", "Song", "StemRef", "detect_layout", "find_songs", "select_shard"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "LAYOUTS",
+    "DatasetError",
+    "Song",
+    "StemRef",
+    "detect_layout",
+    "find_songs",
+    "select_shard",
+]

@@ -60,12 +60,13 @@ def stem_files(setting: ConsoleSetting, stems_dir: str | os.PathLike) -> list[St
         if not track.file:
             raise GradmixError(f"tracks[{i}] ({track.name!r}) names no file; a DAW session needs one per track")
         if "#" in track.file or track.file.lower().endswith(".mp4"):
-            raise GradmixError(f"tracks[{i}] ({track.name!r}): {track.file!r} is a stream of a .stem.mp4, which "
-                               "DAWs cannot open as a track; decode it to a wav file first (e.g. with ffmpeg)")
+            raise GradmixError(
+                f"tracks[{i}] ({track.name!r}): {track.file!r} is a stream of a .stem.mp4, which "
+                "DAWs cannot open as a track; decode it to a wav file first (e.g. with ffmpeg)"
+            )
         path = stems_dir / track.file
         if not path.is_file():
-            raise AudioError(f"{path}: the console names this file, but it is missing (--stems names the stems "
-                             "folder)")
+            raise AudioError(f"{path}: the console names this file, but it is missing (--stems names the stems folder)")
         try:
             info = sf.info(str(path))
         except Exception as exc:  # libsndfile's errors are not one class
@@ -99,8 +100,7 @@ def relative_path(target: Path, start: Path) -> str:
     return Path(rel).as_posix()
 
 
-def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir: Path,
-                   embed: bool = False) -> Path:
+def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir: Path, embed: bool = False) -> Path:
     """Write ``setting`` as a DAW session that plays the stems of ``stems_dir``.
 
     Args:
@@ -123,8 +123,7 @@ def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir
     stems = stem_files(setting, stems_dir)
     output = check_output_path(output, [s.path for s in stems])
     if output.suffix.lower() != FORMATS[fmt]:
-        raise GradmixError(f"{output}: a {fmt} session is a {FORMATS[fmt]} file, not "
-                           f"{output.suffix or 'no suffix'!r}")
+        raise GradmixError(f"{output}: a {fmt} session is a {FORMATS[fmt]} file, not {output.suffix or 'no suffix'!r}")
     if embed:  # the stems go inside: checked as gradmix mix reads them (truncated, NaN, > 2 channels)
         for path in dict.fromkeys(s.path for s in stems):
             read_audio(path)
@@ -139,6 +138,7 @@ def export_session(setting: ConsoleSetting, fmt: str, output: Path, *, stems_dir
 
         def write(f: BinaryIO) -> None:
             f.write(text.encode("utf-8"))
+
     return write_atomically(output, write)
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 from gradmix.console.setting import Entry
 
-THRESHOLDS = {"compressor": "threshold_db", "expander": "threshold_db", "gate": "threshold_db",
-              "limiter": "ceiling_db"}
+THRESHOLDS = {"compressor": "threshold_db", "expander": "threshold_db", "gate": "threshold_db", "limiter": "ceiling_db"}
 """The level-dependent parameter of each effect whose reference moves when the gain goes to the fader."""
 
 
@@ -97,8 +96,12 @@ def describe(entry: Entry) -> str:
     effect = entry.effect
     name = effect.type_name
     if name == "eq":
-        bands = [f"{shape} {fmt(f)} Hz {float(g):+.6g} dB Q {fmt(q)}" for shape, f, g, q
-                 in zip(effect.shapes, entry.params["freq_hz"], entry.params["gain_db"], entry.params["q"])]
+        bands = [
+            f"{shape} {fmt(f)} Hz {float(g):+.6g} dB Q {fmt(q)}"
+            for shape, f, g, q in zip(
+                effect.shapes, entry.params["freq_hz"], entry.params["gain_db"], entry.params["q"]
+            )
+        ]
         return "eq: " + "; ".join(bands)
     config = effect.config()
     head = name + ("(" + ", ".join(f"{k}={v}" for k, v in config.items()) + ")" if config else "")

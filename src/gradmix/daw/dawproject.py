@@ -33,8 +33,15 @@ from gradmix.daw._chain import Step, Strip, analyse, db_to_linear, describe, fmt
 VERSION = "1.0"
 """The DAWproject format version written."""
 
-BAND_TYPES = {"peak": "bell", "low_shelf": "lowShelf", "high_shelf": "highShelf", "lowpass": "lowPass",
-              "highpass": "highPass", "bandpass": "bandPass", "notch": "notch"}
+BAND_TYPES = {
+    "peak": "bell",
+    "low_shelf": "lowShelf",
+    "high_shelf": "highShelf",
+    "lowpass": "lowPass",
+    "highpass": "highPass",
+    "bandpass": "bandPass",
+    "notch": "notch",
+}
 """gradmix EQ shape -> DAWproject ``eqBandType``."""
 
 GAIN_SHAPES = ("peak", "low_shelf", "high_shelf")
@@ -87,8 +94,11 @@ class _Builder:
     # ---- devices ------------------------------------------------------------------------------------
 
     def device(self, devices: ET.Element, tag: str, name: str) -> ET.Element:
-        el = ET.SubElement(devices, tag, {"deviceName": name, "deviceRole": "audioFX", "loaded": "true",
-                                          "id": self.ids(), "name": name})
+        el = ET.SubElement(
+            devices,
+            tag,
+            {"deviceName": name, "deviceRole": "audioFX", "loaded": "true", "id": self.ids(), "name": name},
+        )
         self.boolean(el, "Enabled", True, "On/Off")
         return el
 
@@ -118,8 +128,10 @@ class _Builder:
             eq = self.device(devices, "Equalizer", "Graphic EQ")
             for f, g, q in bell_bands(p["gain_db"], self.setting.sample_rate):
                 self.band(eq, "peak", f, g, q)
-            return [f"{where} {describe(e)} (the requested band gains; written as {len(p['gain_db'])} bell bands "
-                    "whose RBJ cascade realises them)"]
+            return [
+                f"{where} {describe(e)} (the requested band gains; written as {len(p['gain_db'])} bell bands "
+                "whose RBJ cascade realises them)"
+            ]
         if kind == "compressor":
             comp = self.device(devices, "Compressor", "Compressor")
             self.real(comp, "Attack", p["attack_ms"] / 1000.0, "seconds")
@@ -148,14 +160,22 @@ class _Builder:
             self.real(lim, "InputGain", p["gain_db"], "decibel")
             self.real(lim, "Release", p["release_ms"] / 1000.0, "seconds")
             self.real(lim, "Threshold", step.threshold_on_fader(), "decibel")
-            return [f"{where} limiter: Threshold is gradmix's output ceiling (ceiling_db), Attack its look-ahead "
-                    f"({fmt(e.effect.lookahead_ms)} ms)"]
+            return [
+                f"{where} limiter: Threshold is gradmix's output ceiling (ceiling_db), Attack its look-ahead "
+                f"({fmt(e.effect.lookahead_ms)} ms)"
+            ]
         return [f"{where} {describe(e)}"]  # reverb, delay, distortion, width, balance, a second pan
 
     # ---- tracks -------------------------------------------------------------------------------------
 
-    def channel(self, track: ET.Element, chain: list[Entry], role: str, destination: str | None,
-                sends: list[tuple[str, str, float]] = ()) -> tuple[ET.Element, list[str]]:
+    def channel(
+        self,
+        track: ET.Element,
+        chain: list[Entry],
+        role: str,
+        destination: str | None,
+        sends: list[tuple[str, str, float]] = (),
+    ) -> tuple[ET.Element, list[str]]:
         """A ``Channel`` for a chain; ``sends`` are ``(bus name, bus channel id, level dB)``."""
         strip: Strip = analyse(chain)
         attrs = {"audioChannels": "2", "role": role, "solo": "false", "id": self.ids()}
@@ -171,9 +191,11 @@ class _Builder:
                 moved = step.threshold_on_fader()
                 if moved is not None and step.gain_before_db != 0.0:
                     param = "ceiling_db" if step.type == "limiter" else "threshold_db"
-                    notes.append(f"chain[{step.index}] {step.type}: {param}={fmt(step.param(param))} dB in gradmix, "
-                                 f"written as {fmt(moved)} dB because the {fmt(step.gain_before_db)} dB of gain "
-                                 "before it is on the fader")
+                    notes.append(
+                        f"chain[{step.index}] {step.type}: {param}={fmt(step.param(param))} dB in gradmix, "
+                        f"written as {fmt(moved)} dB because the {fmt(step.gain_before_db)} dB of gain "
+                        "before it is on the fader"
+                    )
             if not len(devices):  # nothing but effects the format has no device for
                 ch.remove(devices)
         self.boolean(ch, "Mute", False, "Mute")
@@ -181,23 +203,32 @@ class _Builder:
         if sends:
             wrap = ET.SubElement(ch, "Sends")
             for bus, dest, level_db in sends:
-                send = ET.SubElement(wrap, "Send", {"destination": dest, "type": "post", "id": self.ids(),
-                                                    "name": bus})
+                send = ET.SubElement(wrap, "Send", {"destination": dest, "type": "post", "id": self.ids(), "name": bus})
                 self.boolean(send, "Enable", True)
                 self.real(send, "Volume", db_to_linear(level_db), "linear", "Volume")
         self.real(ch, "Volume", db_to_linear(strip.fader_db), "linear", "Volume")
         gains = [s for s in strip.steps if s.type == "gain"]
         if len(gains) > 1:
-            notes.append("fader = the sum of the chain's gain effects: "
-                         + " + ".join(f"{fmt(s.param('gain_db'))}" for s in gains) + f" = {fmt(strip.fader_db)} dB")
+            notes.append(
+                "fader = the sum of the chain's gain effects: "
+                + " + ".join(f"{fmt(s.param('gain_db'))}" for s in gains)
+                + f" = {fmt(strip.fader_db)} dB"
+            )
         return ch, notes
 
-    def track(self, structure: ET.Element, name: str, chain: list[Entry], role: str, destination: str | None,
-              sends: list[tuple[str, str, float]] = (), header: str = "") -> tuple[str, str]:
+    def track(
+        self,
+        structure: ET.Element,
+        name: str,
+        chain: list[Entry],
+        role: str,
+        destination: str | None,
+        sends: list[tuple[str, str, float]] = (),
+        header: str = "",
+    ) -> tuple[str, str]:
         """A ``Track`` with its channel; returns ``(track id, channel id)``."""
         tid = self.ids()
-        track = ET.SubElement(structure, "Track", {"contentType": "audio", "loaded": "true", "id": tid,
-                                                   "name": name})
+        track = ET.SubElement(structure, "Track", {"contentType": "audio", "loaded": "true", "id": tid, "name": name})
         ch, notes = self.channel(track, chain, role, destination, sends)
         if notes:
             track.set("comment", "\n".join(["gradmix: what DAWproject cannot hold" + header + ":", *notes]))
@@ -219,8 +250,9 @@ class _Builder:
         bus_ids: dict[str, str] = {}
         bus_tracks = ET.Element("held")
         for bus in s.buses:
-            bus_ids[bus.name] = self.track(bus_tracks, bus.name, bus.chain, "effect", master_ids[1],
-                                           header=f" (return track of bus {bus.name!r})")[1]
+            bus_ids[bus.name] = self.track(
+                bus_tracks, bus.name, bus.chain, "effect", master_ids[1], header=f" (return track of bus {bus.name!r})"
+            )[1]
         track_ids = []
         for t in s.tracks:
             sends = [(b, bus_ids[b], level) for b, level in t.sends.items()]
@@ -232,12 +264,29 @@ class _Builder:
         for t, tid, stem, (path, external) in zip(s.tracks, track_ids, stems, paths):
             lane = ET.SubElement(lanes, "Lanes", {"track": tid, "id": self.ids()})
             clips = ET.SubElement(lane, "Clips", {"id": self.ids()})
-            clip = ET.SubElement(clips, "Clip", {"time": "0.0", "duration": _num(stem.seconds),
-                                                 "contentTimeUnit": "seconds", "playStart": "0.0",
-                                                 "name": Path(stem.file).name})
-            audio = ET.SubElement(clip, "Audio", {"channels": str(stem.channels), "duration": _num(stem.seconds),
-                                                  "sampleRate": str(stem.sample_rate), "timeUnit": "seconds",
-                                                  "id": self.ids(), "name": t.name})
+            clip = ET.SubElement(
+                clips,
+                "Clip",
+                {
+                    "time": "0.0",
+                    "duration": _num(stem.seconds),
+                    "contentTimeUnit": "seconds",
+                    "playStart": "0.0",
+                    "name": Path(stem.file).name,
+                },
+            )
+            audio = ET.SubElement(
+                clip,
+                "Audio",
+                {
+                    "channels": str(stem.channels),
+                    "duration": _num(stem.seconds),
+                    "sampleRate": str(stem.sample_rate),
+                    "timeUnit": "seconds",
+                    "id": self.ids(),
+                    "name": t.name,
+                },
+            )
             ET.SubElement(audio, "File", {"path": path, "external": "true" if external else "false"})
         return root
 
@@ -254,7 +303,8 @@ def metadata(title: str, setting: ConsoleSetting) -> ET.Element:
     ET.SubElement(root, "Title").text = title
     ET.SubElement(root, "Comment").text = (
         f"Exported by gradmix {__version__} from a console at {setting.sample_rate} Hz. Settings DAWproject "
-        "cannot hold are written in each track's comment.")
+        "cannot hold are written in each track's comment."
+    )
     return root
 
 
@@ -277,13 +327,15 @@ def embedded_names(stems: list[StemFile]) -> dict[Path, str]:
 def project_xml(setting: ConsoleSetting, stems: list[StemFile], output: Path, *, embed: bool = False) -> bytes:
     """``project.xml`` of the session (``output``: where the ``.dawproject`` goes, for relative paths)."""
     inside = embedded_names(stems)
-    paths = [(inside[s.path.resolve()], False) if embed else (relative_path(s.path, output.parent), True)
-             for s in stems]
+    paths = [
+        (inside[s.path.resolve()], False) if embed else (relative_path(s.path, output.parent), True) for s in stems
+    ]
     return _xml(_Builder(setting).project(stems, paths))
 
 
-def write_dawproject(setting: ConsoleSetting, stems: list[StemFile], output: Path, *,
-                     embed: bool = False) -> Callable[[BinaryIO], None]:
+def write_dawproject(
+    setting: ConsoleSetting, stems: list[StemFile], output: Path, *, embed: bool = False
+) -> Callable[[BinaryIO], None]:
     """A function that writes the ``.dawproject`` container to a binary file (built before any writing)."""
     project = project_xml(setting, stems, output, embed=embed)
     meta = _xml(metadata(output.stem, setting))

@@ -53,9 +53,11 @@ def _num(value: float) -> str:
 def chain_notes(chain: list[Entry]) -> list[str]:
     """Every entry of a chain with its values, in order, and where it went in REAPER."""
     strip = analyse(chain)
-    lines = [f"fader (VOLPAN volume): {fmt(strip.fader_db)} dB, the sum of the chain's gain effects",
-             f"pan (VOLPAN pan): {fmt(strip.pan or 0.0)} (gradmix law: constant power sin/cos, -3 dB at centre; "
-             "REAPER applies its own pan law)"]
+    lines = [
+        f"fader (VOLPAN volume): {fmt(strip.fader_db)} dB, the sum of the chain's gain effects",
+        f"pan (VOLPAN pan): {fmt(strip.pan or 0.0)} (gradmix law: constant power sin/cos, -3 dB at centre; "
+        "REAPER applies its own pan law)",
+    ]
     if not strip.steps:
         return lines + ["chain: empty"]
     lines.append("chain, in order (REAPER holds the fader and the pan; set up the rest with plugins):")
@@ -83,36 +85,68 @@ def rpp_text(setting: ConsoleSetting, stems: list[StemFile], output: Path) -> st
         strip = analyse(t.chain)
         source = SOURCE_TYPES.get(stem.path.suffix.lower(), "WAVE")
         settings = [f"VOLPAN {_num(db_to_linear(strip.fader_db))} {_num(strip.pan or 0.0)} -1 -1 1"]
-        item = ["<ITEM", "  POSITION 0", f"  LENGTH {_num(stem.seconds)}", "  LOOP 0",
-                f"  NAME {quote(Path(stem.file).name)}", f"  <SOURCE {source}",
-                f"    FILE {quote(relative_path(stem.path, output.parent))}", "  >", ">"]
+        item = [
+            "<ITEM",
+            "  POSITION 0",
+            f"  LENGTH {_num(stem.seconds)}",
+            "  LOOP 0",
+            f"  NAME {quote(Path(stem.file).name)}",
+            f"  <SOURCE {source}",
+            f"    FILE {quote(relative_path(stem.path, output.parent))}",
+            "  >",
+            ">",
+        ]
         sends = ", ".join(f"{b} {fmt(v)} dB" for b, v in t.sends.items()) or "none"
-        notes = [f"track {t.name!r} (file {t.file})", *chain_notes(t.chain),
-                 f"sends (post-fader; AUXRECV on the bus tracks): {sends}"]
+        notes = [
+            f"track {t.name!r} (file {t.file})",
+            *chain_notes(t.chain),
+            f"sends (post-fader; AUXRECV on the bus tracks): {sends}",
+        ]
         tracks.append((guid("track", i, t.name), t.name, settings, item, notes))
     for k, bus in enumerate(setting.buses):
         strip = analyse(bus.chain)
         settings = [f"VOLPAN {_num(db_to_linear(strip.fader_db))} {_num(strip.pan or 0.0)} -1 -1 1"]
         senders = [t for t in setting.tracks if bus.name in t.sends]
-        settings += [f"AUXRECV {index[t.name]} 0 {_num(db_to_linear(t.sends[bus.name]))} 0 0 0 0 0 0 -1 0 -1"
-                 for t in senders]
-        notes = [f"bus {bus.name!r} (a return track; receives from: "
-                 f"{', '.join(t.name for t in senders) or 'nothing'})", *chain_notes(bus.chain)]
+        settings += [
+            f"AUXRECV {index[t.name]} 0 {_num(db_to_linear(t.sends[bus.name]))} 0 0 0 0 0 0 -1 0 -1" for t in senders
+        ]
+        notes = [
+            f"bus {bus.name!r} (a return track; receives from: {', '.join(t.name for t in senders) or 'nothing'})",
+            *chain_notes(bus.chain),
+        ]
         tracks.append((guid("bus", k, bus.name), bus.name, settings, [], notes))
     master = analyse(setting.master)
-    project_notes = [f"gradmix {__version__}: a console at {setting.sample_rate} Hz exported for REAPER.",
-                     "Faders, pans, sends and the stems are set; every other setting is listed here.", "",
-                     "master", *chain_notes(setting.master)]
+    project_notes = [
+        f"gradmix {__version__}: a console at {setting.sample_rate} Hz exported for REAPER.",
+        "Faders, pans, sends and the stems are set; every other setting is listed here.",
+        "",
+        "master",
+        *chain_notes(setting.master),
+    ]
     for *_, notes in tracks:
         project_notes += ["", *notes]
-    lines = [f'<REAPER_PROJECT 0.1 "7.0/gradmix-{__version__}" 0', "  <NOTES 0 2",
-             *(f"    |{line}" for line in notes_lines(project_notes)), "  >",
-             "  TEMPO 120 4 4", f"  SAMPLERATE {setting.sample_rate} 0 0", "  MASTER_NCH 2 2",
-             f"  MASTER_VOLUME {_num(db_to_linear(master.fader_db))} {_num(master.pan or 0.0)} -1 -1 1"]
+    lines = [
+        f'<REAPER_PROJECT 0.1 "7.0/gradmix-{__version__}" 0',
+        "  <NOTES 0 2",
+        *(f"    |{line}" for line in notes_lines(project_notes)),
+        "  >",
+        "  TEMPO 120 4 4",
+        f"  SAMPLERATE {setting.sample_rate} 0 0",
+        "  MASTER_NCH 2 2",
+        f"  MASTER_VOLUME {_num(db_to_linear(master.fader_db))} {_num(master.pan or 0.0)} -1 -1 1",
+    ]
     for g, name, settings, item, _ in tracks:
-        lines += [f"  <TRACK {g}", f"    NAME {quote(name)}", f"    TRACKID {g}", "    MUTESOLO 0 0 0",
-                  "    NCHAN 2", *(f"    {b}" for b in settings), "    MAINSEND 1 0", *(f"    {b}" for b in item),
-                  "  >"]
+        lines += [
+            f"  <TRACK {g}",
+            f"    NAME {quote(name)}",
+            f"    TRACKID {g}",
+            "    MUTESOLO 0 0 0",
+            "    NCHAN 2",
+            *(f"    {b}" for b in settings),
+            "    MAINSEND 1 0",
+            *(f"    {b}" for b in item),
+            "  >",
+        ]
     lines.append("  <EXTENSIONS")
     for g, *_, notes in tracks:
         lines += [f"    <S&M_TRACKNOTES {g}", *(f"      |{line}" for line in notes_lines(notes)), "    >"]

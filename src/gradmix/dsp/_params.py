@@ -75,8 +75,14 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
     return t
 
 
-def check_range(t: Tensor, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    t: Tensor,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Raise :class:`ParameterError` unless every value of ``t`` lies in the stated interval."""
     d = t.detach()
     if low is not None:

@@ -40,7 +40,9 @@ def _kernels():
                     y[b, n] = prev
 
         @njit(parallel=True, cache=True)
-        def backward(grad, u, y, attack, release, initial, mask, grad_u, grad_at, grad_rt, grad_init):  # pragma: no cover
+        def backward(
+            grad, u, y, attack, release, initial, mask, grad_u, grad_at, grad_rt, grad_init
+        ):  # pragma: no cover
             batch, samples = u.shape
             for b in prange(batch):
                 at, rt = attack[b], release[b]
@@ -172,8 +174,19 @@ class _Smooth(torch.autograd.Function):
         dt = un.dtype
         grad_u = np.empty_like(un)
         g_at, g_rt, g_init = (np.empty(un.shape[0], dtype=dt) for _ in range(3))
-        bwd(_np(grad).astype(dt), un, _np(y), _np(attack).astype(dt), _np(release).astype(dt),
-            _np(initial).astype(dt), ctx.mask, grad_u, g_at, g_rt, g_init)
+        bwd(
+            _np(grad).astype(dt),
+            un,
+            _np(y),
+            _np(attack).astype(dt),
+            _np(release).astype(dt),
+            _np(initial).astype(dt),
+            ctx.mask,
+            grad_u,
+            g_at,
+            g_rt,
+            g_init,
+        )
         dev = grad.device
 
         def back(a: np.ndarray, like: Tensor) -> Tensor:
@@ -199,8 +212,17 @@ def smooth(u: Tensor, attack: Tensor, release: Tensor, initial: Tensor | None = 
     return _Smooth.apply(u, attack.to(u.dtype), release.to(u.dtype), initial.to(u.dtype))
 
 
-def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor, attack: Tensor,
-                     release: Tensor, expander: bool = False, range_db: Tensor | None = None) -> Tensor:
+def curve_and_smooth(
+    level_db: Tensor,
+    *,
+    threshold_db: Tensor,
+    ratio: Tensor,
+    knee_db: Tensor,
+    attack: Tensor,
+    release: Tensor,
+    expander: bool = False,
+    range_db: Tensor | None = None,
+) -> Tensor:
     """Inference-only fusion of the static curve and :func:`smooth` in one compiled pass (no autograd).
 
     Computes exactly what ``smooth(compressor_gain_db(level_db, ...), attack, release)`` (or the expander
@@ -216,8 +238,14 @@ def curve_and_smooth(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, k
     ln = _np(level_db)
     dt = ln.dtype
     floor = range_db if range_db is not None else torch.full_like(threshold_db, np.inf)
-    kernel(ln, *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)), expander,
-           _np(attack).astype(dt), _np(release).astype(dt), ln)
+    kernel(
+        ln,
+        *(_np(v).astype(dt) for v in (threshold_db, ratio, knee_db, floor)),
+        expander,
+        _np(attack).astype(dt),
+        _np(release).astype(dt),
+        ln,
+    )
     return torch.from_numpy(ln).to(level_db.device)
 
 

@@ -51,8 +51,9 @@ GAIN_SHAPES = ("peak", "low_shelf", "high_shelf")
 """Shapes whose response depends on ``gain_db``; the others ignore it."""
 
 
-def biquad_coefficients(shape: str, *, sample_rate: float, freq_hz: Tensor, gain_db: Tensor,
-                        q: Tensor) -> tuple[Tensor, Tensor]:
+def biquad_coefficients(
+    shape: str, *, sample_rate: float, freq_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
     """RBJ cookbook coefficients, normalised so that ``a0 = 1``.
 
     Args:
@@ -80,13 +81,19 @@ def biquad_coefficients(shape: str, *, sample_rate: float, freq_hz: Tensor, gain
         a = (1 + alpha / A, -2 * cos_w0, 1 - alpha / A)
     elif shape == "low_shelf":
         sq = 2 * torch.sqrt(A) * alpha
-        b = (A * ((A + 1) - (A - 1) * cos_w0 + sq), 2 * A * ((A - 1) - (A + 1) * cos_w0),
-             A * ((A + 1) - (A - 1) * cos_w0 - sq))
+        b = (
+            A * ((A + 1) - (A - 1) * cos_w0 + sq),
+            2 * A * ((A - 1) - (A + 1) * cos_w0),
+            A * ((A + 1) - (A - 1) * cos_w0 - sq),
+        )
         a = ((A + 1) + (A - 1) * cos_w0 + sq, -2 * ((A - 1) + (A + 1) * cos_w0), (A + 1) + (A - 1) * cos_w0 - sq)
     elif shape == "high_shelf":
         sq = 2 * torch.sqrt(A) * alpha
-        b = (A * ((A + 1) + (A - 1) * cos_w0 + sq), -2 * A * ((A - 1) + (A + 1) * cos_w0),
-             A * ((A + 1) + (A - 1) * cos_w0 - sq))
+        b = (
+            A * ((A + 1) + (A - 1) * cos_w0 + sq),
+            -2 * A * ((A - 1) + (A + 1) * cos_w0),
+            A * ((A + 1) + (A - 1) * cos_w0 - sq),
+        )
         a = ((A + 1) - (A - 1) * cos_w0 + sq, 2 * ((A - 1) - (A + 1) * cos_w0), (A + 1) - (A - 1) * cos_w0 - sq)
     elif shape == "lowpass":
         b = ((1 - cos_w0) / 2, 1 - cos_w0, (1 - cos_w0) / 2)
@@ -110,8 +117,9 @@ def check_filter_params(freq_hz: Tensor, q: Tensor, sample_rate: float, prefix: 
     check_range(q, prefix + "q", 0.0, low_open=True)
 
 
-def biquad(x: Tensor, *, sample_rate: float, shape: str, freq_hz: Param, q: Param = 0.7071,
-           gain_db: Param = 0.0) -> Tensor:
+def biquad(
+    x: Tensor, *, sample_rate: float, shape: str, freq_hz: Param, q: Param = 0.7071, gain_db: Param = 0.0
+) -> Tensor:
     """Filter ``x`` by one RBJ biquad.
 
     Args:
@@ -320,8 +328,9 @@ def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
     """
     check_audio(x)
     if b.dim() != 3 or b.shape[-1] != 3 or a.shape != b.shape or b.shape[0] != x.shape[0]:
-        raise ParameterError(f"b, a: expected shape (batch={x.shape[0]}, sections, 3), "
-                             f"got {tuple(b.shape)} and {tuple(a.shape)}")
+        raise ParameterError(
+            f"b, a: expected shape (batch={x.shape[0]}, sections, 3), got {tuple(b.shape)} and {tuple(a.shape)}"
+        )
     if b.shape[1] == 0:
         return x.clone()
     a0 = a[..., :1]

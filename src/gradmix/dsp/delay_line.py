@@ -96,11 +96,24 @@ class _DelayLine(torch.autograd.Function):
         gx = np.empty_like(xn)
         gf = np.empty(xn.shape[:2], dtype=xn.dtype)
         gg = np.empty(xn.shape[:2], dtype=xn.dtype)
-        bwd(_np(grad, xn.dtype), xn, _np(wet), _np(whole, np.int64), _np(frac, xn.dtype), _np(gain, xn.dtype), gx,
-            gf, gg)
+        bwd(
+            _np(grad, xn.dtype),
+            xn,
+            _np(wet),
+            _np(whole, np.int64),
+            _np(frac, xn.dtype),
+            _np(gain, xn.dtype),
+            gx,
+            gf,
+            gg,
+        )
         dev = grad.device
-        return (torch.from_numpy(gx).to(dev, x.dtype), None, torch.from_numpy(gf.sum(1)).to(dev, frac.dtype),
-                torch.from_numpy(gg.sum(1)).to(dev, gain.dtype))
+        return (
+            torch.from_numpy(gx).to(dev, x.dtype),
+            None,
+            torch.from_numpy(gf.sum(1)).to(dev, frac.dtype),
+            torch.from_numpy(gg.sum(1)).to(dev, gain.dtype),
+        )
 
 
 def delay_line(x: Tensor, delay_samples: Tensor, feedback: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ def waveshape(u: Tensor, shape: str) -> Tensor:
         return torch.tanh(u)
     if shape == "soft_clip":
         c = u.clamp(-1.5, 1.5)
-        return c - (4.0 / 27.0) * c ** 3
+        return c - (4.0 / 27.0) * c**3
     if shape == "hard_clip":
         return u.clamp(-1.0, 1.0)
     if shape == "asymmetric":
@@ -42,8 +42,9 @@ def waveshape(u: Tensor, shape: str) -> Tensor:
     raise ParameterError(f"shape: {shape!r} is not one of {', '.join(DISTORTION_SHAPES)}")
 
 
-def distortion(x: Tensor, *, sample_rate: float, drive_db: Param, tone_db: Param = 0.0, mix: Param = 1.0,
-               shape: str = "tanh") -> Tensor:
+def distortion(
+    x: Tensor, *, sample_rate: float, drive_db: Param, tone_db: Param = 0.0, mix: Param = 1.0, shape: str = "tanh"
+) -> Tensor:
     """Waveshaping distortion.
 
     ``wet = tilt(f(g x) / g)`` with ``g = 10 ** (drive_db / 20)``: dividing by the drive keeps the
@@ -70,10 +71,15 @@ def distortion(x: Tensor, *, sample_rate: float, drive_db: Param, tone_db: Param
     wet = waveshape(x * g, shape) / g
     f = torch.full_like(t, TONE_PIVOT_HZ)
     q = torch.full_like(t, 1 / math.sqrt(2))
-    coefs = [biquad_coefficients("low_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=-t / 2, q=q),
-             biquad_coefficients("high_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=t / 2, q=q)]
+    coefs = [
+        biquad_coefficients("low_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=-t / 2, q=q),
+        biquad_coefficients("high_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=t / 2, q=q),
+    ]
     if shape == "asymmetric":
-        coefs.append(biquad_coefficients("highpass", sample_rate=sample_rate, freq_hz=torch.full_like(t, _DC_BLOCK_HZ),
-                                         gain_db=t * 0, q=q))
+        coefs.append(
+            biquad_coefficients(
+                "highpass", sample_rate=sample_rate, freq_hz=torch.full_like(t, _DC_BLOCK_HZ), gain_db=t * 0, q=q
+            )
+        )
     wet = sos_filter(wet, torch.stack([c[0] for c in coefs], 1), torch.stack([c[1] for c in coefs], 1))
     return (1 - bcast(m)) * x + bcast(m) * wet

@@ -77,8 +77,9 @@ def compressor_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor,
     return torch.where(over > w / 2, over, knee) * (1.0 / ratio - 1.0)[:, None]
 
 
-def expander_gain_db(level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor,
-                     range_db: Tensor) -> Tensor:
+def expander_gain_db(
+    level_db: Tensor, *, threshold_db: Tensor, ratio: Tensor, knee_db: Tensor, range_db: Tensor
+) -> Tensor:
     """Static downward-expander curve: gain in dB, ``max(-range_db, ...)``.
 
     ``(R - 1)(x - T)`` below ``T - W/2``; ``-(R - 1)(x - T - W/2)^2 / (2W)`` inside the knee; 0 above.
@@ -97,8 +98,17 @@ def _times(x: Tensor, sample_rate: float, attack_ms: Param, release_ms: Param) -
     return time_to_coefficient(at, sample_rate), time_to_coefficient(rt, sample_rate)
 
 
-def compressor(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param, attack_ms: Param,
-               release_ms: Param, knee_db: Param = 6.0, makeup_db: Param = 0.0) -> Tensor:
+def compressor(
+    x: Tensor,
+    *,
+    sample_rate: float,
+    threshold_db: Param,
+    ratio: Param,
+    attack_ms: Param,
+    release_ms: Param,
+    knee_db: Param = 6.0,
+    makeup_db: Param = 0.0,
+) -> Tensor:
     """Feed-forward soft-knee compressor (see the module docstring).
 
     Args:
@@ -124,8 +134,18 @@ def compressor(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Par
     return x * _db_to_gain(g, m)
 
 
-def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param, attack_ms: Param,
-             release_ms: Param, knee_db: Param = 6.0, range_db: Param = 60.0, makeup_db: Param = 0.0) -> Tensor:
+def expander(
+    x: Tensor,
+    *,
+    sample_rate: float,
+    threshold_db: Param,
+    ratio: Param,
+    attack_ms: Param,
+    release_ms: Param,
+    knee_db: Param = 6.0,
+    range_db: Param = 60.0,
+    makeup_db: Param = 0.0,
+) -> Tensor:
     """Feed-forward soft-knee downward expander: below threshold, level falls ``ratio`` dB per dB.
 
     Args:
@@ -147,15 +167,24 @@ def expander(x: Tensor, *, sample_rate: float, threshold_db: Param, ratio: Param
     check_range(rg, "range_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
     if inference(x, t, r, w, rg, m, at, rt):
-        g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=rt, release=at, expander=True,
-                             range_db=rg)
+        g = curve_and_smooth(
+            _level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=rt, release=at, expander=True, range_db=rg
+        )
     else:
         g = _smooth(expander_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w, range_db=rg), rt, at)
     return x * _db_to_gain(g, m)
 
 
-def noise_gate(x: Tensor, *, sample_rate: float, threshold_db: Param, attack_ms: Param, release_ms: Param,
-               range_db: Param = 60.0, knee_db: Param = 3.0) -> Tensor:
+def noise_gate(
+    x: Tensor,
+    *,
+    sample_rate: float,
+    threshold_db: Param,
+    attack_ms: Param,
+    release_ms: Param,
+    range_db: Param = 60.0,
+    knee_db: Param = 3.0,
+) -> Tensor:
     """Noise gate: a downward expander of ratio :data:`GATE_RATIO` whose attenuation stops at ``range_db``.
 
     Args:
@@ -166,8 +195,16 @@ def noise_gate(x: Tensor, *, sample_rate: float, threshold_db: Param, attack_ms:
         range_db: attenuation of the closed gate in dB, >= 0.
         knee_db: knee width in dB, >= 0.
     """
-    return expander(x, sample_rate=sample_rate, threshold_db=threshold_db, ratio=GATE_RATIO, attack_ms=attack_ms,
-                    release_ms=release_ms, knee_db=knee_db, range_db=range_db)
+    return expander(
+        x,
+        sample_rate=sample_rate,
+        threshold_db=threshold_db,
+        ratio=GATE_RATIO,
+        attack_ms=attack_ms,
+        release_ms=release_ms,
+        knee_db=knee_db,
+        range_db=range_db,
+    )
 
 
 def limiter_latency_samples(lookahead_ms: float, sample_rate: float) -> int:
@@ -175,8 +212,15 @@ def limiter_latency_samples(lookahead_ms: float, sample_rate: float) -> int:
     return int(round(lookahead_ms * sample_rate / 1000.0))
 
 
-def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_ms: Param = 100.0,
-            gain_db: Param = 0.0, lookahead_ms: float = 5.0) -> Tensor:
+def limiter(
+    x: Tensor,
+    *,
+    sample_rate: float,
+    ceiling_db: Param = -1.0,
+    release_ms: Param = 100.0,
+    gain_db: Param = 0.0,
+    lookahead_ms: float = 5.0,
+) -> Tensor:
     """Look-ahead peak limiter whose output sample peak never exceeds ``ceiling_db``.
 
     With ``L`` = :func:`limiter_latency_samples` and ``r[n] = min(1, c / max_c |x[c, n]|)`` the gain each
@@ -210,8 +254,9 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
     x = x * bcast(torch.pow(10.0, g_db / 20.0))
     ceiling = torch.pow(10.0, c_db / 20.0) * (1 - 1e-6)
     if inference(x, ceiling, rel):
-        gain = limiter_gain(linked_peak(x, 0.0), ceiling=ceiling, lookahead=L,
-                            release=time_to_coefficient(rel, sample_rate))
+        gain = limiter_gain(
+            linked_peak(x, 0.0), ceiling=ceiling, lookahead=L, release=time_to_coefficient(rel, sample_rate)
+        )
         return x.mul_(gain.unsqueeze(1))  # x is already this function's own copy
     peak = x.abs().amax(dim=1)
     need = torch.clamp(ceiling[:, None] / peak.clamp_min(1e-30), max=1.0)
@@ -219,7 +264,7 @@ def limiter(x: Tensor, *, sample_rate: float, ceiling_db: Param = -1.0, release_
     if L > 0:
         held = running_min(F.pad(need, (L, L), value=1.0), L + 1)
         sums = F.pad(held.double().cumsum(-1), (1, 0))
-        gain = ((sums[:, L + 1:] - sums[:, : -L - 1]) / (L + 1)).to(x.dtype)
+        gain = ((sums[:, L + 1 :] - sums[:, : -L - 1]) / (L + 1)).to(x.dtype)
     rt = time_to_coefficient(rel, sample_rate)
     gain = smooth(gain, torch.ones_like(rt), rt, initial=torch.ones_like(rt))
     gain = torch.minimum(gain, need)  # only float rounding of the average/smoother can exceed the bound
@@ -242,8 +287,18 @@ def running_min(x: Tensor, window: int) -> Tensor:
     prefix = padded.cummin(-1).values.flatten(-2)
     suffix = padded.flip(-1).cummin(-1).values.flip(-1).flatten(-2)
     out_len = n - window + 1
-    return torch.minimum(suffix[..., :out_len], prefix[..., window - 1: window - 1 + out_len])
+    return torch.minimum(suffix[..., :out_len], prefix[..., window - 1 : window - 1 + out_len])
 
 
-__all__ = ["compressor", "expander", "noise_gate", "limiter", "limiter_latency_samples", "compressor_gain_db",
-           "expander_gain_db", "time_to_coefficient", "running_min", "GATE_RATIO"]
+__all__ = [
+    "compressor",
+    "expander",
+    "noise_gate",
+    "limiter",
+    "limiter_latency_samples",
+    "compressor_gain_db",
+    "expander_gain_db",
+    "time_to_coefficient",
+    "running_min",
+    "GATE_RATIO",
+]

@@ -14,8 +14,9 @@ from gradmix.dsp.biquad import SHAPES, biquad_coefficients, check_filter_params,
 from gradmix.errors import ParameterError
 
 
-def eq_coefficients(shapes: Sequence[str], *, sample_rate: float, freq_hz: Tensor, gain_db: Tensor,
-                    q: Tensor) -> tuple[Tensor, Tensor]:
+def eq_coefficients(
+    shapes: Sequence[str], *, sample_rate: float, freq_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
     """Coefficients of a cascade of RBJ bands.
 
     Args:
@@ -28,15 +29,17 @@ def eq_coefficients(shapes: Sequence[str], *, sample_rate: float, freq_hz: Tenso
     """
     bs, as_ = [], []
     for k, shape in enumerate(shapes):
-        b, a = biquad_coefficients(shape, sample_rate=sample_rate, freq_hz=freq_hz[:, k],
-                                   gain_db=gain_db[:, k], q=q[:, k])
+        b, a = biquad_coefficients(
+            shape, sample_rate=sample_rate, freq_hz=freq_hz[:, k], gain_db=gain_db[:, k], q=q[:, k]
+        )
         bs.append(b)
         as_.append(a)
     return torch.stack(bs, 1), torch.stack(as_, 1)
 
 
-def parametric_eq(x: Tensor, *, sample_rate: float, shapes: Sequence[str], freq_hz: Param, gain_db: Param,
-                  q: Param) -> Tensor:
+def parametric_eq(
+    x: Tensor, *, sample_rate: float, shapes: Sequence[str], freq_hz: Param, gain_db: Param, q: Param
+) -> Tensor:
     """Parametric EQ: a cascade of RBJ biquads, one per band, each with its own shape.
 
     Args:
@@ -66,8 +69,39 @@ def parametric_eq(x: Tensor, *, sample_rate: float, shapes: Sequence[str], freq_
 OCTAVE_CENTRES_HZ = (31.5, 63, 125, 250, 500, 1000, 2000, 4000, 8000, 16000)
 """Nominal ISO 266 octave-band centres of the 10-band graphic EQ."""
 
-THIRD_OCTAVE_CENTRES_HZ = (20, 25, 31.5, 40, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500, 630, 800,
-                           1000, 1250, 1600, 2000, 2500, 3150, 4000, 5000, 6300, 8000, 10000, 12500, 16000, 20000)
+THIRD_OCTAVE_CENTRES_HZ = (
+    20,
+    25,
+    31.5,
+    40,
+    50,
+    63,
+    80,
+    100,
+    125,
+    160,
+    200,
+    250,
+    315,
+    400,
+    500,
+    630,
+    800,
+    1000,
+    1250,
+    1600,
+    2000,
+    2500,
+    3150,
+    4000,
+    5000,
+    6300,
+    8000,
+    10000,
+    12500,
+    16000,
+    20000,
+)
 """Nominal ISO 266 third-octave-band centres of the 31-band graphic EQ."""
 
 _GRAPHIC = {10: (OCTAVE_CENTRES_HZ, 1.0, 1.5), 31: (THIRD_OCTAVE_CENTRES_HZ, 1 / 3, 1.5)}
@@ -94,10 +128,11 @@ def graphic_design(bands: int, sample_rate: float) -> tuple[Tensor, Tensor, Tens
     # bands too close to Nyquist to be designed are moved just below it (documented in graphic_eq)
     fc = centres.clamp(max=0.9 * nyquist)
     bw_oct = step * overlap
-    q = torch.full((bands,), math.sqrt(2 ** bw_oct) / (2 ** bw_oct - 1), dtype=torch.float64)
+    q = torch.full((bands,), math.sqrt(2**bw_oct) / (2**bw_oct - 1), dtype=torch.float64)
     points = _graphic_points(centres, nyquist)
-    b, a = biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc, gain_db=torch.full_like(fc, _PROTOTYPE_DB),
-                               q=q)
+    b, a = biquad_coefficients(
+        "peak", sample_rate=sample_rate, freq_hz=fc, gain_db=torch.full_like(fc, _PROTOTYPE_DB), q=q
+    )
     # interaction[k, m]: dB response of band m at point k per dB of band gain
     interaction = frequency_response_db(b.unsqueeze(1), a.unsqueeze(1), points, sample_rate).T / _PROTOTYPE_DB
     w = torch.ones(points.numel(), dtype=torch.float64)
@@ -181,8 +216,9 @@ def graphic_eq_coefficients(gain_db: Tensor, sample_rate: float) -> tuple[Tensor
     """Peak-filter cascade ``(b, a)``, each ``(batch, bands, 3)``, that realises band gains ``(batch, bands)``."""
     fc, q, _ = graphic_design(gain_db.shape[-1], float(sample_rate))
     filt = graphic_eq_filter_gains(gain_db, sample_rate)
-    return biquad_coefficients("peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt,
-                               q=q.to(filt).expand_as(filt))
+    return biquad_coefficients(
+        "peak", sample_rate=sample_rate, freq_hz=fc.to(filt).expand_as(filt), gain_db=filt, q=q.to(filt).expand_as(filt)
+    )
 
 
 def graphic_eq_response_db(gain_db: Tensor, sample_rate: float, freqs_hz: Sequence[float] | Tensor) -> Tensor:

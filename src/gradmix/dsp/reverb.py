@@ -157,8 +157,9 @@ def ir_seconds(decay_s: Tensor) -> Tensor:
     return torch.ceil(decay_s.detach().amax(-1) * 8) / 8
 
 
-def reverb(x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param = 0.0, mix: Param = 0.3,
-           seed: int = 0) -> Tensor:
+def reverb(
+    x: Tensor, *, sample_rate: float, decay_s: Param, predelay_ms: Param = 0.0, mix: Param = 0.3, seed: int = 0
+) -> Tensor:
     """Reverb by FFT convolution with a filtered-noise impulse response (see
     :func:`reverb_impulse_response`), delayed by ``predelay_ms``
     (fractional delays by linear interpolation).

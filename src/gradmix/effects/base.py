@@ -108,8 +108,9 @@ class Effect:
     def denormalize(self, u: Tensor) -> dict[str, Tensor]:
         """0..1 controls ``(batch, num_params)`` -> physical values ``{name: (batch,) or (batch, bands)}``."""
         if u.dim() != 2 or u.shape[1] != self.num_params:
-            raise ParameterError(f"{self.type_name}: expected controls of shape (batch, {self.num_params}), "
-                                 f"got {tuple(u.shape)}")
+            raise ParameterError(
+                f"{self.type_name}: expected controls of shape (batch, {self.num_params}), got {tuple(u.shape)}"
+            )
         cols = [s.denormalize(u[:, i]) for i, s in enumerate(self.specs)]
         out = {}
         for name, idx in self._grouped().items():
@@ -133,8 +134,10 @@ class Effect:
         """``params`` with defaults for missing names; unknown names raise :class:`ParameterError`."""
         unknown = set(params) - set(self.names())
         if unknown:
-            raise ParameterError(f"{self.type_name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                                 f"expected {', '.join(self.names())}")
+            raise ParameterError(
+                f"{self.type_name}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"expected {', '.join(self.names())}"
+            )
         return {**self.defaults(), **params}
 
     def __call__(self, x: Tensor, params: Mapping[str, Any] | None = None, *, sample_rate: float) -> Tensor:

@@ -67,15 +67,25 @@ def _band_specs(shape: str, band: int, peak_index: int, peaks: int) -> list[Para
     """Frequency ranges per shape; peaks get staggered, overlapping ranges across 40 Hz - 16 kHz."""
     q = ParamSpec("q", "", 0.3, 6.0, 1.0, "log", band)
     if shape == "low_shelf":
-        f, q = ParamSpec("freq_hz", "Hz", 30.0, 500.0, 100.0, "log", band), ParamSpec("q", "", 0.3, 2.0, 0.707, "log", band)
+        f, q = (
+            ParamSpec("freq_hz", "Hz", 30.0, 500.0, 100.0, "log", band),
+            ParamSpec("q", "", 0.3, 2.0, 0.707, "log", band),
+        )
     elif shape == "high_shelf":
-        f, q = ParamSpec("freq_hz", "Hz", 1500.0, 16000.0, 6000.0, "log", band), \
-            ParamSpec("q", "", 0.3, 2.0, 0.707, "log", band)
+        f, q = (
+            ParamSpec("freq_hz", "Hz", 1500.0, 16000.0, 6000.0, "log", band),
+            ParamSpec("q", "", 0.3, 2.0, 0.707, "log", band),
+        )
     elif shape == "lowpass":
-        f, q = ParamSpec("freq_hz", "Hz", 500.0, 18000.0, 18000.0, "log", band), \
-            ParamSpec("q", "", 0.5, 2.0, 0.707, "log", band)
+        f, q = (
+            ParamSpec("freq_hz", "Hz", 500.0, 18000.0, 18000.0, "log", band),
+            ParamSpec("q", "", 0.5, 2.0, 0.707, "log", band),
+        )
     elif shape == "highpass":
-        f, q = ParamSpec("freq_hz", "Hz", 20.0, 1000.0, 20.0, "log", band), ParamSpec("q", "", 0.5, 2.0, 0.707, "log", band)
+        f, q = (
+            ParamSpec("freq_hz", "Hz", 20.0, 1000.0, 20.0, "log", band),
+            ParamSpec("q", "", 0.5, 2.0, 0.707, "log", band),
+        )
     else:
         lo, hi = 40.0, 16000.0
         r = hi / lo
@@ -113,17 +123,23 @@ class ParametricEQ(Effect):
     def to_json(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``{"type": "eq", "bands": [{"shape", "freq_hz", "gain_db", "q"}, ...]}``."""
         full = {k: plain_json_value(v) for k, v in self.complete(params).items()}
-        return {"type": self.type_name, "bands": [
-            {"shape": s, "freq_hz": full["freq_hz"][k], "gain_db": full["gain_db"][k], "q": full["q"][k]}
-            for k, s in enumerate(self.shapes)]}
+        return {
+            "type": self.type_name,
+            "bands": [
+                {"shape": s, "freq_hz": full["freq_hz"][k], "gain_db": full["gain_db"][k], "q": full["q"][k]}
+                for k, s in enumerate(self.shapes)
+            ],
+        }
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> tuple[Effect, dict[str, Any]]:
         bands = entry.get("bands", [])
         effect = cls([b["shape"] for b in bands])
         defaults = effect.defaults()
-        params = {name: [float(b.get(name, defaults[name][k])) for k, b in enumerate(bands)]
-                  for name in ("freq_hz", "gain_db", "q")}
+        params = {
+            name: [float(b.get(name, defaults[name][k])) for k, b in enumerate(bands)]
+            for name in ("freq_hz", "gain_db", "q")
+        }
         return effect, params
 
 
@@ -169,11 +185,13 @@ class Compressor(Effect):
     function = staticmethod(dsp.compressor)
 
     def __init__(self) -> None:
-        self.specs = [ParamSpec("threshold_db", "dB", -60.0, 0.0, -20.0),
-                      ParamSpec("ratio", "ratio", 1.0, 20.0, 1.0, "log"),
-                      *_times((0.1, 100.0, 10.0), (10.0, 1000.0, 100.0)),
-                      ParamSpec("knee_db", "dB", 0.0, 12.0, 6.0),
-                      ParamSpec("makeup_db", "dB", 0.0, 24.0, 0.0)]
+        self.specs = [
+            ParamSpec("threshold_db", "dB", -60.0, 0.0, -20.0),
+            ParamSpec("ratio", "ratio", 1.0, 20.0, 1.0, "log"),
+            *_times((0.1, 100.0, 10.0), (10.0, 1000.0, 100.0)),
+            ParamSpec("knee_db", "dB", 0.0, 12.0, 6.0),
+            ParamSpec("makeup_db", "dB", 0.0, 24.0, 0.0),
+        ]
 
 
 @register
@@ -183,12 +201,14 @@ class Expander(Effect):
     function = staticmethod(dsp.expander)
 
     def __init__(self) -> None:
-        self.specs = [ParamSpec("threshold_db", "dB", -80.0, -10.0, -50.0),
-                      ParamSpec("ratio", "ratio", 1.0, 10.0, 1.0, "log"),
-                      *_times((0.1, 50.0, 5.0), (10.0, 1000.0, 100.0)),
-                      ParamSpec("knee_db", "dB", 0.0, 12.0, 6.0),
-                      ParamSpec("range_db", "dB", 0.0, 80.0, 60.0),
-                      ParamSpec("makeup_db", "dB", 0.0, 12.0, 0.0)]
+        self.specs = [
+            ParamSpec("threshold_db", "dB", -80.0, -10.0, -50.0),
+            ParamSpec("ratio", "ratio", 1.0, 10.0, 1.0, "log"),
+            *_times((0.1, 50.0, 5.0), (10.0, 1000.0, 100.0)),
+            ParamSpec("knee_db", "dB", 0.0, 12.0, 6.0),
+            ParamSpec("range_db", "dB", 0.0, 80.0, 60.0),
+            ParamSpec("makeup_db", "dB", 0.0, 12.0, 0.0),
+        ]
 
 
 @register
@@ -198,10 +218,12 @@ class NoiseGate(Effect):
     function = staticmethod(dsp.noise_gate)
 
     def __init__(self) -> None:
-        self.specs = [ParamSpec("threshold_db", "dB", -100.0, -20.0, -100.0),
-                      *_times((0.1, 50.0, 1.0), (10.0, 1000.0, 100.0)),
-                      ParamSpec("range_db", "dB", 0.0, 80.0, 60.0),
-                      ParamSpec("knee_db", "dB", 0.0, 12.0, 3.0)]
+        self.specs = [
+            ParamSpec("threshold_db", "dB", -100.0, -20.0, -100.0),
+            *_times((0.1, 50.0, 1.0), (10.0, 1000.0, 100.0)),
+            ParamSpec("range_db", "dB", 0.0, 80.0, 60.0),
+            ParamSpec("knee_db", "dB", 0.0, 12.0, 3.0),
+        ]
 
 
 @register
@@ -215,9 +237,11 @@ class Limiter(Effect):
 
     def __init__(self, lookahead_ms: float = 5.0) -> None:
         self.lookahead_ms = float(lookahead_ms)
-        self.specs = [ParamSpec("ceiling_db", "dB", -12.0, 0.0, 0.0),
-                      ParamSpec("release_ms", "ms", 10.0, 1000.0, 100.0, "log"),
-                      ParamSpec("gain_db", "dB", 0.0, 24.0, 0.0)]
+        self.specs = [
+            ParamSpec("ceiling_db", "dB", -12.0, 0.0, 0.0),
+            ParamSpec("release_ms", "ms", 10.0, 1000.0, 100.0, "log"),
+            ParamSpec("gain_db", "dB", 0.0, 24.0, 0.0),
+        ]
 
     def config(self) -> dict[str, Any]:
         return {"lookahead_ms": self.lookahead_ms}
@@ -236,9 +260,11 @@ class Distortion(Effect):
         if shape not in dsp.DISTORTION_SHAPES:
             raise ParameterError(f"distortion shape: {shape!r} is not one of {', '.join(dsp.DISTORTION_SHAPES)}")
         self.shape = shape
-        self.specs = [ParamSpec("drive_db", "dB", 0.0, 36.0, 0.0),
-                      ParamSpec("tone_db", "dB", -12.0, 12.0, 0.0),
-                      ParamSpec("mix", "", 0.0, 1.0, 0.0)]
+        self.specs = [
+            ParamSpec("drive_db", "dB", 0.0, 36.0, 0.0),
+            ParamSpec("tone_db", "dB", -12.0, 12.0, 0.0),
+            ParamSpec("mix", "", 0.0, 1.0, 0.0),
+        ]
 
     def config(self) -> dict[str, Any]:
         return {"shape": self.shape}
@@ -258,9 +284,11 @@ class Reverb(Effect):
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
-        self.specs = [*(ParamSpec("decay_s", "s", 0.1, 6.0, d, "log", k) for k, d in enumerate(REVERB_DEFAULT_DECAY_S)),
-                      ParamSpec("predelay_ms", "ms", 0.0, 100.0, 0.0),
-                      ParamSpec("mix", "", 0.0, 1.0, 0.0)]
+        self.specs = [
+            *(ParamSpec("decay_s", "s", 0.1, 6.0, d, "log", k) for k, d in enumerate(REVERB_DEFAULT_DECAY_S)),
+            ParamSpec("predelay_ms", "ms", 0.0, 100.0, 0.0),
+            ParamSpec("mix", "", 0.0, 1.0, 0.0),
+        ]
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.seed}
@@ -273,6 +301,8 @@ class Delay(Effect):
     linear = True
 
     def __init__(self) -> None:
-        self.specs = [ParamSpec("time_ms", "ms", 10.0, 2000.0, 250.0, "log"),
-                      ParamSpec("feedback", "", 0.0, 0.9, 0.3),
-                      ParamSpec("mix", "", 0.0, 1.0, 0.0)]
+        self.specs = [
+            ParamSpec("time_ms", "ms", 10.0, 2000.0, 250.0, "log"),
+            ParamSpec("feedback", "", 0.0, 0.9, 0.3),
+            ParamSpec("mix", "", 0.0, 1.0, 0.0),
+        ]

@@ -63,8 +63,9 @@ class ParamSpec:
         tol = 1e-9 * max(abs(self.min), abs(self.max), 1.0)
         bad = (d < self.min - tol) | (d > self.max + tol) | ~torch.isfinite(d)
         if bool(bad.any()):
-            raise ParameterError(f"{self.label}: {d[bad].flatten()[0].item():g} {self.unit} is outside "
-                                 f"[{self.min:g}, {self.max:g}]")
+            raise ParameterError(
+                f"{self.label}: {d[bad].flatten()[0].item():g} {self.unit} is outside [{self.min:g}, {self.max:g}]"
+            )
         if self.scale == "log":
             return torch.log(value / self.min) / math.log(self.max / self.min)
         return (value - self.min) / (self.max - self.min)

@@ -41,8 +41,11 @@ def frame_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     spec = F.complex_stft(x)
     mag = ((spec[:, 0] + spec[:, 1]) / 2).abs()  # the mid signal's STFT
     sps, energy = F.stereo_panning_spectrum(spec)
-    return {**F.spectral_frames(mag, sample_rate), "rms": torch.sqrt(mag.square().mean(1).clamp_min(EPS)),
-            **F.panning_band_rms(sps, energy, sample_rate, (1,))}
+    return {
+        **F.spectral_frames(mag, sample_rate),
+        "rms": torch.sqrt(mag.square().mean(1).clamp_min(EPS)),
+        **F.panning_band_rms(sps, energy, sample_rate, (1,)),
+    }
 
 
 def running_mean(v: Tensor, frames: int) -> Tensor:
@@ -53,8 +56,9 @@ def running_mean(v: Tensor, frames: int) -> Tensor:
     return ((c[..., frames:] - c[..., :-frames]) / frames).to(v.dtype)
 
 
-def frame_feature_errors(estimate: Tensor, target: Tensor, sample_rate: float,
-                         window_s: float = 1.0) -> dict[str, Tensor]:
+def frame_feature_errors(
+    estimate: Tensor, target: Tensor, sample_rate: float, window_s: float = 1.0
+) -> dict[str, Tensor]:
     """MAPE ``{name: (batch,)}`` of the running means of the frame features (differentiable in ``estimate``)."""
     frames = max(1, int(round(window_s * sample_rate / F.N_FFT * 4)))  # hop = N_FFT / 4
     est, ref = frame_features(estimate, sample_rate), frame_features(target, sample_rate)
@@ -77,8 +81,18 @@ def feature_errors(estimate: Tensor, target: Tensor, sample_rate: float, window_
 
 # Smallest denominators of the percentage errors: a target value near zero (a centred mix's panning RMS, a
 # tonal mix's flatness) would otherwise turn a tiny absolute difference into an error of thousands of percent.
-FLOORS = {"panning_rms": 0.1, "flatness": 0.01, "rms": 1e-3, "loudness_range_lu": 1.0, "crest_factor_db": 1.0,
-          "plr_db": 1.0, "centroid_hz": 50.0, "bandwidth_hz": 50.0, "rolloff_hz": 50.0, "loudness_lufs": 1.0}
+FLOORS = {
+    "panning_rms": 0.1,
+    "flatness": 0.01,
+    "rms": 1e-3,
+    "loudness_range_lu": 1.0,
+    "crest_factor_db": 1.0,
+    "plr_db": 1.0,
+    "centroid_hz": 50.0,
+    "bandwidth_hz": 50.0,
+    "rolloff_hz": 50.0,
+    "loudness_lufs": 1.0,
+}
 
 
 def _floor(name: str) -> float:
@@ -99,19 +113,35 @@ def mrstft_distance(estimate: Tensor, target: Tensor, sample_rate: float) -> dic
         from gradmix.errors import GradmixError
 
         raise GradmixError("the MR-STFT distance needs auraloss: pip install -e '.[eval]'") from None
-    mono = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048],
-                                                 win_lengths=[512, 2048, 8192])
-    stereo = auraloss.freq.SumAndDifferenceSTFTLoss(fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048],
-                                                   win_lengths=[512, 2048, 8192])
+    mono = auraloss.freq.MultiResolutionSTFTLoss(
+        fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048], win_lengths=[512, 2048, 8192]
+    )
+    stereo = auraloss.freq.SumAndDifferenceSTFTLoss(
+        fft_sizes=[512, 2048, 8192], hop_sizes=[128, 512, 2048], win_lengths=[512, 2048, 8192]
+    )
     with torch.no_grad():
-        m = torch.stack([mono(estimate[i:i + 1].sum(1, keepdim=True), target[i:i + 1].sum(1, keepdim=True))
-                         for i in range(estimate.shape[0])])
-        s = torch.stack([stereo(estimate[i:i + 1], target[i:i + 1]) for i in range(estimate.shape[0])])
+        m = torch.stack(
+            [
+                mono(estimate[i : i + 1].sum(1, keepdim=True), target[i : i + 1].sum(1, keepdim=True))
+                for i in range(estimate.shape[0])
+            ]
+        )
+        s = torch.stack([stereo(estimate[i : i + 1], target[i : i + 1]) for i in range(estimate.shape[0])])
     return {"mrstft_mono": m, "mrstft_stereo": s}
 
 
-STYLE_FEATURES = ("loudness_lufs", "loudness_range_lu", "centroid_hz", "bandwidth_hz", "flatness", "rolloff_hz",
-                  "panning_rms_low", "panning_rms_mid", "panning_rms_high", "crest_factor_db")
+STYLE_FEATURES = (
+    "loudness_lufs",
+    "loudness_range_lu",
+    "centroid_hz",
+    "bandwidth_hz",
+    "flatness",
+    "rolloff_hz",
+    "panning_rms_low",
+    "panning_rms_mid",
+    "panning_rms_high",
+    "crest_factor_db",
+)
 
 
 def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
@@ -132,7 +162,7 @@ def style_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     return {k: feats[k] for k in STYLE_FEATURES}
 
 
-TONE_CENTRES_HZ = tuple(31.25 * 2.0 ** k for k in range(10))
+TONE_CENTRES_HZ = tuple(31.25 * 2.0**k for k in range(10))
 """Centres of the octave bands of a mix's tonal balance (31.25 Hz to 16 kHz)."""
 TONE_FLOOR_DB = -60.0
 """Lowest band share (dB) of :func:`tonal_balance`: an empty band is not infinitely far from a quiet one."""
@@ -150,8 +180,9 @@ def tonal_balance(x: Tensor, sample_rate: float) -> Tensor:
     return (10 * torch.log10(share.clamp_min(1e-20))).clamp_min(TONE_FLOOR_DB)
 
 
-def style_distance(estimate: Tensor | dict[str, Tensor], reference: Tensor | dict[str, Tensor],
-                   sample_rate: float) -> Tensor:
+def style_distance(
+    estimate: Tensor | dict[str, Tensor], reference: Tensor | dict[str, Tensor], sample_rate: float
+) -> Tensor:
     """Distance in mix style between stereo mixes of *any* content and length ``(batch, 2, samples)`` (or their
     :func:`style_features`): the mean over :data:`STYLE_FEATURES` of ``|e - r| / max(|r|, floor)``.
     ``(batch,)``; 0 for mixes with the same features; differentiable in ``estimate``."""
@@ -263,7 +294,7 @@ def _pooled_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float | None) -> np.
         bandwidth = median_bandwidth(pooled)
     elif not (math.isfinite(bandwidth) and bandwidth > 0):
         raise GradmixError(f"mmd: bandwidth {bandwidth!r}; expected a positive finite number")
-    return np.exp(-_squared_distances(pooled) / (2 * bandwidth ** 2))
+    return np.exp(-_squared_distances(pooled) / (2 * bandwidth**2))
 
 
 def mmd(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float | None = None) -> float:
@@ -287,12 +318,18 @@ def mmd(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float | No
     """
     a, b = _vector_sets(a, b)
     members = np.zeros((1, len(a) + len(b)))
-    members[0, :len(a)] = 1.0
+    members[0, : len(a)] = 1.0
     return float(_labelled_mmd2(_pooled_kernel(a, b, bandwidth), members)[0])
 
 
-def mmd_test(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float | None = None,
-             permutations: int = 1000, seed: int | np.random.Generator = 0) -> tuple[float, float]:
+def mmd_test(
+    a: Tensor | np.ndarray,
+    b: Tensor | np.ndarray,
+    *,
+    bandwidth: float | None = None,
+    permutations: int = 1000,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float]:
     """:func:`mmd` of ``a`` and ``b`` and its permutation p-value: the pooled vectors are split at random into
     sets of sizes ``n`` and ``m``, ``permutations`` times, and ``p = (1 + #{MMD²_u of a split >= observed}) /
     (1 + permutations)`` (the observed split counts as one, so p is never 0; the smallest is
@@ -315,13 +352,13 @@ def mmd_test(a: Tensor | np.ndarray, b: Tensor | np.ndarray, *, bandwidth: float
     k = _pooled_kernel(a, b, bandwidth)
     total = len(a) + len(b)
     observed_members = np.zeros((1, total))
-    observed_members[0, :len(a)] = 1.0
+    observed_members[0, : len(a)] = 1.0
     observed = float(_labelled_mmd2(k, observed_members)[0])
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     exceed, chunk = 0, 256
     for start in range(0, permutations, chunk):
         count = min(chunk, permutations - start)
-        picks = np.argsort(rng.random((count, total)), axis=1)[:, :len(a)]
+        picks = np.argsort(rng.random((count, total)), axis=1)[:, : len(a)]
         members = np.zeros((count, total))
         np.put_along_axis(members, picks, 1.0, axis=1)
         # a split equal to the observed one must count, whatever the rounding of the sums in another order

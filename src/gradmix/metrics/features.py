@@ -51,7 +51,9 @@ def complex_stft(x: Tensor) -> Tensor:
 
 
 def bin_frequencies(sample_rate: float, like: Tensor) -> Tensor:
-    return torch.fft.rfftfreq(N_FFT, 1 / sample_rate).to(like.device, like.real.dtype if like.is_complex() else like.dtype)
+    return torch.fft.rfftfreq(N_FFT, 1 / sample_rate).to(
+        like.device, like.real.dtype if like.is_complex() else like.dtype
+    )
 
 
 def mid_magnitude(x: Tensor) -> Tensor:
@@ -71,10 +73,12 @@ def spectral_frames(mag: Tensor, sample_rate: float) -> dict[str, Tensor]:
     f = freqs[:, None]
     total = mag.sum(1).clamp_min(EPS)
     centroid = (f * mag).sum(1) / total
-    return {"centroid_hz": centroid,
-            "bandwidth_hz": torch.sqrt((((f - centroid[:, None]).square() * mag).sum(1) / total).clamp_min(EPS)),
-            "flatness": torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS),
-            "rolloff_hz": _rolloff(power, freqs)}
+    return {
+        "centroid_hz": centroid,
+        "bandwidth_hz": torch.sqrt((((f - centroid[:, None]).square() * mag).sum(1) / total).clamp_min(EPS)),
+        "flatness": torch.exp(torch.log(power + EPS).mean(1)) / (power.mean(1) + EPS),
+        "rolloff_hz": _rolloff(power, freqs),
+    }
 
 
 def _rolloff(power: Tensor, freqs: Tensor, share: float = 0.85) -> Tensor:
@@ -136,7 +140,9 @@ def panning_band_rms(sps: Tensor, energy: Tensor, sample_rate: float, dims: tupl
     for name, (lo, hi) in BANDS_HZ.items():
         sel = (freqs >= lo) & (freqs < hi)
         w = energy[:, sel]
-        out[f"panning_rms_{name}"] = torch.sqrt(((sps[:, sel].square() * w).sum(dims) / w.sum(dims).clamp_min(EPS)).clamp_min(EPS))
+        out[f"panning_rms_{name}"] = torch.sqrt(
+            ((sps[:, sel].square() * w).sum(dims) / w.sum(dims).clamp_min(EPS)).clamp_min(EPS)
+        )
     return out
 
 
@@ -161,10 +167,12 @@ def loudness_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Integrated loudness, loudness range, sample peak and true peak."""
     check_audio(x)
     sample_rate = check_sample_rate(sample_rate)
-    return {"loudness_lufs": integrated_loudness(x, sample_rate=sample_rate),
-            "loudness_range_lu": loudness_range(x, sample_rate),
-            "sample_peak_dbfs": 20 * torch.log10(x.abs().amax((-1, -2)).clamp_min(EPS)),
-            "true_peak_dbtp": true_peak_dbtp(x)}
+    return {
+        "loudness_lufs": integrated_loudness(x, sample_rate=sample_rate),
+        "loudness_range_lu": loudness_range(x, sample_rate),
+        "sample_peak_dbfs": 20 * torch.log10(x.abs().amax((-1, -2)).clamp_min(EPS)),
+        "true_peak_dbtp": true_peak_dbtp(x),
+    }
 
 
 def loudness_range(x: Tensor, sample_rate: float) -> Tensor:
@@ -198,18 +206,28 @@ def dynamics_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     sq = x.double().square().mean(1)
     rms = sq.mean(-1).sqrt()
     frame, hop = max(1, int(0.05 * sample_rate)), max(1, int(0.025 * sample_rate))
-    levels = 10 * torch.log10(sq.unfold(-1, frame, hop).mean(-1) + EPS) if sq.shape[-1] >= frame else \
-        10 * torch.log10(sq.mean(-1, keepdim=True) + EPS)
+    levels = (
+        10 * torch.log10(sq.unfold(-1, frame, hop).mean(-1) + EPS)
+        if sq.shape[-1] >= frame
+        else 10 * torch.log10(sq.mean(-1, keepdim=True) + EPS)
+    )
     gate = levels > -70
     mean = (levels * gate).sum(-1) / gate.sum(-1).clamp_min(1)
     spread = ((levels - mean[:, None]).abs() * gate).sum(-1) / gate.sum(-1).clamp_min(1)
-    return {"rms_dbfs": (20 * torch.log10(rms + EPS)).to(x.dtype), "dynamic_spread_db": spread.to(x.dtype),
-            "crest_factor_db": crest_factor_db(x),
-            "plr_db": true_peak_dbtp(x) - integrated_loudness(x, sample_rate=sample_rate)}
+    return {
+        "rms_dbfs": (20 * torch.log10(rms + EPS)).to(x.dtype),
+        "dynamic_spread_db": spread.to(x.dtype),
+        "crest_factor_db": crest_factor_db(x),
+        "plr_db": true_peak_dbtp(x) - integrated_loudness(x, sample_rate=sample_rate),
+    }
 
 
 def mix_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
     """Every feature of this module for a stereo mix ``(batch, 2, samples)``: ``{name: (batch,)}``."""
     check_audio(x, channels=2)
-    return {**loudness_features(x, sample_rate), **spectral_features(x, sample_rate),
-            **panning_features(x, sample_rate), **dynamics_features(x, sample_rate)}
+    return {
+        **loudness_features(x, sample_rate),
+        **spectral_features(x, sample_rate),
+        **panning_features(x, sample_rate),
+        **dynamics_features(x, sample_rate),
+    }

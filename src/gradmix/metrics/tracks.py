@@ -47,7 +47,7 @@ from torch import Tensor
 from gradmix.dsp.loudness import block_powers
 from gradmix.errors import ShapeError
 
-OCTAVE_BAND_CENTRES_HZ = tuple(1000.0 * 2.0 ** k for k in range(-5, 5))
+OCTAVE_BAND_CENTRES_HZ = tuple(1000.0 * 2.0**k for k in range(-5, 5))
 """Exact base-2 centres of the 10 octave bands (31.25 Hz .. 16 kHz; nominally 31.5 Hz .. 16 kHz); each band
 spans ``centre / sqrt(2) .. centre * sqrt(2)`` (capped at Nyquist)."""
 BAND_FLOOR_DB = -40.0
@@ -85,8 +85,10 @@ def _audio(x: Tensor, name: str, channels: int | None = 2) -> Tensor:
 
 def _same(x: Tensor, dry: Tensor) -> None:
     if x.shape[0] != dry.shape[0] or x.shape[-1] != dry.shape[-1]:
-        raise ShapeError(f"dry: shape {tuple(dry.shape)} does not match the measured audio {tuple(x.shape)} "
-                         "(same batch and length expected)")
+        raise ShapeError(
+            f"dry: shape {tuple(dry.shape)} does not match the measured audio {tuple(x.shape)} "
+            "(same batch and length expected)"
+        )
 
 
 def k_weighted_level_db(x: Tensor, *, sample_rate: float) -> Tensor:
@@ -151,8 +153,7 @@ def octave_band_powers(x: Tensor, *, sample_rate: float) -> Tensor:
     mono = _audio(x, "x", None).sum(1)
     n_fft = 1 << max(8, math.ceil(math.log2(sample_rate * 0.18)))
     window = torch.hann_window(n_fft, dtype=mono.dtype, device=mono.device)
-    spec = torch.stft(mono, n_fft, n_fft // 2, window=window, center=True, pad_mode="constant",
-                      return_complex=True)
+    spec = torch.stft(mono, n_fft, n_fft // 2, window=window, center=True, pad_mode="constant", return_complex=True)
     power = spec.abs().square().mean(-1)  # (batch, bins)
     freqs = torch.fft.rfftfreq(n_fft, 1 / sample_rate).to(power)
     bands = [power[:, (freqs >= c / math.sqrt(2)) & (freqs < c * math.sqrt(2))].sum(1) for c in OCTAVE_BAND_CENTRES_HZ]
@@ -295,10 +296,12 @@ def track_descriptors(x: Tensor, dry: Tensor, *, sample_rate: float) -> dict[str
     Returns:
         ``{name: (tracks,)}``: position (-1..1), ``tilt_db_per_octave``, ``compression_db``, ``ambience_db``.
     """
-    return {"position": stereo_position(x),
-            "tilt_db_per_octave": eq_tilt_db_per_octave(x, dry, sample_rate=sample_rate),
-            "compression_db": compression_db(x, dry, sample_rate=sample_rate),
-            "ambience_db": ambience_db(x, dry, sample_rate=sample_rate)}
+    return {
+        "position": stereo_position(x),
+        "tilt_db_per_octave": eq_tilt_db_per_octave(x, dry, sample_rate=sample_rate),
+        "compression_db": compression_db(x, dry, sample_rate=sample_rate),
+        "ambience_db": ambience_db(x, dry, sample_rate=sample_rate),
+    }
 
 
 def measured_tracks(wet: Tensor, dry: Tensor, has_wet: Tensor) -> Tensor:
@@ -333,22 +336,30 @@ def track_errors(parts: Tensor, wet: Tensor, dry: Tensor, has_wet: Tensor, *, sa
     """
     parts, wet = _audio(parts, "parts"), _audio(wet, "wet")
     if parts.shape != wet.shape or has_wet.shape != parts.shape[:1]:
-        raise ShapeError(f"parts {tuple(parts.shape)}, wet {tuple(wet.shape)} and has_wet {tuple(has_wet.shape)} "
-                         "do not match")
+        raise ShapeError(
+            f"parts {tuple(parts.shape)}, wet {tuple(wet.shape)} and has_wet {tuple(has_wet.shape)} do not match"
+        )
     _same(parts, dry)
     in_mix = has_wet.to(torch.bool)
     level = relative_levels_db(parts, in_mix, sample_rate=sample_rate)
     wet_level = relative_levels_db(wet, in_mix, sample_rate=sample_rate)
     pos, wet_pos = stereo_position(parts), stereo_position(wet)
     shape = tonal_shape_db(parts, sample_rate=sample_rate) - tonal_shape_db(wet, sample_rate=sample_rate)
-    return {"measured": measured_tracks(wet, dry, in_mix), "off_centre": wet_pos.abs() >= OFF_CENTRE,
-            "level_db": level, "wet_level_db": wet_level, "level_error_db": (level - wet_level).abs(),
-            "position_error": (pos - wet_pos).abs(), "centred_position_error": wet_pos.abs(),
-            "octave_band_error_db": shape.abs().mean(-1)}
+    return {
+        "measured": measured_tracks(wet, dry, in_mix),
+        "off_centre": wet_pos.abs() >= OFF_CENTRE,
+        "level_db": level,
+        "wet_level_db": wet_level,
+        "level_error_db": (level - wet_level).abs(),
+        "position_error": (pos - wet_pos).abs(),
+        "centred_position_error": wet_pos.abs(),
+        "octave_band_error_db": shape.abs().mean(-1),
+    }
 
 
-def descriptor_spread(system: dict[str, Tensor], authors: dict[str, Tensor],
-                      measured: Tensor) -> dict[str, tuple[float, float, float]]:
+def descriptor_spread(
+    system: dict[str, Tensor], authors: dict[str, Tensor], measured: Tensor
+) -> dict[str, tuple[float, float, float]]:
     """Per descriptor, the spread over a song's measured tracks for a system and for the authors, and their ratio.
 
     Args:

@@ -26,8 +26,15 @@ def save_model(path: str | os.PathLike, model: MixController, *, sample_rate: in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    blob = {"format": FORMAT, "version": VERSION, "layout": "default", "sample_rate": int(sample_rate),
-            "config": model.cfg.to_dict(), "info": info, "state_dict": state}
+    blob = {
+        "format": FORMAT,
+        "version": VERSION,
+        "layout": "default",
+        "sample_rate": int(sample_rate),
+        "config": model.cfg.to_dict(),
+        "info": info,
+        "state_dict": state,
+    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -38,7 +45,9 @@ def load_model(path: str | os.PathLike | None = None) -> tuple[MixController, di
     """Load a model file (default: the shipped model); returns the model in eval mode and its metadata."""
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
-        hint = " (the package was installed without its default model; run `make model`)" if path == DEFAULT_MODEL else ""
+        hint = (
+            " (the package was installed without its default model; run `make model`)" if path == DEFAULT_MODEL else ""
+        )
         raise GradmixError(f"{path}: no such model file{hint}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -47,8 +56,10 @@ def load_model(path: str | os.PathLike | None = None) -> tuple[MixController, di
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise GradmixError(f"{path}: not a gradmix model file")
     if blob.get("version") != VERSION or blob.get("layout") != "default":
-        raise GradmixError(f"{path}: model file version {blob.get('version')} / layout {blob.get('layout')!r} "
-                           f"is not supported by this gradmix")
+        raise GradmixError(
+            f"{path}: model file version {blob.get('version')} / layout {blob.get('layout')!r} "
+            f"is not supported by this gradmix"
+        )
     model = MixController(Layout.default(), ModelConfig.from_dict(blob["config"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     for name in ("style_bank", "style_bank_offsets", "style_bank_tones"):  # sized by the file; absent from older files

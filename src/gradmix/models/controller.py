@@ -85,6 +85,7 @@ def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) ->
 
 def mel_filterbank(sample_rate: float, n_fft: int, mels: int, fmin: float = 30.0, fmax: float = 16000.0) -> Tensor:
     """Triangular HTK-mel filters ``(mels, n_fft // 2 + 1)``, each normalised to unit area."""
+
     def mel(f):
         return 2595.0 * math.log10(1.0 + f / 700.0)
 
@@ -121,14 +122,24 @@ class TrackEncoder(nn.Module):
         ms = torch.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1).flatten(0, 1) * 0.5
         if ms.shape[-1] < n_fft:
             ms = nn.functional.pad(ms, (0, n_fft - ms.shape[-1]))
-        spec = torch.stft(ms, n_fft, n_fft // 2, window=torch.hann_window(n_fft, device=x.device, dtype=x.dtype),
-                          return_complex=True, center=False).abs().square()
+        spec = (
+            torch.stft(
+                ms,
+                n_fft,
+                n_fft // 2,
+                window=torch.hann_window(n_fft, device=x.device, dtype=x.dtype),
+                return_complex=True,
+                center=False,
+            )
+            .abs()
+            .square()
+        )
         mel = torch.log10(fb @ spec + 1e-8)
         return mel.unflatten(0, (x.shape[0], 2))
 
     def forward(self, x: Tensor, sample_rate: float) -> Tensor:
-        h = self.cnn((self.features(x, sample_rate) + 4.0) / 4.0)   # about zero-mean, unit range for -28 LUFS audio
-        h = h.flatten(1, 2)                                          # (items, channels * freqs, frames)
+        h = self.cnn((self.features(x, sample_rate) + 4.0) / 4.0)  # about zero-mean, unit range for -28 LUFS audio
+        h = h.flatten(1, 2)  # (items, channels * freqs, frames)
         return self.proj(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], -1))
 
 
@@ -146,15 +157,25 @@ class MixController(nn.Module):
         d = self.cfg.dim
         self.encoder = TrackEncoder(self.cfg)
         self.master_token = nn.Parameter(torch.randn(d) * 0.02)
-        block = nn.TransformerEncoderLayer(d, self.cfg.heads, self.cfg.ff, dropout=0.0, batch_first=True,
-                                           norm_first=True, activation="gelu")
+        block = nn.TransformerEncoderLayer(
+            d, self.cfg.heads, self.cfg.ff, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.context = nn.TransformerEncoder(block, self.cfg.layers, enable_nested_tensor=False)
         self.sends = len(layout.bus_names)
-        self.strip_head = _head(2 * d if self.cfg.track_contrast else d, layout.num_strip_params + self.sends,
-                                _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends, d)
-        self.master_head = _head(d, layout.num_bus_params + layout.num_master_params,
-                                 _neutral([s for _, chain in layout.buses for slot in chain for s in slot.specs]
-                                          + [s for slot in layout.master for s in slot.specs]))
+        self.strip_head = _head(
+            2 * d if self.cfg.track_contrast else d,
+            layout.num_strip_params + self.sends,
+            _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends,
+            d,
+        )
+        self.master_head = _head(
+            d,
+            layout.num_bus_params + layout.num_master_params,
+            _neutral(
+                [s for _, chain in layout.buses for slot in chain for s in slot.specs]
+                + [s for slot in layout.master for s in slot.specs]
+            ),
+        )
         if self.cfg.style_dim:
             self.style_encoder = TrackEncoder(self.cfg)
             self.style_head = nn.Linear(d, 2 * self.cfg.style_dim)
@@ -172,8 +193,9 @@ class MixController(nn.Module):
             tracks in tonal balance (:func:`gradmix.metrics.distances.tonal_balance`)."""
             if self.cfg.style_direct:
                 self.style_strip = nn.Linear(self.cfg.style_dim, layout.num_strip_params + self.sends, bias=False)
-                self.style_master = nn.Linear(self.cfg.style_dim, layout.num_bus_params + layout.num_master_params,
-                                              bias=False)
+                self.style_master = nn.Linear(
+                    self.cfg.style_dim, layout.num_bus_params + layout.num_master_params, bias=False
+                )
                 nn.init.zeros_(self.style_strip.weight)
                 nn.init.zeros_(self.style_master.weight)
 
@@ -185,8 +207,9 @@ class MixController(nn.Module):
         mu, logvar = self.style_head(self.style_encoder(mix, sample_rate)).chunk(2, -1)
         return mu, logvar.clamp(-10.0, 5.0)
 
-    def forward(self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None,
-                z: Tensor | None = None) -> Controls:
+    def forward(
+        self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None, z: Tensor | None = None
+    ) -> Controls:
         """Controls for loudness-normalised tracks.
 
         Args:

@@ -109,10 +109,24 @@ def _sample(kind: str, effect: str, spec: ParamSpec, n: int, g: torch.Generator)
         if name == "q":
             return _log_uniform(g, n, max(0.5, spec.min), min(3.0, spec.max))
     if effect == "compressor":
-        table = ({"threshold_db": (_uniform, -20, -6), "ratio": (_log_uniform, 1, 3), "attack_ms": (_log_uniform, 5, 50),
-                  "release_ms": (_log_uniform, 50, 500), "knee_db": (_uniform, 0, 6)} if master else
-                 {"threshold_db": (_uniform, -35, -10), "ratio": (_log_uniform, 1, 6), "attack_ms": (_log_uniform, 1, 50),
-                  "release_ms": (_log_uniform, 30, 500), "knee_db": (_uniform, 0, 6), "makeup_db": (_uniform, 0, 6)})
+        table = (
+            {
+                "threshold_db": (_uniform, -20, -6),
+                "ratio": (_log_uniform, 1, 3),
+                "attack_ms": (_log_uniform, 5, 50),
+                "release_ms": (_log_uniform, 50, 500),
+                "knee_db": (_uniform, 0, 6),
+            }
+            if master
+            else {
+                "threshold_db": (_uniform, -35, -10),
+                "ratio": (_log_uniform, 1, 6),
+                "attack_ms": (_log_uniform, 1, 50),
+                "release_ms": (_log_uniform, 30, 500),
+                "knee_db": (_uniform, 0, 6),
+                "makeup_db": (_uniform, 0, 6),
+            }
+        )
         if name in table:
             fn, lo, hi = table[name]
             return fn(g, n, lo, hi)
@@ -238,30 +252,40 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     delay_on = per_song(lambda g_, k: (torch.rand(k, generator=g_) < 0.35).double()) > 0
     lead = (percussive < 0.5) & (centroid >= 400.0) & (centroid <= 4000.0)
     delay = torch.where(delay_on & lead, per_song(_uniform, -28.0, -18.0), -60.0)
-    flat = {("gain", "gain_db"): gain.clamp(-12.0, 9.0),
-            ("eq", "low_shelf", "freq_hz"): (f_low / 2).clamp(30.0, 500.0),
-            ("eq", "low_shelf", "gain_db"): low_gain.clamp(-12.0, 12.0),
-            ("eq", "low_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
-            ("eq", "high_shelf", "freq_hz"): (2 * f_high).clamp(1500.0, 16000.0),
-            ("eq", "high_shelf", "gain_db"): high_gain.clamp(-12.0, 12.0),
-            ("eq", "high_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
-            ("eq", "peak", "q"): torch.ones(b, n, dtype=torch.float64),
-            ("compressor", "threshold_db"): (peak_db - depth).clamp(-60.0, 0.0),
-            ("compressor", "ratio"): 2.0 + 2.0 * percussive,
-            ("compressor", "attack_ms"): 5.0 * torch.pow(4.0, percussive),
-            ("compressor", "release_ms"): 300.0 * torch.pow(80.0 / 300.0, percussive),
-            ("compressor", "knee_db"): torch.full((b, n), 6.0, dtype=torch.float64),
-            ("compressor", "makeup_db"): torch.zeros(b, n, dtype=torch.float64),
-            ("pan", "pan"): pan.clamp(-1.0, 1.0)}
+    flat = {
+        ("gain", "gain_db"): gain.clamp(-12.0, 9.0),
+        ("eq", "low_shelf", "freq_hz"): (f_low / 2).clamp(30.0, 500.0),
+        ("eq", "low_shelf", "gain_db"): low_gain.clamp(-12.0, 12.0),
+        ("eq", "low_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
+        ("eq", "high_shelf", "freq_hz"): (2 * f_high).clamp(1500.0, 16000.0),
+        ("eq", "high_shelf", "gain_db"): high_gain.clamp(-12.0, 12.0),
+        ("eq", "high_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
+        ("eq", "peak", "q"): torch.ones(b, n, dtype=torch.float64),
+        ("compressor", "threshold_db"): (peak_db - depth).clamp(-60.0, 0.0),
+        ("compressor", "ratio"): 2.0 + 2.0 * percussive,
+        ("compressor", "attack_ms"): 5.0 * torch.pow(4.0, percussive),
+        ("compressor", "release_ms"): 300.0 * torch.pow(80.0 / 300.0, percussive),
+        ("compressor", "knee_db"): torch.full((b, n), 6.0, dtype=torch.float64),
+        ("compressor", "makeup_db"): torch.zeros(b, n, dtype=torch.float64),
+        ("pan", "pan"): pan.clamp(-1.0, 1.0),
+    }
     habits = {k: v.flatten() for k, v in flat.items()}
     habits["peak_gain"] = lambda f: peak_gain(f).clamp(-12.0, 12.0)
     habits["sends"] = {"reverb": reverb.clamp(-60.0, 0.0).flatten(), "delay": delay.flatten()}
     return habits
 
 
-def engineer_controls(layout: Layout, batch: int, tracks: int, generator: torch.Generator | None = None,
-                      dtype=torch.float32, *, audio: Tensor | None = None, mask: Tensor | None = None,
-                      sample_rate: float | None = None) -> Controls:
+def engineer_controls(
+    layout: Layout,
+    batch: int,
+    tracks: int,
+    generator: torch.Generator | None = None,
+    dtype=torch.float32,
+    *,
+    audio: Tensor | None = None,
+    mask: Tensor | None = None,
+    sample_rate: float | None = None,
+) -> Controls:
     """0..1 controls of ``layout`` for ``batch`` songs of ``tracks`` tracks: by the habits of the module's
     table where ``audio`` (the loudness-normalised tracks ``(batch, tracks, channels, samples)``, with their
     ``mask`` and ``sample_rate``) is given, drawn at random from the distributions above where it is not."""
@@ -279,10 +303,15 @@ def engineer_controls(layout: Layout, batch: int, tracks: int, generator: torch.
             continue
         p, lo, hi = (0.6, -30.0, -12.0) if bus == "reverb" else (0.25, -30.0, -15.0)
         on = torch.rand(batch * tracks, generator=g) < p
-        level = torch.where(on, _uniform(g, batch * tracks, lo, hi), torch.full((batch * tracks,), -60.0, dtype=torch.float64))
+        level = torch.where(
+            on, _uniform(g, batch * tracks, lo, hi), torch.full((batch * tracks,), -60.0, dtype=torch.float64)
+        )
         sends.append(SEND_SPEC.normalize(level))
     sends_t = torch.stack(sends, -1).view(batch, tracks, -1) if sends else torch.zeros(batch, tracks, 0)
-    buses = torch.cat([_chain_controls(name, chain, batch, g) for name, chain in layout.buses], -1) \
-        if layout.buses else torch.zeros(batch, 0)
+    buses = (
+        torch.cat([_chain_controls(name, chain, batch, g) for name, chain in layout.buses], -1)
+        if layout.buses
+        else torch.zeros(batch, 0)
+    )
     master = _chain_controls("master", layout.master, batch, g)
     return Controls(strip.to(dtype), sends_t.to(dtype), buses.to(dtype), master.to(dtype))

@@ -88,8 +88,14 @@ class MixLoss(nn.Module):
         import auraloss
 
         self.sample_rate, self.w = sample_rate, weights or LossWeights()
-        kw = dict(fft_sizes=list(FFT_SIZES), hop_sizes=[n // 4 for n in FFT_SIZES], win_lengths=list(FFT_SIZES),
-                  w_sc=0.0, w_log_mag=1.0, w_lin_mag=1.0)
+        kw = dict(
+            fft_sizes=list(FFT_SIZES),
+            hop_sizes=[n // 4 for n in FFT_SIZES],
+            win_lengths=list(FFT_SIZES),
+            w_sc=0.0,
+            w_log_mag=1.0,
+            w_lin_mag=1.0,
+        )
         self.mono = auraloss.freq.MultiResolutionSTFTLoss(**kw)
         self.stereo = auraloss.freq.SumAndDifferenceSTFTLoss(**kw)
 
@@ -144,18 +150,22 @@ class TrackLoss(nn.Module):
         self.sample_rate, self.w = sample_rate, weights or LossWeights()
         if self.w.track_weighting not in TRACK_WEIGHTINGS:
             raise ValueError(f"track_weighting: {self.w.track_weighting!r} is not one of {', '.join(TRACK_WEIGHTINGS)}")
-        self.stfts = nn.ModuleList(auraloss.freq.STFTLoss(fft_size=n, hop_size=n // 4, win_length=n, w_sc=0.0,
-                                                          w_log_mag=1.0, w_lin_mag=1.0, reduction="none")
-                                   for n in FFT_SIZES)
+        self.stfts = nn.ModuleList(
+            auraloss.freq.STFTLoss(
+                fft_size=n, hop_size=n // 4, win_length=n, w_sc=0.0, w_log_mag=1.0, w_lin_mag=1.0, reduction="none"
+            )
+            for n in FFT_SIZES
+        )
 
-    def forward(self, parts: Tensor, wet: Tensor, active: Tensor, mix: Tensor,
-                wet_mix: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, parts: Tensor, wet: Tensor, active: Tensor, mix: Tensor, wet_mix: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         names = [k for k in ("stft", "level", "position", "width") if getattr(self.w, f"track_{k}")]
         if not bool(active.any()):
             zero = parts.sum() * 0.0
             return zero, {k: zero.detach() for k in names}
         weight = self._weights(wet, active)
-        est, ref = parts[active], wet[active]                         # (items, 2, samples)
+        est, ref = parts[active], wet[active]  # (items, 2, samples)
         terms: dict[str, Tensor] = {}
         if self.w.track_stft:
             per_item = sum(f(est.sum(1, keepdim=True), ref.sum(1, keepdim=True)).mean((-2, -1)) for f in self.stfts)
@@ -184,7 +194,7 @@ class TrackLoss(nn.Module):
             w = active.to(wet.dtype)
         else:
             energy = wet.detach().square().mean((-2, -1)) * active
-            w = energy / energy.sum(1, keepdim=True).clamp_min(1e-20)    # share within each song
+            w = energy / energy.sum(1, keepdim=True).clamp_min(1e-20)  # share within each song
         w = w / w.sum().clamp_min(1e-20)
         return w[active]
 
@@ -202,7 +212,7 @@ def pick_tracks(active: Tensor, count: int, generator: torch.Generator) -> tuple
         indices (any index where ``valid`` is false).
     """
     keys = torch.rand(active.shape, generator=generator).to(active.device)
-    keys = torch.where(active, keys, torch.full_like(keys, 2.0))       # inactive tracks sort last
+    keys = torch.where(active, keys, torch.full_like(keys, 2.0))  # inactive tracks sort last
     k = int(active.sum(1).max())
     k = min(k, count) if count > 0 else k
     index = keys.argsort(1)[:, :k]

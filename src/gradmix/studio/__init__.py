@@ -18,8 +18,17 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def run_studio(stems_dir, *, console=None, out_dir=None, model_path=None, host: str = STUDIO_HOST, port: int = STUDIO_PORT,
-               strict: bool = False, open_browser: bool = False) -> None:
+def run_studio(
+    stems_dir,
+    *,
+    console=None,
+    out_dir=None,
+    model_path=None,
+    host: str = STUDIO_HOST,
+    port: int = STUDIO_PORT,
+    strict: bool = False,
+    open_browser: bool = False,
+) -> None:
     """Load the song, print the address (and the token on a non-loopback host), serve until Ctrl-C."""
     from pathlib import Path
 
@@ -28,15 +37,18 @@ def run_studio(stems_dir, *, console=None, out_dir=None, model_path=None, host: 
     try:
         from gradmix.studio.server import Studio
     except ImportError as exc:
-        raise GradmixError(f"gradmix studio needs the studio extra: pip install 'gradmix[studio]' ({exc.name} is "
-                           "missing)") from None
+        raise GradmixError(
+            f"gradmix studio needs the studio extra: pip install 'gradmix[studio]' ({exc.name} is missing)"
+        ) from None
     stems = Path(stems_dir)
     out = Path(out_dir) if out_dir is not None else stems.resolve().parent / f"{stems.resolve().name}.studio"
     print(f"loading {stems} and mixing…", flush=True)
     session = Session(stems, out, console=console, model_path=model_path, strict=strict, progress=True)
     studio = Studio(session, host=host, port=port)
-    print(f"gradmix studio: {studio.url}  ({len(session.names)} tracks; saves go to {session.out_dir}; Ctrl-C stops)",
-          flush=True)
+    print(
+        f"gradmix studio: {studio.url}  ({len(session.names)} tracks; saves go to {session.out_dir}; Ctrl-C stops)",
+        flush=True,
+    )
     if studio.token:
         print(f"this studio listens on {host}: open it with the token above ({studio.token})", flush=True)
     if open_browser:

@@ -27,8 +27,13 @@ MAX_UPLOAD_BYTES = 200 * 2**20
 STATIC = {"studio.js": "text/javascript", "studio.css": "text/css"}
 
 
-def create_app(session: Session, *, token: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               allowed_hosts: tuple[str, ...] = LOOPBACK):
+def create_app(
+    session: Session,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    allowed_hosts: tuple[str, ...] = LOOPBACK,
+):
     """The Starlette application for ``session``; ``token``: required on every request when set."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -56,9 +61,15 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
     async def audio(request: Request) -> Response:
         version = request.query_params.get("version", "")
         data, r = await run_in_threadpool(session.wav_bytes, version)
-        return Response(data, media_type="audio/wav", headers={
-            "X-Loudness-LUFS": f"{r.loudness_lufs:.2f}", "X-Peak-dBFS": f"{r.peak_dbfs:.2f}",
-            "Cache-Control": "no-store"})
+        return Response(
+            data,
+            media_type="audio/wav",
+            headers={
+                "X-Loudness-LUFS": f"{r.loudness_lufs:.2f}",
+                "X-Peak-dBFS": f"{r.peak_dbfs:.2f}",
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def meters(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(session.meters, request.query_params.get("version", "")))
@@ -69,10 +80,13 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
     def action(fn):
         async def endpoint(request: Request) -> Response:
             return await done(await run_in_threadpool(fn, await _json(request)))
+
         return endpoint
 
     async def match(request: Request) -> Response:
-        suffix = "".join(c for c in Path(request.headers.get("x-filename", "upload.wav")).suffix if c.isalnum() or c == ".")
+        suffix = "".join(
+            c for c in Path(request.headers.get("x-filename", "upload.wav")).suffix if c.isalnum() or c == "."
+        )
         size = int(request.headers.get("content-length") or 0)
         if size > max_upload_bytes:
             return _error(f"the upload is {size / 2**20:.0f} MB; the limit is {max_upload_bytes / 2**20:.0f} MB", 413)
@@ -108,38 +122,59 @@ def create_app(session: Session, *, token: str | None = None, max_upload_bytes: 
             req = Request(scope)
             given = req.headers.get("x-gradmix-token") or req.query_params.get("token")
             if not (given and secrets.compare_digest(given, token)):
-                await JSONResponse({"error": "this studio needs the token printed at start-up"}, 403)(scope, receive, send)
+                await JSONResponse({"error": "this studio needs the token printed at start-up"}, 403)(
+                    scope, receive, send
+                )
                 return
         await app(scope, receive, send)
 
     routes = [
-        Route("/", page), Route("/static/{name}", asset), Route("/api/state", state), Route("/api/audio", audio),
+        Route("/", page),
+        Route("/static/{name}", asset),
+        Route("/api/state", state),
+        Route("/api/audio", audio),
         Route("/api/meters", meters),
         Route("/api/edit", action(lambda b: session.edit(_field(b, "changes", list))), methods=["POST"]),
         Route("/api/undo", action(lambda b: session.undo()), methods=["POST"]),
         Route("/api/redo", action(lambda b: session.redo()), methods=["POST"]),
-        Route("/api/monitor", action(lambda b: session.monitor(_field(b, "muted", list), _field(b, "soloed", list))),
-              methods=["POST"]),
-        Route("/api/region", action(lambda b: session.set_region(float(_field(b, "start", (int, float))),
-                                                                 float(_field(b, "end", (int, float))))),
-              methods=["POST"]),
+        Route(
+            "/api/monitor",
+            action(lambda b: session.monitor(_field(b, "muted", list), _field(b, "soloed", list))),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/region",
+            action(
+                lambda b: session.set_region(
+                    float(_field(b, "start", (int, float))), float(_field(b, "end", (int, float)))
+                )
+            ),
+            methods=["POST"],
+        ),
         Route("/api/adopt", action(lambda b: session.adopt(_field(b, "version", str))), methods=["POST"]),
         Route("/api/mix-again", action(lambda b: session.mix_again()), methods=["POST"]),
         Route("/api/sample", action(lambda b: session.sample()), methods=["POST"]),
         Route("/api/match", match, methods=["POST"]),
-        Route("/api/save", action(lambda b: [str(p) for p in session.save(str(b.get("name") or "studio_mix"))]),
-              methods=["POST"]),
+        Route(
+            "/api/save",
+            action(lambda b: [str(p) for p in session.save(str(b.get("name") or "studio_mix"))]),
+            methods=["POST"],
+        ),
         Route("/files/{root}/{path:path}", files),
     ]
 
     async def gradmix_error(request: Request, exc: Exception) -> Response:
         return _error(str(exc))
 
-    app = Starlette(routes=routes, exception_handlers={GradmixError: gradmix_error},
-                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))])
+    app = Starlette(
+        routes=routes,
+        exception_handlers={GradmixError: gradmix_error},
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))],
+    )
 
     async def guarded(scope, receive, send):
         await guard(scope, receive, send, app)
+
     return guarded
 
 
@@ -177,8 +212,14 @@ class Studio:
     and put in :attr:`url`.
     """
 
-    def __init__(self, session: Session, *, host: str = STUDIO_HOST, port: int = STUDIO_PORT,
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        host: str = STUDIO_HOST,
+        port: int = STUDIO_PORT,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    ) -> None:
         import uvicorn
 
         self.token = None if host in LOOPBACK else secrets.token_urlsafe(18)

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import (check_mixable, check_output_path, load_stems, make_output_folder, safe_file_name,
-                           write_audio)
+from gradmix.audio import check_mixable, check_output_path, load_stems, make_output_folder, safe_file_name, write_audio
 from gradmix.console import ConsoleSetting
 from gradmix.console.layout import place_stereo
 from gradmix.console.schema import place
@@ -68,8 +67,16 @@ class Session:
         model_path: the mixing model (default: the shipped one).
     """
 
-    def __init__(self, stems_dir: str | Path, out_dir: str | Path, *, console: str | Path | None = None,
-                 model_path: str | Path | None = None, strict: bool = False, progress: bool = False) -> None:
+    def __init__(
+        self,
+        stems_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        console: str | Path | None = None,
+        model_path: str | Path | None = None,
+        strict: bool = False,
+        progress: bool = False,
+    ) -> None:
         from gradmix.models.checkpoint import load_model
 
         self.stems_dir = Path(stems_dir).resolve()
@@ -86,8 +93,9 @@ class Session:
         files = [t.file for t in opened.tracks] if opened is not None else None
         if opened is not None and any(f is None for f in files):
             raise GradmixError(f"{console}: every track must name its file")
-        stems, self.sample_rate = load_stems(self.stems_dir, files=files, sample_rate=rate, strict=strict,
-                                             progress=progress)
+        stems, self.sample_rate = load_stems(
+            self.stems_dir, files=files, sample_rate=rate, strict=strict, progress=progress
+        )
         self.names = [t.name for t in opened.tracks] if opened is not None else [s.name for s in stems]
         self.files = files or console_files(stems, self.stems_dir)
         self.audio = [s.audio for s in stems]
@@ -243,7 +251,7 @@ class Session:
             end = min(self.length, max(start + 1, round(end_s * sr)), start + round(MAX_REGION_S * sr))
             self.region = (start, end)
             self._pre = min(start, round(PREROLL_S * sr))
-            self._region_audio = [a[:, start - self._pre: end].contiguous() for a in self.audio]
+            self._region_audio = [a[:, start - self._pre : end].contiguous() for a in self.audio]
             self._strips.clear()
             self._renders.clear()
             self._gr.clear()
@@ -258,10 +266,13 @@ class Session:
             key = json.dumps([setting.to_json(), sorted(self.muted), sorted(self.soloed)])
             if key not in self._renders:  # by content: versions with the same console share one render
                 with torch.no_grad():
-                    mix = self._render(setting)[:, self._pre:]
+                    mix = self._render(setting)[:, self._pre :]
                 peak = float(mix.abs().max())
-                self._renders[key] = RegionAudio(mix, float(integrated_loudness(mix[None], sample_rate=self.sample_rate)),
-                                                 20 * math.log10(max(peak, 1e-12)))
+                self._renders[key] = RegionAudio(
+                    mix,
+                    float(integrated_loudness(mix[None], sample_rate=self.sample_rate)),
+                    20 * math.log10(max(peak, 1e-12)),
+                )
                 while len(self._renders) > MAX_RENDERS:
                     self._renders.pop(next(iter(self._renders)))
             return self._renders[key]
@@ -308,12 +319,20 @@ class Session:
         with self.lock:
             r = self.render_region(version)
             setting = self.versions[version]
-            short = lufs_from_power(block_powers(r.mix[None].double(), sample_rate=self.sample_rate, block_s=SHORT_TERM_S,
-                                       step_s=METER_STEP_S))[0]
-            return {"version": version, "integrated_lufs": r.loudness_lufs, "peak_dbfs": r.peak_dbfs,
-                    "short_term_lufs": [round(max(v, -70.0), 2) for v in short.tolist()],
-                    "short_term_offset_s": SHORT_TERM_S, "step_s": METER_STEP_S,
-                    "gain_reduction_db": [self._gain_reduction(i, setting) for i in range(len(setting.tracks))]}
+            short = lufs_from_power(
+                block_powers(
+                    r.mix[None].double(), sample_rate=self.sample_rate, block_s=SHORT_TERM_S, step_s=METER_STEP_S
+                )
+            )[0]
+            return {
+                "version": version,
+                "integrated_lufs": r.loudness_lufs,
+                "peak_dbfs": r.peak_dbfs,
+                "short_term_lufs": [round(max(v, -70.0), 2) for v in short.tolist()],
+                "short_term_offset_s": SHORT_TERM_S,
+                "step_s": METER_STEP_S,
+                "gain_reduction_db": [self._gain_reduction(i, setting) for i in range(len(setting.tracks))],
+            }
 
     def _gain_reduction(self, i: int, setting: ConsoleSetting) -> list[float] | None:
         """Per 0.1 s, how far the track's first compressor turns the signal down (dB, >= 0), makeup aside."""
@@ -325,13 +344,13 @@ class Session:
         if key not in self._gr:
             with torch.no_grad():
                 x = self._region_audio[i][None]
-                for e in chain[:k + 1]:
+                for e in chain[: k + 1]:
                     before = x
                     x = _apply_entry(e, x, self.sample_rate)
             hop = round(METER_STEP_S * self.sample_rate)
 
             def level(y: Tensor) -> Tensor:
-                y = y[..., self._pre:]
+                y = y[..., self._pre :]
                 n = y.shape[-1] // hop * hop
                 return 10 * torch.log10(y[..., :n].square().mean(1).reshape(-1, hop).mean(-1).clamp_min(1e-12))
 
@@ -341,6 +360,7 @@ class Session:
 
     def eq_curves(self, setting: ConsoleSetting) -> dict[str, Any]:
         """Magnitude response (dB at :data:`EQ_FREQS_HZ`) of each track's and the master's first EQ."""
+
         def curve(chain) -> list[float] | None:
             e = next((e for e in chain if e.effect.type_name == "eq"), None)
             if e is None:
@@ -349,8 +369,11 @@ class Session:
             b, a = eq_coefficients(e.effect.shapes, sample_rate=self.sample_rate, **p)
             return [round(v, 3) for v in frequency_response_db(b, a, EQ_FREQS_HZ, self.sample_rate)[0].tolist()]
 
-        return {"freqs_hz": [round(float(f), 2) for f in EQ_FREQS_HZ],
-                "tracks": [curve(t.chain) for t in setting.tracks], "master": curve(setting.master)}
+        return {
+            "freqs_hz": [round(float(f), 2) for f in EQ_FREQS_HZ],
+            "tracks": [curve(t.chain) for t in setting.tracks],
+            "master": curve(setting.master),
+        }
 
     def overview(self, bins: int = 1200) -> list[list[float]]:
         """``bins`` ``[min, max]`` pairs of the plain sum of the whole song (mono), for the waveform."""
@@ -365,16 +388,26 @@ class Session:
         """What the page shows; ``overview``: also the song's waveform (:meth:`overview`, sent once)."""
         with self.lock:
             sr = self.sample_rate
-            return {"sample_rate": sr, "song_s": self.length / sr, "tracks": [
-                        {"name": n, "file": f, "channels": a.shape[0]}
-                        for n, f, a in zip(self.names, self.files, self.audio)],
-                    "region": [self.region[0] / sr, self.region[1] / sr], "versions": list(self.versions),
-                    "console": self.edited.to_json(), "eq": self.eq_curves(self.edited),
-                    "muted": sorted(self.muted), "soloed": sorted(self.soloed),
-                    "can_undo": bool(self.undo_stack), "can_redo": bool(self.redo_stack),
-                    "revision": self.revision, "out_dir": str(self.out_dir),
-                    "has_style": bool(self.model.cfg.style_dim),
-                    **({"overview": self._overview} if overview else {})}
+            return {
+                "sample_rate": sr,
+                "song_s": self.length / sr,
+                "tracks": [
+                    {"name": n, "file": f, "channels": a.shape[0]}
+                    for n, f, a in zip(self.names, self.files, self.audio)
+                ],
+                "region": [self.region[0] / sr, self.region[1] / sr],
+                "versions": list(self.versions),
+                "console": self.edited.to_json(),
+                "eq": self.eq_curves(self.edited),
+                "muted": sorted(self.muted),
+                "soloed": sorted(self.soloed),
+                "can_undo": bool(self.undo_stack),
+                "can_redo": bool(self.redo_stack),
+                "revision": self.revision,
+                "out_dir": str(self.out_dir),
+                "has_style": bool(self.model.cfg.style_dim),
+                **({"overview": self._overview} if overview else {}),
+            }
 
     # ---- saving --------------------------------------------------------------------------------------
 
@@ -392,11 +425,16 @@ class Session:
             inputs = list(self.inputs)
             console = check_output_path(self.out_dir / f"{stem}.console.json", inputs)
             mix_path = check_output_path(self.out_dir / f"{stem}.wav", inputs)
-            strip_paths = [check_output_path(stems_out / f"{i + 1:02d}_{safe_file_name(t.name)}.wav", inputs)
-                           for i, t in enumerate(setting.tracks)]
+            strip_paths = [
+                check_output_path(stems_out / f"{i + 1:02d}_{safe_file_name(t.name)}.wav", inputs)
+                for i, t in enumerate(setting.tracks)
+            ]
             with torch.no_grad():
-                mix, _ = setting.render(list(self.audio), keep_strips=False,
-                                        on_strip=lambda i, s: write_audio(strip_paths[i], s, self.sample_rate))
+                mix, _ = setting.render(
+                    list(self.audio),
+                    keep_strips=False,
+                    on_strip=lambda i, s: write_audio(strip_paths[i], s, self.sample_rate),
+                )
             write_audio(mix_path, mix, self.sample_rate)
             setting.save(console, stems_dir=self.stems_dir)
             written = [console, mix_path, *strip_paths]
@@ -417,8 +455,14 @@ def _apply(data: dict[str, Any], path: Any, value: Any) -> None:
         return
     parent = _walk(data, path[:-1])
     leaf = path[-1]
-    if isinstance(parent, dict) and leaf in parent and leaf not in ("type", "shape") or \
-            isinstance(parent, list) and isinstance(leaf, int) and 0 <= leaf < len(parent):
+    if (
+        isinstance(parent, dict)
+        and leaf in parent
+        and leaf not in ("type", "shape")
+        or isinstance(parent, list)
+        and isinstance(leaf, int)
+        and 0 <= leaf < len(parent)
+    ):
         parent[leaf] = value
     else:
         raise ConsoleFileError(f"edit: {place(path)} cannot be set")
@@ -427,10 +471,16 @@ def _apply(data: dict[str, Any], path: Any, value: Any) -> None:
 def _walk(data: Any, path: list[Any]) -> Any:
     node = data
     for k, step in enumerate(path):
-        ok = isinstance(node, dict) and isinstance(step, str) and step in node or \
-            isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)
+        ok = (
+            isinstance(node, dict)
+            and isinstance(step, str)
+            and step in node
+            or isinstance(node, list)
+            and isinstance(step, int)
+            and 0 <= step < len(node)
+        )
         if not ok:
-            raise ConsoleFileError(f"edit: {place(path[:k + 1])} does not exist")
+            raise ConsoleFileError(f"edit: {place(path[: k + 1])} does not exist")
         node = node[step]
     return node
 
