@@ -235,7 +235,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
         if freq_hz not in noise:
             noise[freq_hz] = per_track(1.0)
         lift = (4 * torch.log10(_interp_octaves(share, freq_hz).clamp_min(1e-6))).clamp(-4.0, 3.0)
-        return (lift + noise[freq_hz]).flatten()
+        return (lift + noise[freq_hz]).clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
     place = torch.zeros(b, n, dtype=torch.float64)
@@ -252,7 +252,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     delay_on = per_song(lambda g_, k: (torch.rand(k, generator=g_) < 0.35).double()) > 0
     lead = (percussive < 0.5) & (centroid >= 400.0) & (centroid <= 4000.0)
     delay = torch.where(delay_on & lead, per_song(_uniform, -28.0, -18.0), -60.0)
-    flat = {
+    settings = {
         ("gain", "gain_db"): gain.clamp(-12.0, 9.0),
         ("eq", "low_shelf", "freq_hz"): (f_low / 2).clamp(30.0, 500.0),
         ("eq", "low_shelf", "gain_db"): low_gain.clamp(-12.0, 12.0),
@@ -269,8 +269,8 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
         ("compressor", "makeup_db"): torch.zeros(b, n, dtype=torch.float64),
         ("pan", "pan"): pan.clamp(-1.0, 1.0),
     }
-    habits = {k: v.flatten() for k, v in flat.items()}
-    habits["peak_gain"] = lambda f: peak_gain(f).clamp(-12.0, 12.0)
+    habits = {k: v.flatten() for k, v in settings.items()}
+    habits["peak_gain"] = peak_gain
     habits["sends"] = {"reverb": reverb.clamp(-60.0, 0.0).flatten(), "delay": delay.flatten()}
     return habits
 
