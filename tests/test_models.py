@@ -244,6 +244,9 @@ def test_engineer_habits_treat_a_kick_a_hihat_a_bass_and_chords_as_an_engineer_w
     assert eq["gain_db"][kick, 0] - eq["gain_db"][hats, 0] >= 5 and eq["gain_db"][bass, 0] - eq["gain_db"][hats, 0] >= 5
     # the bass loses its top, the hi-hat keeps (or gains) its air
     assert eq["gain_db"][hats, 5] - eq["gain_db"][bass, 5] >= 4
+    # the kick keeps its click and loses its box (the 440 Hz peak), where the bass line is rolled off
+    assert eq["gain_db"][kick, 5] - eq["gain_db"][bass, 5] >= 4
+    assert eq["gain_db"][kick, 2] <= eq["gain_db"][bass, 2] - 3 and eq["gain_db"][kick, 4] >= eq["gain_db"][bass, 4] + 2
     # low tracks are centred and dry; the others are placed on both sides and sent to the reverb
     assert abs(float(pan["pan"][kick])) < 0.15 and abs(float(pan["pan"][bass])) < 0.15
     assert float(pan["pan"][hats]) * float(pan["pan"][chords]) < 0 and abs(float(pan["pan"][hats])) > 0.2

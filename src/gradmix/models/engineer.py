@@ -15,7 +15,9 @@ randomness. The content measures, per track (octave bands 31.25 Hz .. 16 kHz of
   over octaves), times the number of sounding tracks (1: an average contributor);
 - ``peaky`` ``p``: ``(crest factor - 5 dB) / 6 dB`` within 0..1 (50 ms frames,
   :func:`gradmix.metrics.tracks.crest_factor_db`): 0 for a bass line or a pad, 0.3 .. 1 for drums (and for
-  sparse notes).
+  sparse notes);
+- ``kick`` ``k``: for a low track ``clip((p - 0.1) / 0.2, 0, 1)`` (1 for a kick, 0 for a bass line), 0 for
+  the others.
 
 ==========================  ==========================================================================
 strip ``gain.gain_db``      +2 dB for a low track, -3 dB for a track whose centroid is above 4 kHz, plus
@@ -23,9 +25,12 @@ strip ``gain.gain_db``      +2 dB for a low track, -3 dB for a track whose centr
 strip ``eq`` low shelf      at ``clamp(f_low / 2, 30, 500)`` Hz, Q 0.707, gain ``-9 dB * clip(log2(f_low /
                             62.5 Hz), 0, 1)``: the rumble under a track's content is cut, a kick keeps it
 strip ``eq`` high shelf     at ``clamp(2 f_high, 1.5k, 16k)`` Hz, Q 0.707, gain from -6 dB (``f_high`` <=
-                            2 kHz: dull tracks lose their hiss) to +2 dB (``f_high`` >= 8 kHz: air)
+                            2 kHz: dull tracks lose their hiss) to +2 dB (``f_high`` >= 8 kHz: air); a low
+                            track's ``-8 (1 - k)`` dB (a bass line's top rolled off, a kick's click kept)
 strip ``eq`` peaks          at each band's default frequency, Q 1, gain ``clip(4 log10(share(f)), -4, 3)``
-                            dB: cut where others own the band, lift where the track does (masking)
+                            dB: cut where others own the band, lift where the track does (masking); plus,
+                            for a kick, ``-5 k`` dB at 250 .. 600 Hz (the box) and ``+4 k`` dB at
+                            2.5 .. 8 kHz (the click)
 EQ taste and noise          a song's tilt N(0, 1.5) dB within +-4 dB (low shelf minus, high shelf plus), N(0, 1) dB per
                             band and track; gains within [-12, 12] dB
 strip ``compressor``        ratio ``2 + 2p``, attack ``5 * 4^p`` ms, release ``300 * (80/300)^p`` ms,
@@ -218,6 +223,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     share = bands / total.clamp_min(1e-30) * sounding.sum(1).clamp_min(1)[:, None, None]
     percussive = ((crest - 5.0) / 6.0).clamp(0, 1)
     low = centroid < LOW_CENTROID_HZ
+    kick = torch.where(low, ((percussive - 0.1) / 0.2).clamp(0, 1), 0.0)
 
     def per_song(fn, *args):
         return fn(g, b, *args)[:, None].expand(b, n)
@@ -228,13 +234,18 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0)
     gain = torch.where(low, 2.0, torch.where(centroid > 4000.0, -3.0, 0.0)) + per_track(2.5)
     low_gain = -9.0 * torch.log2(f_low / 62.5).clamp(0, 1) - tilt + per_track(1.0)
-    high_gain = -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1) + tilt + per_track(1.0)
+    high_gain = torch.where(low, -8.0 * (1 - kick), -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1))
+    high_gain = high_gain + tilt + per_track(1.0)
     noise = {}
 
     def peak_gain(freq_hz: float) -> Tensor:
         if freq_hz not in noise:
             noise[freq_hz] = per_track(1.0)
         lift = (4 * torch.log10(_interp_octaves(share, freq_hz).clamp_min(1e-6))).clamp(-4.0, 3.0)
+        if 250.0 <= freq_hz <= 600.0:
+            lift = lift - 5.0 * kick
+        elif 2500.0 <= freq_hz <= 8000.0:
+            lift = lift + 4.0 * kick
         return (lift + noise[freq_hz]).clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
