@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 import gradmix.dsp as gd
+from gradmix.dsp import linear_scan
 
 SR = 44100
 THREADS = 2
@@ -283,6 +284,13 @@ def pedalboard_peq(params: dict[str, Tensor], i: int):
     return pb.Pedalboard([kinds[s](cutoff_frequency_hz=f[k], gain_db=g[k], q=q[k]) for k, s in enumerate(EQ_SHAPES)])
 
 
+def block_path_peq(x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    with linear_scan.forced():
+        return gd.parametric_eq(
+            x, sample_rate=SR, shapes=EQ_SHAPES, freq_hz=p["freq_hz"], gain_db=p["gain_db"], q=p["q"]
+        )
+
+
 def case_peq(sig: Signal, gen: torch.Generator) -> Case:
     params = peq_params(sig.tracks, gen)
     sos = rbj_sos(params)
@@ -301,6 +309,7 @@ def case_peq(sig: Signal, gen: torch.Generator) -> Case:
                 ),
                 params,
             ),
+            TorchImpl("gradmix (block path)", block_path_peq, params, note="the path off the CPU, forced here"),
             TorchImpl("dasp-pytorch", dasp_peq, params, note="frequency-sampled FIR (FFT)"),
             NumpyImpl("pedalboard", lambda i, t: boards[i](t, SR), note="shelf + 4 PeakFilter + shelf"),
             NumpyImpl("scipy sosfilt", scipy_track, dtype=np.float64, note="float64, the floor", reference=True),

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradmix.dsp import linear_scan
 from gradmix.dsp._params import Param, check_audio, check_range, check_sample_rate, param
 from gradmix.errors import ParameterError
 
@@ -313,10 +314,10 @@ class _SOSFilter(torch.autograd.Function):
 def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
     """Filter ``x`` through a cascade of biquads, exactly and with exact gradients.
 
-    The recursion runs in float64 on the CPU (a compiled kernel with the arithmetic of scipy's
-    ``sosfilt``, one thread per batch item and channel up to ``torch.get_num_threads()``); tensors on
-    another device are copied there and back. Initial state is zero; the output has the input's length
-    (no tail).
+    The recursion runs in float64: on the CPU as a compiled kernel with the arithmetic of scipy's
+    ``sosfilt`` (one thread per batch item and channel up to ``torch.get_num_threads()``), on any other
+    device block-parallel in torch (:func:`gradmix.dsp.linear_scan.sos_filter_blocks`, no host copies).
+    Initial state is zero; the output has the input's length (no tail).
 
     Args:
         x: audio, shape ``(batch, channels, samples)``.
@@ -333,6 +334,8 @@ def sos_filter(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
         )
     if b.shape[1] == 0:
         return x.clone()
+    if linear_scan.wanted(x):
+        return linear_scan.sos_filter_blocks(x, b, a)
     a0 = a[..., :1]
     b, a = b / a0, a / a0
     batch, channels, samples = x.shape

@@ -1,0 +1,142 @@
+"""The block-parallel recursions (the path of tensors off the CPU), run here on CPU tensors, against
+scipy's recursions and the numba kernels, with gradient checks; on CUDA where there is one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from conftest import error_db
+
+from gradmix.dsp import linear_scan, sos_filter
+from gradmix.dsp.biquad import biquad_coefficients
+from gradmix.dsp.eq import graphic_eq, parametric_eq
+from gradmix.dsp.loudness import integrated_loudness
+
+SR = 44100
+# hard cases for a block method: poles near z = 1 (a 30 Hz shelf, a narrow 60 Hz boost, a 20 Hz high-pass),
+# whose all-pole parts have gains in the thousands that the numerators cancel
+SECTIONS = (
+    ("low_shelf", 30.0, -9.0, 0.707),
+    ("peak", 440.0, 4.0, 1.0),
+    ("peak", 60.0, 12.0, 8.0),
+    ("highpass", 20.0, 0.0, 0.707),
+    ("high_shelf", 8000.0, 3.0, 0.707),
+)
+
+
+def _cascade(items: int = 2, requires_grad: bool = False):
+    """``(b, a, (freq, gain, q))`` of :data:`SECTIONS`, the frequencies spread over the items."""
+    spread = torch.linspace(1.0, 1.5, items, dtype=torch.float64)[:, None]
+    freq = (torch.tensor([s[1] for s in SECTIONS], dtype=torch.float64) * spread).requires_grad_(requires_grad)
+    gain = torch.tensor([s[2] for s in SECTIONS], dtype=torch.float64).repeat(items, 1).requires_grad_(requires_grad)
+    q = torch.tensor([s[3] for s in SECTIONS], dtype=torch.float64).repeat(items, 1).requires_grad_(requires_grad)
+    designed = [
+        biquad_coefficients(shape, sample_rate=SR, freq_hz=freq[:, k], gain_db=gain[:, k], q=q[:, k])
+        for k, (shape, *_) in enumerate(SECTIONS)
+    ]
+    return torch.stack([d[0] for d in designed], 1), torch.stack([d[1] for d in designed], 1), (freq, gain, q)
+
+
+@pytest.mark.parametrize("samples", [1, 2, 63, 64, 65, 64 * 64 + 3, 300_000])
+def test_all_pole_blocks_equal_scipys_recursion(samples):
+    rng = np.random.default_rng(samples)
+    u = rng.standard_normal((2, 3, samples))
+    a = np.array([[-1.99, 0.9901], [-0.5, 0.3]])  # a pole pair at radius 0.995 near z = 1, and a fast one
+    y = linear_scan.all_pole_blocks(torch.from_numpy(u), torch.from_numpy(a))
+    for i in range(2):
+        ref = scipy.signal.lfilter([1.0], [1.0, *a[i]], u[i], axis=-1)
+        assert error_db(y[i].numpy(), ref) <= -130
+
+
+def test_vector_scan_equals_the_sequential_recurrence():
+    torch.manual_seed(0)
+    m = torch.randn(3, 2, 2, dtype=torch.float64) * 0.6
+    v = torch.randn(3, 4, 700, 2, dtype=torch.float64)
+    s = linear_scan.vector_scan(m, v, block=16)  # three levels of blocks
+    state, ref = torch.zeros(3, 4, 2, dtype=torch.float64), []
+    for k in range(v.shape[2]):
+        state = torch.einsum("bxy,bry->brx", m, state) + v[:, :, k]
+        ref.append(state)
+    assert error_db(s.numpy(), torch.stack(ref, 2).numpy()) <= -250
+
+
+def test_matrix_powers_by_doubling():
+    m = torch.tensor([[[0.9, -0.2], [0.3, 0.5]]], dtype=torch.float64)
+    p = linear_scan.matrix_powers(m, 11)
+    assert p.shape == (1, 11, 2, 2)
+    for k in range(11):
+        assert torch.allclose(p[0, k], torch.linalg.matrix_power(m[0], k), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_block_path_equals_the_cpu_kernels_in_output_and_every_gradient(dtype):
+    """Bounds: output and the gradients of the audio and the coefficients <= -120 dB of their peak (measured
+    about -145 dB); of the filters' frequency, gain and Q <= -100 dB (their chain rule cancels the large terms
+    of the coefficients' gradients; measured -115 dB)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 2, 30_000, dtype=dtype, requires_grad=True)
+    weight = torch.randn(2, 2, 30_000, dtype=dtype)
+    results = []
+    for forced in (False, True):
+        b, a, params = _cascade(requires_grad=True)
+        b.retain_grad(), a.retain_grad()
+        with linear_scan.forced() if forced else torch.enable_grad():
+            y = sos_filter(x, b, a)
+        (y * weight).sum().backward()
+        results.append([y.detach(), x.grad.clone(), b.grad, a.grad, *(p.grad for p in params)])
+        x.grad = None
+    (y_cpu, *grads_cpu), (y_blocks, *grads_blocks) = results
+    assert y_blocks.dtype == dtype and error_db(y_blocks.numpy(), y_cpu.numpy()) <= -120
+    for name, ref, got, bound in zip(
+        ("x", "b", "a", "freq", "gain", "q"), grads_cpu, grads_blocks, (-120, -120, -120, -100, -100, -100)
+    ):
+        assert error_db(got.numpy(), ref.numpy()) <= bound, name
+
+
+def test_the_all_pole_backward_passes_gradcheck():
+    u = torch.randn(2, 2, 70, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([[-1.9, 0.92], [-0.5, 0.3]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear_scan.all_pole, (u, a), fast_mode=True)
+    b, a2, _ = _cascade(items=1)
+    b, a2 = b[:, :3].requires_grad_(), a2[:, :3].requires_grad_()
+    x = torch.randn(1, 2, 70, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear_scan.sos_filter_blocks, (x, b, a2), fast_mode=True)
+
+
+def test_the_forced_path_runs_the_eqs_and_the_loudness_meter_as_the_cpu_kernels_do():
+    torch.manual_seed(2)
+    x = torch.randn(3, 2, 2 * SR, dtype=torch.float64) * 0.1
+    eq = dict(
+        sample_rate=SR,
+        shapes=("low_shelf", "peak", "high_shelf"),
+        freq_hz=torch.tensor([80.0, 1000.0, 9000.0]),
+        gain_db=torch.tensor([4.0, -6.0, 3.0]),
+        q=torch.tensor([0.707, 2.0, 0.707]),
+    )
+    gains = torch.linspace(-9, 9, 31, dtype=torch.float64)
+    cpu = (parametric_eq(x, **eq), graphic_eq(x, sample_rate=SR, gain_db=gains), integrated_loudness(x, sample_rate=SR))
+    with linear_scan.forced():
+        blocks = (
+            parametric_eq(x, **eq),
+            graphic_eq(x, sample_rate=SR, gain_db=gains),
+            integrated_loudness(x, sample_rate=SR),
+        )
+    for ref, got in zip(cpu[:2], blocks[:2]):
+        assert error_db(got.numpy(), ref.numpy()) <= -120
+    assert torch.allclose(blocks[2], cpu[2], atol=1e-9)
+    assert not linear_scan.wanted(x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_eq_on_cuda_equals_the_cpu_kernels_with_no_host_copy(dtype):
+    torch.manual_seed(3)
+    x = torch.randn(2, 2, 3 * SR, dtype=dtype)
+    b, a, _ = _cascade()
+    ref = sos_filter(x, b, a)
+    got = sos_filter(x.cuda(), b.cuda(), a.cuda())
+    assert got.device.type == "cuda" and got.dtype == dtype
+    assert error_db(got.cpu().numpy(), ref.numpy()) <= -120
