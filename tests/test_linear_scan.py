@@ -140,3 +140,103 @@ def test_the_eq_on_cuda_equals_the_cpu_kernels_with_no_host_copy(dtype):
     got = sos_filter(x.cuda(), b.cuda(), a.cuda())
     assert got.device.type == "cuda" and got.dtype == dtype
     assert error_db(got.cpu().numpy(), ref.numpy()) <= -120
+
+
+def test_first_order_scan_equals_the_loop():
+    torch.manual_seed(4)
+    a, b, y0 = torch.rand(3, 1000, dtype=torch.float64), torch.randn(3, 1000, dtype=torch.float64), torch.randn(3)
+    y, ref = linear_scan.first_order_scan(a, b, y0.double()), []
+    state = y0.double()
+    for n in range(1000):
+        state = a[:, n] * state + b[:, n]
+        ref.append(state)
+    assert error_db(y.numpy(), torch.stack(ref, 1).numpy()) <= -280
+
+
+def test_min_affine_scan_equals_the_loop():
+    torch.manual_seed(6)
+    a, b = torch.rand(3, 999, dtype=torch.float64), torch.randn(3, 999, dtype=torch.float64)
+    a[:, 500] = 0.0  # a map that forgets its input
+    c = torch.randn(3, 999, dtype=torch.float64).cumsum(-1) * 0.1
+    y0 = torch.tensor([0.5, -2.0, 10.0], dtype=torch.float64)
+    y, state, ref = linear_scan.min_affine_scan(a, b, c, y0), y0, []
+    for n in range(999):
+        state = torch.minimum(c[:, n], a[:, n] * state + b[:, n])
+        ref.append(state)
+    assert error_db(y.numpy(), torch.stack(ref, 1).numpy()) <= -280
+
+
+def _gain_curves(dtype=torch.float64):
+    """Compressor gain curves (dB) of the example's drums, bass and chords, and attack / release weights."""
+    from gradmix.dsp.dynamics import compressor_gain_db, time_to_coefficient
+    from gradmix.example import example_multitrack
+
+    stems = example_multitrack(seconds=2.0, sample_rate=SR)
+    x = torch.stack([stems[n][:1] for n in ("kick", "snare", "bass", "chords")]).to(dtype)
+    level = 20 * torch.log10(x.abs().amax(1).clamp_min(1e-12))
+    per = dict(dtype=dtype)
+    u = compressor_gain_db(
+        level,
+        threshold_db=torch.tensor([-30.0, -20.0, -40.0, -25.0], **per),
+        ratio=torch.tensor([4.0, 2.0, 8.0, 3.0], **per),
+        knee_db=torch.tensor([6.0, 0.0, 3.0, 6.0], **per),
+    )
+    attack = time_to_coefficient(torch.tensor([5.0, 1.0, 20.0, 10.0], **per), SR)
+    release = time_to_coefficient(torch.tensor([100.0, 300.0, 50.0, 200.0], **per), SR)
+    return u, attack, release, torch.tensor([0.0, -3.0, 0.0, -1.0], **per)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_branching_smoother_by_scan_equals_the_cpu_kernel_in_output_and_every_gradient(dtype):
+    """Bounds: float64 <= -120 dB of the peak (measured below -250 dB), float32 <= -70 dB."""
+    from gradmix.dsp.ballistics import smooth
+
+    bound = -120 if dtype == torch.float64 else -70
+    results = []
+    for forced in (False, True):
+        u, attack, release, initial = (t.requires_grad_() for t in _gain_curves(dtype))
+        with linear_scan.forced() if forced else torch.enable_grad():
+            y = smooth(u, attack, release, initial)
+        (y * torch.linspace(-1, 1, y.shape[1], dtype=dtype)).sum().backward()
+        results.append([y.detach(), u.grad, attack.grad, release.grad, initial.grad])
+    assert results[1][0].dtype == dtype
+    for name, ref, got in zip(("y", "u", "attack", "release", "initial"), *results):
+        assert error_db(got.numpy(), ref.numpy()) <= bound, name
+
+
+def test_the_branching_smoother_backward_passes_gradcheck():
+    torch.manual_seed(5)
+    u = (torch.randn(2, 80, dtype=torch.float64) * 6).cumsum(-1).requires_grad_()
+    weights = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in ([0.3, 0.5], [0.05, 0.1], [0.0, 2.0])]
+    assert torch.autograd.gradcheck(linear_scan.branching_smooth, (u, *weights), fast_mode=True)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_forced_path_runs_every_dynamics_processor_as_the_cpu_kernels_do(grad):
+    from gradmix.dsp.dynamics import compressor, expander, limiter, noise_gate
+    from gradmix.example import example_multitrack
+
+    stems = example_multitrack(seconds=1.0, sample_rate=SR)
+    x = torch.stack([stems[n].expand(2, -1) for n in ("kick", "bass", "chords")]).double()
+    processors = {
+        "compressor": lambda v: compressor(
+            v, sample_rate=SR, threshold_db=-30.0, ratio=4.0, attack_ms=5.0, release_ms=100.0
+        ),
+        "expander": lambda v: expander(
+            v, sample_rate=SR, threshold_db=-30.0, ratio=2.0, attack_ms=2.0, release_ms=80.0
+        ),
+        "gate": lambda v: noise_gate(v, sample_rate=SR, threshold_db=-40.0, attack_ms=1.0, release_ms=50.0),
+        "limiter": lambda v: limiter(v * 4, sample_rate=SR, ceiling_db=-1.0),
+    }
+    for name, process in processors.items():
+        outputs = []
+        for forced in (False, True):
+            v = x.clone().requires_grad_(grad)
+            with linear_scan.forced() if forced else torch.no_grad() if not grad else torch.enable_grad():
+                y = process(v)
+            if grad:
+                y.square().sum().backward()
+            outputs.append((y.detach(), v.grad))
+        assert error_db(outputs[1][0].numpy(), outputs[0][0].numpy()) <= -120, name
+        if grad:
+            assert error_db(outputs[1][1].numpy(), outputs[0][1].numpy()) <= -120, name

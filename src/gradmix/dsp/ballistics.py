@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradmix.dsp import linear_scan
+
 _KERNELS = None
 
 
@@ -205,10 +207,13 @@ def smooth(u: Tensor, attack: Tensor, release: Tensor, initial: Tensor | None = 
         initial: ``y[-1]``, ``(batch,)``; default 0.
 
     Returns:
-        ``(batch, samples)``, same dtype and device as ``u``.
+        ``(batch, samples)``, same dtype and device as ``u``. Off the CPU (or under
+        :func:`gradmix.dsp.linear_scan.forced`) it runs as :func:`gradmix.dsp.linear_scan.branching_smooth`.
     """
     if initial is None:
         initial = u.new_zeros(u.shape[0])
+    if linear_scan.wanted(u):
+        return linear_scan.branching_smooth(u, attack.to(u.dtype), release.to(u.dtype), initial.to(u.dtype))
     return _Smooth.apply(u, attack.to(u.dtype), release.to(u.dtype), initial.to(u.dtype))
 
 

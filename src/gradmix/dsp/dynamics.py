@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradmix.dsp import linear_scan
 from gradmix.dsp.ballistics import curve_and_smooth, limiter_gain, linked_peak, smooth
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, inference, param
 
@@ -38,12 +39,18 @@ def time_to_coefficient(time_ms: Tensor, sample_rate: float) -> Tensor:
 
 def _level_db(x: Tensor) -> Tensor:
     """Linked peak level in dB, ``(batch, samples)``; silence reads -240 dB, never -inf."""
-    if inference(x):  # one compiled pass, then in place: no page faults on new whole-song buffers
+    if _compiled(x):  # one compiled pass, then in place: no page faults on new whole-song buffers
         return linked_peak(x, 1e-12).log10_().mul_(20.0)
     peak = x[:, 0].abs()
     for c in range(1, x.shape[1]):
         peak = torch.maximum(peak, x[:, c].abs())
     return 20.0 * torch.log10(peak.clamp_min(1e-12))
+
+
+def _compiled(x: Tensor, *params: Tensor) -> bool:
+    """Whether the fused CPU kernels of :mod:`gradmix.dsp.ballistics` may run: no gradient is wanted and
+    ``x`` takes the CPU path (:func:`gradmix.dsp.linear_scan.wanted`)."""
+    return inference(x, *params) and not linear_scan.wanted(x)
 
 
 def _db_to_gain(gain_db: Tensor, makeup_db: Tensor) -> Tensor:
@@ -127,7 +134,7 @@ def compressor(
     check_range(r, "ratio", 1.0)
     check_range(w, "knee_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    if inference(x, t, r, w, m, at, rt):
+    if _compiled(x, t, r, w, m, at, rt):
         g = curve_and_smooth(_level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=at, release=rt)
     else:
         g = _smooth(compressor_gain_db(_level_db(x), threshold_db=t, ratio=r, knee_db=w), at, rt)
@@ -166,7 +173,7 @@ def expander(
     check_range(w, "knee_db", 0.0)
     check_range(rg, "range_db", 0.0)
     at, rt = _times(x, sample_rate, attack_ms, release_ms)
-    if inference(x, t, r, w, rg, m, at, rt):
+    if _compiled(x, t, r, w, rg, m, at, rt):
         g = curve_and_smooth(
             _level_db(x), threshold_db=t, ratio=r, knee_db=w, attack=rt, release=at, expander=True, range_db=rg
         )
@@ -253,7 +260,7 @@ def limiter(
     L = limiter_latency_samples(lookahead_ms, sample_rate)
     x = x * bcast(torch.pow(10.0, g_db / 20.0))
     ceiling = torch.pow(10.0, c_db / 20.0) * (1 - 1e-6)
-    if inference(x, ceiling, rel):
+    if _compiled(x, ceiling, rel):
         gain = limiter_gain(
             linked_peak(x, 0.0), ceiling=ceiling, lookahead=L, release=time_to_coefficient(rel, sample_rate)
         )
