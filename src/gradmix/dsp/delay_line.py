@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradmix.dsp import linear_scan
+
 _KERNELS = None
 
 
@@ -125,7 +127,10 @@ def delay_line(x: Tensor, delay_samples: Tensor, feedback: Tensor) -> Tensor:
         feedback: ``(batch,)``, ``|feedback| < 1``.
 
     Returns:
-        ``(batch, channels, samples)``.
+        ``(batch, channels, samples)``. Off the CPU (or under :func:`gradmix.dsp.linear_scan.forced`) it is
+        computed by :func:`gradmix.dsp.linear_scan.delay_line_fft`.
     """
     whole = delay_samples.detach().floor()
+    if linear_scan.wanted(x):
+        return linear_scan.delay_line_fft(x, whole, delay_samples - whole, feedback)
     return _DelayLine.apply(x, whole.long(), delay_samples - whole, feedback.to(x.dtype))

@@ -271,3 +271,47 @@ def branching_smooth(u: Tensor, attack: Tensor, release: Tensor, initial: Tensor
     """:func:`branching_smooth_scan`'s ``y`` in ``u``'s dtype, with the exact backward of
     :mod:`gradmix.dsp.ballistics` (the mask fixed, the adjoint recursion as a scan backwards in time)."""
     return _BranchingSmooth.apply(u, attack, release, initial)
+
+
+def _truncated_product(a: Tensor, b: Tensor, length: int) -> Tensor:
+    """The first ``length`` terms of the product of the series ``a`` and ``b`` ``(..., terms)`` (a linear
+    convolution by FFT, in their dtype)."""
+    size = a.shape[-1] + b.shape[-1] - 1
+    spectrum = torch.fft.rfft(a, size) * torch.fft.rfft(b, size)
+    return torch.fft.irfft(spectrum, size)[..., :length]
+
+
+def series_inverse(d: Tensor, length: int) -> Tensor:
+    """``h`` with ``d h = 1`` up to ``z^-length``: ``d (items, terms)`` with ``d[:, 0] != 0`` -> ``(items,
+    length)``. Newton's iteration ``h <- h (2 - d h)`` doubles the number of exact terms each round
+    (``log2(length)`` rounds of FFT products); as a function of ``d`` it is the truncated inverse, so autograd
+    through it gives that inverse's exact derivative."""
+    h = 1.0 / d[:, :1]
+    done = 1
+    while done < length:
+        done = min(2 * done, length)
+        error = _truncated_product(d[:, :done], h, done)
+        h = 2 * F.pad(h, (0, done - h.shape[1])) - _truncated_product(h, error, done)
+    return h
+
+
+def delay_line_fft(x: Tensor, whole: Tensor, frac: Tensor, gain: Tensor) -> Tensor:
+    """The fed-back, linearly interpolated delay line of :mod:`gradmix.dsp.delay_line` as one FFT
+    convolution per channel: with ``P(z) = (1 - f) z^-m + f z^-(m+1)`` and feedback ``g``, the wet output is
+    ``x`` filtered by ``P / (1 - g P)``, whose impulse response up to the signal's length comes from
+    :func:`series_inverse`. In float64 whatever ``x``'s dtype; autograd gives the gradients (not through
+    ``whole``).
+
+    Args:
+        x: ``(batch, channels, samples)``; ``whole``: integer delays ``(batch,)``, >= 1; ``frac``: their
+            fractional parts ``(batch,)`` in [0, 1); ``gain``: feedback ``(batch,)``.
+    """
+    batch, _, samples = x.shape
+    terms = samples + 2
+    taps = torch.stack([1.0 - frac.double(), frac.double()], 1)
+    index = torch.stack([whole, whole + 1], 1).long().to(x.device).clamp_max(terms - 1)
+    path = torch.zeros(batch, terms, dtype=torch.float64, device=x.device).scatter_add(1, index, taps)
+    denominator = -gain.double()[:, None] * path
+    denominator = denominator + F.one_hot(torch.zeros(batch, dtype=torch.long, device=x.device), terms)
+    response = _truncated_product(path[:, :samples], series_inverse(denominator[:, :samples], samples), samples)
+    return _truncated_product(x.double(), response[:, None], samples).to(x.dtype)
