@@ -24,3 +24,5 @@ DATASET_SAMPLE_RATE = 44100
 EVAL_SECONDS = 30.0
 """Seconds of each song that ``gradmix eval`` measures (from the start)."""
 EVAL_SYSTEMS = ("plain_sum", "equal_loudness", "rules", "random_console")
+DEVICE = "cpu"
+"""Where the commands compute: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA where torch sees it)."""

@@ -11,7 +11,7 @@ import torch
 
 from gradmix import dsp
 from gradmix.audio import make_output_folder, write_audio
-from gradmix.defaults import DEMO_SECONDS
+from gradmix.defaults import DEMO_SECONDS, DEVICE
 from gradmix.errors import GradmixError
 from gradmix.example import EXAMPLE_TRACKS, example_multitrack
 
@@ -19,7 +19,10 @@ SAMPLE_RATE = 44100
 
 
 def run_demo(
-    out_dir: str | Path, seconds: float = DEMO_SECONDS, model_path: str | Path | None = None
+    out_dir: str | Path,
+    seconds: float = DEMO_SECONDS,
+    model_path: str | Path | None = None,
+    device: str = DEVICE,
 ) -> dict[str, Path]:
     """Write the example's stems to ``out_dir/stems`` and mix them; returns the written files by role."""
     from gradmix.mix import mix_folder
@@ -33,7 +36,7 @@ def run_demo(
         write_audio(out / "stems" / f"{name}.wav", tracks[name], SAMPLE_RATE)
     plain = dsp.pan(torch.stack([tracks[n] for n in EXAMPLE_TRACKS]), pan=0.0).sum(0)  # centred, the console's law
     write_audio(out / "sum.wav", plain, SAMPLE_RATE)
-    report = mix_folder(out / "stems", out / "mix.wav", model_path=model_path, report=True)
+    report = mix_folder(out / "stems", out / "mix.wav", model_path=model_path, report=True, device=device)
     files = {
         "stems": out / "stems",
         "sum": out / "sum.wav",

@@ -34,17 +34,19 @@ class Analysis:
 
 
 def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Analysis:
-    """Run the track encoder over every track, whole, one track at a time (memory: one track's copy).
+    """Run the track encoder over every track, whole, one track at a time (memory: one track's copy), on the
+    model's device (the embeddings stay there).
 
     Args:
         tracks: per track ``(channels, samples)``, channels 1 or 2.
     """
     if not tracks:
         raise GradmixError("nothing to mix: no tracks")
+    device = next(model.parameters()).device
     gains, emb = [], []
     with torch.no_grad():
         for t in tracks:
-            x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None]
+            x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None].to(device)
             g = float(normalization_db(x, None, sample_rate)[0, 0])
             gains.append(g)
             emb.append(model.encoder(x[0] * 10 ** (g / 20), sample_rate))
@@ -114,11 +116,18 @@ class Song:
 
 
 def load_song(
-    stems_dir: str | Path, model_path: str | Path | None = None, *, strict: bool = False, progress: bool = False
+    stems_dir: str | Path,
+    model_path: str | Path | None = None,
+    *,
+    strict: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = "cpu",
 ) -> Song:
-    """Load the model (default: the shipped one) and every stem of ``stems_dir`` at the model's sample rate."""
+    """Load the model (default: the shipped one) onto ``device`` and every stem of ``stems_dir`` (on the CPU)
+    at the model's sample rate."""
     stems_dir = Path(stems_dir)
     model, meta = load_model(model_path)
+    model.to(device)
     stems, sr = load_stems(stems_dir, sample_rate=meta["sample_rate"], strict=strict, progress=progress)
     check_mixable([s.audio for s in stems], sr, stems_dir)
     inputs = [s.path for s in stems] + [stems_dir] + ([Path(model_path)] if model_path else [])
@@ -154,13 +163,15 @@ def mix_folder(
     strict: bool = False,
     subtype: str = "float",
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> MixReport:
     """Mix every stem of ``stems_dir`` with the model into ``output``; write the console file beside it
     (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``.
 
-    Stems are resampled to the model's rate (``strict``: refused instead).
+    Stems are resampled to the model's rate (``strict``: refused instead). The model and the console run on
+    ``device``.
     """
-    song = load_song(stems_dir, model_path, strict=strict, progress=progress)
+    song = load_song(stems_dir, model_path, strict=strict, progress=progress, device=device)
     model, names, files, audio, sr = song.model, song.names, song.files, song.audio, song.sample_rate
     output = check_output_path(output, song.inputs, audio=True)
     console_path = check_output_path(console_path or Path(output).with_suffix(".console.json"), song.inputs)
@@ -171,7 +182,8 @@ def mix_folder(
     del song
     with torch.no_grad():
         before = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]).sum(0) if report else None
-        mix, strips = setting.render(audio, keep_strips=False, release=not report)
+        mix, strips = setting.render(audio, keep_strips=False, release=not report, device=device)
+        mix = mix.cpu()
     peak = mix.abs().max().item()
     loud = integrated_loudness(mix[None], sample_rate=sr).item()
     before_lufs = integrated_loudness(before[None], sample_rate=sr).item() if before is not None else math.nan

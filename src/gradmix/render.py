@@ -41,11 +41,13 @@ def render_folder(
     subtype: str = "float",
     stems_out: str | Path | None = None,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> RenderReport:
     """Render the stems of ``stems_dir`` named by ``console_file`` into ``output``.
 
     Everything is read and checked before anything is written; outputs are written atomically and
     never over an input. ``stems_dir`` ``None``: the folder the console file records, else its own folder.
+    The console runs on ``device``.
     """
     clock = time.perf_counter()
     setting = ConsoleSetting.load(console_file)
@@ -76,13 +78,16 @@ def render_folder(
         stem_paths = [check_output_path(out_dir / f"{safe_file_name(t.name)}.wav", inputs) for t in setting.tracks]
 
     def write_strip(i: int, strip: torch.Tensor) -> None:
-        write_audio(stem_paths[i], strip, sr, subtype)
+        write_audio(stem_paths[i], strip.cpu(), sr, subtype)
 
     timings = {"read": time.perf_counter() - clock}
     audio = [s.audio for s in stems]
     del stems  # render releases each track once it is through its strip
     with torch.no_grad():
-        mix, _ = setting.render(audio, keep_strips=False, on_strip=write_strip if stem_paths else None, release=True)
+        mix, _ = setting.render(
+            audio, keep_strips=False, on_strip=write_strip if stem_paths else None, release=True, device=device
+        )
+        mix = mix.cpu()
     timings["render"] = time.perf_counter() - clock - sum(timings.values())
     low, high = torch.aminmax(mix)  # no song-long |mix| temporary
     peak = max(high.item(), -low.item())

@@ -14,10 +14,16 @@ from gradmix import defaults
 from gradmix.errors import GradmixError
 
 
+def _device(args: argparse.Namespace):
+    from gradmix.devices import compute_device
+
+    return compute_device(args.device)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from gradmix.demo import run_demo
 
-    run_demo(args.output, seconds=args.seconds)
+    run_demo(args.output, seconds=args.seconds, device=_device(args))
 
 
 def _mix(args: argparse.Namespace) -> None:
@@ -32,6 +38,7 @@ def _mix(args: argparse.Namespace) -> None:
         strict=args.strict,
         subtype=args.format,
         progress=sys.stdout.isatty(),
+        device=_device(args),
     )
     print(
         f"mixed {r.tracks} tracks ({r.seconds:.1f} s) into {r.output}: {r.loudness_lufs:.1f} LUFS, "
@@ -140,6 +147,7 @@ def _render(args: argparse.Namespace) -> None:
         subtype=args.format,
         stems_out=args.stems_out,
         progress=sys.stdout.isatty(),
+        device=_device(args),
     )
     print(
         f"wrote {report.output} ({report.seconds:.1f} s): peak {report.peak_dbfs:+.1f} dBFS, "
@@ -362,6 +370,14 @@ class _IntermixedParser(_Parser):
             self._inside = False
 
 
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default=defaults.DEVICE,
+        help="where to compute: cpu, cuda, cuda:N or auto (CUDA where torch sees it; default %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradmix", description="Automatic mixing through a differentiable console.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -373,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.DEMO_SECONDS,
         help="length of the example in seconds (default %(default)s)",
     )
+    _device_option(p)
     p.set_defaults(func=_demo)
     p = sub.add_parser("mix", help="mix a folder of stems with the mixing model; writes the mix and its console file")
     p.add_argument("stems_dir", help="folder of stems (wav, flac, aiff, ogg; .stem.mp4 with ffmpeg)")
@@ -382,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write OUTPUT.report.html: the console drawn")
     p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
     p.add_argument("--strict", action="store_true", help="refuse stems at different sample rates")
+    _device_option(p)
     p.set_defaults(func=_mix)
     p = sub.add_parser("sample", help="several distinct mixes of the same stems, each with its console file")
     p.add_argument("stems_dir")
@@ -455,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse stems whose sample rate differs from the console's")
     p.add_argument("--stems-out", help="also write each processed track (post-fader, post-pan) to this folder")
     p.add_argument("--timings", action="store_true", help="print how long reading, rendering, measuring, writing took")
+    _device_option(p)
     p.set_defaults(func=_render)
     p = sub.add_parser("studio", help="a local web page to hear, compare, tweak and save the mix (studio extra)")
     p.add_argument("stems_dir", help="folder of stems (never modified)")

@@ -276,6 +276,7 @@ class ConsoleSetting:
         on_strip: Callable[[int, Tensor], None] | None = None,
         chunk_samples: int = CHUNK_SAMPLES,
         release: bool = False,
+        device: torch.device | str | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Render the song.
 
@@ -290,13 +291,15 @@ class ConsoleSetting:
             chunk_samples: memory budget of one batched call.
             release: set each entry of ``tracks`` (a list) to ``None`` once rendered, so that its memory can be
                 freed before the buses and the master run.
+            device: where to compute (default: the tracks' device); each chunk of tracks is copied there, and
+                the results stay there.
 
         Returns:
             ``(mix, strips)``: ``(2, samples)`` and ``(tracks, 2, samples)`` (post-fader, post-pan) or ``None``.
         """
         if len(tracks) != len(self.tracks):
             raise GradmixError(f"the console has {len(self.tracks)} tracks, {len(tracks)} were given")
-        like = tracks[0].new_zeros(0)  # dtype and device only: holds no track alive
+        like = tracks[0].new_zeros(0, device=device)  # dtype and device only: holds no track alive
         length = tracks[0].shape[-1]
         groups: dict[Any, list[int]] = {}
         for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
@@ -322,12 +325,15 @@ class ConsoleSetting:
                 chain = self.tracks[idx[0]].chain
                 params = [
                     {
-                        name: torch.tensor([[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype)
+                        name: torch.tensor(
+                            [[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype, device=like.device
+                        )
                         for name in entry.params
                     }
                     for k, entry in enumerate(chain)
                 ]
                 x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
+                x = x.to(like.device)
                 out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
                 for j, i in enumerate(idx):
                     mix = add(mix, out[:, j])
