@@ -48,3 +48,15 @@ def test_mix_and_render_on_cuda_equal_the_cpu(tmp_path):
     for name in ("gpu.wav", "render.wav"):
         assert error_db(sf.read(tmp_path / name, dtype="float32")[0], cpu) <= -80, name
     assert np.isfinite(cpu).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sample_and_match_run_on_cuda(tmp_path):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "4"]) == 0
+    stems, mix = tmp_path / "demo" / "stems", tmp_path / "demo" / "mix.wav"
+    assert main(["sample", str(stems), "-n", "2", "-o", str(tmp_path / "s"), "--device", "cuda"]) == 0
+    assert main(["match", str(stems), "--reference", str(mix), "-o", str(tmp_path / "m.wav"), "--device", "cuda"]) == 0
+    for path in (tmp_path / "s" / "mix_01.wav", tmp_path / "s" / "mix_02.wav", tmp_path / "m.wav"):
+        audio = sf.read(path, dtype="float32")[0]
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 0.01

@@ -236,7 +236,7 @@ def test_style_distance_is_zero_for_the_same_mix_and_ignores_length():
 
 def test_song_excerpt_spreads_chunks_over_the_song_after_a_preroll():
     audio = [torch.arange(20 * 100, dtype=torch.float32)[None] + 1, torch.ones(2, 20 * 100)]
-    analysis = type("A", (), {"gains_db": [0.0, 0.0]})()
+    analysis = type("A", (), {"gains_db": [0.0, 0.0], "embeddings": torch.zeros(1, 2, 4)})()
     ex = song_excerpt(audio, analysis, 100, seconds=12.0, chunk_s=4.0, preroll_s=1.0)
     assert ex.x.shape == (3, 2, 2, 500) and ex.preroll == 100
     assert ex.x[:, 0, 0, 100].tolist() == [1.0, 801.0, 1601.0]  # chunks start at 0, 8, 16 s

@@ -79,11 +79,11 @@ def toned_spectral_features(mix: Tensor, gain_db: Tensor, sample_rate: float) ->
     through the EQ curve ``gain_db`` ``(bands,)`` (dB at :data:`TONE_CENTRES_HZ`, linear in log frequency
     between them, flat beyond): where a tonal offset takes that mix, in the measured features."""
     mag = mid_magnitude(mix)
-    freqs = bin_frequencies(sample_rate, mag).double().numpy()
+    freqs = bin_frequencies(sample_rate, mag).double().cpu().numpy()
     curve = np.interp(
-        np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), gain_db.double().numpy()
+        np.log2(np.maximum(freqs, TONE_CENTRES_HZ[0])), np.log2(TONE_CENTRES_HZ), gain_db.double().cpu().numpy()
     )
-    mag = mag * torch.from_numpy(10 ** (curve / 20)).to(mag.dtype)[:, None]
+    mag = mag * torch.from_numpy(10 ** (curve / 20)).to(mag.device, mag.dtype)[:, None]
     weight = mag.square().sum(1)
     return {k: weighted_mean(v, weight) for k, v in spectral_frames(mag, sample_rate).items()}
 
@@ -130,9 +130,10 @@ def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Ten
     model.style_bank_tones = torch.stack(tones)
 
 
-def _render(setting: ConsoleSetting, audio: list[Tensor]) -> Tensor:
+def _render(setting: ConsoleSetting, audio: list[Tensor], device: torch.device | str = "cpu") -> Tensor:
+    """The mix ``(2, samples)`` on the CPU, rendered on ``device``."""
     with torch.no_grad():
-        return setting.render(list(audio), keep_strips=False)[0]
+        return setting.render(list(audio), keep_strips=False, device=device)[0].cpu()
 
 
 @dataclass
@@ -162,10 +163,12 @@ def sample_folder(
     refine_steps: int = SAMPLE_REFINE_STEPS,
     model_path: str | Path | None = None,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> list[Rendered]:
-    """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them."""
+    """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them; the
+    model, the refinement and the renders run on ``device``."""
     _check_refine_steps(refine_steps)
-    song = load_song(stems_dir, model_path, progress=progress)
+    song = load_song(stems_dir, model_path, progress=progress, device=device)
     out = Path(out_dir)
     if out.resolve().is_relative_to(Path(stems_dir).resolve()):
         raise GradmixError(f"{out}: the output folder is in the stems folder (the mixes would become stems)")
@@ -176,7 +179,7 @@ def sample_folder(
         song, analysis, n, seed=seed, temperature=temperature, refine_steps=refine_steps, progress=progress
     )
     results = [
-        _write(s, _render(s, song.audio), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
+        _write(s, _render(s, song.audio, device), out / f"mix_{k + 1:02d}.wav", song.inputs, stems_dir)
         for k, s in enumerate(show_progress(settings, "rendering", progress))
     ]
     comparison_page(out / "index.html", settings, results)
@@ -240,7 +243,8 @@ def song_excerpt(
     preroll_s: float = 1.0,
 ) -> Excerpt:
     """``seconds`` of the song in ``chunk_s`` chunks spread evenly over it (the whole song if it is shorter or
-    ``seconds`` is None)."""
+    ``seconds`` is None), on the device of the analysis."""
+    device = analysis.embeddings.device
     n = audio[0].shape[-1]
     chunk, pre = int(chunk_s * sample_rate), int(preroll_s * sample_rate)
     count = max(1, round(seconds / chunk_s)) if seconds is not None else 1
@@ -248,10 +252,11 @@ def song_excerpt(
         starts, chunk = [0], n
     else:
         starts = [round(i * (n - chunk) / max(count - 1, 1)) for i in range(count)]
-    gains = torch.tensor(analysis.gains_db)[:, None, None]
-    x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]) * torch.pow(10.0, gains / 20)
+    gains = torch.tensor(analysis.gains_db, device=device)[:, None, None]
+    x = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]).to(device)
+    x = x * torch.pow(10.0, gains / 20)
     parts = [torch.nn.functional.pad(x[..., max(0, s - pre) : s + chunk], (max(0, pre - s), 0)) for s in starts]
-    mono = torch.tensor([[a.shape[0] == 1 for a in audio]]).expand(len(parts), -1)
+    mono = torch.tensor([[a.shape[0] == 1 for a in audio]], device=device).expand(len(parts), -1)
     return Excerpt(torch.stack(parts), mono, pre)
 
 
@@ -399,7 +404,7 @@ def _nudge_pans(model: MixController, controls: Controls, seed: int) -> Controls
     j = model.layout.strip_control_index(len(model.layout.strip) - 1, "pan")
     g = torch.Generator().manual_seed(seed)
     strip = controls.strip.clone()
-    move = (2 * torch.rand(strip.shape[:2], generator=g, dtype=strip.dtype) - 1) * SAMPLE_PAN_NUDGE
+    move = (2 * torch.rand(strip.shape[:2], generator=g, dtype=strip.dtype) - 1).to(strip.device) * SAMPLE_PAN_NUDGE
     strip[..., j] = (strip[..., j] + move).clamp(0, 1)
     return Controls(strip, controls.sends, controls.buses, controls.master)
 
@@ -412,22 +417,24 @@ def match_folder(
     refine_steps: int = MATCH_REFINE_STEPS,
     model_path: str | Path | None = None,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
-    of the mix to the reference: ``model`` (the model's console) and, after refinement, ``refined``."""
+    of the mix to the reference: ``model`` (the model's console) and, after refinement, ``refined``. The
+    model, the refinement and the renders run on ``device``."""
     _check_refine_steps(refine_steps)
-    song = load_song(stems_dir, model_path, progress=progress)
+    song = load_song(stems_dir, model_path, progress=progress, device=device)
     model, sr = song.model, song.sample_rate
     ref = read_reference(reference, sr)
     output = check_output_path(output, [*song.inputs, Path(reference)], audio=True)
     with torch.no_grad():
-        z = model.encode_style(ref[None], sample_rate=sr)[0][0]
+        z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
     analysis = analyse(model, song.audio, sr)
     setting = console_for(model, analysis, song.names, song.files, sr, z)
-    mix = _render(setting, song.audio)
+    mix = _render(setting, song.audio, device)
     distances = {"model": float(style_distance(mix[None], ref[None], sr))}
     if refine_steps > 0:
-        setting = refine(song, analysis, z, ref, steps=refine_steps, progress=progress)
-        mix = _render(setting, song.audio)
+        setting = refine(song, analysis, z, ref.to(device), steps=refine_steps, progress=progress)
+        mix = _render(setting, song.audio, device)
         distances["refined"] = float(style_distance(mix[None], ref[None], sr))
     return _write(setting, mix, output, [*song.inputs, Path(reference)], stems_dir), distances

@@ -61,6 +61,7 @@ def _sample(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         refine_steps=args.refine,
         progress=sys.stdout.isatty(),
+        device=_device(args),
     )
     for r in results:
         print(f"{r.mix}: {r.loudness_lufs:.1f} LUFS, peak {r.peak_dbfs:+.1f} dBFS; console {r.console.name}")
@@ -77,6 +78,7 @@ def _match(args: argparse.Namespace) -> None:
         model_path=args.model,
         refine_steps=args.refine,
         progress=sys.stdout.isatty(),
+        device=_device(args),
     )
     dist = ", ".join(f"{k} {v:.3f}" for k, v in d.items())
     print(f"wrote {r.mix} ({r.loudness_lufs:.1f} LUFS) and {r.console}; style distance to the reference: {dist}")
@@ -422,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s; 0: the model's console alone)",
     )
     p.add_argument("--model", help="model file (default: the shipped model)")
+    _device_option(p)
     p.set_defaults(func=_sample)
     p = sub.add_parser("match", help="mix the stems in the style of a reference song")
     p.add_argument("stems_dir")
@@ -436,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the style encoder and decoder alone)",
     )
     p.add_argument("--model", help="model file (default: the shipped model)")
+    _device_option(p)
     p.set_defaults(func=_match)
     p = sub.add_parser("fit", help="reverse-engineer a mix of these stems: the console that renders it")
     p.add_argument("stems_dir")

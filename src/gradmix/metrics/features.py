@@ -160,7 +160,7 @@ def true_peak_dbtp(x: Tensor) -> Tensor:
     import scipy.signal
 
     up = torch.as_tensor(scipy.signal.resample_poly(x.detach().cpu().double().numpy(), 4, 1, axis=-1))
-    return 20 * torch.log10(up.abs().amax((-1, -2)).clamp_min(EPS)).to(x.dtype)
+    return 20 * torch.log10(up.abs().amax((-1, -2)).clamp_min(EPS)).to(x.device, x.dtype)
 
 
 def loudness_features(x: Tensor, sample_rate: float) -> dict[str, Tensor]:
