@@ -326,3 +326,27 @@ def test_the_shipped_recipes_load_and_pass_the_checks(name):
     assert cfg.optim.loss.per_track == (name == "per-track")
     assert cfg.data.augmentation.enabled == (name == "per-track")
     assert cfg.data.exclude and cfg.run.max_steps * 5.2 / 3600 < 2  # the 2-h CPU budget at the measured 5.2 s a step
+
+
+@pytest.mark.parametrize("regime, engineer", [("self_supervised", 1.0), ("supervised", 0.0)])
+def test_the_engineer_switch_is_told_which_targets_an_engineer_like_console_made(
+    tmp_path, monkeypatch, regime, engineer
+):
+    require("lightning")
+    require("auraloss")
+    from gradmix.models import MixController
+    from gradmix.train import train
+
+    seen, forward = [], MixController.forward
+
+    def spy(self, tracks, **kwargs):
+        seen.append(kwargs.get("engineer"))
+        return forward(self, tracks, **kwargs)
+
+    monkeypatch.setattr(MixController, "forward", spy)
+    data = make_dataset(tmp_path / "data", songs=2)
+    cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
+    cfg.data.regime, cfg.model.engineer_switch = regime, True
+    assert load_model(train(cfg))[0].cfg.engineer_switch
+    flags = torch.cat([e for e in seen if e is not None])
+    assert len(flags) > 0 and bool((flags == engineer).all()), flags

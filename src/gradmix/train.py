@@ -256,7 +256,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
-            controls = self.model(x, sample_rate=self.sr, mask=mask, z=z)
+            controls = self.model(x, sample_rate=self.sr, mask=mask, z=z, engineer=(~use_mix).to(x.dtype))
             params = self.layout.denormalize(controls)
             estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)

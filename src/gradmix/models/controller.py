@@ -51,6 +51,11 @@ class ModelConfig:
     besides feeding it to the transformer: a short path that a reconstruction loss can use from the first step."""
     track_contrast: bool = False
     """The strip head also reads each track's :func:`track_contrast` (how it differs from the song's other tracks)."""
+    engineer_switch: bool = False
+    """The strip and master heads also read whether the console should be engineer-like (1) or like the authors'
+    of the training songs (0): in training, whether the segment's target was made by an engineer-like console
+    (:mod:`gradmix.models.engineer`) or is a human mix; ``gradmix mix`` asks for the engineer's. Without it the
+    two kinds of target, which disagree (most LMMS tracks have no EQ or compressor), are averaged."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -162,14 +167,15 @@ class MixController(nn.Module):
         )
         self.context = nn.TransformerEncoder(block, self.cfg.layers, enable_nested_tensor=False)
         self.sends = len(layout.bus_names)
+        switch = int(self.cfg.engineer_switch)
         self.strip_head = _head(
-            2 * d if self.cfg.track_contrast else d,
+            (2 * d if self.cfg.track_contrast else d) + switch,
             layout.num_strip_params + self.sends,
             _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends,
             d,
         )
         self.master_head = _head(
-            d,
+            d + switch,
             layout.num_bus_params + layout.num_master_params,
             _neutral(
                 [s for _, chain in layout.buses for slot in chain for s in slot.specs]
@@ -208,7 +214,13 @@ class MixController(nn.Module):
         return mu, logvar.clamp(-10.0, 5.0)
 
     def forward(
-        self, tracks: Tensor, *, sample_rate: float, mask: Tensor | None = None, z: Tensor | None = None
+        self,
+        tracks: Tensor,
+        *,
+        sample_rate: float,
+        mask: Tensor | None = None,
+        z: Tensor | None = None,
+        engineer: Tensor | None = None,
     ) -> Controls:
         """Controls for loudness-normalised tracks.
 
@@ -218,15 +230,20 @@ class MixController(nn.Module):
             sample_rate: Hz.
             mask: ``(batch, tracks)``, 1 for real tracks.
             z: ``(batch, style_dim)`` mix style; default :attr:`style_center`.
+            engineer: ``(batch,)``, 1 for an engineer-like console, 0 for one like the training songs'
+                authors' (models with :attr:`ModelConfig.engineer_switch`; default 1).
 
         Returns:
             :class:`Controls` (strip ``(B, N, Ps)``, sends ``(B, N, buses)``, buses, master).
         """
         b, n = tracks.shape[:2]
-        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask, z)
+        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask, z, engineer)
 
-    def decide(self, emb: Tensor, mask: Tensor | None = None, z: Tensor | None = None) -> Controls:
-        """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output) and a style ``z``."""
+    def decide(
+        self, emb: Tensor, mask: Tensor | None = None, z: Tensor | None = None, engineer: Tensor | None = None
+    ) -> Controls:
+        """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output), a style ``z`` and, for
+        models with :attr:`ModelConfig.engineer_switch`, ``engineer`` (see :meth:`forward`)."""
         b = emb.shape[0]
         tokens = torch.cat([self.master_token.expand(b, 1, -1), emb], 1)
         if self.cfg.style_dim:
@@ -240,7 +257,12 @@ class MixController(nn.Module):
         if self.cfg.track_contrast:
             # both halves at unit scale, so that the head's layer norm weighs them alike
             track = torch.cat([nn.functional.layer_norm(track, track.shape[-1:]), track_contrast(track, mask)], -1)
-        strip, master = self.strip_head(track), self.master_head(h[:, 0])
+        master_in = h[:, 0]
+        if self.cfg.engineer_switch:
+            e = emb.new_ones(b) if engineer is None else engineer.to(emb)
+            track = torch.cat([track, e[:, None, None].expand(-1, track.shape[1], 1)], -1)
+            master_in = torch.cat([master_in, e[:, None]], -1)
+        strip, master = self.strip_head(track), self.master_head(master_in)
         if self.cfg.style_dim and self.cfg.style_direct:
             strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
         strip, master = torch.sigmoid(strip), torch.sigmoid(master)
