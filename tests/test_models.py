@@ -317,20 +317,29 @@ def test_track_contrast_ignores_what_tracks_share_and_reaches_the_strip_head():
     assert float(out.std(1).mean()) > 0.05
 
 
-def test_the_engineer_switch_reaches_both_heads_defaults_to_the_engineer_and_is_saved(tmp_path):
+def test_the_engineer_switch_has_its_own_heads_defaults_to_the_engineer_and_is_saved(tmp_path):
     torch.manual_seed(0)
     cfg = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32, track_contrast=True)
     switched = MixController(Layout.default(), dataclasses.replace(cfg, engineer_switch=True))
-    emb = torch.randn(1, 4, 16)
+    emb, both = torch.randn(2, 4, 16), torch.tensor([0.0, 1.0])
+    start = switched.decide(emb, None, None, both)
+    # the engineer's heads start as copies of the others
+    assert torch.allclose(start.strip, switched.decide(emb, None, None, torch.zeros(2)).strip)
+    with torch.no_grad():
+        for p in (*switched.engineer_strip_head.parameters(), *switched.engineer_master_head.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
     authors, engineer = (
-        switched.decide(emb, None, None, torch.zeros(1)),
-        switched.decide(emb, None, None, torch.ones(1)),
+        switched.decide(emb, None, None, torch.zeros(2)),
+        switched.decide(emb, None, None, torch.ones(2)),
     )
+    mixed = switched.decide(emb, None, None, both)  # per song: the first the authors', the second the engineer's
+    assert torch.equal(mixed.strip[0], authors.strip[0]) and torch.equal(mixed.strip[1], engineer.strip[1])
+    assert torch.equal(mixed.master[0], authors.master[0]) and torch.equal(mixed.master[1], engineer.master[1])
     assert (authors.strip - engineer.strip).abs().amax() > 0 and (authors.master - engineer.master).abs().amax() > 0
     assert torch.equal(switched.decide(emb).strip, engineer.strip)  # gradmix mix asks for the engineer's
     loaded, _ = load_model(save_model(tmp_path / "m.pt", switched, sample_rate=SR, info={}))
     assert loaded.cfg.engineer_switch and torch.allclose(
-        loaded.decide(emb, None, None, torch.zeros(1)).strip, authors.strip, atol=2e-3
+        loaded.decide(emb, None, None, torch.ones(2)).strip, engineer.strip, atol=2e-3
     )
     # models without the switch (every one trained before it) load with it off and ignore the argument
     assert not ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "engineer_switch"}).engineer_switch

@@ -9,12 +9,18 @@ song's mean token, scaled by the song's spread of tokens. What the tracks share 
 token, and whatever the encoder finds in all of them) can be far larger than what sets them apart; the head's
 layer norm would then scale the difference away, and every track would get one setting.
 
+With ``engineer_switch`` a second strip head and master head decide the consoles meant to be engineer-like
+(training segments whose target an engineer-like console made, and every command's mix); the first pair
+decides those meant to be like the training songs' authors'.
+
 The network never sees track order, so permuting the tracks permutes the strips it predicts and leaves the
 mix unchanged. Every head starts at the layout's neutral values (bias = logit of the default), so an
 untrained model renders the equal-loudness sum and training moves away from it.
 """
 
 from __future__ import annotations
+
+import copy
 
 import math
 from dataclasses import asdict, dataclass
@@ -52,10 +58,10 @@ class ModelConfig:
     track_contrast: bool = False
     """The strip head also reads each track's :func:`track_contrast` (how it differs from the song's other tracks)."""
     engineer_switch: bool = False
-    """The strip and master heads also read whether the console should be engineer-like (1) or like the authors'
-    of the training songs (0): in training, whether the segment's target was made by an engineer-like console
-    (:mod:`gradmix.models.engineer`) or is a human mix; ``gradmix mix`` asks for the engineer's. Without it the
-    two kinds of target, which disagree (most LMMS tracks have no EQ or compressor), are averaged."""
+    """A second pair of strip and master heads for engineer-like consoles: in training the segments whose target
+    an engineer-like console made (:mod:`gradmix.models.engineer`) are decided by it, those with a human mix by
+    the first pair; ``gradmix mix`` asks for the engineer's. Without it the two kinds of target, which disagree
+    (most LMMS tracks have no EQ or compressor), are averaged by one head."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -167,21 +173,23 @@ class MixController(nn.Module):
         )
         self.context = nn.TransformerEncoder(block, self.cfg.layers, enable_nested_tensor=False)
         self.sends = len(layout.bus_names)
-        switch = int(self.cfg.engineer_switch)
         self.strip_head = _head(
-            (2 * d if self.cfg.track_contrast else d) + switch,
+            2 * d if self.cfg.track_contrast else d,
             layout.num_strip_params + self.sends,
             _neutral([s for slot in layout.strip for s in slot.specs]) + [0.0] * self.sends,
             d,
         )
         self.master_head = _head(
-            d + switch,
+            d,
             layout.num_bus_params + layout.num_master_params,
             _neutral(
                 [s for _, chain in layout.buses for slot in chain for s in slot.specs]
                 + [s for slot in layout.master for s in slot.specs]
             ),
         )
+        if self.cfg.engineer_switch:
+            self.engineer_strip_head = copy.deepcopy(self.strip_head)
+            self.engineer_master_head = copy.deepcopy(self.master_head)
         if self.cfg.style_dim:
             self.style_encoder = TrackEncoder(self.cfg)
             self.style_head = nn.Linear(d, 2 * self.cfg.style_dim)
@@ -257,12 +265,11 @@ class MixController(nn.Module):
         if self.cfg.track_contrast:
             # both halves at unit scale, so that the head's layer norm weighs them alike
             track = torch.cat([nn.functional.layer_norm(track, track.shape[-1:]), track_contrast(track, mask)], -1)
-        master_in = h[:, 0]
+        strip, master = self.strip_head(track), self.master_head(h[:, 0])
         if self.cfg.engineer_switch:
-            e = emb.new_ones(b) if engineer is None else engineer.to(emb)
-            track = torch.cat([track, e[:, None, None].expand(-1, track.shape[1], 1)], -1)
-            master_in = torch.cat([master_in, e[:, None]], -1)
-        strip, master = self.strip_head(track), self.master_head(master_in)
+            e = emb.new_ones(b, dtype=torch.bool) if engineer is None else engineer.to(emb.device) > 0.5
+            strip = torch.where(e[:, None, None], self.engineer_strip_head(track), strip)
+            master = torch.where(e[:, None], self.engineer_master_head(h[:, 0]), master)
         if self.cfg.style_dim and self.cfg.style_direct:
             strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
         strip, master = torch.sigmoid(strip), torch.sigmoid(master)
