@@ -27,15 +27,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from effects import EQ_FREQS_HZ, EQ_SHAPES, SR, dasp_peq, torchcomp_compressor
 
 import gradmix.dsp as gd
 from gradmix.console import Layout
 from gradmix.models import MixController, MixLoss, ModelConfig
 from gradmix.models.engineer import engineer_controls
-
-SR = 44100
-EQ_SHAPES = ("low_shelf", "peak", "peak", "peak", "peak", "high_shelf")
-EQ_FREQS_HZ = (100.0, 300.0, 1000.0, 3000.0, 6000.0, 10000.0)
 
 
 def timed(fn: Callable[[], None], device: torch.device, runs: int) -> float:
@@ -77,7 +74,14 @@ def peq(tracks: int, seconds: float, device: torch.device) -> tuple[torch.Tensor
 
 
 def compressor_params(tracks: int, device: torch.device) -> dict:
-    values = {"threshold_db": -30.0, "ratio": 4.0, "attack_ms": 5.0, "release_ms": 100.0, "knee_db": 6.0}
+    values = {
+        "threshold_db": -30.0,
+        "ratio": 4.0,
+        "attack_ms": 5.0,
+        "release_ms": 100.0,
+        "knee_db": 6.0,
+        "makeup_db": 0.0,
+    }
     return {k: torch.full((tracks,), v, device=device) for k, v in values.items()}
 
 
@@ -98,13 +102,9 @@ def effect_rows(device: torch.device, tracks: int, seconds: float, runs: int) ->
     try:
         import dasp_pytorch.functional as dasp
 
-        def dasp_peq(v, p):
-            args = [t for k in range(6) for t in (p["gain_db"][:, k], p["freq_hz"][:, k], p["q"][:, k])]
-            return dasp.parametric_eq(v, SR, *args)
-
         def dasp_compressor(v, p):
             t, r, a, k = p["threshold_db"], p["ratio"], p["attack_ms"], p["knee_db"]
-            return dasp.compressor(v, SR, t, r, a, a, k, torch.zeros_like(t))
+            return dasp.compressor(v, SR, t, r, a, a, k, p["makeup_db"])
 
         impls += [
             ("6-band EQ", "dasp-pytorch", dasp_peq, x, eq),
@@ -113,13 +113,7 @@ def effect_rows(device: torch.device, tracks: int, seconds: float, runs: int) ->
     except ImportError:
         pass
     try:
-        import torchcomp
-
-        def torchcomp_compressor(v, p):
-            level = v.abs().amax(1).clamp_min(1e-7)
-            at, rt = torchcomp.ms2coef(p["attack_ms"], SR), torchcomp.ms2coef(p["release_ms"], SR)
-            gain = torchcomp.compexp_gain(level, p["threshold_db"], p["ratio"], -1000.0, 0.5, at, rt)
-            return v * gain.unsqueeze(1)
+        import torchcomp  # noqa: F401  (torchcomp_compressor imports it)
 
         impls.append(("compressor", "torchcomp", torchcomp_compressor, bursts, comp))
     except ImportError:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gradmix.audio import MIN_SECONDS, check_output_path, make_output_folder, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
-from gradmix.defaults import MATCH_REFINE_STEPS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
+from gradmix.defaults import DEVICE, MATCH_REFINE_STEPS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.console.layout import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
@@ -130,7 +130,7 @@ def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Ten
     model.style_bank_tones = torch.stack(tones)
 
 
-def _render(setting: ConsoleSetting, audio: list[Tensor], device: torch.device | str = "cpu") -> Tensor:
+def _render(setting: ConsoleSetting, audio: list[Tensor], device: torch.device | str = DEVICE) -> Tensor:
     """The mix ``(2, samples)`` on the CPU, rendered on ``device``."""
     with torch.no_grad():
         return setting.render(list(audio), keep_strips=False, device=device)[0].cpu()
@@ -163,7 +163,7 @@ def sample_folder(
     refine_steps: int = SAMPLE_REFINE_STEPS,
     model_path: str | Path | None = None,
     progress: bool = False,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = DEVICE,
 ) -> list[Rendered]:
     """Write ``n`` mixes (``mix_01.wav`` ...), their console files and ``index.html`` comparing them; the
     model, the refinement and the renders run on ``device``."""
@@ -417,7 +417,7 @@ def match_folder(
     refine_steps: int = MATCH_REFINE_STEPS,
     model_path: str | Path | None = None,
     progress: bool = False,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = DEVICE,
 ) -> tuple[Rendered, dict[str, float]]:
     """Mix ``stems_dir`` in the style of ``reference``; returns the written files and the style distances
     of the mix to the reference: ``model`` (the model's console) and, after refinement, ``refined``. The

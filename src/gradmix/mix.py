@@ -17,6 +17,7 @@ from torch import Tensor
 from gradmix.audio import Stem, check_mixable, check_output_path, load_stems, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
+from gradmix.defaults import DEVICE
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, normalization_db
 from gradmix.models.checkpoint import load_model
@@ -121,7 +122,7 @@ def load_song(
     *,
     strict: bool = False,
     progress: bool = False,
-    device: torch.device | str | None = "cpu",
+    device: torch.device | str = DEVICE,
 ) -> Song:
     """Load the model (default: the shipped one) onto ``device`` and every stem of ``stems_dir`` (on the CPU)
     at the model's sample rate."""
@@ -163,7 +164,7 @@ def mix_folder(
     strict: bool = False,
     subtype: str = "float",
     progress: bool = False,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = DEVICE,
 ) -> MixReport:
     """Mix every stem of ``stems_dir`` with the model into ``output``; write the console file beside it
     (``<output>.console.json`` unless ``console_path``) and, with ``report``, ``<output>.report.html``.

@@ -13,6 +13,7 @@ import torch
 from gradmix import dsp
 from gradmix.audio import check_output_path, load_stems, safe_file_name, write_audio
 from gradmix.console import ConsoleSetting
+from gradmix.defaults import DEVICE
 from gradmix.errors import GradmixError
 
 
@@ -41,7 +42,7 @@ def render_folder(
     subtype: str = "float",
     stems_out: str | Path | None = None,
     progress: bool = False,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = DEVICE,
 ) -> RenderReport:
     """Render the stems of ``stems_dir`` named by ``console_file`` into ``output``.
 

@@ -312,6 +312,6 @@ def delay_line_fft(x: Tensor, whole: Tensor, frac: Tensor, gain: Tensor) -> Tens
     index = torch.stack([whole, whole + 1], 1).long().to(x.device).clamp_max(terms - 1)
     path = torch.zeros(batch, terms, dtype=torch.float64, device=x.device).scatter_add(1, index, taps)
     denominator = -gain.double()[:, None] * path
-    denominator = denominator + F.one_hot(torch.zeros(batch, dtype=torch.long, device=x.device), terms)
+    denominator[:, 0] += 1.0
     response = _truncated_product(path[:, :samples], series_inverse(denominator[:, :samples], samples), samples)
     return _truncated_product(x.double(), response[:, None], samples).to(x.dtype)

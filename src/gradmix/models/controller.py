@@ -21,7 +21,6 @@ untrained model renders the equal-loudness sum and training moves away from it.
 from __future__ import annotations
 
 import copy
-
 import math
 from dataclasses import asdict, dataclass
 
