@@ -11,7 +11,18 @@ import torch
 
 from conftest import error_db
 from gradmix import dsp
-from gradmix.console import SCHEMA_PATH, ConsoleSetting, Controls, Layout, Params, Slot, console_schema, track_outputs
+from gradmix.console import (
+    SCHEMA_PATH,
+    ConsoleSetting,
+    Controls,
+    Layout,
+    Params,
+    Slot,
+    StripGroup,
+    console_schema,
+    render_chunked,
+    track_outputs,
+)
 from gradmix.effects import create
 from gradmix.errors import ConsoleFileError, ParameterError
 
@@ -94,12 +105,13 @@ def test_bus_is_the_sum_of_its_sends_through_its_chain():
     sends = torch.tensor([[[-6.0, -math.inf], [-12.0, -3.0], [-math.inf, -20.0]]], dtype=torch.float64)
     p.sends_db = sends
     p.buses[0][0]["decay_s"] = torch.tensor([[0.5, 0.4, 0.3, 0.2]], dtype=torch.float64)
+    p.buses[1][0]["time_ms"] = torch.tensor([60.0], dtype=torch.float64)  # echoes inside the 0.2 s rendered
     mix, strips = layout.render(x, p, sample_rate=SR)
     expected = strips.sum(1)
     for k, (fn, kw) in enumerate(
         [
             (dsp.reverb, dict(decay_s=[0.5, 0.4, 0.3, 0.2], mix=1.0)),
-            (dsp.delay, dict(time_ms=250.0, feedback=0.3, mix=1.0)),
+            (dsp.delay, dict(time_ms=60.0, feedback=0.3, mix=1.0)),
         ]
     ):
         bus_in = (strips * torch.pow(10.0, sends[..., k] / 20)[..., None, None]).sum(1)
@@ -205,10 +217,59 @@ def test_controls_logits_round_trip_and_repeat():
         assert b.shape == (2, *a.shape[1:])
         assert torch.allclose(b[1], a[0].clamp(1e-4, 1 - 1e-4), atol=1e-12)
     assert float(back.master[0, 0]) == pytest.approx(1 - 1e-4)
+    assert logits.sends is logits[1] and logits.copy().buses.requires_grad is False
     assert (
         c.expand(3).strip.shape == (3, 3, layout.num_strip_params)
         and c.expand(3).strip.data_ptr() == c.strip.data_ptr()
     )
+
+
+def test_chunks_of_tracks_render_the_batched_mix_with_its_gradients():
+    """One chunk of every track, or one track a chunk: the same mix, strips and gradients, masks and sends
+    included."""
+    layout = Layout.default()
+    x = tracks_mono(5, samples=4410).repeat(2, 1, 1, 1)
+    x[1] *= 0.5
+    c = layout.random_controls(2, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 0, 1, 1, 1]], dtype=torch.float64)
+    results = []
+    for chunk in (None, 2 * 4410, 4 * 4410):
+        strip = c.strip.clone().requires_grad_()
+        params = layout.denormalize(Controls(strip, c.sends, c.buses, c.master))
+        group = StripGroup(layout.strip, range(5), params.strip)
+        mix, strips = render_chunked(layout, [group], x, params, sample_rate=SR, mask=mask, chunk_samples=chunk)
+        mix.square().sum().backward()
+        results.append((mix.detach(), strips.detach(), strip.grad))
+    assert results[0][1][0, 4].abs().max() == 0 and results[0][1][1, 1].abs().max() == 0
+    for mix, strips, grad in results[1:]:
+        assert error_db(mix.numpy(), results[0][0].numpy()) < -250
+        assert error_db(strips.numpy(), results[0][1].numpy()) < -250
+        assert error_db(grad.numpy(), results[0][2].numpy()) < -250
+    assert results[0][2].abs().sum() > 0
+
+
+def test_a_console_file_of_mixed_chains_renders_alike_in_any_chunks():
+    """Tracks with different chains (one with an extra distortion, one stereo) and sends: a chunk of one
+    track at a time gives the same mix and strips as one call per group, and the strips in track order."""
+    layout = Layout.default()
+    c = layout.random_controls(1, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    setting = ConsoleSetting.from_params(
+        layout, layout.denormalize(c), names=list("abcd"), files=[None] * 4, sample_rate=SR
+    )
+    distortion = create("distortion")
+    setting.tracks[2].chain.insert(1, type(setting.tracks[0].chain[0])(distortion, distortion.defaults()))
+    audio = list(tracks_mono(4, samples=4410)[0])
+    audio[1] = torch.cat([audio[1], -0.5 * audio[1]])
+    whole, strips = setting.render(audio)
+    seen = []
+    one, strips_one = setting.render(audio, chunk_samples=1, on_strip=lambda i, s: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert error_db(one.numpy(), whole.numpy()) < -250 and error_db(strips_one.numpy(), strips.numpy()) < -250
+    alone = ConsoleSetting(SR, [setting.tracks[2]]).render([audio[2]])[1][0]
+    assert error_db(strips[2].numpy(), alone.numpy()) < -250
+    plain = ConsoleSetting(SR, setting.tracks[:2] + setting.tracks[3:]).render(audio[:2] + audio[3:])[1]
+    assert error_db(strips[[0, 1, 3]].numpy(), plain.numpy()) < -250
+    assert setting.tracks[0].sends and not torch.equal(whole, strips.sum(0))
 
 
 def test_network_parameters_to_console_file_and_back_render_the_same(tmp_path):
@@ -258,6 +319,12 @@ BAD = [
     (
         _set(["tracks", 0, "chain", 1, "bands", 3, "freq_hz"], 30000),
         "tracks[0].chain[1].bands[3].freq_hz: 30000 is not < 22050",
+    ),
+    (_set(["master", "chain", 0, "bands", 5, "freq_hz"], 22050), "master.chain[0].bands[5].freq_hz: 22050 is not <"),
+    (_set(["sample_rate"], 11025), "tracks[0].chain[1].bands[5].freq_hz: 6000 is not < 5512.5 (Nyquist)"),
+    (
+        lambda d: (_set(["buses", 1, "chain"], [{"type": "graphic_eq"}])(d), _set(["sample_rate"], 16000)(d)),
+        "buses[1].chain[0]: a graphic EQ needs a sample rate of at least 22050 Hz, not 16000",
     ),
     (_set(["tracks", 1, "chain", 2, "ratio"], 0.5), "tracks[1].chain[2].ratio: 0.5 is not >= 1"),
     (_set(["tracks", 1, "chain", 2, "tresh_db"], -3), "tracks[1].chain[2]: unknown key(s) 'tresh_db'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -522,7 +523,7 @@ def time_case(effect: str, seed: int, true_sends: list[float], start_sends: list
     ``true_sends`` (0..1 controls); the start: the same console with the bus's time (delay time, pre-delay)
     moved far off (and the sends to the bus at ``start_sends``). Returns the model, tracks, mono flags,
     target, the true console, the start's logits, the bus's index and the time's index in the bus controls."""
-    from gradmix.fit import BUS_TIMES
+    from gradmix.fit.time_search import BUS_TIMES
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
@@ -550,7 +551,7 @@ def render_error(model, x, mono, logits, ref) -> float:
 
 
 def found_time(model, logits, bus: int, effect: str) -> float:
-    from gradmix.fit import BUS_TIMES
+    from gradmix.fit.time_search import BUS_TIMES
 
     with torch.no_grad():
         return float(model.layout.denormalize(Controls.from_logits(logits)).buses[bus][0][BUS_TIMES[effect][0]][0])
@@ -558,12 +559,12 @@ def found_time(model, logits, bus: int, effect: str) -> float:
 
 @pytest.mark.parametrize("effect", ["delay", "reverb"])
 def test_time_search_finds_the_bus_time_to_the_sample(effect):
-    from gradmix.fit import _search_time
+    from gradmix.fit.time_search import search_time
 
     model, x, mono, ref, truth, logits, bus, j = time_case(effect, 0, [0.9, 0.9])
     true_ms = found_time(model, truth.logits(), bus, effect)
     before = render_error(model, x, mono, logits, ref)
-    hold, moved = _search_time(model, x, mono, logits, ref, SR, effect)
+    hold, moved = search_time(model, x, mono, logits, ref, SR, effect)
     assert moved and list(hold) == [j]  # the found time is to be held
     assert abs(found_time(model, logits, bus, effect) - true_ms) * SR / 1000 < 0.2  # samples: the parabola
     assert render_error(model, x, mono, logits, ref) < 0.02 * before
@@ -571,12 +572,13 @@ def test_time_search_finds_the_bus_time_to_the_sample(effect):
 
 @pytest.mark.parametrize("effect", ["delay", "reverb"])
 def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(effect):
-    from gradmix.fit import _search_time, _solve_levels
+    from gradmix.fit.levels import solve_levels
+    from gradmix.fit.time_search import search_time
 
     # only the second track is sent to the bus; the bus hears the wrong track at the start
     model, x, mono, ref, truth, logits, bus, j = time_case(effect, 1, [0.0, 0.9], start_sends=[0.9, 0.0])
     before = render_error(model, x, mono, logits, ref)
-    hold, moved = _search_time(model, x, mono, logits, ref, SR, effect)
+    hold, moved = search_time(model, x, mono, logits, ref, SR, effect)
     assert moved and list(hold) == [j]
     assert (
         abs(found_time(model, logits, bus, effect) - found_time(model, truth.logits(), bus, effect)) * SR / 1000 < 0.5
@@ -584,16 +586,16 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     with torch.no_grad():
         sends = model.layout.denormalize(Controls.from_logits(logits)).sends_db[0, :, bus]  # dB
     assert float(sends[1]) > float(sends[0]) + 6  # the right track is heard on the bus, the other far less
-    _solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends by least squares
+    solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends by least squares
     assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 
 def test_fit_refuses_a_song_it_could_not_hold_in_memory_before_any_work(tmp_path, style_model, monkeypatch, capsys):
-    import gradmix.fit as fit
+    import gradmix.fit.align as fit
 
     stems = make_stems(tmp_path / "stems", n=2, seconds=1.0)
     sf.write(tmp_path / "target.wav", np.zeros((SR, 2)) + 0.1, SR)
-    monkeypatch.setattr(fit, "_available_memory", lambda: 10**6)
+    monkeypatch.setattr(fit, "available_memory", lambda: 10**6)
     assert (
         main(
             [
@@ -612,18 +614,18 @@ def test_fit_refuses_a_song_it_could_not_hold_in_memory_before_any_work(tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "2 tracks x 1 s need about" in err[0] and "0.0 GiB is available" in err[0]
     assert not (tmp_path / "fit.json").exists()
-    monkeypatch.setattr(fit, "_available_memory", lambda: None)  # a system that does not say: no refusal
-    fit._check_memory(256, 600.0)
-    monkeypatch.setattr(fit, "_available_memory", lambda: 24 * 2**30)
-    fit._check_memory(40, 240.0)  # a long song of many tracks fits 24 GiB
+    monkeypatch.setattr(fit, "available_memory", lambda: None)  # a system that does not say: no refusal
+    fit.check_memory(256, 600.0)
+    monkeypatch.setattr(fit, "available_memory", lambda: 24 * 2**30)
+    fit.check_memory(40, 240.0)  # a long song of many tracks fits 24 GiB
     with pytest.raises(GradmixError, match="256 tracks x 240 s"):
-        fit._check_memory(256, 240.0)
+        fit.check_memory(256, 240.0)
 
 
 def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_copied_stem():
     """A tonal track repeats, so while its level is wrong the error correlates with it at every beat; a stem
     that copies another 113 ms late looks like an echo of it. The delay's time is still found to the sample."""
-    from gradmix.fit import _search_time
+    from gradmix.fit.time_search import search_time
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     layout = model.layout
@@ -647,7 +649,7 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
     start.strip[0, :, layout.strip_control_index(0, "gain_db")] += torch.tensor([0.35, -0.35, 0.35])
     start.strip.clamp_(0, 1)
     logits = start.logits()
-    hold, moved = _search_time(model, x, mono, logits, ref, SR, "delay")
+    hold, moved = search_time(model, x, mono, logits, ref, SR, "delay")
     assert moved and list(hold) == [j]
     error_samples = (
         (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
@@ -655,10 +657,11 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
     assert abs(error_samples) < 0.5  # 9 samples early before the dry levels were taken out and the lag refined
 
 
-def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it(monkeypatch):
+def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it():
     """fit's song error sums the strips a few tracks at a time (memory grows with the song, not with tracks x
     song): the same mix as the console's batched render, chunk boundaries and buses included."""
-    import gradmix.fit as fit
+    from gradmix.fit import TUNING
+    from gradmix.fit.song import render_song, song_error
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     g = torch.Generator().manual_seed(5)
@@ -669,30 +672,31 @@ def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it(mo
     whole = render_error(model, x, mono, logits, torch.zeros(2, SR))
     with torch.no_grad():
         want = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
-    monkeypatch.setattr(fit, "CHUNK_SAMPLES", 4 * SR)  # 2 tracks a chunk: chunks of 2, 2 and 1
-    got = fit._render_song(model, x, mono, logits, SR)
+    tuning = dataclasses.replace(TUNING, chunk_samples=4 * SR)  # 2 tracks a chunk: chunks of 2, 2 and 1
+    got = render_song(model, x, mono, logits, SR, tuning)
     assert torch.allclose(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
-    assert math.isclose(fit._song_error(model, x, mono, logits, torch.zeros(2, SR), SR), whole, rel_tol=1e-5)
+    assert math.isclose(song_error(model, x, mono, logits, torch.zeros(2, SR), SR, tuning), whole, rel_tol=1e-5)
 
 
-def test_time_search_in_chunks_of_tracks_finds_what_it_finds_at_once(monkeypatch):
+def test_time_search_in_chunks_of_tracks_finds_what_it_finds_at_once():
     """The cross-correlations are taken a few tracks at a time (each track's spectra are twice the searched
     span long): one track at a time, the search finds the same time and sends."""
-    import gradmix.fit as fit
+    from gradmix.fit import TUNING
+    from gradmix.fit.time_search import search_time
 
     found = []
-    for chunk in (fit.CHUNK_SAMPLES, 1):
-        monkeypatch.setattr(fit, "CHUNK_SAMPLES", chunk)
+    for chunk in (TUNING.chunk_samples, 1):
         model, x, mono, ref, truth, logits, bus, j = time_case("delay", 1, [0.0, 0.9], start_sends=[0.9, 0.0])
-        hold, moved = fit._search_time(model, x, mono, logits, ref, SR, "delay")
+        tuning = dataclasses.replace(TUNING, chunk_samples=chunk)
+        hold, moved = search_time(model, x, mono, logits, ref, SR, "delay", tuning)
         assert moved
-        found.append([v.detach().clone() for v in logits])
+        found.append(logits.copy())
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*found))
 
 
 def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     from gradmix.example import example_multitrack
-    from gradmix.fit import _solve_levels
+    from gradmix.fit.levels import solve_levels
     from gradmix.models.engineer import engineer_controls
 
     layout = Layout.default()
@@ -707,9 +711,9 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
     pan, makeup = layout.num_strip_params - 1, layout.strip_control_index(2, "makeup_db")
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # the truth with every level, pan and send moved
-        logits[0][0, :, pan] += torch.randn(len(tracks), generator=g)
-        logits[0][0, :, makeup] += 0.5 * torch.randn(len(tracks), generator=g)
-        logits[1] += torch.randn(logits[1].shape, generator=g)
+        logits.strip[0, :, pan] += torch.randn(len(tracks), generator=g)
+        logits.strip[0, :, makeup] += 0.5 * torch.randn(len(tracks), generator=g)
+        logits.sends.add_(torch.randn(logits.sends.shape, generator=g))
 
     def error_db():
         with torch.no_grad():
@@ -717,8 +721,8 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
         return 10 * np.log10(float((est - ref).square().sum() / ref.square().sum()))
 
     before = error_db()
-    assert _solve_levels(model, x, mono, logits, ref, SR)
-    _solve_levels(model, x, mono, logits, ref, SR)  # the master's envelopes, held in the first, have moved
+    assert solve_levels(model, x, mono, logits, ref, SR)
+    solve_levels(model, x, mono, logits, ref, SR)  # the master's envelopes, held in the first, have moved
     assert before > -15 and error_db() < -40
     found = Controls.from_logits([v.detach() for v in logits])
     assert torch.allclose(found.strip[0, :, pan], true.strip[0, :, pan], atol=0.01)
@@ -729,15 +733,15 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
 
 def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
     from gradmix import dsp
-    from gradmix.console.layout import render_strips
-    from gradmix.fit import _pan_and_level, _set_level, _side_gains
+    from gradmix.console import render_strips
+    from gradmix.fit.levels import pan_and_level, set_level, side_gains
 
     pan = torch.tensor([-0.9, -0.3, 0.0, 0.4, 1.0, -0.5, 0.0, 0.7])
     mono = torch.tensor([True] * 5 + [False] * 3)
     ones = torch.ones(len(pan), 2, 1)
     placed = torch.where(mono[:, None, None], dsp.pan(ones[:, :1], pan=pan), dsp.balance(ones, pan=pan))[..., 0]
-    assert torch.allclose(_side_gains(pan, mono), placed, atol=1e-6)
-    found, level = _pan_and_level(3.0 * placed, mono)  # the same placement, 9.54 dB louder
+    assert torch.allclose(side_gains(pan, mono), placed, atol=1e-6)
+    found, level = pan_and_level(3.0 * placed, mono)  # the same placement, 9.54 dB louder
     assert torch.allclose(found, pan, atol=1e-5) and torch.allclose(level, torch.full_like(level, 9.542), atol=1e-3)
 
     layout = Layout.default()
@@ -747,12 +751,12 @@ def test_pan_laws_invert_and_a_level_beyond_make_up_scales_the_strip_exactly():
     with torch.no_grad():
         comp = [s.effect.type_name for s in layout.strip].index("compressor")
         params.strip[comp]["threshold_db"].fill_(-30.0)  # room to move it
-        logits[0][0, :, layout.strip_control_index(comp, "threshold_db")] = torch.logit(
+        logits.strip[0, :, layout.strip_control_index(comp, "threshold_db")] = torch.logit(
             layout.strip[comp].specs[0].normalize(torch.tensor(-30.0))
         )
         params = layout.denormalize(Controls.from_logits(logits))
         before = render_strips(layout.strip, x, params.strip, sample_rate=SR)
-        _set_level(layout, logits, params, torch.tensor([-20.0, 6.0]))  # -20 dB: below any make-up gain
+        set_level(layout, logits, params, torch.tensor([-20.0, 6.0]))  # -20 dB: below any make-up gain
         after = render_strips(layout.strip, x, layout.denormalize(Controls.from_logits(logits)).strip, sample_rate=SR)
     gain = torch.tensor([0.1, 10 ** (6 / 20)])[None, :, None, None]
     assert torch.allclose(after, before * gain, atol=1e-4 * float(before.abs().max()))

@@ -297,7 +297,7 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
     params.strip = [{"gain_db": gains}, {"pan": pans}]
     _, wet = layout.render(x, params, sample_rate=SR)
     logits = Controls(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 0), torch.zeros(1, 0), torch.zeros(1, 0)).logits()
-    opt = torch.optim.Adam([logits[0]], lr=0.05)
+    opt = torch.optim.Adam([logits.strip], lr=0.05)
     loss_fn, has_wet = TrackLoss(SR), torch.ones(1, 2, dtype=torch.bool)
     for _ in range(150):
         c = Controls.from_logits(logits)

@@ -28,7 +28,7 @@ from torch import Tensor
 from gradmix.audio import MIN_SECONDS, check_output_path, make_output_folder, read_audio, resample, write_audio
 from gradmix.console import ConsoleSetting, Controls
 from gradmix.defaults import DEVICE, MATCH_REFINE_STEPS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
-from gradmix.console.layout import mix_down, render_strips
+from gradmix.console.render import mix_down, render_strips
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics import style_distance, style_features
@@ -303,7 +303,7 @@ def refine_controls(
     logits = start.logits()
     opt = torch.optim.Adam(logits, lr=lr)
     if mix_section_only:
-        if layout.strip[-1].effect.type_name != "pan":
+        if not layout.strip[-1].effect.mono_in:
             raise GradmixError("refining the mix section needs a layout whose strips end with a pan")
         with torch.no_grad():
             params = layout.denormalize(Controls.from_logits(logits, k))

@@ -1,13 +1,12 @@
 """The mixing console: per-track strips, post-fader sends to buses, master chain; console files."""
 
-from gradmix.console.layout import (
-    SEND_SPEC,
-    Controls,
-    Layout,
-    Params,
-    Slot,
+from gradmix.console.layout import SEND_SPEC, Controls, Layout, Logits, Params, Slot
+from gradmix.console.render import (
+    Mixdown,
+    StripGroup,
     mix_down,
     pre_master,
+    render_chunked,
     render_strips,
     track_outputs,
 )
@@ -22,12 +21,16 @@ __all__ = [
     "Controls",
     "Entry",
     "Layout",
+    "Logits",
+    "Mixdown",
     "Params",
     "Slot",
+    "StripGroup",
     "TrackSetting",
     "console_schema",
     "mix_down",
     "pre_master",
+    "render_chunked",
     "render_strips",
     "track_outputs",
     "validate",

@@ -1,26 +1,21 @@
-"""The console's structure and its batched renderer.
+"""The console's structure.
 
 A :class:`Layout` fixes the effect chains (per-track strip, named buses, master) shared by a batch of
 songs; :class:`Params` holds physical values for them and :class:`Controls` the 0..1 values a network
-emits. :func:`render` runs a whole multitrack in one batched call per effect: tracks are folded into the
-batch axis, so there is no Python loop over tracks.
-
-Signal flow: ``track -> strip chain -> (mono tracks become stereo at the pan slot) -> x mask`` ; each
-strip output feeds every bus post-fader at ``sends_db`` ; ``mix = sum(strips) + sum(bus chains(sends))``
--> master chain -> stereo mix. Every effect returns time-aligned audio (look-ahead latency is
-compensated inside the limiter), so no further alignment is needed.
+emits. :meth:`Layout.render` runs a whole multitrack in one batched call per effect (tracks are folded into
+the batch axis, so there is no Python loop over tracks), through :func:`gradmix.console.render.render_chunked`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from gradmix import dsp
+from gradmix.console.render import StripGroup, render_chunked
 from gradmix.effects import Effect, ParamSpec, create
 from gradmix.errors import ParameterError, ShapeError
 
@@ -192,10 +187,10 @@ class Layout:
             ``(mix, strips)``: the master output ``(batch, 2, samples)`` and each track's strip output
             ``(batch, tracks, 2, samples)`` (post-fader, post-pan, masked).
         """
-        strips = render_strips(self.strip, tracks, params.strip, sample_rate=sample_rate, mono=mono)
-        if mask is not None:
-            strips = strips * mask.to(strips)[:, :, None, None]
-        return mix_down(self, strips, params, sample_rate=sample_rate), strips
+        if tracks.dim() != 4:
+            raise ShapeError(f"tracks: expected (batch, tracks, 1 or 2 channels, samples), got {tuple(tracks.shape)}")
+        group = StripGroup(self.strip, range(tracks.shape[1]), params.strip)
+        return render_chunked(self, [group], tracks, params, sample_rate=sample_rate, mono=mono, mask=mask)
 
     def render_normalized(
         self,
@@ -212,6 +207,21 @@ class Layout:
         return mix, params
 
 
+class Logits(NamedTuple):
+    """:class:`Controls` as logits, the blocks an optimiser moves: ``strip (B, N, Ps)``, ``sends (B, N, buses)``,
+    ``buses (B, Pb)``, ``master (B, Pm)``. A column of one control is
+    :meth:`Layout.strip_control_index` or :meth:`Layout.bus_control_index`."""
+
+    strip: Tensor
+    sends: Tensor
+    buses: Tensor
+    master: Tensor
+
+    def copy(self) -> Logits:
+        """Detached copies of the four blocks."""
+        return Logits(*(v.detach().clone() for v in self))
+
+
 @dataclass
 class Controls:
     """0..1 controls: ``strip (B, N, Ps)``, ``sends (B, N, buses)``, ``buses (B, Pb)``, ``master (B, Pm)``."""
@@ -221,13 +231,15 @@ class Controls:
     buses: Tensor
     master: Tensor
 
-    def logits(self) -> list[Tensor]:
+    def logits(self) -> Logits:
         """The four blocks as logits (of controls kept 1e-4 inside 0..1): new leaf tensors that require grad,
         what an optimiser moves."""
-        return [
-            torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_()
-            for u in (self.strip, self.sends, self.buses, self.master)
-        ]
+        return Logits(
+            *(
+                torch.logit(u.detach().clamp(1e-4, 1 - 1e-4)).requires_grad_()
+                for u in (self.strip, self.sends, self.buses, self.master)
+            )
+        )
 
     @classmethod
     def from_logits(cls, logits: Sequence[Tensor], batch: int = 1) -> Controls:
@@ -264,157 +276,3 @@ def _expect(t: Tensor, shape: tuple[int, ...], name: str) -> None:
 def _split(u: Tensor, slots: Sequence[Slot]) -> list[Tensor]:
     sizes = [len(s.specs) for s in slots]
     return list(torch.split(u, sizes, dim=-1)) if slots else []
-
-
-def render_strips(
-    chain: Sequence[Slot],
-    tracks: Tensor,
-    params: Sequence[Mapping[str, Tensor]],
-    *,
-    sample_rate: float,
-    mono: Tensor | None = None,
-) -> Tensor:
-    """Run every track through the strip chain in one batched call per effect.
-
-    Args:
-        chain: the strip slots.
-        tracks: ``(batch, tracks, channels, samples)``, channels 1 or 2.
-        params: per slot ``{name: (batch, tracks[, bands])}``; names not given take defaults.
-        sample_rate: Hz.
-        mono: ``(batch, tracks)`` bool for 2-channel input whose channels are a duplicated mono signal.
-
-    Returns:
-        ``(batch, tracks, 2, samples)``. A mono track without a pan slot is centred with the pan law.
-    """
-    if tracks.dim() != 4 or tracks.shape[2] not in (1, 2):
-        raise ShapeError(f"tracks: expected (batch, tracks, 1 or 2 channels, samples), got {tuple(tracks.shape)}")
-    batch, n = tracks.shape[:2]
-    x = tracks.flatten(0, 1)
-    flat_mono = None if mono is None else mono.reshape(-1).to(torch.bool)
-    for slot, p in zip(chain, params):
-        kw = {k: _fold(v, batch, n) for k, v in p.items()}
-        if slot.effect.mono_in:
-            x = place_stereo(x, kw["pan"], flat_mono)
-        else:
-            x = slot.effect(x, kw, sample_rate=sample_rate)
-    if x.shape[1] == 1:
-        x = dsp.pan(x, pan=0.0)
-    return x.unflatten(0, (batch, n))
-
-
-def _fold(v: Any, batch: int, n: int) -> Any:
-    if isinstance(v, Tensor) and v.dim() >= 2 and v.shape[:2] == (batch, n):
-        return v.flatten(0, 1)
-    return v
-
-
-def place_stereo(x: Tensor, pan: Tensor, mono: Tensor | None) -> Tensor:
-    """The console's pan slot: mono tracks by the constant-power pan law, stereo tracks by balance."""
-    if x.shape[1] == 1:
-        return dsp.pan(x, pan=pan)
-    balanced = dsp.balance(x, pan=pan)
-    if mono is None or not bool(mono.any()):
-        return balanced
-    panned = dsp.pan(x[:, :1], pan=pan)
-    return torch.where(mono[:, None, None], panned, balanced)
-
-
-def mix_down(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
-    """Sum strips, feed the buses post-fader, add their outputs, run the master chain.
-
-    Args:
-        layout: the console structure (bus and master chains).
-        strips: ``(batch, tracks, 2, samples)`` strip outputs (already masked).
-        params: physical parameters (``sends_db``, ``buses``, ``master`` are used).
-        sample_rate: Hz.
-
-    Returns:
-        ``(batch, 2, samples)``.
-    """
-    return finish(layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params, sample_rate=sample_rate)
-
-
-def track_outputs(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
-    """Each track's own part of the mix before the master: its strip output plus what every bus makes of its
-    send. Buses of linear effects (:attr:`Effect.linear`) only, so that the parts sum to what the master
-    receives: ``sum_n track_outputs[:, n] = strips.sum(1) + buses``.
-
-    Args:
-        layout: the console structure (its buses must be linear).
-        strips: ``(batch, tracks, 2, samples)`` strip outputs (already masked).
-        params: physical parameters (``sends_db`` and ``buses`` are used).
-        sample_rate: Hz.
-
-    Returns:
-        ``(batch, tracks, 2, samples)``. Each bus runs once on every track's send (batch x tracks items), so
-        this costs as much as rendering the buses once per track.
-    """
-    for name, chain in layout.buses:
-        for slot in chain:
-            if not slot.effect.linear:
-                raise ParameterError(
-                    f"bus {name!r}: {slot.effect.type_name} is not linear, so a track's own part "
-                    "of the bus output is not defined"
-                )
-    batch, n = strips.shape[:2]
-    out = strips
-    for k, (_, chain) in enumerate(layout.buses):
-        gain = torch.pow(10.0, params.sends_db[..., k].to(strips) / 20.0)
-        if not bool((gain > 0).any()):
-            continue
-        y = (strips * gain[..., None, None]).flatten(0, 1)
-        for slot, p in zip(chain, params.buses[k]):
-            y = slot.effect(y, {name: _per_track(v, batch, n) for name, v in p.items()}, sample_rate=sample_rate)
-        out = out + y.unflatten(0, (batch, n))
-    return out
-
-
-def pre_master(layout: Layout, strips: Tensor, params: Params, *, sample_rate: float) -> Tensor:
-    """What the master chain receives: the strips summed plus every bus's output, ``(batch, 2, samples)``,
-    from strips ``(batch, tracks, 2, samples)`` (zero a track's strip to leave it out)."""
-    return add_buses(
-        layout, strips.sum(1), bus_inputs(strips, params.sends_db).unbind(1), params, sample_rate=sample_rate
-    )
-
-
-def _per_track(v: Any, batch: int, n: int) -> Any:
-    """A bus parameter ``(batch[, bands])`` repeated for each of ``n`` tracks: ``(batch * n[, bands])``."""
-    if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == batch:
-        return v.repeat_interleave(n, 0)
-    return v
-
-
-def bus_inputs(strips: Tensor, sends_db: Tensor) -> Tensor:
-    """Post-fader sends summed per bus: ``(batch, tracks, 2, samples)``, ``(batch, tracks, buses)`` dB ->
-    ``(batch, buses, 2, samples)`` (``-inf`` dB sends nothing)."""
-    gain = torch.pow(10.0, sends_db.to(strips) / 20.0)
-    return torch.einsum("bnct,bnk->bkct", strips, gain)
-
-
-def add_buses(
-    layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *, sample_rate: float
-) -> Tensor:
-    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)``.
-
-    ``buses_in`` holds each bus's input ``(batch, 2, samples)``, or ``None`` for a bus nothing is sent to
-    (its chain is skipped: every effect maps silence to silence).
-    """
-    for k, (_, chain) in enumerate(layout.buses):
-        y = buses_in[k]
-        if y is None:
-            continue
-        for slot, p in zip(chain, params.buses[k]):
-            y = slot.effect(y, p, sample_rate=sample_rate)
-        mix = mix + y
-    return mix
-
-
-def finish(
-    layout: Layout, mix: Tensor, buses_in: Sequence[Tensor | None], params: Params, *, sample_rate: float
-) -> Tensor:
-    """Add each bus chain's output to the strip sum ``mix (batch, 2, samples)`` (:func:`add_buses`) and run
-    the master chain."""
-    mix = add_buses(layout, mix, buses_in, params, sample_rate=sample_rate)
-    for slot, p in zip(layout.master, params.master):
-        mix = slot.effect(mix, p, sample_rate=sample_rate)
-    return mix

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmix.console.layout import Layout, Params, Slot, finish, render_strips, track_outputs
+from gradmix.console.layout import Layout, Params, Slot
+from gradmix.console.render import StripGroup, render_chunked, track_outputs
 from gradmix.console.schema import FORMAT, VERSION, place, validate
 from gradmix.effects import Effect, get_effect
 from gradmix.errors import ConsoleFileError, GradmixError
@@ -130,20 +131,14 @@ class ConsoleSetting:
         for i, n in enumerate(bus_names):
             if bus_names.index(n) != i:
                 fail(["buses", i, "name"], f"{n!r} is used by buses[{bus_names.index(n)}] too")
-        nyquist = self.sample_rate / 2
-        chains = [(["tracks", i, "chain"], t["chain"]) for i, t in enumerate(data["tracks"])]
-        chains += [(["buses", i, "chain"], b["chain"]) for i, b in enumerate(data.get("buses", []))]
-        chains += [(["master", "chain"], data.get("master", {}).get("chain", []))]
+        chains = [(["tracks", i, "chain"], t.chain) for i, t in enumerate(self.tracks)]
+        chains += [(["buses", i, "chain"], b.chain) for i, b in enumerate(self.buses)]
+        chains += [(["master", "chain"], self.master)]
         for path, chain in chains:
             for j, e in enumerate(chain):
-                for k, band in enumerate(e.get("bands", [])):
-                    if band["freq_hz"] >= nyquist:
-                        fail(path + [j, "bands", k, "freq_hz"], f"{band['freq_hz']:g} is not < {nyquist:g} (Nyquist)")
-                if e["type"] == "graphic_eq":
-                    if len(e.get("gain_db", [0] * 10)) not in (10, 31):
-                        fail(path + [j, "gain_db"], f"has {len(e['gain_db'])} values, expected 10 or 31")
-                    if self.sample_rate < 22050:
-                        fail(path + [j], f"a graphic EQ needs a sample rate of at least 22050 Hz, not {nyquist * 2:g}")
+                problem = e.effect.sample_rate_problem(e.params, self.sample_rate)
+                if problem is not None:
+                    fail(path + [j, *problem[0]], problem[1])
         for i, t in enumerate(data["tracks"]):
             seen = set()
             for j, s in enumerate(t.get("sends", [])):
@@ -299,65 +294,40 @@ class ConsoleSetting:
         """
         if len(tracks) != len(self.tracks):
             raise GradmixError(f"the console has {len(self.tracks)} tracks, {len(tracks)} were given")
-        like = tracks[0].new_zeros(0, device=device)  # dtype and device only: holds no track alive
-        length = tracks[0].shape[-1]
-        groups: dict[Any, list[int]] = {}
+        like = tracks[0].new_zeros(0, device=device)
+        members: dict[Any, list[int]] = {}
         for i, (t, audio) in enumerate(zip(self.tracks, tracks)):
-            groups.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
-        sends = torch.tensor(
-            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks], dtype=like.dtype
-        )
-        grad = torch.is_grad_enabled()
-
-        def add(acc: Tensor, value: Tensor, scale: float = 1.0) -> Tensor:
-            return acc + value * scale if grad else acc.add_(value, alpha=scale)  # in place: no song-long copies
-
-        mix = like.new_zeros(1, 2, length)
-        buses_in: list[Tensor | None] = [
-            like.new_zeros(1, 2, length) if bool((sends[:, k] > -math.inf).any()) else None
-            for k in range(len(self.buses))
-        ]
-        strips = like.new_zeros(len(tracks), 2, length) if keep_strips else None
-        for (_, channels), members in groups.items():
-            per_chunk = max(1, chunk_samples // (2 * length))
-            for start in range(0, len(members), per_chunk):
-                idx = members[start : start + per_chunk]
-                chain = self.tracks[idx[0]].chain
-                params = [
+            members.setdefault((tuple(e.signature for e in t.chain), audio.shape[0]), []).append(i)
+        groups = [
+            StripGroup(
+                [Slot(e.effect) for e in self.tracks[idx[0]].chain],
+                idx,
+                [
                     {
                         name: torch.tensor(
                             [[self.tracks[i].chain[k].params[name] for i in idx]], dtype=like.dtype, device=like.device
                         )
                         for name in entry.params
                     }
-                    for k, entry in enumerate(chain)
-                ]
-                x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
-                x = x.to(like.device)
-                out = render_strips([Slot(e.effect) for e in chain], x, params, sample_rate=self.sample_rate)
-                for j, i in enumerate(idx):
-                    mix = add(mix, out[:, j])
-                    for k, acc in enumerate(buses_in):
-                        if acc is not None and sends[i, k] > -math.inf:
-                            buses_in[k] = add(acc, out[:, j], float(10 ** (sends[i, k] / 20)))
-                    if strips is not None:
-                        strips[i] = out[0, j]
-                    if on_strip is not None:
-                        on_strip(i, out[0, j])
-                del out, x
-                if release:
-                    for i in idx:
-                        tracks[i] = None
-        return self.finish(mix, buses_in), strips
-
-    def finish(self, mix: Tensor, buses_in: Sequence[Tensor | None]) -> Tensor:
-        """Add each bus chain's output to the strip sum ``mix (1, 2, samples)`` and run the master chain.
-
-        ``buses_in``: per bus its input ``(1, 2, samples)`` (the sends summed), or ``None`` if nothing is sent.
-        Returns the ``(2, samples)`` mix.
-        """
-        layout, params = self._mix_layout(mix.new_zeros(1, 0, len(self.buses)))
-        return finish(layout, mix, buses_in, params, sample_rate=self.sample_rate)[0]
+                    for k, entry in enumerate(self.tracks[idx[0]].chain)
+                ],
+            )
+            for idx in members.values()
+        ]
+        layout, params = self.mix_layout(like)
+        mix, strips = render_chunked(
+            layout,
+            groups,
+            tracks if isinstance(tracks, list) else list(tracks),
+            params,
+            sample_rate=self.sample_rate,
+            chunk_samples=chunk_samples,
+            keep_strips=keep_strips,
+            on_strip=on_strip,
+            release=release,
+            device=device,
+        )
+        return mix[0], None if strips is None else strips[0]
 
     def track_outputs(self, strips: Tensor) -> Tensor:
         """Each track's own part of the mix before the master chain: its strip output plus, for every bus it
@@ -376,23 +346,22 @@ class ConsoleSetting:
             raise GradmixError(
                 f"strips: expected ({len(self.tracks)} tracks, 2 channels, samples), got {tuple(strips.shape)}"
             )
-        sends = torch.tensor(
-            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
-            dtype=strips.dtype,
-            device=strips.device,
-        ).reshape(1, len(self.tracks), len(self.buses))
-        layout, params = self._mix_layout(sends)
+        layout, params = self.mix_layout(strips)
         return track_outputs(layout, strips[None], params, sample_rate=self.sample_rate)[0]
 
-    def _mix_layout(self, sends_db: Tensor) -> tuple[Layout, Params]:
-        """The bus and master chains as a :class:`Layout` without strips, and their :class:`Params` (batch of
-        one) with ``sends_db (1, tracks, buses)``."""
+    def mix_layout(self, like: Tensor) -> tuple[Layout, Params]:
+        """The bus and master chains as a :class:`Layout` without strips, and their :class:`Params` for a batch
+        of one, with every track's sends ``(1, tracks, buses)`` (``-inf`` dB: no send) in the dtype and on the
+        device of ``like``: what :class:`~gradmix.console.Mixdown` sums and finishes with."""
+        sends = torch.tensor(
+            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+            dtype=like.dtype,
+            device=like.device,
+        ).reshape(1, len(self.tracks), len(self.buses))
         layout = Layout(
             (),
             tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
             tuple(Slot(e.effect) for e in self.master),
         )
-        params = Params(
-            [], sends_db, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master]
-        )
+        params = Params([], sends, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
         return layout, params

@@ -165,6 +165,11 @@ class Effect:
         params = {k: v for k, v in entry.items() if k != "type" and k not in cls.static}
         return effect, effect.complete(params)
 
+    def sample_rate_problem(self, params: Mapping[str, Any], sample_rate: float) -> tuple[list[Any], str] | None:
+        """What makes these physical parameters impossible at ``sample_rate`` (Hz), as the place in the effect's
+        console-file entry (a JSON path, ``[]`` for the entry) and a message; ``None`` when they are possible."""
+        return None
+
     def latency_samples(self, sample_rate: float) -> int:
         """Latency a causal real-time version would add (the dsp functions return aligned audio)."""
         return 0

@@ -142,6 +142,13 @@ class ParametricEQ(Effect):
         }
         return effect, params
 
+    def sample_rate_problem(self, params: Mapping[str, Any], sample_rate: float) -> tuple[list[Any], str] | None:
+        """A band at or above Nyquist."""
+        for k, f in enumerate(plain_json_value(self.complete(params)["freq_hz"])):
+            if f >= sample_rate / 2:
+                return ["bands", k, "freq_hz"], f"{f:g} is not < {sample_rate / 2:g} (Nyquist)"
+        return None
+
 
 @register
 class GraphicEQ(Effect):
@@ -172,6 +179,12 @@ class GraphicEQ(Effect):
         gains = entry.get("gain_db", [0.0] * 10)
         effect = cls(len(gains))
         return effect, {"gain_db": [float(g) for g in gains]}
+
+    def sample_rate_problem(self, params: Mapping[str, Any], sample_rate: float) -> tuple[list[Any], str] | None:
+        """Below 22050 Hz: the top ISO band (16 or 20 kHz) lies past Nyquist."""
+        if sample_rate < 22050:
+            return [], f"a graphic EQ needs a sample rate of at least 22050 Hz, not {sample_rate:g}"
+        return None
 
 
 def _times(attack: tuple[float, float, float], release: tuple[float, float, float]) -> list[ParamSpec]:

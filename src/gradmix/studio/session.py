@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from gradmix.audio import check_mixable, check_output_path, load_stems, make_output_folder, safe_file_name, write_audio
-from gradmix.console import ConsoleSetting
-from gradmix.console.layout import place_stereo
+from gradmix.console import ConsoleSetting, Mixdown
+from gradmix.console.render import place_stereo
 from gradmix.console.schema import place
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
@@ -289,18 +289,11 @@ class Session:
             for j, i in enumerate(todo):
                 self._strips[keys[i]] = strips[j]
         playing = [i for i, on in enumerate(self.audible()) if on]
-        like = self._region_audio[0]
-        mix = like.new_zeros(1, 2, like.shape[-1])
-        buses_in: list[Tensor | None] = [None] * len(setting.buses)
-        for i in playing:
-            strip = self._strips[keys[i]]
-            mix += strip
-            for k, bus in enumerate(setting.buses):
-                level = setting.tracks[i].sends.get(bus.name)
-                if level is not None:
-                    acc = buses_in[k] if buses_in[k] is not None else like.new_zeros(1, 2, like.shape[-1])
-                    buses_in[k] = acc.add_(strip, alpha=10 ** (level / 20))
-        return setting.finish(mix, buses_in)
+        layout, params = setting.mix_layout(self._region_audio[0])
+        down = Mixdown(layout, params, self._region_audio[0], self._region_audio[0].shape[-1])
+        if playing:
+            down.add(torch.stack([self._strips[keys[i]] for i in playing])[None], playing)
+        return down.finish(self.sample_rate)[0]
 
     # ---- what the page shows ------------------------------------------------------------------------
 
