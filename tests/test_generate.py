@@ -16,6 +16,7 @@ from conftest import require
 from gradmix.cli.main import main
 from gradmix.console import ConsoleSetting, Controls, Layout
 from gradmix.errors import GradmixError
+from gradmix.fit import TUNING, FitProblem
 from gradmix.generate import build_style_bank, draw_styles, refine_controls, song_excerpt, toned_spectral_features
 from gradmix.metrics import mix_features, style_distance, style_features
 from gradmix.metrics.distances import STYLE_FEATURES, TONE_CENTRES_HZ, tonal_balance
@@ -564,7 +565,7 @@ def test_time_search_finds_the_bus_time_to_the_sample(effect):
     model, x, mono, ref, truth, logits, bus, j = time_case(effect, 0, [0.9, 0.9])
     true_ms = found_time(model, truth.logits(), bus, effect)
     before = render_error(model, x, mono, logits, ref)
-    hold, moved = search_time(model, x, mono, logits, ref, SR, effect)
+    hold, moved = search_time(FitProblem(model, x, mono, ref, SR), logits, effect)
     assert moved and list(hold) == [j]  # the found time is to be held
     assert abs(found_time(model, logits, bus, effect) - true_ms) * SR / 1000 < 0.2  # samples: the parabola
     assert render_error(model, x, mono, logits, ref) < 0.02 * before
@@ -578,7 +579,7 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     # only the second track is sent to the bus; the bus hears the wrong track at the start
     model, x, mono, ref, truth, logits, bus, j = time_case(effect, 1, [0.0, 0.9], start_sends=[0.9, 0.0])
     before = render_error(model, x, mono, logits, ref)
-    hold, moved = search_time(model, x, mono, logits, ref, SR, effect)
+    hold, moved = search_time(FitProblem(model, x, mono, ref, SR), logits, effect)
     assert moved and list(hold) == [j]
     assert (
         abs(found_time(model, logits, bus, effect) - found_time(model, truth.logits(), bus, effect)) * SR / 1000 < 0.5
@@ -586,7 +587,7 @@ def test_time_search_finds_the_bus_time_of_a_track_the_bus_does_not_hear_yet(eff
     with torch.no_grad():
         sends = model.layout.denormalize(Controls.from_logits(logits)).sends_db[0, :, bus]  # dB
     assert float(sends[1]) > float(sends[0]) + 6  # the right track is heard on the bus, the other far less
-    solve_levels(model, x, mono, logits, ref, SR)  # as fit follows the search: the sends by least squares
+    solve_levels(FitProblem(model, x, mono, ref, SR), logits)  # as fit follows the search: sends by least squares
     assert render_error(model, x, mono, logits, ref) < 0.5 * before
 
 
@@ -649,7 +650,7 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
     start.strip[0, :, layout.strip_control_index(0, "gain_db")] += torch.tensor([0.35, -0.35, 0.35])
     start.strip.clamp_(0, 1)
     logits = start.logits()
-    hold, moved = search_time(model, x, mono, logits, ref, SR, "delay")
+    hold, moved = search_time(FitProblem(model, x, mono, ref, SR), logits, "delay")
     assert moved and list(hold) == [j]
     error_samples = (
         (found_time(model, logits, bus, "delay") - found_time(model, truth.logits(), bus, "delay")) * SR / 1000
@@ -660,8 +661,6 @@ def test_time_search_finds_the_delay_of_a_tonal_track_past_wrong_levels_and_a_co
 def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it():
     """fit's song error sums the strips a few tracks at a time (memory grows with the song, not with tracks x
     song): the same mix as the console's batched render, chunk boundaries and buses included."""
-    from gradmix.fit import TUNING
-    from gradmix.fit.song import render_song, song_error
 
     model = MixController(Layout.default(), ModelConfig(**TINY))
     g = torch.Generator().manual_seed(5)
@@ -673,22 +672,22 @@ def test_the_whole_song_renders_in_chunks_of_tracks_as_the_console_renders_it():
     with torch.no_grad():
         want = model.layout.render_normalized(x, Controls.from_logits(logits), sample_rate=SR, mono=mono)[0][0]
     tuning = dataclasses.replace(TUNING, chunk_samples=4 * SR)  # 2 tracks a chunk: chunks of 2, 2 and 1
-    got = render_song(model, x, mono, logits, SR, tuning)
+    problem = FitProblem(model, x, mono, torch.zeros(2, SR), SR, tuning)
+    got = problem.render(logits)
     assert torch.allclose(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
-    assert math.isclose(song_error(model, x, mono, logits, torch.zeros(2, SR), SR, tuning), whole, rel_tol=1e-5)
+    assert math.isclose(problem.error(logits), whole, rel_tol=1e-5)
 
 
 def test_time_search_in_chunks_of_tracks_finds_what_it_finds_at_once():
     """The cross-correlations are taken a few tracks at a time (each track's spectra are twice the searched
     span long): one track at a time, the search finds the same time and sends."""
-    from gradmix.fit import TUNING
     from gradmix.fit.time_search import search_time
 
     found = []
     for chunk in (TUNING.chunk_samples, 1):
         model, x, mono, ref, truth, logits, bus, j = time_case("delay", 1, [0.0, 0.9], start_sends=[0.9, 0.0])
         tuning = dataclasses.replace(TUNING, chunk_samples=chunk)
-        hold, moved = search_time(model, x, mono, logits, ref, SR, "delay", tuning)
+        hold, moved = search_time(FitProblem(model, x, mono, ref, SR, tuning), logits, "delay")
         assert moved
         found.append(logits.copy())
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*found))
@@ -721,8 +720,8 @@ def test_level_solve_recovers_levels_pans_and_sends_of_a_known_console():
         return 10 * np.log10(float((est - ref).square().sum() / ref.square().sum()))
 
     before = error_db()
-    assert solve_levels(model, x, mono, logits, ref, SR)
-    solve_levels(model, x, mono, logits, ref, SR)  # the master's envelopes, held in the first, have moved
+    assert solve_levels(FitProblem(model, x, mono, ref, SR), logits)
+    solve_levels(FitProblem(model, x, mono, ref, SR), logits)  # the master's envelopes, held in the first, have moved
     assert before > -15 and error_db() < -40
     found = Controls.from_logits([v.detach() for v in logits])
     assert torch.allclose(found.strip[0, :, pan], true.strip[0, :, pan], atol=0.01)

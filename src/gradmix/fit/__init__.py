@@ -23,14 +23,14 @@ from gradmix.defaults import FIT_BUDGET_S, FIT_MAX_STEPS
 from gradmix.errors import GradmixError
 from gradmix.fit.align import align_to_stems, check_memory
 from gradmix.fit.levels import solve_levels
-from gradmix.fit.song import song_error
+from gradmix.fit.song import FitProblem
 from gradmix.fit.time_search import BUS_TIMES, search_time
 from gradmix.fit.tuning import TUNING, FitTuning
 from gradmix.generate import read_reference, song_excerpt
 from gradmix.mix import analyse, load_song, setting_from_controls
 from gradmix.progress import progress as show_progress
 
-__all__ = ["TUNING", "FitTuning", "align_to_stems", "fit_folder"]
+__all__ = ["TUNING", "FitProblem", "FitTuning", "align_to_stems", "fit_folder"]
 
 
 def fit_folder(
@@ -91,6 +91,7 @@ def fit_folder(
     analysis = analyse(model, song.audio, sr)
     whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
     x, mono = whole.x, whole.mono
+    problem = FitProblem(model, x, mono, ref, sr, tuning)
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
         start = model.decide(analysis.embeddings, None, z)
@@ -101,7 +102,7 @@ def fit_folder(
     seg, warm = min(n, int(tuning.window_s * sr)), int(tuning.warmup_s * sr)
 
     def residual_db() -> float:
-        return 10 * math.log10(max(song_error(model, x, mono, logits, ref, sr, tuning) / float(energy), 1e-30))
+        return 10 * math.log10(max(problem.error(logits) / float(energy), 1e-30))
 
     best, best_db, steps, planned, moves = logits.copy(), math.inf, 0, max_steps, list(tuning.moves)
     held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
@@ -112,10 +113,10 @@ def fit_folder(
             while moves and max((time.perf_counter() - t0) / budget_s, steps / max_steps) >= moves[0][0]:
                 move = moves.pop(0)[1]
                 if move in BUS_TIMES:
-                    hold, moved = search_time(model, x, mono, logits, ref, sr, move, tuning)
+                    hold, moved = search_time(problem, logits, move)
                     held.update(hold)
                 else:
-                    moved = solve_levels(model, x, mono, logits, ref, sr, tuning)
+                    moved = solve_levels(problem, logits)
                 if moved:  # the momentum was for the old controls; the gradient scales still hold
                     for state in opt.state.values():
                         state["exp_avg"].zero_()

@@ -8,9 +8,7 @@ import torch
 from torch import Tensor
 
 from gradmix.console import SEND_SPEC, Controls, Layout, Logits, Params, render_strips
-from gradmix.fit.song import linear_console, linearised, song_error, to_logit
-from gradmix.fit.tuning import TUNING, FitTuning
-from gradmix.models import MixController
+from gradmix.fit.song import FitProblem, linear_console, linearised, to_logit
 
 
 def side_gains(pan: Tensor, mono: Tensor) -> Tensor:
@@ -35,21 +33,13 @@ def pan_and_level(gains: Tensor, mono: Tensor) -> tuple[Tensor, Tensor]:
     return pan.clamp(-1, 1), 20 * torch.log10(level.clamp_min(1e-12))
 
 
-def solve_levels(
-    model: MixController,
-    x: Tensor,
-    mono: Tensor,
-    logits: Logits,
-    ref: Tensor,
-    sample_rate: int,
-    tuning: FitTuning = TUNING,
-) -> bool:
+def solve_levels(problem: FitProblem, logits: Logits) -> bool:
     """Set every track's level, pan and sends in ``logits`` (in place) by least squares on the waveform error
-    (``x (1, N, 2, samples)``, ``ref (2, samples)``), every other control held.
+    of ``problem``, every other control held.
 
     With each master effect either linear or a gain envelope held at the current mix's, the output is linear
     in each track's left and right gains and, for fixed gains, in its send levels: alternating least squares
-    on the first ``tuning.level_solve_s`` seconds (every effect is causal, so the song's start alone is rendered);
+    on the first ``tuning.level_solve_s`` seconds (every effect is causal: the song's start alone is rendered);
     a track silent there keeps its level, pan and sends. A track's new level goes to its compressor's make-up
     gain (exact: after the dynamics), beyond that range to its input gain with the thresholds moved by as
     much (exact too while they stay in range: the dynamics see the same level relative to threshold). Kept
@@ -58,16 +48,12 @@ def solve_levels(
     Returns:
         whether the controls changed.
     """
-    layout = model.layout
+    layout, x, mono, ref, sample_rate = problem.layout, problem.x, problem.mono, problem.ref, problem.sample_rate
     if not linear_console(layout) or "gain" not in [s.effect.type_name for s in layout.strip]:
         return False
     n_tracks, n_buses = x.shape[1], len(layout.buses)
-    span = min(x.shape[-1], int(tuning.level_solve_s * sample_rate))
+    span = min(x.shape[-1], int(problem.tuning.level_solve_s * sample_rate))
     with torch.no_grad():
-
-        def error(trial: Logits) -> float:
-            return song_error(model, x, mono, trial, ref, sample_rate, tuning)
-
         params = layout.denormalize(Controls.from_logits(logits))
         pre = render_strips(layout.strip[:-1], x[..., :span], params.strip[:-1], sample_rate=sample_rate, mono=mono)[0]
         gains = side_gains(params.strip[-1]["pan"][0], mono[0])
@@ -100,7 +86,7 @@ def solve_levels(
         def solve(A: Tensor, b: Tensor) -> Tensor:
             return torch.linalg.solve(A + ridge * torch.eye(len(A), dtype=A.dtype), b)
 
-        for _ in range(tuning.level_rounds):
+        for _ in range(problem.tuning.level_rounds):
             # gains: coefficient of column (track, side, j) = g[track, side] * (1, sends[track])[j]
             W = torch.zeros(n_tracks, 2, 1 + n_buses, n_tracks, 2, dtype=torch.float64)
             idx = torch.arange(n_tracks)
@@ -135,20 +121,20 @@ def solve_levels(
 
         # the held envelopes do not see the master's dynamics answer a change of the overall level: that one
         # number is searched on the real console (a parabola through three levels, twice)
-        tried = {c: error(with_offset(c)) for c in (-1.0, 0.0, 1.0)}
+        tried = {c: problem.error(with_offset(c)) for c in (-1.0, 0.0, 1.0)}
         for width in (1.0, 0.25):
             centre = min(tried, key=tried.get)
             for d in (-width, width):
                 if centre + d not in tried:
-                    tried[centre + d] = error(with_offset(centre + d))
+                    tried[centre + d] = problem.error(with_offset(centre + d))
             a, b, c = (tried[centre + d] for d in (-width, 0.0, width))
             bend = a - 2 * b + c
             if bend > 0:
                 best = centre + max(-2.0, min(2.0, 0.5 * width * (a - c) / bend))
                 if best not in tried:
-                    tried[best] = error(with_offset(best))
+                    tried[best] = problem.error(with_offset(best))
         best = min(tried, key=tried.get)
-        if tried[best] >= error(logits):
+        if tried[best] >= problem.error(logits):
             return False
         for v, t in zip(logits, with_offset(best)):
             v.data.copy_(t)

@@ -4,6 +4,7 @@ the tracks' levels by holding the master's envelopes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -14,40 +15,52 @@ from gradmix.fit.tuning import TUNING, FitTuning
 from gradmix.models import MixController
 
 
-def render_song(
-    model: MixController, x: Tensor, mono: Tensor, logits: Logits, sample_rate: int, tuning: FitTuning = TUNING
-) -> Tensor:
-    """The render ``(2, samples)`` of ``x (1, N, 2, samples)`` with ``logits``, without gradients; the strips in
-    chunks of tracks of at most ``tuning.chunk_samples`` samples, summed as they come, so that memory grows
-    with the song's length, not with its tracks x length."""
-    layout = model.layout
-    with torch.no_grad():
-        params = layout.denormalize(Controls.from_logits(logits))
-        group = StripGroup(layout.strip, range(x.shape[1]), params.strip)
-        mix, _ = render_chunked(
-            layout,
-            [group],
-            x,
-            params,
-            sample_rate=sample_rate,
-            mono=mono,
-            chunk_samples=tuning.chunk_samples,
-            keep_strips=False,
-        )
-        return mix[0]
+@dataclass
+class FitProblem:
+    """A song to fit and how: the model (its layout is the console), the tracks, the target mix.
 
+    Attributes:
+        model: the mixing model; ``model.layout`` is the console that is fitted.
+        x: the tracks ``(1, N, 2, samples)``.
+        mono: ``(1, N)`` bool, the tracks whose channels are a duplicated mono signal.
+        ref: the target mix ``(2, samples)``.
+        sample_rate: Hz.
+        tuning: fit's constants.
+    """
 
-def song_error(
-    model: MixController,
-    x: Tensor,
-    mono: Tensor,
-    logits: Logits,
-    ref: Tensor,
-    sample_rate: int,
-    tuning: FitTuning = TUNING,
-) -> float:
-    """Sum of squares of the whole song's render with ``logits`` minus ``ref (2, samples)``."""
-    return float((render_song(model, x, mono, logits, sample_rate, tuning) - ref).square().sum())
+    model: MixController
+    x: Tensor
+    mono: Tensor
+    ref: Tensor
+    sample_rate: int
+    tuning: FitTuning = TUNING
+
+    @property
+    def layout(self) -> Layout:
+        return self.model.layout
+
+    def render(self, logits: Logits) -> Tensor:
+        """The whole song's render ``(2, samples)`` with ``logits``, without gradients; the strips in chunks of
+        tracks of at most ``tuning.chunk_samples`` samples, summed as they come, so that memory grows with the
+        song's length, not with its tracks x length."""
+        with torch.no_grad():
+            params = self.layout.denormalize(Controls.from_logits(logits))
+            group = StripGroup(self.layout.strip, range(self.x.shape[1]), params.strip)
+            mix, _ = render_chunked(
+                self.layout,
+                [group],
+                self.x,
+                params,
+                sample_rate=self.sample_rate,
+                mono=self.mono,
+                chunk_samples=self.tuning.chunk_samples,
+                keep_strips=False,
+            )
+            return mix[0]
+
+    def error(self, logits: Logits) -> float:
+        """Sum of squares of the whole song's render with ``logits`` minus the target."""
+        return float((self.render(logits) - self.ref).square().sum())
 
 
 def to_logit(spec: ParamSpec, value: Tensor) -> Tensor:

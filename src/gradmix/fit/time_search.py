@@ -16,9 +16,7 @@ from torch import Tensor
 from gradmix.console import SEND_SPEC, Controls, Logits, render_strips
 from gradmix.console.render import add_buses, bus_inputs, finish
 from gradmix.fit.levels import solve_levels
-from gradmix.fit.song import linear_console, linearised, song_error, to_logit
-from gradmix.fit.tuning import TUNING, FitTuning
-from gradmix.models import MixController
+from gradmix.fit.song import FitProblem, linear_console, linearised, to_logit
 
 BUS_TIMES = {"delay": ("time_ms", "feedback"), "reverb": ("predelay_ms", "decay_s")}
 """Bus effects whose time :func:`search_time` finds: effect -> (its time, the parameter judged on a grid)."""
@@ -27,16 +25,7 @@ Choice = tuple[dict[str, Tensor], Tensor]
 """A candidate setting: ``({time and grid parameter: physical value}, the sends to the bus in dB (tracks,))``."""
 
 
-def search_time(
-    model: MixController,
-    x: Tensor,
-    mono: Tensor,
-    logits: Logits,
-    ref: Tensor,
-    sample_rate: int,
-    effect: str,
-    tuning: FitTuning = TUNING,
-) -> tuple[dict[int, float], bool]:
+def search_time(problem: FitProblem, logits: Logits, effect: str) -> tuple[dict[int, float], bool]:
     """Set the time of the bus effect ``effect`` (a delay's time, a reverb's pre-delay; to a fraction of a
     sample), the sends to its bus and the parameter judged on a grid (a delay's feedback, a reverb's decay
     times) in ``logits`` (in place) where the waveform error is least; and the tracks' levels, pans and sends
@@ -48,19 +37,15 @@ def search_time(
     error falls, at once or after the levels are solved again (it was judged with them free).
 
     Args:
-        model: its layout is the console.
-        x: the tracks ``(1, N, 2, samples)``; ``mono (1, N)`` flags duplicated mono ones.
+        problem: the song, the target and the console.
         logits: the console's controls, changed in place.
-        ref: the target mix ``(2, samples)``.
-        sample_rate: Hz.
         effect: a key of :data:`BUS_TIMES`.
-        tuning: fit's constants.
 
     Returns:
         ``({index in the bus controls: logit}`` of the time, to be held: its gradient only sees the nearest
         ripple of the error; whether any control moved), or ``({}, False)`` without such a bus.
     """
-    layout = model.layout
+    layout, sample_rate, tuning = problem.layout, problem.sample_rate, problem.tuning
     found = [
         (k, i) for k, (_, chain) in enumerate(layout.buses) for i, s in enumerate(chain) if s.effect.type_name == effect
     ]
@@ -72,12 +57,12 @@ def search_time(
     if i != 0 or time_name not in names or grid_name not in names:
         return {}, False
     time_spec = layout.buses[k][1][i].spec(time_name)
-    span = min(ref.shape[-1], int(tuning.search_s * sample_rate))
+    span = min(problem.ref.shape[-1], int(tuning.search_s * sample_rate))
     lo, hi = int(time_spec.min * sample_rate / 1000), min(int(time_spec.max * sample_rate / 1000), span - 2)
     if hi <= lo:
         return {}, False
     with torch.no_grad():
-        search = TimeSearch(model, x, mono, logits, ref, sample_rate, effect, k, (lo, hi), tuning)
+        search = TimeSearch(problem, logits, effect, k, (lo, hi))
         choice = search.choose(search.candidate_lags())
         moved = choice is not None and search.keep_if_better(choice)
     j = search.columns[time_name]
@@ -96,27 +81,16 @@ class TimeSearch:
     where the music repeats, and with a copy of the track in another stem at the copy's lag).
 
     Args:
-        model, x, mono, logits, ref, sample_rate, effect, tuning: as :func:`search_time`'s.
+        problem, logits, effect: as :func:`search_time`'s.
         bus: the index of the bus whose first slot is ``effect``.
         lags: the least and greatest lag searched, in samples.
     """
 
-    def __init__(
-        self,
-        model: MixController,
-        x: Tensor,
-        mono: Tensor,
-        logits: Logits,
-        ref: Tensor,
-        sample_rate: int,
-        effect: str,
-        bus: int,
-        lags: tuple[int, int],
-        tuning: FitTuning,
-    ):
-        layout = self.layout = model.layout
-        self.model, self.x, self.mono, self.logits, self.ref = model, x, mono, logits, ref
-        self.sample_rate, self.effect, self.bus, self.tuning = sample_rate, effect, bus, tuning
+    def __init__(self, problem: FitProblem, logits: Logits, effect: str, bus: int, lags: tuple[int, int]):
+        layout = self.layout = problem.layout
+        x, mono, ref, sample_rate, tuning = problem.x, problem.mono, problem.ref, problem.sample_rate, problem.tuning
+        self.problem, self.logits, self.effect, self.bus = problem, logits, effect, bus
+        self.sample_rate, self.tuning = sample_rate, tuning
         self.lo, self.hi = lags
         self.slot = layout.buses[bus][1][0]
         self.time_name, self.grid_name = BUS_TIMES[effect]
@@ -303,15 +277,12 @@ class TimeSearch:
     def keep_if_better(self, choice: Choice) -> bool:
         """Set ``choice`` in the console's logits if the whole song's error falls, at once or after the levels
         are solved again (it was judged with the dry parts' levels free); whether it was set."""
-        args = (self.model, self.x, self.mono)
+        problem = self.problem
         trial = self.logits.copy()
         self.set_values(trial, choice[0])
         trial.sends[0, :, self.bus] = to_logit(SEND_SPEC, choice[1])
-        before = song_error(*args, self.logits, self.ref, self.sample_rate, self.tuning)
-        moved = song_error(*args, trial, self.ref, self.sample_rate, self.tuning) < before or (
-            solve_levels(*args, trial, self.ref, self.sample_rate, self.tuning)
-            and song_error(*args, trial, self.ref, self.sample_rate, self.tuning) < before
-        )
+        before = problem.error(self.logits)
+        moved = problem.error(trial) < before or (solve_levels(problem, trial) and problem.error(trial) < before)
         if moved:
             for v, t in zip(self.logits, trial):
                 v.data.copy_(t)
