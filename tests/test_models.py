@@ -345,3 +345,27 @@ def test_the_engineer_switch_has_its_own_heads_defaults_to_the_engineer_and_is_s
     assert not ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "engineer_switch"}).engineer_switch
     plain = MixController(Layout.default(), cfg)
     assert torch.equal(plain.decide(emb, None, None, torch.zeros(1)).strip, plain.decide(emb).strip)
+
+
+def test_track_descriptors_tell_a_kick_from_a_bass_and_reach_the_token():
+    """The descriptors an engineer-like console reads: a kick (decaying 55 Hz bursts) and a bass (a steady
+    55 Hz tone) share their octave bands but not their crest factor; a token with descriptors changes with
+    them, one without does not see them."""
+    from gradmix.models.controller import TrackEncoder, track_descriptors
+
+    t = torch.arange(2 * SR) / SR
+    bass = 0.1 * torch.sin(2 * math.pi * 55 * t)
+    kick = bass * torch.exp(-(t % 0.5) / 0.05)
+    d = track_descriptors(torch.stack([kick, bass])[:, None].repeat(1, 2, 1), SR)
+    assert d.shape == (2, 11)
+    assert int(d[0, :10].argmax()) == int(d[1, :10].argmax()) == 1  # the 62.5 Hz octave
+    assert d[0, 10] * 10 > d[1, 10] * 10 + 6  # crest factor (dB): bursts against a steady tone
+    cfg = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32)
+    torch.manual_seed(0)
+    with_d = TrackEncoder(dataclasses.replace(cfg, track_descriptors=True))
+    assert with_d.proj.in_features == TrackEncoder(cfg).proj.in_features + 11
+    x = torch.stack([kick, bass])[:, None].repeat(1, 2, 1)
+    with torch.no_grad():
+        base = with_d(x, SR)
+        with_d.proj.weight[:, -11:] = 0  # the descriptors' columns are what differs
+        assert (base - with_d(x, SR)).abs().amax() > 0

@@ -31,6 +31,7 @@ from gradmix.console import Controls, Layout
 from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics.distances import STYLE_FEATURES, TONE_CENTRES_HZ
+from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
 
 TRACK_LUFS = -28.0
 """Every track is brought to this loudness before the network listens and the console renders it."""
@@ -61,6 +62,9 @@ class ModelConfig:
     an engineer-like console made (:mod:`gradmix.models.engineer`) are decided by it, those with a human mix by
     the first pair; ``gradmix mix`` asks for the engineer's. Without it the two kinds of target, which disagree
     (most LMMS tracks have no EQ or compressor), are averaged by one head."""
+    track_descriptors: bool = False
+    """Each track's token also carries the numbers an engineer-like console is read from
+    (:func:`track_descriptors`: octave-band shares and crest factor), besides the CNN's time statistics."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -120,7 +124,9 @@ class TrackEncoder(nn.Module):
             c_in = c
         self.cnn = nn.Sequential(*layers)
         freq_out = cfg.mels // 2 ** len(cfg.channels)
-        self.proj = nn.Linear(2 * c_in * freq_out, cfg.dim)
+        self.descriptors = cfg.track_descriptors
+        extra = len(OCTAVE_BAND_CENTRES_HZ) + 1 if self.descriptors else 0
+        self.proj = nn.Linear(2 * c_in * freq_out + extra, cfg.dim)
         self._fb: dict[float, Tensor] = {}
 
     def features(self, x: Tensor, sample_rate: float) -> Tensor:
@@ -150,7 +156,21 @@ class TrackEncoder(nn.Module):
     def forward(self, x: Tensor, sample_rate: float) -> Tensor:
         h = self.cnn((self.features(x, sample_rate) + 4.0) / 4.0)  # about zero-mean, unit range for -28 LUFS audio
         h = h.flatten(1, 2)  # (items, channels * freqs, frames)
-        return self.proj(torch.cat([h.mean(-1), h.std(-1, unbiased=False)], -1))
+        stats = [h.mean(-1), h.std(-1, unbiased=False)]
+        if self.descriptors:
+            stats.append(track_descriptors(x, sample_rate).to(h))
+        return self.proj(torch.cat(stats, -1))
+
+
+def track_descriptors(x: Tensor, sample_rate: float) -> Tensor:
+    """``(items, channels, samples)`` -> ``(items, 11)``: each octave band's share of the track's power in dB / 10
+    (floored at -60 dB) and the crest factor of its frame powers in dB / 10 (see
+    :func:`gradmix.metrics.tracks.crest_factor_db`): what :func:`gradmix.models.engineer.track_habits` reads."""
+    with torch.no_grad():
+        bands = octave_band_powers(x, sample_rate=sample_rate)
+        share = 10 * torch.log10(bands / bands.sum(-1, keepdim=True).clamp_min(1e-30) + 1e-6)
+        crest = crest_factor_db(x, sample_rate=sample_rate)
+        return torch.cat([share / 10, crest[:, None] / 10], -1)
 
 
 class MixController(nn.Module):
