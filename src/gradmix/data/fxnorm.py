@@ -39,45 +39,11 @@ from gradmix.audio import check_mixable, make_output_folder, write_audio
 from gradmix.data.segments import Example, read_example
 from gradmix.data.songs import Song, find_songs, select_shard
 from gradmix.defaults import DATASET_SAMPLE_RATE, STEM_LUFS
+from gradmix.dsp.eq import THIRD_OCTAVE_CENTRES_HZ
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
-BANDS_HZ = np.array(
-    [
-        20,
-        25,
-        31.5,
-        40,
-        50,
-        63,
-        80,
-        100,
-        125,
-        160,
-        200,
-        250,
-        315,
-        400,
-        500,
-        630,
-        800,
-        1000,
-        1250,
-        1600,
-        2000,
-        2500,
-        3150,
-        4000,
-        5000,
-        6300,
-        8000,
-        10000,
-        12500,
-        16000,
-        20000,
-    ],
-    dtype=float,
-)
+BANDS_HZ = np.array(THIRD_OCTAVE_CENTRES_HZ, dtype=float)
 SILENCE_LUFS = -65.0
 EQ_LIMIT_DB = 12.0
 MAX_RATIO = 10.0
