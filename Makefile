@@ -25,14 +25,16 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/gradmix demo -o out/demo
 
-# ffmpeg reads MUSDB .stem.mp4 files, lmms renders real multitracks, chromium runs the studio's browser
-# tests; the tests need all three (under CI=true they fail without them).
+# ffmpeg reads MUSDB .stem.mp4 files, lmms renders real multitracks, fluidsynth with a GM soundfont renders
+# scores, chromium runs the studio's browser tests; the tests need them all (under CI=true they fail without).
 sysdeps:
-	@{ command -v ffmpeg >/dev/null && command -v lmms >/dev/null && [ -x /usr/bin/chromium ]; } || \
+	@{ command -v ffmpeg >/dev/null && command -v lmms >/dev/null && command -v fluidsynth >/dev/null && \
+		[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] && [ -x /usr/bin/chromium ]; } || \
 		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg lmms lmms-common \
-		chromium; } || \
-		echo "note: install ffmpeg (.stem.mp4 files), lmms + lmms-common (gradmix dataset lmms), chromium (studio tests)"
+		fluidsynth fluid-soundfont-gm chromium; } || \
+		echo "note: install ffmpeg (.stem.mp4 files), lmms + lmms-common (gradmix dataset lmms), fluidsynth +" \
+		"fluid-soundfont-gm (gradmix dataset midi), chromium (studio tests)"
 
 test: install sysdeps
 	$(PY) -m ruff check src tests benchmarks

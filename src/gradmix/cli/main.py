@@ -230,6 +230,23 @@ def _lmms(args: argparse.Namespace) -> None:
             print(f"note: {song}: track {track!r} has no wet stem ({why}); it keeps its dry stem", file=sys.stderr)
 
 
+def _midi(args: argparse.Namespace) -> None:
+    from gradmix.data.midi import build_dataset
+
+    summary = build_dataset(
+        args.output,
+        args.source,
+        songs=args.songs,
+        seconds=args.seconds,
+        shard=args.shard,
+        workers=args.workers,
+        progress=sys.stdout.isatty(),
+    )
+    print(f"rendered {len(summary['done'])} song(s), {summary['skipped']} already done, into {args.output}")
+    for score, why in summary["failed"].items():
+        print(f"warning: {why}", file=sys.stderr)
+
+
 def _separate(args: argparse.Namespace) -> None:
     from gradmix.data.separate import separate_dataset
 
@@ -536,6 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_lmms)
+    p = dsub.add_parser("midi", help="render scores part by part into dry stems (5 or more sources a song)")
+    p.add_argument("output", help="output folder (folder-of-stems layout)")
+    p.add_argument("--source", default="music21", help="music21 (its corpus) or a folder of MIDI/MusicXML files")
+    p.add_argument("--songs", type=int, default=None, help="at most this many songs (default: every score)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of every song (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
+    _shard_option(p)
+    p.set_defaults(func=_midi)
     p = dsub.add_parser("separate", help="split full mixes into stems with a local Demucs model, then normalise")
     p.add_argument("mixes_dir", help="folder of full mixes")
     p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
