@@ -144,18 +144,26 @@ def arrange(
     """The sources of one song by the module's rules: the parts with instruments by register, a doubling pad,
     a bass line where the score has none, three drum stems; humanised."""
     order = sorted(range(len(parts)), key=lambda i: float(np.median([n.pitch for n in parts[i]])))
-    bass_i, top_i = order[0], order[-1]
-    inner_names = list(rng.permutation(list(INNER_PROGRAMS)))
+    bass_i = order[0]
+    used: set[int] = set()
+
+    def draw(programs: dict[str, int]) -> str:  # a program of a family not used yet, where one is left
+        fresh = [n for n, p in programs.items() if program_family(p) not in used] or list(programs)
+        fresh_families = sorted({program_family(programs[n]) for n in fresh})
+        family = int(rng.choice(fresh_families))  # families alike, however many programs each has
+        name = str(rng.choice([n for n in fresh if program_family(programs[n]) == family]))
+        used.add(program_family(programs[name]))
+        return name
+
     sources: list[Source] = []
+    roles = {i: "bass" for i in order[:1] if len(parts) > 1} | {order[-1]: "lead"}
+    names = {i: draw(BASS_PROGRAMS if roles[i] == "bass" else LEAD_PROGRAMS) for i in roles}
     for rank, i in enumerate(order):
-        if i == bass_i and len(parts) > 1:
-            name = str(rng.choice(list(BASS_PROGRAMS)))
-            program, label = BASS_PROGRAMS[name], "bass"
-        elif i == top_i:
-            name = str(rng.choice(list(LEAD_PROGRAMS)))
-            program, label = LEAD_PROGRAMS[name], "lead"
+        if i in roles:
+            name = names[i]
+            program, label = {**BASS_PROGRAMS, **LEAD_PROGRAMS}[name], roles[i]
         else:
-            name = inner_names[rank % len(inner_names)]
+            name = draw(INNER_PROGRAMS)
             program, label = INNER_PROGRAMS[name], FAMILY_LABELS[program_family(INNER_PROGRAMS[name])]
         sources.append(Source(f"part{rank + 1}-{name}", label, program, f"score part {i + 1}", _copy(parts[i])))
     inner = order[1:-1] or order
