@@ -26,3 +26,5 @@ EVAL_SECONDS = 30.0
 EVAL_SYSTEMS = ("plain_sum", "equal_loudness", "rules", "random_console")
 DEVICE = "cpu"
 """Where the commands compute: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA where torch sees it)."""
+MIDI_SONG_SECONDS = 30.0
+"""Length of every song of ``gradmix dataset midi`` (seconds from the score's start)."""

@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder (folder-of-stems layout)")
     p.add_argument("--source", default="music21", help="music21 (its corpus) or a folder of MIDI/MusicXML files")
     p.add_argument("--songs", type=int, default=None, help="at most this many songs (default: every score)")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of every song (default %(default)s)")
+    p.add_argument(
+        "--seconds", type=float, default=defaults.MIDI_SONG_SECONDS, help="length of every song (default %(default)s)"
+    )
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_midi)

@@ -36,6 +36,7 @@ import numpy as np
 
 from gradmix.audio import make_output_folder, read_audio, write_audio
 from gradmix.data.songs import select_shard
+from gradmix.defaults import MIDI_SONG_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
@@ -320,7 +321,7 @@ def build_dataset(
     source: str = "music21",
     *,
     songs: int | None = None,
-    seconds: float = 30.0,
+    seconds: float = MIDI_SONG_SECONDS,
     shard: tuple[int, int] | None = None,
     workers: int | None = None,
     progress: bool = False,
