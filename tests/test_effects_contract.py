@@ -80,6 +80,23 @@ def test_the_envelope_flag_is_one_gain_for_all_channels(name, config):
     assert (worst < -120) if effect.envelope else (worst > -60 or effect.linear), (name, worst)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,config", CONFIGS, ids=IDS)
+def test_on_cuda_the_output_and_its_gradient_stay_on_cuda_and_equal_the_cpu(name, config):
+    """The device half of the contract, which a CPU cannot test: CUDA in, CUDA out, as the CPU computes it
+    (the bound of tests/test_linear_scan.py, whose recursions CUDA tensors take)."""
+    effect = create(name, **config)
+    x = audio(effect, 3, 4410, torch.float64)
+    u = controls(effect, 3, dtype=torch.float64)
+    cpu = effect.apply_normalized(x, u, sample_rate=SR)[0]
+    gx, gu = x.cuda(), u.cuda().requires_grad_()
+    y = effect.apply_normalized(gx, gu, sample_rate=SR)[0]
+    y.square().sum().backward()
+    assert y.device == gx.device and gu.grad.device == gx.device
+    assert float((y.cpu() - cpu).abs().max()) <= 1e-6 * max(float(cpu.abs().max()), 1e-12)  # -120 dB
+
+
 @pytest.mark.parametrize("name,config", CONFIGS, ids=IDS)
 def test_shape_dtype_kept_input_untouched_output_finite(name, config):
     effect = create(name, **config)
