@@ -14,7 +14,6 @@ compensated inside the limiter), so no further alignment is needed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,10 +96,7 @@ class Mixdown:
         self.layout, self.params = layout, params
         batch = params.sends_db.shape[0]
         self.strips = like.new_zeros(batch, 2, samples)
-        self.buses: list[Tensor | None] = [
-            like.new_zeros(batch, 2, samples) if bool((params.sends_db[..., k] > -math.inf).any()) else None
-            for k in range(len(layout.buses))
-        ]
+        self.buses = [like.new_zeros(batch, 2, samples) for _ in layout.buses]
 
     def add(self, strips: Tensor, tracks: Sequence[int] | slice = slice(None)) -> None:
         """Add the strip outputs ``(batch, len(tracks), 2, samples)`` of the tracks ``tracks`` (indices into
@@ -110,8 +106,7 @@ class Mixdown:
         in_place = not torch.is_grad_enabled()
         self.strips = self.strips.add_(strips.sum(1)) if in_place else self.strips + strips.sum(1)
         for k, acc in enumerate(self.buses):
-            if acc is not None:
-                self.buses[k] = acc.add_(sends[:, k]) if in_place else acc + sends[:, k]
+            self.buses[k] = acc.add_(sends[:, k]) if in_place else acc + sends[:, k]
 
     def pre_master(self, sample_rate: float) -> Tensor:
         """What the master chain receives, ``(batch, 2, samples)``: the strip sum plus every bus's output."""
@@ -187,10 +182,11 @@ def render_chunked(
         for start in range(0, len(members), per):
             idx = members[start : start + per]
             at = slice(start, start + per)
+            whole = idx == list(range(count))  # one chunk of every track in order: no copies
             if listed:
                 x = tracks[idx[0]][None, None] if len(idx) == 1 else torch.stack([tracks[i] for i in idx])[None]
             else:
-                x = tracks[:, idx] if idx != list(range(count)) else tracks
+                x = tracks if whole else tracks[:, idx]
             out = render_strips(
                 group.chain,
                 x.to(like.device),
@@ -202,7 +198,7 @@ def render_chunked(
                 out = out * mask[:, idx].to(out)[:, :, None, None]
             down.add(out, idx)
             if keep_strips:
-                if idx == list(range(count)):
+                if whole:
                     kept = out
                 else:
                     if kept is None:

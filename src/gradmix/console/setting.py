@@ -352,16 +352,18 @@ class ConsoleSetting:
     def mix_layout(self, like: Tensor) -> tuple[Layout, Params]:
         """The bus and master chains as a :class:`Layout` without strips, and their :class:`Params` for a batch
         of one, with every track's sends ``(1, tracks, buses)`` (``-inf`` dB: no send) in the dtype and on the
-        device of ``like``: what :class:`~gradmix.console.Mixdown` sums and finishes with."""
+        device of ``like``: what :class:`~gradmix.console.Mixdown` sums and finishes with. A bus that no track
+        sends to is left out (every effect maps silence to silence), so that its chain is not run."""
+        buses = [b for b in self.buses if any(b.name in t.sends for t in self.tracks)]
         sends = torch.tensor(
-            [[t.sends.get(b.name, -math.inf) for b in self.buses] for t in self.tracks],
+            [[t.sends.get(b.name, -math.inf) for b in buses] for t in self.tracks],
             dtype=like.dtype,
             device=like.device,
-        ).reshape(1, len(self.tracks), len(self.buses))
+        ).reshape(1, len(self.tracks), len(buses))
         layout = Layout(
             (),
-            tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in self.buses),
+            tuple((b.name, tuple(Slot(e.effect) for e in b.chain)) for b in buses),
             tuple(Slot(e.effect) for e in self.master),
         )
-        params = Params([], sends, [[e.params for e in b.chain] for b in self.buses], [e.params for e in self.master])
+        params = Params([], sends, [[e.params for e in b.chain] for b in buses], [e.params for e in self.master])
         return layout, params

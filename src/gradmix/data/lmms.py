@@ -30,7 +30,6 @@ import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,8 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from gradmix.audio import make_output_folder, read_audio, write_audio
-from gradmix.data.songs import select_shard
+from gradmix.audio import make_output_folder, read_audio, safe_file_name, write_audio
+from gradmix.data.songs import select_shard, song_written_whole
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
 
@@ -365,7 +364,7 @@ def shipped_projects(projects_dir: Path = PROJECTS_DIR) -> list[Path]:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "track"
+    return safe_file_name(name).strip("_") or "track"
 
 
 def _level_db(x: np.ndarray, ref: np.ndarray) -> float:
@@ -416,10 +415,7 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
     shared = shared_nonlinear(root, refs)
     name = _safe(project.name.split(".mmp")[0])
     out = Path(out_dir) / name
-    for stale in Path(out_dir).glob(f".{name}.*"):  # left by a run that was killed mid-song
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}."))
-    try:
+    with song_written_whole(Path(out_dir), name, DONE) as tmp:
         render(project, tmp / "mix.wav")
         mix, rate = read_audio(tmp / "mix.wav")
         (tmp / "wet").mkdir()
@@ -483,11 +479,6 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
             "before the master channel; mix.wav is the author's own mix",
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
-        (tmp / DONE).write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -27,15 +27,14 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradmix.audio import make_output_folder, read_audio, write_audio
-from gradmix.data.songs import select_shard
+from gradmix.audio import make_output_folder, read_audio, safe_file_name, write_audio
+from gradmix.data.songs import select_shard, song_written_whole
 from gradmix.defaults import MIDI_SONG_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
@@ -270,15 +269,11 @@ def fluidsynth(midi: Path, wav: Path, soundfont: Path = SOUNDFONT, timeout_s: fl
 def render_song(score: Path, out_dir: Path, index: int, *, seconds: float, licence: str) -> Path:
     """Render song number ``index`` from ``score`` into ``out_dir/<NNNN-name>/`` (atomic); its seed is ``index``."""
     rng = np.random.default_rng(index)
-    name = f"{index:04d}-{_safe(score.stem)}"
-    out = out_dir / name
+    name = song_name(index, score)
     parts, quarter, beats = read_parts(score, seconds, rng)
     sources = arrange(parts, quarter, beats, seconds, rng)
-    for stale in out_dir.glob(f".{name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}."))
     length = int(seconds * SAMPLE_RATE)
-    try:
+    with song_written_whole(out_dir, name, DONE) as tmp:
         stems: dict[str, Any] = {}
         for k, source in enumerate(sources):
             file = f"{k + 1:02d}-{source.name}"
@@ -308,12 +303,7 @@ def render_song(score: Path, out_dir: Path, index: int, *, seconds: float, licen
             "note": "dry stems: FluidSynth with FluidR3_GM, reverb and chorus off; no mix (nobody mixed it)",
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=1))
-        (tmp / DONE).write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return out_dir / name
 
 
 def build_dataset(
@@ -358,7 +348,7 @@ def build_dataset(
     out_dir = Path(out_dir)
     make_output_folder(out_dir)
     numbered = select_shard(list(enumerate(scores)), shard)
-    todo = [(i, p) for i, p in numbered if not (out_dir / f"{i:04d}-{_safe(p.stem)}" / DONE).is_file()]
+    todo = [(i, p) for i, p in numbered if not (out_dir / song_name(i, p) / DONE).is_file()]
     failed: dict[str, str] = {}
 
     def one(item: tuple[int, Path]) -> str | None:
@@ -373,5 +363,6 @@ def build_dataset(
     return {"done": done, "skipped": len(numbered) - len(todo), "failed": failed}
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+def song_name(index: int, score: Path) -> str:
+    """The folder of song number ``index``, made from ``score``: ``NNNN-<file name>``."""
+    return f"{index:04d}-{safe_file_name(score.stem)[:60]}"

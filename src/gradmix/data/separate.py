@@ -9,16 +9,13 @@ effect normalisation that follows has one class per source) and the original mix
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradmix.audio import list_audio_files, read_audio, resample, write_audio
-from gradmix.data.songs import select_shard
+from gradmix.data.songs import select_shard, song_written_whole
 from gradmix.defaults import STEM_LUFS
 from gradmix.errors import GradmixError
 from gradmix.progress import progress as show_progress
@@ -88,10 +85,7 @@ def separate_dataset(
             continue
         audio, rate = read_audio(path)
         stems, model_rate = separate_mix(model, torch.from_numpy(audio), rate)
-        for stale in stems_dir.glob(f".{song}.*"):  # left by a run that was killed mid-song
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=stems_dir, prefix=f".{song}."))
-        try:
+        with song_written_whole(stems_dir, song, DONE) as tmp:
             for name, stem in zip(sources, stems):
                 write_audio(tmp / f"{name}.wav", stem, model_rate)
             write_audio(tmp / "mix.wav", torch.from_numpy(audio), rate)
@@ -100,11 +94,6 @@ def separate_dataset(
                     {"labels": {s: s for s in sources}, "source": str(path), "separated_by": str(model_path)}, indent=1
                 )
             )
-            (tmp / DONE).write_text("ok\n")
-            shutil.rmtree(stems_dir / song, ignore_errors=True)
-            os.replace(tmp, stems_dir / song)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         done.append(song)
     summary: dict[str, Any] = {"done": done, "skipped": skipped, "sources": sources}
     if normalize and shard is None:

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +194,23 @@ def _csv_songs(manifest: Path) -> list[Song]:
     return list(songs.values())
 
 
+@contextmanager
+def song_written_whole(out_dir: Path, name: str, done: str) -> Iterator[Path]:
+    """A song folder ``out_dir/name`` written whole or not at all: the body fills the temporary folder it is
+    given; on leaving without an error a ``done`` marker is added and the folder renamed into place (replacing
+    an older one), on an error it is removed. Temporary folders of a run killed mid-song are removed first."""
+    for stale in out_dir.glob(f".{name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}."))
+    try:
+        yield tmp
+        (tmp / done).write_text("ok\n")
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        os.replace(tmp, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def select_shard(items: list, shard: tuple[int, int] | None) -> list:
     """Items ``i, i + n, i + 2n, ...`` of ``shard = (i, n)`` (all items when ``None``): one job's part of a
     dataset job split over a cluster."""
@@ -209,4 +231,5 @@ __all__ = [
     "detect_layout",
     "find_songs",
     "select_shard",
+    "song_written_whole",
 ]
