@@ -16,20 +16,43 @@ from gradmix.data import find_songs
 SR = 44100
 
 
-@pytest.fixture
-def tiny_model(tmp_path):
-    require("demucs_infer")
-    from demucs_infer.demucs import Demucs
+FOUR = ["drums", "bass", "other", "vocals"]
+SIX = ["drums", "bass", "other", "vocals", "guitar", "piano"]  # htdemucs_6s's sources
 
+
+@pytest.fixture(params=["demucs", "htdemucs_6s"])
+def tiny_model(request, tmp_path):
+    """A tiny randomly initialised separator saved as Demucs saves its checkpoints: a four-source Demucs, or a
+    six-source Hybrid Transformer Demucs with htdemucs_6s's source names."""
+    require("demucs_infer")
     torch.manual_seed(0)
-    model = Demucs(["drums", "bass", "other", "vocals"], channels=8, depth=3, samplerate=SR, segment=4)
+    if request.param == "demucs":
+        from demucs_infer.demucs import Demucs
+
+        model = Demucs(FOUR, channels=8, depth=3, samplerate=SR, segment=4)
+    else:
+        from demucs_infer.htdemucs import HTDemucs
+
+        model = HTDemucs(
+            SIX,
+            channels=4,
+            depth=2,
+            nfft=1024,
+            t_layers=1,
+            t_heads=1,
+            dconv_depth=1,
+            dconv_comp=4,
+            samplerate=SR,
+            segment=2,
+        )
     args, kwargs = model._init_args_kwargs
-    path = tmp_path / "tiny_demucs.th"
-    torch.save({"klass": Demucs, "args": args, "kwargs": kwargs, "state": model.state_dict()}, path)
-    return path
+    path = tmp_path / f"tiny_{request.param}.th"
+    torch.save({"klass": type(model), "args": args, "kwargs": kwargs, "state": model.state_dict()}, path)
+    return path, model.sources
 
 
 def test_separate_then_normalise(tmp_path, tiny_model):
+    tiny_model, sources_expected = tiny_model
     mixes = tmp_path / "mixes"
     mixes.mkdir()
     rng = np.random.default_rng(0)
@@ -39,7 +62,7 @@ def test_separate_then_normalise(tmp_path, tiny_model):
     assert main(["dataset", "separate", str(mixes), "-o", str(out), "--model", str(tiny_model), "--workers", "1"]) == 0
     songs = find_songs(out / "stems")
     assert [s.name for s in songs] == ["song0", "song1"]
-    assert sorted(r.label for r in songs[0].stems) == ["bass", "drums", "other", "vocals"]
+    assert sorted(r.label for r in songs[0].stems) == sorted(sources_expected)
     mix = sf.read(mixes / "song0.wav", always_2d=True)[0]
     sources = []
     for ref in songs[0].stems:
@@ -50,8 +73,9 @@ def test_separate_then_normalise(tmp_path, tiny_model):
         sources.append(x)
     assert all(np.abs(a - b).max() > 1e-4 for i, a in enumerate(sources) for b in sources[i + 1 :])
     classes = json.loads((out / "normalized" / "classes.json").read_text())["classes"]
-    assert set(classes) == {"drums", "bass", "other", "vocals"}
-    assert len(find_songs(out / "normalized")) == 2
+    assert set(classes) == set(sources_expected)  # FxNorm: one class per source
+    normalized = find_songs(out / "normalized")
+    assert len(normalized) == 2 and sorted(r.label for r in normalized[0].stems) == sorted(sources_expected)
     made = {p: p.stat().st_mtime_ns for p in (out / "stems").rglob("*.wav")}
     assert main(["dataset", "separate", str(mixes), "-o", str(out), "--model", str(tiny_model)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "stems").rglob("*.wav")} == made  # resumed: nothing redone
