@@ -145,7 +145,41 @@ def _kernels():
                             m = v
                     out[b, n] = m if m >= floor or m != m else floor
 
-        _KERNELS = (forward, backward, curve_forward, limiter_gain, linked_peak)
+        @njit(parallel=True, cache=True)
+        def uncompress_gain(level, threshold, ratio, knee, makeup, attack, release, out):  # pragma: no cover
+            # per sample, the smoothed gain g (dB) with g = prev + c (curve(level - makeup - g) - prev): the
+            # curve is 0, quadratic or linear in g, so each piece has a closed-form root; the piece and the
+            # branch (attack or release) are the ones the root itself lands in
+            batch, samples = level.shape
+            for b in prange(batch):
+                t, w, mk = threshold[b], knee[b], makeup[b]
+                half = 0.5 * w
+                s = 1.0 / ratio[b] - 1.0
+                prev = 0.0
+                for n in range(samples):
+                    ly = level[b, n] - mk
+                    g = prev
+                    for branch in range(2):
+                        c = attack[b] if branch == 0 else release[b]
+                        p = prev * (1.0 - c)
+                        g = p  # below the knee: the curve is 0
+                        if ly - g - t > -half:
+                            # above the knee: g = p + c s (ly - g - t)
+                            g = (p + c * s * (ly - t)) / (1.0 + c * s)
+                            if ly - g - t < half and w > 0.0:
+                                # in the knee: g = p + k e^2 with e = ly - t + w/2 - g in [0, w], k = c s / 2w
+                                k = c * s / (2.0 * w)
+                                e0 = ly - t + half - p
+                                e = 2.0 * e0 / (1.0 + np.sqrt(max(1.0 - 4.0 * k * (-e0), 0.0)))
+                                g = ly - t + half - e
+                        d = ly - g - t
+                        u = s * d if d > half else (s * max(d + half, 0.0) ** 2 / (2.0 * max(w, 1e-6)))
+                        if (u < prev) == (branch == 0):
+                            break
+                    out[b, n] = g
+                    prev = g
+
+        _KERNELS = (forward, backward, curve_forward, limiter_gain, linked_peak, uncompress_gain)
     return _KERNELS
 
 
@@ -272,3 +306,29 @@ def limiter_gain(peak: Tensor, *, ceiling: Tensor, lookahead: int, release: Tens
     pn = _np(peak)
     kernel(pn, _np(ceiling).astype(np.float64), int(lookahead), _np(release).astype(np.float64), pn)
     return torch.from_numpy(pn).to(peak.device)
+
+
+def uncompress_gain(
+    level_db: Tensor,
+    *,
+    threshold_db: Tensor,
+    ratio: Tensor,
+    knee_db: Tensor,
+    makeup_db: Tensor,
+    attack: Tensor,
+    release: Tensor,
+) -> Tensor:
+    """The smoothed gain in dB (before makeup) that a compressor applied to the signal whose *output* level is
+    ``level_db`` ``(batch, samples)``: the exact inverse of ``curve_and_smooth`` run sample by sample, each
+    sample's gain the root of a monotonic equation in closed form (inference only, no autograd).
+
+    Args:
+        level_db: the linked peak level of the compressed signal, ``(batch, samples)``.
+        threshold_db, ratio, knee_db, makeup_db: ``(batch,)``.
+        attack, release: smoothing weights ``(batch,)`` (:func:`gradmix.dsp.dynamics.time_to_coefficient`).
+    """
+    ln = _np(level_db).astype(np.float64)
+    out = np.empty_like(ln)
+    params = (threshold_db, ratio, knee_db, makeup_db, attack, release)
+    _kernels()[5](ln, *(_np(v).astype(np.float64) for v in params), out)
+    return torch.from_numpy(out).to(level_db.device, level_db.dtype)
