@@ -295,9 +295,7 @@ def dereverberate(
     rows = torch.arange(b * c, device=y.device)
     for k in range(frames):
         earlier = k - lag
-        past = torch.where(
-            (earlier >= 0)[:, None], dry[rows, :, earlier.clamp_min(0)], torch.zeros_like(tail)
-        )
+        past = torch.where((earlier >= 0)[:, None], dry[rows, :, earlier.clamp_min(0)], torch.zeros_like(tail))
         now = lag == 0
         tail = a * tail + (1 - a) * torch.where(now[:, None], 0.0, past)
         reverb = mb**2 * energy * tail
