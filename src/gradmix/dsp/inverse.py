@@ -52,6 +52,7 @@ def uncompress(
     release_ms: Param,
     knee_db: Param = 6.0,
     makeup_db: Param = 0.0,
+    max_expansion_db: float | None = None,
 ) -> Tensor:
     """The input of :func:`gradmix.dsp.compressor` whose output is ``y``, for the same settings (exact up to
     rounding: ``compressor(uncompress(y)) == y``).
@@ -59,6 +60,9 @@ def uncompress(
     Args:
         y: compressed audio ``(batch, channels, samples)``.
         sample_rate, threshold_db, ratio, attack_ms, release_ms, knee_db, makeup_db: the compressor's.
+        max_expansion_db: at most this much gain reduction is undone at any sample (``None``: all of it). A
+            signal that was never compressed as the settings say would otherwise be expanded without bound
+            (``(ratio - 1)`` dB for every dB its peaks stand above the threshold).
     """
     check_audio(y)
     sample_rate = check_sample_rate(sample_rate)
@@ -77,6 +81,8 @@ def uncompress(
         attack=time_to_coefficient(at.double(), sample_rate),
         release=time_to_coefficient(rt.double(), sample_rate),
     )
+    if max_expansion_db is not None:
+        gain_db = gain_db.clamp_min(-max_expansion_db)
     return y * torch.pow(10.0, -(gain_db + m.double()[:, None]) / 20.0).to(y)[:, None]
 
 

@@ -1,0 +1,162 @@
+"""``gradmix dry``: estimate the effects of a wet stem as an editable chain, and undo them.
+
+1. **Hear.** The stem, at the estimator's rate and brought to a peak of -1 dBFS, is cut into windows of
+   :data:`WINDOW_S` (at most :data:`MAX_WINDOWS`, spread over the whole stem); the estimator's presence
+   probabilities and settings are averaged over them, weighted by each window's energy.
+2. **Decide.** An effect with probability >= :data:`PRESENT` is in the chain.
+3. **Refine.** A delay's time is moved to the strongest echo of the stem within +-:data:`DELAY_SEARCH` of the
+   estimate (the power cepstrum's peak, to the sample), since undoing a delay needs its time exactly.
+4. **Undo**, in reverse order, at the stem's own rate (:mod:`gradmix.dsp.inverse`): the reverb's late energy,
+   the delay, the distortion, the compressor (undoing at most :data:`MAX_EXPANSION_DB` of gain reduction),
+   the EQ (its gains negated).
+
+The chain comes back at the file's level (:func:`gradmix.removal.chains.rescaled`), as console-file chain
+entries: the dry stem rendered through them gives the wet one back (``gradmix render``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gradmix.audio import resample
+from gradmix.console.setting import Entry
+from gradmix.dsp import parametric_eq
+from gradmix.dsp.inverse import dereverberate, uncompress, undelay, undistort
+from gradmix.models.removal import EffectEstimator
+from gradmix.removal.chains import EFFECTS, REMOVABLE, ChainBatch, from_controls, peak_gain_db, rescaled
+
+WINDOW_S = 3.0
+"""Length of the windows the estimator hears, in seconds (what it was trained on)."""
+MAX_WINDOWS = 24
+"""At most this many windows of a long stem are heard, evenly spread."""
+PRESENT = 0.5
+"""An effect whose averaged presence probability reaches this is in the chain."""
+DELAY_SEARCH = 0.2
+"""A delay's time is searched within this fraction of the estimate, either way."""
+MAX_EXPANSION_DB = 30.0
+"""At most this much of a compressor's gain reduction is undone at any sample."""
+SILENCE_DBFS = -90.0
+"""A stem whose peak is below this is silent: returned unchanged, with an empty chain."""
+
+
+@dataclass
+class Removal:
+    """What :func:`remove_effects` found and did.
+
+    Attributes:
+        dry: the dry stem ``(channels, samples)``, at the wet stem's rate and channels.
+        chain: the estimated effects in the order they were applied, at the file's level.
+        probabilities: each removable effect's presence probability.
+        notes: anything the user should know (silence, a limit that was reached).
+    """
+
+    dry: Tensor
+    chain: list[Entry]
+    probabilities: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def windows(x: Tensor, length: int, most: int) -> Tensor:
+    """Up to ``most`` windows ``(n, channels, length)`` of ``x`` ``(channels, samples)``, evenly spread (one,
+    zero-padded, when ``x`` is shorter)."""
+    n = x.shape[-1]
+    if n <= length:
+        return torch.nn.functional.pad(x, (0, length - n))[None]
+    count = min(most, n // length)
+    starts = torch.linspace(0, n - length, count).round().long().tolist()
+    return torch.stack([x[:, s : s + length] for s in starts])
+
+
+def hear(model: EffectEstimator, wet: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
+    """The estimator's presence probabilities ``(effects,)`` and 0..1 settings ``(controls,)`` for a stem
+    ``(channels, samples)`` already at a peak of -1 dBFS, averaged over its windows by energy."""
+    rate = model.cfg.sample_rate
+    x = wet if wet.shape[0] == 2 else wet.expand(2, -1)
+    if sample_rate != rate:
+        x = torch.from_numpy(resample(x.numpy(), sample_rate, rate))
+    raw = windows(x, int(WINDOW_S * rate), MAX_WINDOWS)
+    gain = peak_gain_db(raw)  # each window at -1 dBFS, as the estimator was trained
+    with torch.no_grad():
+        logits, controls = model((raw * torch.pow(10.0, gain / 20)[:, None, None]).to(next(model.parameters()).device))
+    everything = torch.ones(raw.shape[0], len(REMOVABLE), dtype=torch.bool)
+    at_stem = rescaled(from_controls(everything, controls.cpu().double()), gain).controls()  # the stem's level
+    energy = raw.double().square().mean((1, 2))
+    weight = (energy / energy.sum().clamp_min(1e-30)).float()[:, None]
+    return (torch.sigmoid(logits.cpu()) * weight).sum(0), (at_stem * weight).sum(0)
+
+
+def strongest_echo_ms(x: Tensor, sample_rate: int, around_ms: float, spread: float = DELAY_SEARCH) -> float:
+    """The lag in ms (to the sample) of the strongest echo of ``x`` ``(channels, samples)`` within ``around_ms *
+    (1 +- spread)``: the peak of its power cepstrum, where an echo shows as a spike at its lag whatever the
+    signal's own spectrum, weighted towards the estimate (on at most the first 30 s)."""
+    mono = x.mean(0)[: 30 * sample_rate].double()
+    n = mono.shape[-1]
+    size = 1 << (2 * n - 1).bit_length()
+    power = torch.fft.rfft(mono, size).abs().square()
+    cepstrum = torch.fft.irfft(torch.log(power + 1e-12 * power.max()), size)[:n]
+    lo = max(1, int(around_ms * (1 - spread) * sample_rate / 1000))
+    hi = min(n - 1, int(math.ceil(around_ms * (1 + spread) * sample_rate / 1000)))
+    if hi <= lo:
+        return around_ms
+    lags = torch.arange(lo, hi + 1, dtype=torch.float64)
+    near = torch.exp(-0.5 * (torch.log(lags / (around_ms * sample_rate / 1000)) / (spread / 2)) ** 2)
+    lag = lo + int(torch.argmax(cepstrum[lo : hi + 1].clamp_min(0) * near))  # a repeat of the music itself (a
+    # loop's bar) can stand as high as the echo: the nearer to the estimate wins
+    return 1000.0 * lag / sample_rate
+
+
+def undo(y: Tensor, chains: ChainBatch, sample_rate: int) -> Tensor:
+    """``y`` ``(1, channels, samples)`` with the present effects of ``chains`` (one item) undone in reverse order."""
+    p = {name: {k: v.to(y.dtype) for k, v in chains.params[name].items()} for name in REMOVABLE}
+    on = {name: bool(chains.present[0, k]) for k, name in enumerate(REMOVABLE)}
+    if on["reverb"]:
+        r = p["reverb"]
+        y = dereverberate(y, sample_rate=sample_rate, decay_s=r["decay_s"], predelay_ms=r["predelay_ms"], mix=r["mix"])
+    if on["delay"]:
+        d = p["delay"]
+        y = undelay(y, sample_rate=sample_rate, time_ms=d["time_ms"], feedback=d["feedback"], mix=d["mix"])
+    if on["distortion"]:
+        d = p["distortion"]
+        y = undistort(y, sample_rate=sample_rate, drive_db=d["drive_db"], tone_db=d["tone_db"], mix=d["mix"])
+    if on["compressor"]:
+        y = uncompress(y, sample_rate=sample_rate, max_expansion_db=MAX_EXPANSION_DB, **p["compressor"])
+    if on["eq"]:
+        e = dict(p["eq"])
+        e["gain_db"] = -e["gain_db"]
+        y = parametric_eq(y, sample_rate=sample_rate, shapes=EFFECTS["eq"].shapes, **e)
+    return y
+
+
+def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Removal:
+    """Estimate and undo the effects of one stem ``(channels, samples)`` (mono or stereo, any rate)."""
+    peak = float(wet.abs().max()) if wet.numel() else 0.0
+    if peak <= 10 ** (SILENCE_DBFS / 20):
+        return Removal(wet.clone(), [], dict.fromkeys(REMOVABLE, 0.0), ["the stem is silent: nothing to remove"])
+    gain = peak_gain_db(wet[None])
+    heard = wet * torch.pow(10.0, gain / 20)
+    probabilities, controls = hear(model, heard, sample_rate)
+    present = probabilities[None] >= PRESENT
+    chains = from_controls(present, controls[None])
+    notes = []
+    if bool(present[0, REMOVABLE.index("delay")]):
+        refined = strongest_echo_ms(heard, sample_rate, float(chains.params["delay"]["time_ms"][0]))
+        chains.params["delay"]["time_ms"] = torch.tensor([refined], dtype=torch.float64)
+    eq_shapes_fit = sample_rate > 2 * 6000.0  # the EQ's top band (default 6 kHz) needs the rate
+    if not eq_shapes_fit and bool(present[0, 0]):
+        present[0, 0] = False
+        chains = ChainBatch(present, chains.params)
+        notes.append(f"no EQ removed: {sample_rate} Hz is too low a rate for its bands")
+    dry = undo(heard[None].double(), chains, sample_rate)[0] * torch.pow(10.0, -gain.double() / 20)
+    if not torch.isfinite(dry).all():
+        return Removal(wet.clone(), [], _named(probabilities), ["the removal diverged: the stem is returned as it was"])
+    found = rescaled(chains, gain)
+    chain = [Entry(EFFECTS[name], params) for name, params in found.item(0)]
+    return Removal(dry.to(wet.dtype), chain, _named(probabilities), notes)
+
+
+def _named(probabilities: Tensor) -> dict[str, float]:
+    return {name: round(float(v), 3) for name, v in zip(REMOVABLE, probabilities)}

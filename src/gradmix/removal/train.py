@@ -1,0 +1,185 @@
+"""Training the effect estimator on pairs the console makes: dry stems through random removal chains.
+
+The dry material is every stem of the given dataset roots (``gradmix dataset lmms`` and ``gradmix dataset
+midi`` folders, or any dataset gradmix reads) except the held-out songs (:func:`held_out`), cut into
+segments that sound, each brought to a peak of -1 dBFS. Every step draws a batch of segments and of chains
+(:func:`gradmix.removal.chains.draw_chains`), renders the wet signals, and fits the estimator to the chains:
+binary cross-entropy on which effects are present, plus the squared error of the 0..1 settings of the
+present ones (a compressor's threshold and a distortion's drive as they are at the level the estimator
+hears, :func:`gradmix.removal.chains.rescaled`).
+
+A run writes ``OUT/last.pt`` every :attr:`RemovalTraining.checkpoint_every` steps and resumes from it; at
+the end, ``OUT/model.pt`` (the estimator's weights and config) and ``OUT/log.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gradmix.audio import read_audio, resample
+from gradmix.data import find_songs
+from gradmix.errors import GradmixError
+from gradmix.models.removal import EffectEstimator, RemovalConfig
+from gradmix.progress import progress as show_progress
+from gradmix.removal.chains import REMOVABLE, PEAK_DBFS, draw_chains, peak_gain_db, render_chains, rescaled
+
+HELD_OUT_EVERY = 7
+"""A song is held out of training when the CRC-32 of its name is a multiple of this (about 1 song in 7)."""
+
+
+def held_out(song_name: str) -> bool:
+    """Whether a song is kept for evaluation (``gradmix eval --removal``), never trained on."""
+    return zlib.crc32(song_name.encode()) % HELD_OUT_EVERY == 0
+
+
+@dataclass
+class RemovalTraining:
+    """A training run of the effect estimator."""
+
+    roots: list[str]
+    out: str
+    steps: int = 3000
+    batch_size: int = 16
+    seconds: float = 3.0
+    lr: float = 1e-3
+    settings_weight: float = 4.0
+    segments: int = 1500
+    seed: int = 0
+    checkpoint_every: int = 100
+    model: RemovalConfig = field(default_factory=RemovalConfig)
+
+
+def segment_pool(
+    roots: list[str], *, seconds: float, sample_rate: int, limit: int, seed: int, held: bool = False, show: bool = False
+) -> torch.Tensor:
+    """Up to ``limit`` stereo segments ``(n, 2, samples)`` of the stems under ``roots`` that sound (peak above
+    -40 dBFS, RMS above -50 dBFS), each at a peak of :data:`PEAK_DBFS`; from the training songs, or from the
+    held-out ones with ``held``. Deterministic for a seed."""
+    songs = [s for root in roots for s in find_songs(root) if held_out(s.name) == held]
+    refs = [r for s in songs for r in s.stems]
+    if not refs:
+        raise GradmixError(f"no {'held-out' if held else 'training'} stems under {', '.join(roots)}")
+    rng = np.random.default_rng(seed)
+    rng.shuffle(refs)
+    per_stem = max(1, -(-limit // len(refs)))
+    n = int(seconds * sample_rate)
+    out: list[np.ndarray] = []
+    for ref in show_progress(refs, "reading dry stems", show):
+        if len(out) >= limit:
+            break
+        audio, rate = read_audio(ref.path)
+        if rate != sample_rate:
+            audio = resample(audio, rate, sample_rate)
+        if audio.shape[0] == 1:
+            audio = np.repeat(audio, 2, 0)
+        starts = np.arange(0, audio.shape[1] - n + 1, n)
+        rng.shuffle(starts)
+        taken = 0
+        for s in starts:
+            seg = audio[:2, s : s + n]
+            peak = float(np.abs(seg).max())
+            if peak < 0.01 or float(np.sqrt(np.mean(seg**2))) < 10 ** (-50 / 20):
+                continue
+            out.append(seg * (10 ** (PEAK_DBFS / 20) / peak))
+            taken += 1
+            if taken >= per_stem or len(out) >= limit:
+                break
+    if not out:
+        raise GradmixError(f"no sounding {seconds:g} s segments in the stems under {', '.join(roots)}")
+    return torch.from_numpy(np.stack(out)).float()
+
+
+def removal_loss(
+    logits: torch.Tensor, controls: torch.Tensor, present: torch.Tensor, targets: torch.Tensor, weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE of presence plus ``weight`` times the mean squared error of the present effects' settings."""
+    from gradmix.removal.chains import estimated_specs
+
+    detection = F.binary_cross_entropy_with_logits(logits, present.float())
+    columns = torch.tensor([REMOVABLE.index(name) for name, _ in estimated_specs()], device=logits.device)
+    mask = present[:, columns].float()
+    settings = ((controls - targets) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+    return detection + weight * settings, {"detection": float(detection.detach()), "settings": float(settings.detach())}
+
+
+def training_batch(
+    pool: torch.Tensor, batch_size: int, sample_rate: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of estimator inputs (wet segments at -1 dBFS peak), which effects they have and the 0..1 settings
+    at that level."""
+    index = torch.randint(0, pool.shape[0], (batch_size,), generator=generator)
+    chains = draw_chains(batch_size, generator)
+    wet = render_chains(pool[index], chains, sample_rate)
+    gain = peak_gain_db(wet)
+    wet = wet * torch.pow(10.0, gain / 20)[:, None, None].to(wet)
+    heard = rescaled(chains, -gain)
+    return wet, chains.present, heard.controls()
+
+
+def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | None = None) -> Path:
+    """Train (or resume) the estimator; returns the path of ``OUT/model.pt``."""
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.seed)
+    sr = run.model.sample_rate
+    pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=run.seed, show=show)
+    model = EffectEstimator(run.model)
+    optim = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=run.lr, total_steps=run.steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(run.seed)
+    step = 0
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["generator"])
+        step = state["step"]
+    log_path = out / "log.csv"
+    new_log = not log_path.is_file() or step == 0
+    start = time.monotonic()
+    with open(log_path, "w" if new_log else "a", newline="") as log:
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["step", "loss", "detection", "settings", "seconds"])
+        steps = range(step, run.steps)
+        for step in show_progress(steps, "training the effect estimator", show, total=len(steps)):
+            model.train()
+            wet, present, targets = training_batch(pool, run.batch_size, sr, gen)
+            logits, controls = model(wet)
+            loss, terms = removal_loss(logits, controls, present, targets, run.settings_weight)
+            optim.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            writer.writerow(
+                [step, float(loss.detach()), terms["detection"], terms["settings"], round(time.monotonic() - start, 1)]
+            )
+            done = step + 1
+            timed_out = max_minutes is not None and time.monotonic() - start > 60 * max_minutes
+            if done % run.checkpoint_every == 0 or done == run.steps or timed_out:
+                log.flush()
+                state = {
+                    "model": model.state_dict(),
+                    "optim": optim.state_dict(),
+                    "sched": sched.state_dict(),
+                    "generator": gen.get_state(),
+                    "step": done,
+                }
+                torch.save(state, last.with_suffix(".tmp"))
+                last.with_suffix(".tmp").replace(last)
+            if timed_out:
+                break
+    path = out / "model.pt"
+    torch.save({"config": run.model.to_dict(), "state": model.state_dict(), "run": asdict(run)}, path)
+    return path
