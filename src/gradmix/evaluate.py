@@ -13,6 +13,10 @@ system and measured track), ``tracks_spread.csv`` (one row per song and system) 
 
 Besides the named systems, ``models`` adds systems that are the mixing model of another file (e.g. the
 previous model, to compare two trainings in the same tables).
+
+Devices: the mixing models (``gradmix`` and each of ``models``) analyse and decide on ``device``, and every
+system's console is rendered there; the metrics (feature errors, MR-STFT, the per-track measures, the spectra
+of the plots) run on the CPU on a copy of each mix (some are numpy-based, and they run once per song).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from torch import Tensor
 from gradmix.audio import make_output_folder, write_audio
 from gradmix.baselines import BASELINES, baseline
 from gradmix.data import find_songs, read_example
-from gradmix.defaults import EVAL_SECONDS
+from gradmix.defaults import DEVICE, EVAL_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.metrics import GROUPS, aggregate_score, feature_errors
 from gradmix.metrics import features as F
@@ -58,13 +62,14 @@ def evaluate(
     held_out: bool = False,
     tracks: bool = False,
     models: Mapping[str, str | Path] | None = None,
+    device: torch.device | str = DEVICE,
 ) -> dict[str, Any]:
     """Evaluate ``systems`` on every song of ``dataset`` that has a mix (or only on ``songs``, by name, or with
     ``held_out`` on the songs the model's training excluded); ``gradmix`` is the mixing model (``model_path``,
     default the shipped one). ``models`` maps further system names to model files (each a system that is the
     mixing model of that file, added to ``systems``). With ``tracks``, the songs with wet stems are also
-    measured track by track (see the module docstring). Returns the summary table (``tracks``: the counts of
-    the per-track group)."""
+    measured track by track (see the module docstring). The models and the renders run on ``device``, the
+    metrics on the CPU. Returns the summary table (``tracks``: the counts of the per-track group)."""
     if not systems and not models:
         raise GradmixError(f"--systems: name at least one of {', '.join(SYSTEMS)}")
     models = dict(models or {})
@@ -85,12 +90,12 @@ def evaluate(
     if models:
         from gradmix.models.checkpoint import load_model
 
-        mixers.update({name: load_model(path)[0] for name, path in models.items()})
+        mixers.update({name: load_model(path)[0].to(device) for name, path in models.items()})
     if "gradmix" in systems:
         from gradmix.models.checkpoint import load_model
 
         model, meta = load_model(model_path)
-        mixers["gradmix"] = model
+        mixers["gradmix"] = model.to(device)
         if held_out:
             songs = list(meta["info"].get("excluded") or [])
             if not songs:
@@ -125,7 +130,16 @@ def evaluate(
         if not (need_features or need_tracks):
             continue
         result, track_result = _evaluate_song(
-            song, out, systems, sample_rate, seconds, seed, mixers, features=need_features, tracks=need_tracks
+            song,
+            out,
+            systems,
+            sample_rate,
+            seconds,
+            seed,
+            mixers,
+            features=need_features,
+            tracks=need_tracks,
+            device=device,
         )
         if need_features:
             _write_json(result_path, result)
@@ -160,9 +174,11 @@ def _evaluate_song(
     *,
     features: bool = True,
     tracks: bool = False,
+    device: torch.device | str = DEVICE,
 ) -> tuple[dict, dict]:
-    """Render every system on one song; with ``features`` compare each mix with the target (rows, audio, plot),
-    with ``tracks`` measure each system's parts against the wet stems. Returns the two per-song results."""
+    """Render every system on one song (on ``device``; the mixers are there already); with ``features``
+    compare each mix with the target (rows, audio, plot), with ``tracks`` measure each system's parts against
+    the wet stems, both on the CPU. Returns the two per-song results."""
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
     audio = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
     names = [r.name for r in song.stems]
@@ -189,11 +205,11 @@ def _evaluate_song(
                     system, names, files, audio, sample_rate, **({"seed": seed} if system == "random_console" else {})
                 )
             with torch.no_grad():
-                mix, strips = setting.render(audio, keep_strips=tracks)
+                mix, strips = setting.render(audio, keep_strips=tracks, device=device)
                 if measure is not None:
-                    measure.add(system, setting.track_outputs(strips))
+                    measure.add(system, setting.track_outputs(strips).cpu())
                 del strips
-            mix = mix[None].double()
+            mix = mix.cpu()[None].double()
             if features:
                 setting.save(audio_dir / f"{system}.console.json")
         if not features:
@@ -254,7 +270,9 @@ class _TrackMeasure:
         self.spread.append(row)
 
     def result(self) -> dict:
-        measured = self.measured if self.measured is not None else torch.zeros(len(self.names), dtype=torch.bool)
+        measured = (
+            self.measured if self.measured is not None else torch.zeros(len(self.names), dtype=torch.bool, device="cpu")
+        )
         off = self.authors["position"].abs() >= OFF_CENTRE
         return {
             "tracks": len(self.names),

@@ -29,6 +29,10 @@ seeds existed.
 Each per-seed figure is reported as its mean and standard deviation (``ddof=1``; ``null`` with one seed) over
 the seeds, and per seed. The criteria (:func:`criteria`) are judged on the means.
 
+Devices: the model (analysis, style encoder, decisions), the refinements of the samples and of ``match``, and
+every render run on ``device``; each mix is then copied to the CPU, where every measure is taken (the feature
+vectors and scores are numpy-based, the distances small).
+
 Writes ``generative.json`` (``seeds``; each figure's mean at the top level, ``std``, ``per_seed`` summaries
 with their per-song rows; seed-independent per-song ``rows``; ``criteria``), ``generative.md`` (the table) and
 ``vectors.npz`` (the feature vectors, unstandardised: ``human/SONG`` and ``equal_loudness/SONG``
@@ -50,7 +54,7 @@ import torch
 from gradmix.audio import make_output_folder
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example
-from gradmix.defaults import EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
+from gradmix.defaults import DEVICE, EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.errors import GradmixError
 from gradmix.metrics import (
     aggregate_score,
@@ -147,6 +151,7 @@ def evaluate_generative(
     temperature: float = SAMPLE_TEMPERATURE,
     permutations: int = 1000,
     progress: bool = False,
+    device: torch.device | str = DEVICE,
 ) -> dict[str, Any]:
     """Measure sampling and ``match`` on the songs of ``dataset`` (see the module docstring); write the results
     into ``out_dir`` and return the summary of ``generative.json``.
@@ -165,6 +170,7 @@ def evaluate_generative(
             figure that depends on them, are drawn again for each.
         temperature: as :func:`gradmix.generate.sample_settings`.
         permutations: random splits of each MMD permutation test (seeded by the sample seed).
+        device: where the model, the refinements and the renders run (the measures: on the CPU).
     """
     from gradmix.generate import refine, sample_settings
     from gradmix.mix import Song, analyse, console_for
@@ -172,6 +178,7 @@ def evaluate_generative(
 
     seeds = check_seeds([seed] if seeds is None else seeds)
     model, meta = load_model(model_path)
+    model.to(device)
     sr = int(meta["sample_rate"])
     if held_out:
         songs = list(meta["info"].get("excluded") or [])
@@ -196,7 +203,7 @@ def evaluate_generative(
 
         def render(setting):
             with torch.no_grad():
-                return setting.render(list(tracks), keep_strips=False)[0]
+                return setting.render(list(tracks), keep_strips=False, device=device)[0].cpu()
 
         def score(mix):
             return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
@@ -227,9 +234,9 @@ def evaluate_generative(
         equal = render(baseline("equal_loudness", names, files, tracks, sr))
         equal_vecs[song.name] = _vectors(equal, sr)
         with torch.no_grad():
-            z = model.encode_style(ref[None], sample_rate=sr)[0][0]
+            z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
         matched = render(console_for(model, analysis, names, files, sr, z))
-        refined = render(refine(song_obj, analysis, z, ref, steps=refine_steps))
+        refined = render(refine(song_obj, analysis, z, ref.to(device), steps=refine_steps))
         d = {
             k: float(style_distance(m[None], ref[None], sr))
             for k, m in (("equal_loudness", equal), ("match", matched), ("match_refined", refined))

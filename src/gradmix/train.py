@@ -290,6 +290,10 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             the augmentation, so the settings of an engineer-like target are the ones its audio asks for."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
+                # on the CPU on purpose: g is the step's one CPU stream, drawn in turn by the augmentation, this
+                # draw, the engineer's habits and the track picks; a CUDA generator draws other numbers, and a
+                # generator of its own here would shift every later draw of a CPU run. What crosses to the
+                # device is small: this draw (a number a song) and the engineer's controls below.
                 draw = torch.rand(use_mix.shape, generator=g).to(x.device)
                 use_mix = use_mix & (draw >= cfg.data.self_supervised_fraction)
             if bool(use_mix.all()):
@@ -298,7 +302,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 c = engineer_controls(
                     self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x, mask=batch.mask, sample_rate=self.sr
                 )
-                c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))
+                c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))  # made on the CPU
                 params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
             return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params, c)

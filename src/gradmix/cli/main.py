@@ -95,6 +95,7 @@ def _fit(args: argparse.Namespace) -> None:
         budget_s=args.budget,
         model_path=args.model,
         progress=sys.stdout.isatty(),
+        device=_device(args),
     )
     print(f"wrote {path} after {steps} steps: residual {residual:.1f} dB (error energy relative to the target)")
 
@@ -172,6 +173,7 @@ def _studio(args: argparse.Namespace) -> None:
 
     if not 0 <= args.port <= 65535:
         raise GradmixError(f"--port: {args.port} is not a port (0..65535)")
+    device = _device(args)
     run_studio(
         args.stems_dir,
         console=args.console,
@@ -181,6 +183,7 @@ def _studio(args: argparse.Namespace) -> None:
         port=args.port,
         strict=args.strict,
         open_browser=args.open,
+        device=device,
     )
 
 
@@ -267,6 +270,7 @@ def _separate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    device = _device(args)
     if args.generative:
         if args.tracks or args.model_as:
             raise GradmixError("--tracks and --model-as evaluate systems; they do not apply to --generative")
@@ -289,6 +293,7 @@ def _eval(args: argparse.Namespace) -> None:
             refine_steps=args.refine,
             temperature=args.temperature,
             progress=sys.stdout.isatty(),
+            device=device,
         )
         print(generative_table(summary))
         return
@@ -316,6 +321,7 @@ def _eval(args: argparse.Namespace) -> None:
         held_out=args.held_out,
         tracks=args.tracks,
         models=models,
+        device=device,
     )
     print((Path(args.output) / "results.md").read_text())
     line = f"evaluated {summary['songs']} song(s)"
@@ -469,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=float, default=defaults.FIT_BUDGET_S, help="most seconds of optimisation (default %(default)s)"
     )
     p.add_argument("--model", help="model file for the starting guess (default: the shipped model)")
+    _device_option(p)
     p.set_defaults(func=_fit)
     p = sub.add_parser("train", help="train a mixing model from a YAML config (Lightning; CPU, GPUs, DDP)")
     p.add_argument("config", help="YAML config (see configs/default.yaml)")
@@ -511,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="mixing model file (default: the shipped model)")
     p.add_argument("--strict", action="store_true", help="refuse stems at another sample rate than the console's")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    _device_option(p)
     p.set_defaults(func=_studio)
     p = sub.add_parser("export", help="write a console file as a DAW session (DAWproject or REAPER) playing the stems")
     p.add_argument("console", help="console file (JSON)")
@@ -640,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--generative: draw the samples once per seed (distinct, >= 0) and report each figure as "
         "mean ± std over them and per seed (default: --seed alone)",
     )
+    _device_option(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")
     p.set_defaults(func=_effects)

@@ -19,7 +19,7 @@ import torch
 
 from gradmix.audio import check_output_path
 from gradmix.console import Controls
-from gradmix.defaults import FIT_BUDGET_S, FIT_MAX_STEPS
+from gradmix.defaults import DEVICE, FIT_BUDGET_S, FIT_MAX_STEPS
 from gradmix.errors import GradmixError
 from gradmix.fit.align import align_to_stems, check_memory
 from gradmix.fit.levels import solve_levels
@@ -46,6 +46,7 @@ def fit_folder(
     model_path: str | Path | None = None,
     progress: bool = False,
     tuning: FitTuning = TUNING,
+    device: torch.device | str = DEVICE,
 ) -> tuple[Path, float, int]:
     """Find the console that turns the stems into ``target`` by gradient descent on every control.
 
@@ -60,6 +61,10 @@ def fit_folder(
     ``tuning.check_every`` steps the whole song is rendered and the best console so far kept. Stops at
     ``stop_db`` residual, ``max_steps`` or ``budget_s`` seconds.
 
+    The model, the tracks, the target and every tensor of the optimisation live on ``device``; the target is
+    read and aligned on the CPU before. The windows are drawn from a CPU generator (each start is read as a
+    number at once), so that every device fits on the same windows for a given ``seed``.
+
     Returns:
         ``(console file, residual in dB (error energy / target energy over the whole song), steps)``.
     """
@@ -67,7 +72,8 @@ def fit_folder(
         raise GradmixError(f"--steps: {max_steps} is not at least 1")
     if not 0 < budget_s < math.inf:  # also refuses NaN
         raise GradmixError(f"--budget: {budget_s:g} is not a positive number of seconds")
-    song = load_song(stems_dir, model_path, progress=progress)
+    device = torch.device(device)
+    song = load_song(stems_dir, model_path, progress=progress, device=device)
     model, sr = song.model, song.sample_rate
     ref = read_reference(target, sr)
     output = check_output_path(output, [*song.inputs, Path(target)])
@@ -84,10 +90,11 @@ def fit_folder(
     if stop - start < n:  # the console is fitted where the mix has the stems, not against padding
         song.audio = [a[..., start:stop] for a in song.audio]
         n = stop - start
-    energy = ref.square().sum()
+    energy = float(ref.square().sum())
     if energy <= 0:
         raise GradmixError(f"{target}: silent; nothing to fit")
-    check_memory(len(song.audio), n / sr, tuning)
+    check_memory(len(song.audio), n / sr, tuning, device=device)
+    ref = ref.to(device)
     analysis = analyse(model, song.audio, sr)
     whole = song_excerpt(song.audio, analysis, sr, seconds=None, preroll_s=0.0)
     x, mono = whole.x, whole.mono
@@ -97,12 +104,12 @@ def fit_folder(
         start = model.decide(analysis.embeddings, None, z)
     logits = start.logits()
     opt = torch.optim.Adam(logits, lr=lr)
-    mrstft = spectral_loss()
-    gen = torch.Generator().manual_seed(seed)
+    mrstft = spectral_loss(device)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same windows on every device
     seg, warm = min(n, int(tuning.window_s * sr)), int(tuning.warmup_s * sr)
 
     def residual_db() -> float:
-        return 10 * math.log10(max(problem.error(logits) / float(energy), 1e-30))
+        return 10 * math.log10(max(problem.error(logits) / energy, 1e-30))
 
     best, best_db, steps, planned, moves = logits.copy(), math.inf, 0, max_steps, list(tuning.moves)
     held: dict[int, float] = {}  # bus controls that gradient steps must not move once searched
@@ -130,7 +137,7 @@ def fit_folder(
                 break
         for group in opt.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, steps / planned))))
-        s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen))
+        s0 = int(torch.randint(0, max(1, n - seg + 1), (), generator=gen, device="cpu"))
         a0 = max(0, s0 - warm)
         est, _ = model.layout.render_normalized(
             x[..., a0 : s0 + seg], Controls.from_logits(logits), sample_rate=sr, mono=mono
@@ -149,15 +156,17 @@ def fit_folder(
     return output, best_db, steps
 
 
-def spectral_loss():
-    """The spectral part of a gradient step's loss: log and linear magnitudes at three resolutions."""
+def spectral_loss(device: torch.device | str = DEVICE):
+    """The spectral part of a gradient step's loss: log and linear magnitudes at three resolutions, its windows
+    made on ``device`` (auraloss keeps them as plain attributes, which ``Module.to`` does not move)."""
     import auraloss
 
-    return auraloss.freq.MultiResolutionSTFTLoss(
-        fft_sizes=[256, 1024, 4096],
-        hop_sizes=[64, 256, 1024],
-        win_lengths=[256, 1024, 4096],
-        w_sc=0.0,
-        w_log_mag=1.0,
-        w_lin_mag=1.0,
-    )
+    with torch.device(device):
+        return auraloss.freq.MultiResolutionSTFTLoss(
+            fft_sizes=[256, 1024, 4096],
+            hop_sizes=[64, 256, 1024],
+            win_lengths=[256, 1024, 4096],
+            w_sc=0.0,
+            w_log_mag=1.0,
+            w_lin_mag=1.0,
+        )

@@ -40,7 +40,8 @@ def align_to_stems(
     mono = ref[:, : window + reach].mean(0)
     size = 1 << (guide.shape[-1] + mono.shape[-1] - 1).bit_length()
     corr = torch.fft.irfft(torch.fft.rfft(mono.float(), size) * torch.fft.rfft(guide.float(), size).conj(), size)
-    lags = torch.cat([torch.arange(0, min(reach, m - 1) + 1), torch.arange(-min(reach, n - 1), 0)])
+    later, earlier = min(reach, m - 1), min(reach, n - 1)
+    lags = torch.cat([torch.arange(0, later + 1, device=corr.device), torch.arange(-earlier, 0, device=corr.device)])
     lag = int(lags[int(corr[lags % size].argmax())])
     start, stop = max(0, -lag), min(n, m - lag)
     overlap = max(0, stop - start)
@@ -53,16 +54,22 @@ def align_to_stems(
     return ref[:, start + lag : stop + lag], lag, (start, stop)
 
 
-def check_memory(tracks: int, seconds: float, tuning: FitTuning = TUNING) -> None:
-    """Refuse in one line a song fit could not hold in the memory this machine has available."""
+def check_memory(
+    tracks: int, seconds: float, tuning: FitTuning = TUNING, device: torch.device | str | None = None
+) -> None:
+    """Refuse in one line a song fit could not hold in the memory available where it computes: the system's
+    (:func:`available_memory`) on the CPU, the free memory of ``device`` on a CUDA device (the tracks, the
+    renders and the spectra live there)."""
     need = tracks * (
         tuning.bytes_per_track_second * seconds + tuning.bytes_per_searched_track_second * min(seconds, tuning.search_s)
     )
-    have = available_memory()
+    device = torch.device(device if device is not None else "cpu")
+    have = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    where = "" if device.type == "cpu" else f" on {device}"
     if have is not None and need > have:
         raise GradmixError(
             f"fit: {tracks} tracks x {seconds:.0f} s need about {need / 2**30:.1f} GiB of memory, "
-            f"{have / 2**30:.1f} GiB is available: fit an excerpt (the same seconds of the stems and "
+            f"{have / 2**30:.1f} GiB is available{where}: fit an excerpt (the same seconds of the stems and "
             "of the target) or fewer stems"
         )
 

@@ -60,7 +60,7 @@ def solve_levels(problem: FitProblem, logits: Logits) -> bool:
         sends = torch.pow(10.0, params.sends_db[0] / 20)  # (N, buses)
         run, master = linearised(layout, params, pre * gains[:, :, None], sample_rate, span)
 
-        basis = torch.zeros(n_tracks, 2, 2, span, dtype=x.dtype)  # (track, side, channel, samples)
+        basis = x.new_zeros(n_tracks, 2, 2, span)  # (track, side, channel, samples)
         basis[:, 0, 0], basis[:, 1, 1] = pre[:, 0], pre[:, 1]
         flat = basis.flatten(0, 1)
         del basis, pre
@@ -84,20 +84,20 @@ def solve_levels(problem: FitProblem, logits: Logits) -> bool:
         heard = Q.diagonal().reshape(n_tracks, 2 * (1 + n_buses)).amax(1) > 1e-12 * float(Q.diagonal().max())
 
         def solve(A: Tensor, b: Tensor) -> Tensor:
-            return torch.linalg.solve(A + ridge * torch.eye(len(A), dtype=A.dtype), b)
+            return torch.linalg.solve(A + ridge * torch.eye(len(A), dtype=A.dtype, device=A.device), b)
 
         for _ in range(problem.tuning.level_rounds):
             # gains: coefficient of column (track, side, j) = g[track, side] * (1, sends[track])[j]
-            W = torch.zeros(n_tracks, 2, 1 + n_buses, n_tracks, 2, dtype=torch.float64)
-            idx = torch.arange(n_tracks)
+            W = Q.new_zeros(n_tracks, 2, 1 + n_buses, n_tracks, 2)
+            idx = torch.arange(n_tracks, device=Q.device)
             for side in range(2):
-                W[idx, side, :, idx, side] = torch.cat([torch.ones(n_tracks, 1, dtype=torch.float64), s], 1)
+                W[idx, side, :, idx, side] = torch.cat([Q.new_ones(n_tracks, 1), s], 1)
             W = W.reshape(-1, 2 * n_tracks)
             g = solve(W.T @ Q @ W, W.T @ r).reshape(n_tracks, 2).clamp_min(0)
             if n_buses:
-                a0 = torch.zeros(n_tracks, 2, 1 + n_buses, dtype=torch.float64)
+                a0 = Q.new_zeros(n_tracks, 2, 1 + n_buses)
                 a0[:, :, 0] = g
-                V = torch.zeros(n_tracks, 2, 1 + n_buses, n_tracks, n_buses, dtype=torch.float64)
+                V = Q.new_zeros(n_tracks, 2, 1 + n_buses, n_tracks, n_buses)
                 for b in range(n_buses):
                     V[idx, :, 1 + b, idx, b] = g
                 V = V.reshape(-1, n_tracks * n_buses)

@@ -17,7 +17,8 @@ from gradmix.models import MixController
 
 @dataclass
 class FitProblem:
-    """A song to fit and how: the model (its layout is the console), the tracks, the target mix.
+    """A song to fit and how: the model (its layout is the console), the tracks, the target mix, all on one
+    device (the model's), where every render, solve and search of the fit runs.
 
     Attributes:
         model: the mixing model; ``model.layout`` is the console that is fitted.

@@ -223,7 +223,8 @@ class TimeSearch:
         the pre-delay was wrong comes back)."""
         if self.effect == "delay":
             spec = self.grid_specs[0]
-            return [torch.tensor(v) for v in torch.linspace(spec.min, spec.max, 19).tolist()]
+            steps = torch.linspace(spec.min, spec.max, 19, device="cpu").tolist()  # numbers, read at once
+            return [torch.tensor(v, device=value.device) for v in steps]
         return [value * f for f in (0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 2.0)] + [
             torch.full_like(value, d) for d in (0.3, 0.6, 1.0, 1.6, 2.5)
         ]
@@ -233,7 +234,9 @@ class TimeSearch:
         sends, weighted by frequency squared (first differences): a bass's broad peaks move with every misfit of
         the strips; the high band pins the lag down."""
         size = self.size
-        emphasis = 2 - 2 * torch.cos(torch.linspace(0, math.pi, size // 2 + 1, dtype=self.spectrum.real.dtype))
+        emphasis = 2 - 2 * torch.cos(
+            torch.linspace(0, math.pi, size // 2 + 1, dtype=self.spectrum.real.dtype, device=self.spectrum.device)
+        )
         sends = torch.pow(10.0, sends_db / 20)
         bus = self.at_time_zero(torch.einsum("nct,n->ct", self.strips[0, :, :, : self.span], sends)[None])
         curve = torch.fft.irfft((self.spectrum * emphasis * torch.fft.rfft(bus, size).conj()).sum(-2), size)[0]
@@ -250,22 +253,23 @@ class TimeSearch:
         parameter set on the full grid (:meth:`grid`)."""
         sr, time_name, grid_name = self.sample_rate, self.time_name, self.grid_name
         now_db = self.params.sends_db[0, :, self.bus].to(self.strips.dtype)
+        device = self.strips.device
         coarse = (
-            [torch.tensor(v) for v in (0.0, 0.25, 0.5)]
+            [torch.tensor(v, device=device) for v in (0.0, 0.25, 0.5)]
             if self.effect == "delay"
             else [self.current[grid_name] * f for f in (0.6, 1.0, 1.6)]
         )
         best_judged, choice = self.judge(self.current, now_db)[0], None
         for lag, db in candidates:
             for value in coarse:
-                trial = {time_name: torch.tensor(max(0.0, lag) * 1000.0 / sr), grid_name: value}
+                trial = {time_name: torch.tensor(max(0.0, lag) * 1000.0 / sr, device=device), grid_name: value}
                 e, levels = self.judge(trial, now_db if db is None else db)
                 if e < best_judged:
                     best_judged, choice = e, (trial, levels)
         if choice is None:
             return None
         lag = self.refine_lag(float(choice[0][time_name]) * sr / 1000, choice[1])
-        choice = ({**choice[0], time_name: torch.tensor(lag * 1000.0 / sr)}, choice[1])
+        choice = ({**choice[0], time_name: torch.tensor(lag * 1000.0 / sr, device=device)}, choice[1])
         best_judged = self.judge(*choice, band="full")[0]
         for value in self.grid(choice[0][grid_name]):
             trial = {**choice[0], grid_name: value}
@@ -306,7 +310,7 @@ def without(dry: Tensor):
     dry = dry.double()
     gram = torch.einsum("nct,mct->cnm", dry, dry)
     gram = gram + 1e-9 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)[:, None, None] * torch.eye(
-        len(dry), dtype=dry.dtype
+        len(dry), dtype=dry.dtype, device=dry.device
     )
 
     def project(y: Tensor) -> Tensor:

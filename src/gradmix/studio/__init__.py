@@ -4,7 +4,7 @@
 (``static/``) and the JSON API over it. The server needs the ``studio`` extra (Starlette, uvicorn).
 """
 
-from gradmix.defaults import STUDIO_HOST, STUDIO_PORT
+from gradmix.defaults import DEVICE, STUDIO_HOST, STUDIO_PORT
 from gradmix.studio.session import Session
 
 __all__ = ["Session", "Studio", "run_studio"]
@@ -28,8 +28,10 @@ def run_studio(
     port: int = STUDIO_PORT,
     strict: bool = False,
     open_browser: bool = False,
+    device=DEVICE,
 ) -> None:
-    """Load the song, print the address (and the token on a non-loopback host), serve until Ctrl-C."""
+    """Load the song (the model and the console compute on ``device``), print the address (and the token on a
+    non-loopback host), serve until Ctrl-C."""
     from pathlib import Path
 
     from gradmix.errors import GradmixError
@@ -43,7 +45,7 @@ def run_studio(
     stems = Path(stems_dir)
     out = Path(out_dir) if out_dir is not None else stems.resolve().parent / f"{stems.resolve().name}.studio"
     print(f"loading {stems} and mixing…", flush=True)
-    session = Session(stems, out, console=console, model_path=model_path, strict=strict, progress=True)
+    session = Session(stems, out, console=console, model_path=model_path, strict=strict, progress=True, device=device)
     studio = Studio(session, host=host, port=port)
     print(
         f"gradmix studio: {studio.url}  ({len(session.names)} tracks; saves go to {session.out_dir}; Ctrl-C stops)",

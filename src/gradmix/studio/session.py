@@ -7,6 +7,10 @@ console code as ``gradmix render``. For a quick answer after an edit, only the l
 of pre-roll, so that envelopes, delays and reverb tails from before it are in place) is rendered, and each
 track's strip output is cached under the JSON of its chain: moving one fader re-renders one strip, then the
 buses and the master. Every method takes the session lock, so concurrent requests see whole states.
+
+Devices: the model (automatic mix, samples, ``match``), the loop region's audio and cached strips, every render
+and the meters' compressors run on the session's ``device``; what goes back to the page (the region's mix as
+WAV, meters, EQ curves, the waveform overview) is copied to or computed on the CPU.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from gradmix.audio import check_mixable, check_output_path, load_stems, make_out
 from gradmix.console import ConsoleSetting, Mixdown
 from gradmix.console.render import place_stereo
 from gradmix.console.schema import place
+from gradmix.defaults import DEVICE
 from gradmix.dsp import integrated_loudness
 from gradmix.dsp.eq import eq_coefficients
 from gradmix.dsp.biquad import frequency_response_db
@@ -65,6 +70,7 @@ class Session:
         out_dir: where saves go (created on first save; must not be the stems folder or inside it).
         console: a console file to open on; default: the model's automatic mix.
         model_path: the mixing model (default: the shipped one).
+        device: where the model and the console compute (``cpu``, ``cuda``, ``cuda:N``).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Session:
         model_path: str | Path | None = None,
         strict: bool = False,
         progress: bool = False,
+        device: torch.device | str = DEVICE,
     ) -> None:
         from gradmix.models.checkpoint import load_model
 
@@ -86,7 +93,9 @@ class Session:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise GradmixError(f"{out_dir}: is a file; saves go into a folder")
         self.lock = threading.RLock()
+        self.device = torch.device(device)
         self.model, meta = load_model(model_path)
+        self.model.to(self.device)
         self.model_rate = int(meta["sample_rate"])
         opened = ConsoleSetting.load(console) if console is not None else None
         rate = opened.sample_rate if opened is not None else meta["sample_rate"]
@@ -163,7 +172,7 @@ class Session:
         """Add the mix in the style of the reference file (any length, mono or stereo, any rate)."""
         from gradmix.generate import MATCH_REFINE_STEPS, read_reference, refine
 
-        ref = read_reference(reference, self.sample_rate)
+        ref = read_reference(reference, self.sample_rate).to(self.device)
         with self.lock:
             with torch.no_grad():
                 z = self.model.encode_style(ref[None], sample_rate=self.sample_rate)[0][0]
@@ -251,7 +260,7 @@ class Session:
             end = min(self.length, max(start + 1, round(end_s * sr)), start + round(MAX_REGION_S * sr))
             self.region = (start, end)
             self._pre = min(start, round(PREROLL_S * sr))
-            self._region_audio = [a[:, start - self._pre : end].contiguous() for a in self.audio]
+            self._region_audio = [a[:, start - self._pre : end].contiguous().to(self.device) for a in self.audio]
             self._strips.clear()
             self._renders.clear()
             self._gr.clear()
@@ -266,7 +275,7 @@ class Session:
             key = json.dumps([setting.to_json(), sorted(self.muted), sorted(self.soloed)])
             if key not in self._renders:  # by content: versions with the same console share one render
                 with torch.no_grad():
-                    mix = self._render(setting)[:, self._pre :]
+                    mix = self._render(setting)[:, self._pre :].cpu()  # for the page and its meters
                 peak = float(mix.abs().max())
                 self._renders[key] = RegionAudio(
                     mix,
@@ -352,13 +361,14 @@ class Session:
         return self._gr[key]
 
     def eq_curves(self, setting: ConsoleSetting) -> dict[str, Any]:
-        """Magnitude response (dB at :data:`EQ_FREQS_HZ`) of each track's and the master's first EQ."""
+        """Magnitude response (dB at :data:`EQ_FREQS_HZ`) of each track's and the master's first EQ (on the CPU:
+        a few numbers for the page)."""
 
         def curve(chain) -> list[float] | None:
             e = next((e for e in chain if e.effect.type_name == "eq"), None)
             if e is None:
                 return None
-            p = {k: torch.tensor([e.params[k]], dtype=torch.float64) for k in ("freq_hz", "gain_db", "q")}
+            p = {k: torch.tensor([e.params[k]], dtype=torch.float64, device="cpu") for k in ("freq_hz", "gain_db", "q")}
             b, a = eq_coefficients(e.effect.shapes, sample_rate=self.sample_rate, **p)
             return [round(v, 3) for v in frequency_response_db(b, a, EQ_FREQS_HZ, self.sample_rate)[0].tolist()]
 
@@ -427,6 +437,7 @@ class Session:
                     list(self.audio),
                     keep_strips=False,
                     on_strip=lambda i, s: write_audio(strip_paths[i], s, self.sample_rate),
+                    device=self.device,
                 )
             write_audio(mix_path, mix, self.sample_rate)
             setting.save(console, stems_dir=self.stems_dir)
@@ -480,7 +491,7 @@ def _walk(data: Any, path: list[Any]) -> Any:
 
 def _apply_entry(entry, x: Tensor, sample_rate: int) -> Tensor:
     """One chain entry on ``(1, channels, samples)`` audio, the pan slot with the console's pan law."""
-    params = {k: torch.tensor([v], dtype=x.dtype) for k, v in entry.params.items()}
+    params = {k: torch.tensor([v], dtype=x.dtype, device=x.device) for k, v in entry.params.items()}
     if entry.effect.type_name == "pan":
         return place_stereo(x, params["pan"], None)
     return entry.effect(x, params, sample_rate=sample_rate)
