@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import soundfile as sf
 import torch
@@ -140,3 +142,113 @@ def test_training_runs_resumes_and_exports(tmp_path):
     with pytest.raises(GradmixError, match="not an effect-removal model"):
         (tmp_path / "bad.pt").write_bytes(b"nope")
         load_estimator(tmp_path / "bad.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator(tmp_path_factory):
+    """A tiny effect estimator trained for two steps on the built-in example (its decisions are arbitrary)."""
+    tmp = tmp_path_factory.mktemp("estimator")
+    folder = tmp / "dry" / "alpha"  # not held out
+    folder.mkdir(parents=True)
+    for name, audio in example_multitrack(4.0, SR).items():
+        sf.write(folder / f"{name}.wav", audio.T.numpy(), SR)
+    small = RemovalConfig(mels=32, channels=[4, 8], dim=16)
+    run = RemovalTraining([str(tmp / "dry")], str(tmp / "run"), steps=2, batch_size=2, segments=4, model=small)
+    return train_removal(run, show=False)
+
+
+def wet_file(path, seconds=4.0, channels=2, rate=SR):
+    """A stem through a compressor and a delay, written to ``path``; returns its audio ``(channels, samples)``."""
+    x = stems(seconds)[3:4, :channels]  # the bass
+    present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
+    present[0, [1, 3]] = True
+    wet = render_chains(x, draw_chains(1, torch.Generator().manual_seed(7), present=present), SR)[0].float()
+    sf.write(path, wet.T.numpy(), rate)
+    return wet
+
+
+def test_dry_writes_the_dry_stem_and_a_console_file_that_renders_the_wet_one_back(tmp_path, tiny_estimator, capsys):
+    from gradmix.cli.main import main
+
+    wet = wet_file(tmp_path / "bass.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["dry", str(tmp_path / "bass.wav"), "-o", str(out / "bass_dry.wav"), "--model", str(tiny_estimator)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "effects found" in printed and "presence" in printed
+    dry, rate = sf.read(out / "bass_dry.wav", always_2d=True)
+    assert rate == SR and dry.shape == (wet.shape[1], 2)
+    console = out / "bass_dry.console.json"
+    assert console.is_file()
+    assert main(["render", str(console), "-o", str(tmp_path / "again.wav")]) == 0
+    again, _ = sf.read(tmp_path / "again.wav", always_2d=True)
+    # the chain played over the dry stem is the wet stem again (up to the reverb's statistical removal)
+    assert error_db(torch.from_numpy(again.T), wet.double()) < -20
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"RIFF0000WAVEjunk"), "bass.wav"),
+        (lambda p: sf.write(p, torch.full((SR, 2), float("nan")).numpy(), SR, subtype="FLOAT"), "NaN"),
+        (lambda p: sf.write(p, torch.zeros(SR, 3).numpy() + 0.1, SR), "3 channels"),
+    ],
+)
+def test_dry_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, tiny_estimator, capsys, make, message):
+    from gradmix.cli.main import main
+
+    make(tmp_path / "bass.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["dry", str(tmp_path / "bass.wav"), "-o", str(out / "d.wav"), "--model", str(tiny_estimator)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(out.iterdir()) == []
+
+
+def test_dry_will_not_overwrite_its_input(tmp_path, tiny_estimator, capsys):
+    from gradmix.cli.main import main
+
+    wet_file(tmp_path / "bass.wav")
+    before = (tmp_path / "bass.wav").read_bytes()
+    assert (
+        main(["dry", str(tmp_path / "bass.wav"), "-o", str(tmp_path / "bass.wav"), "--model", str(tiny_estimator)]) == 2
+    )
+    assert "overwrite an input" in capsys.readouterr().err
+    assert (tmp_path / "bass.wav").read_bytes() == before
+
+
+def test_dry_of_a_silent_mono_stem_at_another_rate(tmp_path, tiny_estimator, capsys):
+    from gradmix.cli.main import main
+
+    sf.write(tmp_path / "quiet.wav", torch.zeros(22050).numpy(), 22050)
+    assert (
+        main(["dry", str(tmp_path / "quiet.wav"), "-o", str(tmp_path / "d.wav"), "--model", str(tiny_estimator)]) == 0
+    )
+    assert "silent" in capsys.readouterr().out
+    dry, rate = sf.read(tmp_path / "d.wav", always_2d=True)
+    assert rate == 22050 and dry.shape == (22050, 1) and not dry.any()
+
+
+def test_dataset_dry_is_resumable_and_normalises(tmp_path, tiny_estimator, capsys):
+    from gradmix.cli.main import main
+    from gradmix.data import find_songs
+
+    root = tmp_path / "wet"
+    for song in ("one", "two"):
+        (root / song).mkdir(parents=True)
+        wet_file(root / song / "bass.wav", seconds=3.0)
+        wet_file(root / song / "lead.wav", seconds=3.0, channels=1)
+    out = tmp_path / "out"
+    args = ["dataset", "dry", str(root), "-o", str(out), "--model", str(tiny_estimator), "--normalize"]
+    assert main(args) == 0, capsys.readouterr().err
+    songs = find_songs(out / "dry")
+    assert [s.name for s in songs] == ["one", "two"] and len(songs[0].stems) == 2
+    chains = json.loads((out / "dry" / "one" / "chains.json").read_text())["stems"]
+    assert set(chains) == {"bass.wav", "lead.wav"} and "probabilities" in chains["bass.wav"]
+    assert len(find_songs(out / "normalized")) == 2
+    made = {p: p.stat().st_mtime_ns for p in (out / "dry").rglob("*.wav")}
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "dry").rglob("*.wav")} == made
+    assert "2 already done" in capsys.readouterr().out

@@ -269,8 +269,55 @@ def _separate(args: argparse.Namespace) -> None:
     )
 
 
+def _dry(args: argparse.Namespace) -> None:
+    from gradmix.removal.dry import dry_file
+
+    removal, dry, console = dry_file(
+        args.wet, args.output, chain_out=args.chain_out, model_path=args.model, subtype=args.format
+    )
+    found = ", ".join(e.effect.type_name for e in removal.chain) or "none"
+    odds = ", ".join(f"{k} {v:.2f}" for k, v in removal.probabilities.items())
+    print(f"effects found: {found} (presence: {odds})")
+    for note in removal.notes:
+        print(f"note: {note}")
+    print(f"dry stem: {dry}")
+    print(f"chain: {console} (edit it; gradmix render {console} -o WET.wav plays the dry stem through it)")
+
+
+def _dataset_dry(args: argparse.Namespace) -> None:
+    from gradmix.removal.dataset import dry_dataset
+
+    s = dry_dataset(
+        args.root,
+        args.output,
+        model_path=args.model,
+        normalize=args.normalize,
+        progress=sys.stdout.isatty(),
+        shard=args.shard,
+    )
+    found = ", ".join(f"{k} {v}" for k, v in s["effects_found"].items())
+    print(f"removed effects from {len(s['done'])} song(s) ({s['skipped']} already done) into {args.output}/dry")
+    print(f"stems with each effect: {found}")
+    if "normalized" in s:
+        print(f"normalised into {args.output}/normalized")
+
+
+def _train_removal(args: argparse.Namespace) -> None:
+    from gradmix.removal.train import RemovalTraining, train_removal
+
+    run = RemovalTraining(list(args.roots), args.output, steps=args.steps, seed=args.seed)
+    path = train_removal(run, show=sys.stdout.isatty(), max_minutes=args.minutes)
+    print(f"effect estimator: {path} (use it with gradmix dry --model {path})")
+
+
 def _eval(args: argparse.Namespace) -> None:
     device = _device(args)
+    if args.removal:
+        _eval_removal(args)
+        return
+    if len(args.dataset) > 1:
+        raise GradmixError("give one dataset (several are for --removal)")
+    args.dataset = args.dataset[0]
     if args.generative:
         if args.tracks or args.model_as:
             raise GradmixError("--tracks and --model-as evaluate systems; they do not apply to --generative")
@@ -335,6 +382,22 @@ def _eval(args: argparse.Namespace) -> None:
             )
         line += f"; measured {t['measured']} track(s) in {t['songs']} song(s), {t['off_centre']} off-centre"
     print(f"{line}; see {args.output}/index.html")
+
+
+def _eval_removal(args: argparse.Namespace) -> None:
+    if args.tracks or args.model_as or args.generative or args.held_out:
+        raise GradmixError(
+            "--removal measures effect removal on held-out stems; --tracks, --model-as, --generative "
+            "and --held-out do not apply"
+        )
+    from gradmix.evaluate_removal import evaluate_removal, removal_table
+    from gradmix.models.removal import load_estimator
+
+    results = evaluate_removal(
+        list(args.dataset), args.output, load_estimator(args.model), seed=args.seed, show=sys.stdout.isatty()
+    )
+    print(removal_table(results))
+    print(f"see {args.output}/removal.html")
 
 
 def _effects(args: argparse.Namespace) -> None:
@@ -571,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_midi)
+    p = dsub.add_parser("dry", help="remove the effects of every stem of a dataset (gradmix dry), then normalise")
+    p.add_argument("root", help="dataset (any layout gradmix reads)")
+    p.add_argument("-o", "--output", required=True, help="output folder: dry/ (and normalized/)")
+    p.add_argument("--model", help="effect estimator (default: the shipped one)")
+    p.add_argument("--normalize", action="store_true", help="FxNorm the dry stems into OUTPUT/normalized")
+    _shard_option(p)
+    p.set_defaults(func=_dataset_dry)
     p = dsub.add_parser("separate", help="split full mixes into stems with a local Demucs model, then normalise")
     p.add_argument("mixes_dir", help="folder of full mixes")
     p.add_argument("-o", "--output", required=True, help="output folder: stems/ and normalized/")
@@ -585,8 +655,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_separate)
+    p = sub.add_parser("dry", help="estimate the effects of a stem as an editable chain, and undo them")
+    p.add_argument("wet", help="the stem (mono or stereo, any rate)")
+    p.add_argument("-o", "--output", required=True, help="the dry stem to write (.wav or .flac)")
+    p.add_argument(
+        "--chain-out", help="console file of the chain (default: OUTPUT with .console.json): renders the wet stem back"
+    )
+    p.add_argument("--model", help="effect estimator (default: the shipped one)")
+    p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
+    p.set_defaults(func=_dry)
+    p = sub.add_parser("train-removal", help="train the effect estimator of gradmix dry on dry stems")
+    p.add_argument("roots", nargs="+", help="datasets of dry stems (e.g. data/lmms data/midi)")
+    p.add_argument("-o", "--output", required=True, help="run folder (resumes from it; model.pt at the end)")
+    p.add_argument("--steps", type=int, default=defaults.REMOVAL_STEPS, help="training steps (default %(default)s)")
+    p.add_argument("--minutes", type=float, help="stop (resumably) after this many minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_removal)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
-    p.add_argument("dataset", help="dataset (any layout) whose songs have a mix")
+    p.add_argument(
+        "dataset",
+        nargs="+",
+        help="dataset (any layout) whose songs have a mix; with --removal, one or more datasets of dry stems",
+    )
     p.add_argument(
         "--systems",
         default=",".join(defaults.EVAL_SYSTEMS),
@@ -647,6 +737,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="--generative: draw the samples once per seed (distinct, >= 0) and report each figure as "
         "mean ± std over them and per seed (default: --seed alone)",
+    )
+    p.add_argument(
+        "--removal",
+        action="store_true",
+        help="measure effect removal (gradmix dry) on the datasets' held-out stems; --model: the effect estimator",
     )
     _device_option(p)
     p.set_defaults(func=_eval)

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from gradmix.audio import resample
-from gradmix.console.setting import Entry
+from gradmix.audio import check_output_path, read_audio, resample, write_audio
+from gradmix.console.setting import ConsoleSetting, Entry, TrackSetting
 from gradmix.dsp import parametric_eq
 from gradmix.dsp.inverse import dereverberate, uncompress, undelay, undistort
-from gradmix.models.removal import EffectEstimator
+from gradmix.models.removal import EffectEstimator, load_estimator
 from gradmix.removal.chains import EFFECTS, REMOVABLE, ChainBatch, from_controls, peak_gain_db, rescaled
 
 WINDOW_S = 3.0
@@ -160,3 +161,37 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
 
 def _named(probabilities: Tensor) -> dict[str, float]:
     return {name: round(float(v), 3) for name, v in zip(REMOVABLE, probabilities)}
+
+
+def dry_file(
+    wet_path: str | Path,
+    output: str | Path,
+    *,
+    chain_out: str | Path | None = None,
+    model_path: str | Path | None = None,
+    subtype: str = "float",
+) -> tuple[Removal, Path, Path]:
+    """``gradmix dry``: write the dry stem of ``wet_path`` to ``output`` and its estimated chain as a console file
+    (default: ``output`` with ``.console.json``) whose one track plays the dry stem through the chain, so that
+    ``gradmix render`` of it gives the wet stem back. Both files are written whole, or neither.
+
+    Returns the removal, and the paths of the dry stem and of the console file.
+    """
+    wet_path, output = Path(wet_path), Path(output)
+    chain_path = Path(chain_out) if chain_out is not None else output.with_name(output.stem + ".console.json")
+    check_output_path(output, [wet_path], audio=True)
+    check_output_path(chain_path, [wet_path, output])
+    audio, rate = read_audio(wet_path)
+    removal = remove_effects(load_estimator(model_path), torch.from_numpy(audio), rate)
+    setting = ConsoleSetting(
+        sample_rate=rate,
+        tracks=[TrackSetting(name=wet_path.stem, file=output.name, chain=removal.chain)],
+        stems=output.parent.resolve(),
+    )
+    write_audio(output, removal.dry, rate, subtype=subtype)
+    try:
+        setting.save(chain_path)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    return removal, output, chain_path

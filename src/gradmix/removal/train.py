@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from gradmix.audio import read_audio, resample
 from gradmix.data import find_songs
+from gradmix.defaults import REMOVAL_STEPS
 from gradmix.errors import GradmixError
 from gradmix.models.removal import EffectEstimator, RemovalConfig
 from gradmix.progress import progress as show_progress
@@ -46,7 +47,7 @@ class RemovalTraining:
 
     roots: list[str]
     out: str
-    steps: int = 3000
+    steps: int = REMOVAL_STEPS
     batch_size: int = 16
     seconds: float = 3.0
     lr: float = 1e-3
