@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: install sysdeps demo test bench model eval-model clean
+.PHONY: install sysdeps demo test bench model eval-model removal-model eval-removal clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,18 @@ model: install sysdeps
 eval-model: install
 	$(VENV)/bin/gradmix eval data/lmms --held-out --systems plain_sum,equal_loudness,rules,gradmix -o out/eval-model
 	$(VENV)/bin/gradmix eval data/lmms --held-out --generative -o out/eval-model
+
+# the effect estimator of gradmix dry: dry stems of the LMMS songs and of 100 scores (both resumable), then
+# training on console-made pairs (resumes from runs/removal), then the weights go into the package
+removal-model: install sysdeps
+	$(VENV)/bin/gradmix dataset lmms data/lmms
+	$(VENV)/bin/gradmix dataset midi data/midi --songs 100
+	$(VENV)/bin/gradmix train-removal data/lmms data/midi -o runs/removal
+	cp runs/removal/model.pt src/gradmix/models/removal_model.pt
+
+# effect removal on the held-out stems of both datasets
+eval-removal: install
+	$(VENV)/bin/gradmix eval data/lmms data/midi --removal -o out/eval-removal
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/effects.py

@@ -252,3 +252,24 @@ def test_dataset_dry_is_resumable_and_normalises(tmp_path, tiny_estimator, capsy
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "dry").rglob("*.wav")} == made
     assert "2 already done" in capsys.readouterr().out
+
+
+def test_the_estimator_hears_echoes_and_dynamics():
+    """Its hand-made views: an echo is a peak of the envelope's autocorrelation at its lag, and a compressor
+    moves the envelope's levels up towards the peak."""
+    model = EffectEstimator(RemovalConfig()).eval()
+    x = stems(3.0)[1:2].float()  # the snare
+    present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
+    present[0, REMOVABLE.index("delay")] = True
+    chains = draw_chains(1, torch.Generator().manual_seed(8), present=present)
+    chains.params["delay"]["time_ms"] = torch.tensor([310.0], dtype=torch.float64)
+    chains.params["delay"]["mix"] = torch.tensor([0.5], dtype=torch.float64)
+    lag = int(torch.argmax(model.echoes(render_chains(x, chains, SR))[0, 2:])) + 3
+    assert abs(lag * model.cfg.envelope_hop_ms - 310.0) <= 2 * model.cfg.envelope_hop_ms
+    present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
+    present[0, REMOVABLE.index("compressor")] = True
+    chains = draw_chains(1, torch.Generator().manual_seed(9), present=present)
+    chains.params["compressor"]["threshold_db"] = torch.tensor([-25.0], dtype=torch.float64)
+    chains.params["compressor"]["ratio"] = torch.tensor([8.0], dtype=torch.float64)
+    squashed = render_chains(x, chains, SR)
+    assert model.levels(squashed)[0, :12].sum() > model.levels(x)[0, :12].sum() + 0.1

@@ -11,11 +11,12 @@ effect, and random chains of two and of three effects. Systems:
 - ``gradmix``: :func:`gradmix.removal.dry.remove_effects` with the estimator;
 - ``oracle``: the true chain undone (:func:`gradmix.removal.dry.undo`): the bound the inverses set.
 
-Measures: SI-SDR of each system's output against the dry stem, and its improvement over the wet input (mean
-per case); the F1 of chain detection (over every segment and effect, per case and overall); the mean absolute
-error of the EQ gains (dB, where an EQ was applied and found) and of the compressor's threshold (dB) and
-ratio (where a compressor was applied and found). Writes ``removal.json``, ``removal.md`` (the tables) and
-``removal.html`` (the tables and, per case, the first segments to listen: wet, each system, dry).
+Measures: SI-SDR of each system's output against the dry stem (at most :data:`SI_SDR_CAP_DB`), and its
+improvement over the wet input (mean per case); the F1 of chain detection (over every segment and effect,
+per case and overall); the mean absolute error of the EQ gains (dB, where an EQ was applied and found) and
+of the compressor's threshold (dB) and ratio (where a compressor was applied and found). Writes
+``removal.json``, ``removal.md`` (the tables) and ``removal.html`` (the tables and, per case, the first
+segments to listen: wet, each system, dry).
 """
 
 from __future__ import annotations
@@ -40,8 +41,13 @@ SYSTEMS = ("identity", "fxnorm", "gradmix", "oracle")
 """The systems of the removal evaluation, in table order."""
 
 
+SI_SDR_CAP_DB = 60.0
+"""SI-SDR is reported up to this (an exact copy has an infinite one; above this, rounding decides)."""
+
+
 def si_sdr_db(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    """Scale-invariant SDR in dB of ``estimate`` against ``reference`` (any equal shapes, flattened)."""
+    """Scale-invariant SDR in dB of ``estimate`` against ``reference`` (any equal shapes, flattened), at most
+    :data:`SI_SDR_CAP_DB`."""
     r, e = reference.double().flatten(), estimate.double().flatten()
     target = (e @ r) / (r @ r).clamp_min(1e-30) * r
     return float(

@@ -6,8 +6,10 @@ returns one presence logit per removable effect and the estimated parameters as 
 
 - a log-mel spectrogram of mid and side through a small CNN, pooled over time by mean, standard deviation
   and maximum (timbre, dynamics, decay);
-- the normalised autocorrelation of the signal's energy envelope at lags up to :attr:`RemovalConfig.max_lag_s`
-  (echoes: a delay shows as a peak at its time and its multiples).
+- the normalised autocorrelation of the onsets (the rise of the log energy envelope) at lags up to
+  :attr:`RemovalConfig.max_lag_s` (echoes: a delay shows as a peak at its time and its multiples);
+- the histogram of the envelope's peak levels, 1 dB bins below the window's peak (dynamics: a compressor
+  piles the levels up under its threshold).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RemovalConfig:
     dim: int = 256
     envelope_hop_ms: float = 5.0
     max_lag_s: float = 1.0
+    level_bins: int = 48
     effects: int = 5
     controls: int = 22
 
@@ -60,8 +63,9 @@ class EffectEstimator(nn.Module):
         spectral = 3 * c_in * (cfg.mels // 2 ** len(cfg.channels))
         self.lags = int(cfg.max_lag_s * 1000 / cfg.envelope_hop_ms)
         self.echo = nn.Sequential(nn.Linear(self.lags, cfg.dim), nn.GELU())
+        self.dynamics = nn.Sequential(nn.Linear(cfg.level_bins, cfg.dim), nn.GELU())
         self.trunk = nn.Sequential(
-            nn.Linear(spectral + cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim), nn.GELU()
+            nn.Linear(spectral + 2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim), nn.GELU()
         )
         self.presence = nn.Linear(cfg.dim, cfg.effects)
         self.settings = nn.Linear(cfg.dim, cfg.controls)
@@ -78,15 +82,16 @@ class EffectEstimator(nn.Module):
         return ((mel + 4.0) / 4.0).unflatten(0, (x.shape[0], 2))
 
     def echoes(self, x: Tensor) -> Tensor:
-        """The normalised autocorrelation ``(batch, lags)`` of the mean-removed energy envelope (one value per
-        :attr:`RemovalConfig.envelope_hop_ms`), at lags 1 .. :attr:`lags` hops."""
+        """The normalised autocorrelation ``(batch, lags)`` of the onsets (the rise of the log energy envelope,
+        one value per :attr:`RemovalConfig.envelope_hop_ms`), at lags 1 .. :attr:`lags` hops: each echo repeats
+        the onsets, a peak at its lag, where the envelope's own slow decay would hide it."""
         hop = max(1, int(self.cfg.sample_rate * self.cfg.envelope_hop_ms / 1000))
         frames = x.shape[-1] // hop
-        env = x[..., : frames * hop].square().mean(1).unflatten(-1, (frames, hop)).mean(-1)
-        env = torch.log10(env + 1e-8)
-        env = env - env.mean(-1, keepdim=True)
-        size = 1 << (2 * frames - 1).bit_length()
-        spec = torch.fft.rfft(env, size)
+        env = torch.log10(x[..., : frames * hop].square().mean(1).unflatten(-1, (frames, hop)).mean(-1) + 1e-8)
+        onsets = torch.diff(env, dim=-1).clamp_min(0)
+        onsets = onsets - onsets.mean(-1, keepdim=True)
+        size = 1 << (2 * onsets.shape[-1] - 1).bit_length()
+        spec = torch.fft.rfft(onsets, size)
         ac = torch.fft.irfft(spec.abs().square(), size)[:, : self.lags + 1]
         ac = ac / ac[:, :1].clamp_min(1e-8)
         out = ac[:, 1:]
@@ -94,10 +99,21 @@ class EffectEstimator(nn.Module):
             out = nn.functional.pad(out, (0, self.lags - out.shape[-1]))
         return out
 
+    def levels(self, x: Tensor) -> Tensor:
+        """The share of envelope frames (peak level per :attr:`RemovalConfig.envelope_hop_ms`) in each 1 dB bin below
+        the window's peak, ``(batch, level_bins)`` (frames lower still are not counted)."""
+        hop = max(1, int(self.cfg.sample_rate * self.cfg.envelope_hop_ms / 1000))
+        frames = x.shape[-1] // hop
+        peak = x[..., : frames * hop].abs().amax(1).unflatten(-1, (frames, hop)).amax(-1)
+        below = 20 * torch.log10(peak.amax(-1, keepdim=True).clamp_min(1e-8) / peak.clamp_min(1e-8))
+        bins = torch.arange(self.cfg.level_bins, device=x.device, dtype=x.dtype)
+        inside = (below[..., None] >= bins) & (below[..., None] < bins + 1)
+        return inside.to(x.dtype).mean(1)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.cnn(self.spectrogram(x)).flatten(1, 2)  # (batch, channels * freqs, frames)
         pooled = torch.cat([h.mean(-1), h.std(-1, unbiased=False), h.amax(-1)], -1)
-        h = self.trunk(torch.cat([pooled, self.echo(self.echoes(x))], -1))
+        h = self.trunk(torch.cat([pooled, self.echo(self.echoes(x)), self.dynamics(self.levels(x) * 10)], -1))
         return self.presence(h), torch.sigmoid(self.settings(h))
 
     @property

@@ -52,7 +52,7 @@ class RemovalTraining:
     seconds: float = 3.0
     lr: float = 1e-3
     settings_weight: float = 4.0
-    segments: int = 1500
+    segments: int = 3000
     seed: int = 0
     checkpoint_every: int = 100
     model: RemovalConfig = field(default_factory=RemovalConfig)
