@@ -8,8 +8,8 @@
   what the filter's past leaves; Newton steps, which converge monotonically on these concave curves).
   Where a fully wet shaper saturated, what was cut is lost.
 - :func:`undelay`: the feedback delay is linear, ``H = (1 - mix) + mix P / (1 - feedback P)`` with ``P``
-  the interpolated delay; the inverse divides by ``H`` in the frequency domain (regularised where
-  ``|H|`` is small), over twice the signal's length.
+  the interpolated delay; where its inverse is causal and stable it runs as two passes of the delay line,
+  otherwise as a division by ``H`` in the frequency domain (regularised where ``|H|`` is small).
 - :func:`dereverberate`: a reverb's fine structure cannot be known from its settings (the room's noise is
   seeded), so its late energy is removed statistically: the reverb's power in each STFT bin is predicted
   from the dry power estimated in earlier frames, decaying at the band's RT60 (Lebart, Boucher & Denbigh,
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.dsp._params import Param, check_audio, check_range, check_sample_rate, param
+from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
 from gradmix.dsp.ballistics import linked_peak, uncompress_gain
 from gradmix.dsp.biquad import biquad_coefficients
+from gradmix.dsp.delay_line import delay_line
 from gradmix.dsp.distortion import TONE_PIVOT_HZ
 from gradmix.dsp.dynamics import time_to_coefficient
 from gradmix.dsp.reverb import REVERB_BANDS, REVERB_CROSSOVERS_HZ
@@ -132,7 +133,7 @@ def _kernels():
                                 slope = 1.0 - f * f
                             step = ((1.0 - m) * u + mw * f - size) / ((1.0 - m) + mw * slope)
                             u -= step
-                            if abs(step) <= 1e-13 * (1.0 + u):
+                            if abs(step) <= 1e-11 * (1.0 + u):
                                 break
                     if v < 0:
                         u = -u
@@ -148,7 +149,27 @@ def _kernels():
                         z2[k] = b[i, k, 2] * w - a[i, k, 2] * out
                         w = out
 
-        _KERNELS = (unshape,)
+        @njit(parallel=True, cache=True)
+        def late_reverb(power, decay, weight, direct, lag, floor, dry):  # pragma: no cover - compiled
+            # per bin: tail R[t] = a R[t-1] + (1 - a) P[t - lag] (P the dry power found so far); the reverb's
+            # power weight * R[t] (weight = mix^2 G(f)) is taken from the bin's, at most down to floor * power; a
+            # zero predelay puts the frame's own onset (1 - a) weight P[t] beside the direct path (1 - mix)^2
+            items, bins, frames = power.shape
+            for i in prange(items):
+                for f in range(bins):
+                    a, w = decay[i, f], weight[i, f]
+                    tail = 0.0
+                    for t in range(frames):
+                        tail *= a
+                        if lag[i] > 0 and t >= lag[i]:
+                            tail += (1.0 - a) * dry[i, f, t - lag[i]]
+                        own = (1.0 - a) * w if lag[i] == 0 else 0.0
+                        left = max(power[i, f, t] - w * tail, floor * power[i, f, t])
+                        dry[i, f, t] = left / max(direct[i] + own, 0.01)  # a fully wet reverb has no direct path
+                        if lag[i] == 0:
+                            tail += (1.0 - a) * dry[i, f, t]
+
+        _KERNELS = (unshape, late_reverb)
     return _KERNELS
 
 
@@ -216,9 +237,11 @@ def delay_response(
 def undelay(
     y: Tensor, *, sample_rate: float, time_ms: Param, feedback: Param = 0.3, mix: Param = 0.3, floor_db: float = -40.0
 ) -> Tensor:
-    """The input of :func:`gradmix.dsp.delay` whose output is ``y``: division by its response, which is
-    regularised where ``|H|`` falls below ``floor_db`` (a fully wet delay has no response at all before its
-    first repeat; there the division recovers what the repeats carry).
+    """The input of :func:`gradmix.dsp.delay` whose output is ``y``. With ``H = ((1 - mix) + c P) / (1 - feedback
+    P)``, ``c = mix - (1 - mix) feedback``, the inverse is causal and stable when ``|c| < 0.99 (1 - mix)``: then
+    it runs as two passes of the delay line (exact, O(samples)). Otherwise (a mostly wet delay) it divides by
+    ``H`` over twice the signal's length, regularised where ``|H|`` falls below ``floor_db``; that inverse runs
+    backwards in time and misses the repeats cut off at the end.
 
     Args:
         y: delayed audio ``(batch, channels, samples)``.
@@ -231,6 +254,12 @@ def undelay(
     check_range(t, "time_ms", 1.0, 5000.0)
     check_range(fb, "feedback", -0.99, 0.99)
     check_range(m, "mix", 0.0, 1.0)
+    c, dry = m.double() - (1 - m.double()) * fb.double(), 1 - m.double()
+    if bool((c.abs() < 0.99 * dry).all()):
+        yd, samples = y.detach().double(), (t.double() * (sample_rate / 1000.0)).clamp_min(1.0)
+        u = (yd - bcast(fb.double()) * delay_line(yd, samples, torch.zeros_like(samples))) / bcast(dry)
+        g = -c / dry
+        return (u + bcast(g) * delay_line(u, samples, g)).to(y.dtype)
     n = y.shape[-1]
     length = 2 * n
     freqs = torch.fft.rfftfreq(length, 1 / sample_rate).to(y.device)
@@ -284,31 +313,28 @@ def dereverberate(
     b, c, n = y.shape
     n_fft = 2 ** round(math.log2(frame_ms * sample_rate / 1000.0))
     hop = n_fft // 4
-    window = torch.hann_window(n_fft, dtype=torch.float64, device=y.device)
-    spec = torch.stft(y.detach().double().reshape(b * c, n), n_fft, hop, window=window, return_complex=True)
-    power = spec.abs() ** 2  # (b c, bins, frames)
+    window = torch.hann_window(n_fft, device=y.device)  # float32: a statistical estimate needs no more
+    spec = torch.stft(y.detach().float().reshape(b * c, n), n_fft, hop, window=window, return_complex=True)
+    power = torch.view_as_real(spec).square().sum(-1)  # (b c, bins, frames)
     freqs = torch.fft.rfftfreq(n_fft, 1 / sample_rate).to(y.device)
     rt = band_decay_s(d, freqs).repeat_interleave(c, 0)  # (b c, bins)
     energy = rt / rt.mean(-1, keepdim=True)
     a = torch.exp(-2 * math.log(1000.0) * hop / (sample_rate * rt))
-    mb = m.double().repeat_interleave(c, 0)[:, None]
-    lag = (p.double() * sample_rate / 1000.0 / hop).round().long().repeat_interleave(c, 0)
-    direct = (1 - mb) ** 2
-    floor = 10 ** (DEREVERB_FLOOR_DB / 10)
-    frames = power.shape[-1]
-    dry = torch.zeros_like(power)
-    tail = torch.zeros_like(power[..., 0])
-    rows = torch.arange(b * c, device=y.device)
-    for k in range(frames):
-        earlier = k - lag
-        past = torch.where((earlier >= 0)[:, None], dry[rows, :, earlier.clamp_min(0)], torch.zeros_like(tail))
-        now = lag == 0
-        tail = a * tail + (1 - a) * torch.where(now[:, None], 0.0, past)
-        reverb = mb**2 * energy * tail
-        own = torch.where(now[:, None], mb**2 * energy * (1 - a), 0.0)  # this frame's own onset (no predelay)
-        left = (power[..., k] - reverb).clamp_min(floor * power[..., k])
-        dry[..., k] = left / (direct + own).clamp_min(0.01)  # a fully wet reverb has no direct path
-        tail = tail + torch.where(now[:, None], (1 - a) * dry[..., k], 0.0)
-    scale = torch.sqrt(dry / power.clamp_min(1e-30))
-    out = torch.istft(spec * scale, n_fft, hop, window=window, length=n)
+    weight = (m.double().repeat_interleave(c, 0)[:, None] ** 2 * energy).cpu().contiguous().numpy()
+    lag = (p.double() * sample_rate / 1000.0 / hop).round().long().repeat_interleave(c, 0).cpu().numpy()
+    direct = ((1 - m.double()) ** 2).repeat_interleave(c, 0).cpu().numpy()
+    power_np = power.cpu().contiguous().numpy()
+    dry_np = np.empty_like(power_np)
+    _kernels()[1](
+        power_np,
+        a.float().cpu().contiguous().numpy(),
+        weight.astype(np.float32),
+        direct.astype(np.float32),
+        lag,
+        np.float32(10 ** (DEREVERB_FLOOR_DB / 10)),
+        dry_np,
+    )
+    dry = torch.from_numpy(dry_np).to(power.device)
+    scale = dry.div_(power.clamp_min_(1e-30)).sqrt_()
+    out = torch.istft(spec.mul_(scale), n_fft, hop, window=window, length=n)
     return out.view(b, c, n).to(y.dtype)
