@@ -50,9 +50,8 @@ def si_sdr_db(estimate: torch.Tensor, reference: torch.Tensor) -> float:
     :data:`SI_SDR_CAP_DB`."""
     r, e = reference.double().flatten(), estimate.double().flatten()
     target = (e @ r) / (r @ r).clamp_min(1e-30) * r
-    return float(
-        10 * torch.log10(target.square().sum().clamp_min(1e-30) / (target - e).square().sum().clamp_min(1e-30))
-    )
+    sdr = 10 * torch.log10(target.square().sum().clamp_min(1e-30) / (target - e).square().sum().clamp_min(1e-30))
+    return min(float(sdr), SI_SDR_CAP_DB)
 
 
 def cases(generator: torch.Generator, n: int) -> dict[str, torch.Tensor]:
