@@ -321,7 +321,11 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
 @pytest.mark.parametrize("name", ["default", "per-track"])
 def test_the_shipped_recipes_load_and_pass_the_checks(name):
     """`make model`'s recipe trains on the mix alone; the per-track recipe weights every per-track term."""
-    cfg = TrainConfig.load(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    root = Path(__file__).parents[1]
+    cfg = TrainConfig.load(root / "configs" / f"{name}.yaml")
+    if name == "per-track":  # the second stage starts from what the first writes; here, from the shipped model
+        assert Path(cfg.run.init).resolve() == root / "runs" / "default" / "model.pt"
+        cfg.run.init = str(root / "src" / "gradmix" / "models" / "default_model.pt")
     check(cfg)
     assert cfg.optim.loss.per_track == (name == "per-track")
     assert cfg.data.augmentation.enabled == (name == "per-track")
@@ -350,3 +354,32 @@ def test_the_engineer_switch_is_told_which_targets_an_engineer_like_console_made
     assert load_model(train(cfg))[0].cfg.engineer_switch
     flags = torch.cat([e for e in seen if e is not None])
     assert len(flags) > 0 and bool((flags == engineer).all()), flags
+
+
+def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first_step(tmp_path):
+    """``run.init``: the grown model (descriptors in the token, the engineer's heads) starts exactly where the
+    file's model was, then trains from there; a missing file is one error before any work."""
+    require("lightning")
+    require("auraloss")
+    from gradmix.console import Layout
+    from gradmix.models import MixController, ModelConfig
+    from gradmix.train import train, warm_start
+
+    data = make_dataset(tmp_path / "data")
+    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
+    source, _ = load_model(first)
+    grown = MixController(Layout.default(), ModelConfig(**TINY, track_descriptors=True, engineer_switch=True))
+    before = MixController(Layout.default(), ModelConfig(**TINY, track_descriptors=True, engineer_switch=True))
+    before.load_state_dict(grown.state_dict())
+    warm_start(grown, first)
+    x = torch.randn(1, 3, 2, SR) * 0.05
+    with torch.no_grad():
+        a, b, c = (m.eval()(x, sample_rate=SR) for m in (source, grown, before))
+    assert torch.equal(a.strip, b.strip) and torch.equal(a.master, b.master) and torch.equal(a.sends, b.sends)
+    assert not torch.allclose(a.strip, c.strip)  # the copy, not the initialisation, decides
+    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
+    cfg.model.track_descriptors = cfg.model.engineer_switch = True
+    assert load_model(train(cfg))[0].cfg.track_descriptors
+    cfg.run.init = str(tmp_path / "none.pt")
+    with pytest.raises(GradmixError, match="run.init"):
+        check(cfg)

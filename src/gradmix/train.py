@@ -40,7 +40,7 @@ from gradmix.data import SegmentDataset, collate, find_songs
 from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
-from gradmix.models.checkpoint import save_model
+from gradmix.models.checkpoint import load_model, save_model
 from gradmix.models.engineer import engineer_controls
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
 
@@ -102,6 +102,8 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     progress: bool = True
+    init: str | None = None
+    """A model file (``model.pt``) whose weights start the run (:func:`warm_start`); relative to the config file."""
 
 
 @dataclass
@@ -129,6 +131,8 @@ class TrainConfig:
         cfg.data.songs = [str(base / s) if not Path(s).is_absolute() else s for s in cfg.data.songs]
         if not Path(cfg.run.out).is_absolute():
             cfg.run.out = str(base / cfg.run.out)
+        if cfg.run.init and not Path(cfg.run.init).is_absolute():
+            cfg.run.init = str(base / cfg.run.init)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,6 +199,8 @@ def check(cfg: TrainConfig) -> None:
     ):
         if not v > 0:
             raise GradmixError(f"config.{name}: must be > 0, got {v}")
+    if cfg.run.init and not Path(cfg.run.init).is_file():
+        raise GradmixError(f"config.run.init: {cfg.run.init}: no such model file")
     devices = cfg.run.devices
     if devices != "auto" and not (isinstance(devices, int) and devices > 0):
         raise GradmixError(f"config.run.devices (--devices): {devices!r} is not a number of devices (>= 1) or 'auto'")
@@ -389,6 +395,32 @@ def add_style_bank(
         build_style_bank(model, windows, sample_rate)
 
 
+def warm_start(model: MixController, path: str | os.PathLike) -> None:
+    """Start ``model`` from the weights of the model file ``path`` where the two agree, so that a recipe can grow
+    a trained model: a tensor of the same name and shape is copied; a linear layer with more inputs than the
+    file's (``model.track_descriptors`` added) keeps the file's columns and gets zeros for the new ones, so the
+    model starts by deciding as the file's did; the engineer's heads (``model.engineer_switch``) start as the
+    file's own heads where the file has none. Anything else keeps its initialisation. The style bank is not
+    copied (training rebuilds it)."""
+    source = load_model(path)[0].state_dict()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.startswith("style_bank"):
+                continue
+            src = source.get(
+                name,
+                source.get(
+                    name.replace("engineer_strip_head", "strip_head").replace("engineer_master_head", "master_head")
+                ),
+            )
+            if src is None:
+                continue
+            if src.shape == tensor.shape:
+                tensor.copy_(src)
+            elif src.dim() == 2 and src.shape[0] == tensor.shape[0] and src.shape[1] < tensor.shape[1]:
+                tensor.zero_()[:, : src.shape[1]].copy_(src)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the path of the exported ``model.pt``."""
     check(cfg)
@@ -427,6 +459,9 @@ def train(cfg: TrainConfig) -> Path:
             file=sys.stderr,
         )
     module = _lightning_module(cfg, per_track)
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.run.init and not last.is_file():
+        warm_start(module.model, cfg.run.init)
     loggers = [CSVLogger(out, name="logs")]  # each (re)start writes logs/version_N
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -453,7 +488,6 @@ def train(cfg: TrainConfig) -> Path:
         enable_model_summary=False,
         default_root_dir=out,
     )
-    last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     path = out / "model.pt"
     if trainer.is_global_zero:

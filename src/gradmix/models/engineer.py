@@ -84,6 +84,10 @@ LOW_CENTROID_HZ = 200.0
 """A track whose log-frequency centroid is below this is a *low* track (kick, bass) for the habits."""
 SIGNIFICANT_DB = 20.0
 """An octave band counts towards ``f_low`` / ``f_high`` within this of the track's loudest band."""
+EQ_SCALE = 1.0
+"""Every EQ gain of the habits' table (content rules, taste and noise) is multiplied by this."""
+PAN_SCALE = 1.0
+"""Every pan of the habits' table (placement, width and noise) is multiplied by this."""
 
 
 def _uniform(g, n, lo, hi):
@@ -231,11 +235,11 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     def per_track(sd):
         return sd * torch.randn(b, n, generator=g, dtype=torch.float64)
 
-    tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0)
+    tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0) * EQ_SCALE
     gain = torch.where(low, 2.0, torch.where(centroid > 4000.0, -3.0, 0.0)) + per_track(2.5)
-    low_gain = -9.0 * torch.log2(f_low / 62.5).clamp(0, 1) - tilt + per_track(1.0)
+    low_gain = (-9.0 * torch.log2(f_low / 62.5).clamp(0, 1) + per_track(1.0)) * EQ_SCALE - tilt
     high_gain = torch.where(low, -8.0 * (1 - kick), -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1))
-    high_gain = high_gain + tilt + per_track(1.0)
+    high_gain = (high_gain + per_track(1.0)) * EQ_SCALE + tilt
     noise = {}
 
     def peak_gain(freq_hz: float) -> Tensor:
@@ -246,7 +250,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
             lift = lift - 5.0 * kick
         elif 2500.0 <= freq_hz <= 8000.0:
             lift = lift + 4.0 * kick
-        return (lift + noise[freq_hz]).clamp(-12.0, 12.0).flatten()
+        return ((lift + noise[freq_hz]) * EQ_SCALE).clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
     place = torch.zeros(b, n, dtype=torch.float64)
@@ -258,7 +262,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
         for r, j in enumerate(bright):
             place[i, j] = (r // 2 + 1) / max(1, pairs) * (1 if r % 2 else -1)
     width = per_song(_uniform, 0.3, 0.8)
-    pan = torch.where(low, per_track(0.03), width * place + per_track(0.05))
+    pan = torch.where(low, per_track(0.03), width * place + per_track(0.05)) * PAN_SCALE
     reverb = torch.where(low, -60.0, per_song(_uniform, -28.0, -16.0) + 4.0 * (1 - 2 * percussive) + per_track(2.0))
     delay_on = per_song(lambda g_, k: (torch.rand(k, generator=g_) < 0.35).double()) > 0
     lead = (percussive < 0.5) & (centroid >= 400.0) & (centroid <= 4000.0)
