@@ -239,17 +239,24 @@ def test_engineer_habits_treat_a_kick_a_hihat_a_bass_and_chords_as_an_engineer_w
     )
     gain, eq, comp, pan = ({k: v[0] for k, v in s.items()} for s in p.strip)
     kick, hats, bass, chords = range(4)
+    # the moves are relative to the song's other tracks, at EQ_SCALE (0.5) of the table's:
     # the low shelf cuts under the hi-hat's content, not under the kick's or the bass's
-    assert eq["gain_db"][hats, 0] <= -6 and eq["freq_hz"][hats, 0] >= 250
-    assert eq["gain_db"][kick, 0] - eq["gain_db"][hats, 0] >= 5 and eq["gain_db"][bass, 0] - eq["gain_db"][hats, 0] >= 5
+    assert eq["gain_db"][hats, 0] <= -3 and eq["freq_hz"][hats, 0] >= 250
+    assert eq["gain_db"][kick, 0] - eq["gain_db"][hats, 0] >= 2.5
+    assert eq["gain_db"][bass, 0] - eq["gain_db"][hats, 0] >= 2.5
     # the bass loses its top, the hi-hat keeps (or gains) its air
-    assert eq["gain_db"][hats, 5] - eq["gain_db"][bass, 5] >= 4
+    assert eq["gain_db"][hats, 5] - eq["gain_db"][bass, 5] >= 2
     # the kick keeps its click and loses its box (the 440 Hz peak), where the bass line is rolled off
-    assert eq["gain_db"][kick, 5] - eq["gain_db"][bass, 5] >= 4
-    assert eq["gain_db"][kick, 2] <= eq["gain_db"][bass, 2] - 3 and eq["gain_db"][kick, 4] >= eq["gain_db"][bass, 4] + 2
-    # low tracks are centred and dry; the others are placed on both sides and sent to the reverb
-    assert abs(float(pan["pan"][kick])) < 0.15 and abs(float(pan["pan"][bass])) < 0.15
-    assert float(pan["pan"][hats]) * float(pan["pan"][chords]) < 0 and abs(float(pan["pan"][hats])) > 0.2
+    assert eq["gain_db"][kick, 5] - eq["gain_db"][bass, 5] >= 2
+    assert eq["gain_db"][kick, 2] <= eq["gain_db"][bass, 2] - 1.5
+    assert eq["gain_db"][kick, 4] >= eq["gain_db"][bass, 4] + 1
+    # what the song's tracks share is not a move: each band's content-driven gains average out over the song
+    # (per-track noise and the song's taste aside)
+    assert abs(float(eq["gain_db"][:, 2].mean())) < 2
+    # low tracks are centred and dry; the others are placed on both sides (at PAN_SCALE, 0.25, of the table's
+    # width) and sent to the reverb
+    assert abs(float(pan["pan"][kick])) < 0.05 and abs(float(pan["pan"][bass])) < 0.05
+    assert float(pan["pan"][hats]) * float(pan["pan"][chords]) < 0 and abs(float(pan["pan"][hats])) > 0.07
     sends = p.sends_db[0, :, 0]
     assert sends[kick] == -60 and sends[bass] == -60 and sends[chords] > -40
     # a drum is compressed harder, with a slower attack, than a sustained part

@@ -84,10 +84,13 @@ LOW_CENTROID_HZ = 200.0
 """A track whose log-frequency centroid is below this is a *low* track (kick, bass) for the habits."""
 SIGNIFICANT_DB = 20.0
 """An octave band counts towards ``f_low`` / ``f_high`` within this of the track's loudest band."""
-EQ_SCALE = 1.0
-"""Every EQ gain of the habits' table (content rules, taste and noise) is multiplied by this."""
-PAN_SCALE = 1.0
-"""Every pan of the habits' table (placement, width and noise) is multiplied by this."""
+EQ_SCALE = 0.5
+"""The habits' EQ moves (content rules and per-track noise, not the song's taste) are multiplied by this: the
+table's full moves spread the tracks' EQ tilt over a song about 3 times as widely as the LMMS authors' wet
+stems do, half of them about as widely (docs/experiments/2026-12-05-calibrated-habits.md)."""
+PAN_SCALE = 0.25
+"""The habits' pans are multiplied by this: the table's full width spreads the tracks' stereo positions about
+3 times as widely as the LMMS authors do, a quarter of it about as widely."""
 
 
 def _uniform(g, n, lo, hi):
@@ -235,11 +238,15 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     def per_track(sd):
         return sd * torch.randn(b, n, generator=g, dtype=torch.float64)
 
-    tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0) * EQ_SCALE
+    tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0)
     gain = torch.where(low, 2.0, torch.where(centroid > 4000.0, -3.0, 0.0)) + per_track(2.5)
-    low_gain = (-9.0 * torch.log2(f_low / 62.5).clamp(0, 1) + per_track(1.0)) * EQ_SCALE - tilt
+
+    def relative(v: Tensor) -> Tensor:  # a move against the song's other tracks: the overall tone is the master's
+        return v - (v * sounding).sum(1, keepdim=True) / sounding.sum(1, keepdim=True).clamp_min(1)
+
+    low_gain = (relative(-9.0 * torch.log2(f_low / 62.5).clamp(0, 1)) + per_track(1.0)) * EQ_SCALE - tilt
     high_gain = torch.where(low, -8.0 * (1 - kick), -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1))
-    high_gain = (high_gain + per_track(1.0)) * EQ_SCALE + tilt
+    high_gain = (relative(high_gain) + per_track(1.0)) * EQ_SCALE + tilt
     noise = {}
 
     def peak_gain(freq_hz: float) -> Tensor:
@@ -250,7 +257,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
             lift = lift - 5.0 * kick
         elif 2500.0 <= freq_hz <= 8000.0:
             lift = lift + 4.0 * kick
-        return ((lift + noise[freq_hz]) * EQ_SCALE).clamp(-12.0, 12.0).flatten()
+        return ((relative(lift) + noise[freq_hz]) * EQ_SCALE).clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
     place = torch.zeros(b, n, dtype=torch.float64)
