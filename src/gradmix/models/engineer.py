@@ -45,6 +45,12 @@ delay send                  in 35 % of songs, a song's U(-28, -18) dB for tracks
                             a centroid within 400 Hz .. 4 kHz; otherwise off
 ==========================  ==========================================================================
 
+Every content-driven EQ move above (shelves and peaks) is taken relative to the song's sounding tracks (the
+song's mean move in that band is subtracted: an engineer carves each track against the others, the overall
+tone is the song's taste and the master's), and the moves and their per-track noise are multiplied by
+:data:`EQ_SCALE`; every pan by :data:`PAN_SCALE`. Both scales bring the tracks' spread of EQ tilt and stereo
+position over a song to the LMMS authors' (docs/experiments/2026-12-05-calibrated-habits.md).
+
 Without the audio (and for everything the habits do not name: the buses and the master) the settings are
 drawn at random, the same for every track (``U`` uniform, ``logU`` log-uniform, ``N(mean, sd)`` clipped to
 the range given):
