@@ -7,6 +7,7 @@ of every block. Neither returns -inf or NaN on silence.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,15 @@ def k_weighting_coefficients(sample_rate: float, dtype=torch.float64) -> tuple[T
     return torch.tensor([shelf_b, hp_b], dtype=dtype), torch.tensor([shelf_a, hp_a], dtype=dtype)
 
 
+@functools.lru_cache(maxsize=32)
+def _meter_constants(sample_rate: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The K-weighting sections in ``dtype`` and the channel weights in float64, made once per device: a meter
+    call inside a training step on a GPU copies nothing from the host."""
+    b, a = k_weighting_coefficients(sample_rate)
+    w = torch.tensor(CHANNEL_WEIGHTS, dtype=torch.float64)
+    return b.to(device, dtype), a.to(device, dtype), w.to(device)
+
+
 def block_powers(x: Tensor, *, sample_rate: float, block_s: float = BLOCK_S, step_s: float = STEP_S) -> Tensor:
     """Channel-weighted mean square of the K-weighted signal in each block (default 400 ms, hop 100 ms, the
     gating blocks; EBU Tech 3342's short-term loudness uses 3 s blocks).
@@ -65,10 +75,10 @@ def block_powers(x: Tensor, *, sample_rate: float, block_s: float = BLOCK_S, ste
     sample_rate = check_sample_rate(sample_rate)
     if x.shape[1] > len(CHANNEL_WEIGHTS):
         raise ShapeError(f"x: {x.shape[1]} channels, BS.1770 weights at most {len(CHANNEL_WEIGHTS)}")
-    b, a = k_weighting_coefficients(sample_rate)
+    b, a, w = _meter_constants(sample_rate, x.dtype, x.device)
     batch = x.shape[0]
-    y = sos_filter(x, b.to(x).expand(batch, 2, 3), a.to(x).expand(batch, 2, 3))
-    w = torch.tensor(CHANNEL_WEIGHTS[: x.shape[1]], dtype=torch.float64, device=x.device)
+    y = sos_filter(x, b.expand(batch, 2, 3), a.expand(batch, 2, 3))
+    w = w[: x.shape[1]]
     if inference(y):  # the same values without two more song-long float64 temporaries
         power = y.double().square_().mul_(w[:, None]).sum(1)  # (batch, samples)
     else:

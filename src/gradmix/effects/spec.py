@@ -48,9 +48,11 @@ class ParamSpec:
         return self.name if self.band is None else f"{self.name}[{self.band}]"
 
     def denormalize(self, u: Tensor) -> Tensor:
-        """0..1 -> physical (values outside 0..1 raise :class:`ParameterError`)."""
+        """0..1 -> physical (values outside 0..1 raise :class:`ParameterError` on the CPU; off it the check is
+        left out, since reading its answer would stall the device at every call: controls made there come from a
+        network's sigmoid)."""
         d = u.detach()
-        if bool(((d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)).any()):
+        if d.device.type == "cpu" and bool(((d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)).any()):
             bad = d[(d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)].flatten()[0].item()
             raise ParameterError(f"{self.label}: normalised value {bad:g} is outside 0..1")
         if self.scale == "log":
