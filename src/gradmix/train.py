@@ -407,12 +407,7 @@ def warm_start(model: MixController, path: str | os.PathLike) -> None:
         for name, tensor in model.state_dict().items():
             if name.startswith("style_bank"):
                 continue
-            src = source.get(
-                name,
-                source.get(
-                    name.replace("engineer_strip_head", "strip_head").replace("engineer_master_head", "master_head")
-                ),
-            )
+            src = source.get(name, source.get(name.removeprefix("engineer_")))
             if src is None:
                 continue
             if src.shape == tensor.shape:
