@@ -376,3 +376,24 @@ def test_track_descriptors_tell_a_kick_from_a_bass_and_reach_the_token():
         base = with_d(x, SR)
         with_d.proj.weight[:, -11:] = 0  # the descriptors' columns are what differs
         assert (base - with_d(x, SR)).abs().amax() > 0
+
+
+def test_the_track_head_starts_silent_and_reads_each_tracks_own_descriptors():
+    """With ``track_head`` the strip logits get a per-track term from each track's contrast and descriptors: zero
+    until its last layer moves, then different for a kick and a hi-hat even where their tokens agree."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(mels=32, channels=(4, 8), dim=16, heads=2, layers=1, ff=32, track_head=True)
+    m = MixController(Layout.default(), cfg)
+    x = _example_tracks(["kick", "hats"], seconds=2.0)
+    emb = m.encoder(x[0], SR)[None]
+    assert emb.shape == (1, 2, 16 + 11)
+    described = emb[..., 16:]
+    assert (described[0, 0] - described[0, 1]).abs().max() > 0.5  # a kick and a hi-hat differ in band shares
+    plain = MixController(Layout.default(), dataclasses.replace(cfg, track_head=False))
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("track_head")})
+    assert torch.equal(m.decide(emb).strip, plain.decide(emb[..., :16]).strip)
+    same = torch.cat([emb[..., :16].mean(1, keepdim=True).expand(1, 2, 16), described], -1)  # tokens alike
+    with torch.no_grad():
+        m.track_head[-1].weight.normal_()
+    out = m.decide(same).strip
+    assert (out[0, 0] - out[0, 1]).abs().max() > 0.05

@@ -357,8 +357,8 @@ def test_the_engineer_switch_is_told_which_targets_an_engineer_like_console_made
 
 
 def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first_step(tmp_path):
-    """``run.init``: the grown model (descriptors in the token, the engineer's heads) starts exactly where the
-    file's model was, then trains from there; a missing file is one error before any work."""
+    """``run.init``: the grown model (descriptors in the token, a per-track head, the engineer's heads) starts
+    exactly where the file's model was, then trains from there; a missing file is one error before any work."""
     require("lightning")
     require("auraloss")
     from gradmix.console import Layout
@@ -368,8 +368,8 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
     data = make_dataset(tmp_path / "data")
     first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
     source, _ = load_model(first)
-    grown = MixController(Layout.default(), ModelConfig(**TINY, track_descriptors=True, engineer_switch=True))
-    before = MixController(Layout.default(), ModelConfig(**TINY, track_descriptors=True, engineer_switch=True))
+    grown_cfg = ModelConfig(**TINY, track_descriptors=True, track_head=True, engineer_switch=True)
+    grown, before = MixController(Layout.default(), grown_cfg), MixController(Layout.default(), grown_cfg)
     before.load_state_dict(grown.state_dict())
     warm_start(grown, first)
     x = torch.randn(1, 3, 2, SR) * 0.05
@@ -378,8 +378,9 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
     assert torch.equal(a.strip, b.strip) and torch.equal(a.master, b.master) and torch.equal(a.sends, b.sends)
     assert not torch.allclose(a.strip, c.strip)  # the copy, not the initialisation, decides
     cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
-    cfg.model.track_descriptors = cfg.model.engineer_switch = True
-    assert load_model(train(cfg))[0].cfg.track_descriptors
+    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
+    trained = load_model(train(cfg))[0]
+    assert trained.cfg.track_head and float(trained.track_head[-1].weight.abs().sum()) > 0  # it learns
     cfg.run.init = str(tmp_path / "none.pt")
     with pytest.raises(GradmixError, match="run.init"):
         check(cfg)

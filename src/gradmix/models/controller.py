@@ -65,6 +65,12 @@ class ModelConfig:
     track_descriptors: bool = False
     """Each track's token also carries the numbers an engineer-like console is read from
     (:func:`track_descriptors`: octave-band shares and crest factor), besides the CNN's time statistics."""
+    track_head: bool = False
+    """A per-track head beside the strip head: it reads each track's :func:`track_contrast` after the transformer,
+    its :func:`track_descriptors` and their difference from the song's mean, and adds its output to the strip
+    head's logits. Its last layer starts at zero, so a model grown by it (``run.init``) starts by deciding as
+    before; it is a short path from what sets a track apart to its own settings, which the strip head, reading
+    tokens that the transformer has made nearly alike, does not find."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -113,11 +119,13 @@ def mel_filterbank(sample_rate: float, n_fft: int, mels: int, fmin: float = 30.0
 
 
 class TrackEncoder(nn.Module):
-    """Log-mel CNN shared by all tracks: ``(items, 2, samples)`` -> ``(items, dim)`` for any length."""
+    """Log-mel CNN shared by all tracks: ``(items, 2, samples)`` -> ``(items, dim)`` for any length; with
+    ``emit_descriptors``, ``(items, dim + 11)``: the :func:`track_descriptors` follow the embedding."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, emit_descriptors: bool = False) -> None:
         super().__init__()
         self.mels = cfg.mels
+        self.emit_descriptors = emit_descriptors
         layers, c_in = [], 2
         for c in cfg.channels:
             layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(1, c), nn.GELU(), nn.MaxPool2d((2, 2))]
@@ -125,7 +133,7 @@ class TrackEncoder(nn.Module):
         self.cnn = nn.Sequential(*layers)
         freq_out = cfg.mels // 2 ** len(cfg.channels)
         self.descriptors = cfg.track_descriptors
-        extra = len(OCTAVE_BAND_CENTRES_HZ) + 1 if self.descriptors else 0
+        extra = DESCRIPTORS if self.descriptors else 0
         self.proj = nn.Linear(2 * c_in * freq_out + extra, cfg.dim)
         self._fb: dict[float, Tensor] = {}
 
@@ -157,9 +165,15 @@ class TrackEncoder(nn.Module):
         h = self.cnn((self.features(x, sample_rate) + 4.0) / 4.0)  # about zero-mean, unit range for -28 LUFS audio
         h = h.flatten(1, 2)  # (items, channels * freqs, frames)
         stats = [h.mean(-1), h.std(-1, unbiased=False)]
+        described = track_descriptors(x, sample_rate).to(h) if self.descriptors or self.emit_descriptors else None
         if self.descriptors:
-            stats.append(track_descriptors(x, sample_rate).to(h))
-        return self.proj(torch.cat(stats, -1))
+            stats.append(described)
+        out = self.proj(torch.cat(stats, -1))
+        return torch.cat([out, described], -1) if self.emit_descriptors else out
+
+
+DESCRIPTORS = len(OCTAVE_BAND_CENTRES_HZ) + 1
+"""Numbers per track of :func:`track_descriptors`."""
 
 
 def track_descriptors(x: Tensor, sample_rate: float) -> Tensor:
@@ -185,7 +199,7 @@ class MixController(nn.Module):
         super().__init__()
         self.layout, self.cfg = layout, cfg or ModelConfig()
         d = self.cfg.dim
-        self.encoder = TrackEncoder(self.cfg)
+        self.encoder = TrackEncoder(self.cfg, emit_descriptors=self.cfg.track_head)
         self.master_token = nn.Parameter(torch.randn(d) * 0.02)
         block = nn.TransformerEncoderLayer(
             d, self.cfg.heads, self.cfg.ff, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
@@ -206,9 +220,21 @@ class MixController(nn.Module):
                 + [s for slot in layout.master for s in slot.specs]
             ),
         )
+        if self.cfg.track_head:
+            extra = 2 * DESCRIPTORS
+            self.track_head = nn.Sequential(
+                nn.LayerNorm(d + extra),
+                nn.Linear(d + extra, d),
+                nn.GELU(),
+                nn.Linear(d, layout.num_strip_params + self.sends),
+            )
+            nn.init.zeros_(self.track_head[-1].weight)
+            nn.init.zeros_(self.track_head[-1].bias)
         if self.cfg.engineer_switch:
             self.engineer_strip_head = copy.deepcopy(self.strip_head)
             self.engineer_master_head = copy.deepcopy(self.master_head)
+            if self.cfg.track_head:
+                self.engineer_track_head = copy.deepcopy(self.track_head)
         if self.cfg.style_dim:
             self.style_encoder = TrackEncoder(self.cfg)
             self.style_head = nn.Linear(d, 2 * self.cfg.style_dim)
@@ -272,6 +298,8 @@ class MixController(nn.Module):
         """Controls from track embeddings ``(batch, tracks, dim)`` (the encoder's output), a style ``z`` and, for
         models with :attr:`ModelConfig.engineer_switch`, ``engineer`` (see :meth:`forward`)."""
         b = emb.shape[0]
+        if self.cfg.track_head:
+            emb, described = emb[..., : self.cfg.dim], emb[..., self.cfg.dim :]
         tokens = torch.cat([self.master_token.expand(b, 1, -1), emb], 1)
         if self.cfg.style_dim:
             z = self.style_center.expand(b, -1) if z is None else z
@@ -285,9 +313,17 @@ class MixController(nn.Module):
             # both halves at unit scale, so that the head's layer norm weighs them alike
             track = torch.cat([nn.functional.layer_norm(track, track.shape[-1:]), track_contrast(track, mask)], -1)
         strip, master = self.strip_head(track), self.master_head(h[:, 0])
+        if self.cfg.track_head:
+            w = torch.ones_like(described[..., :1]) if mask is None else mask.to(described)[..., None]
+            mean = (described * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+            own = torch.cat([track_contrast(h[:, 1:], mask), described, (described - mean) * w], -1)
+            strip = strip + self.track_head(own)
         if self.cfg.engineer_switch:
             e = emb.new_ones(b, dtype=torch.bool) if engineer is None else engineer.to(emb.device) > 0.5
-            strip = torch.where(e[:, None, None], self.engineer_strip_head(track), strip)
+            engineer_strip = self.engineer_strip_head(track)
+            if self.cfg.track_head:
+                engineer_strip = engineer_strip + self.engineer_track_head(own)
+            strip = torch.where(e[:, None, None], engineer_strip, strip)
             master = torch.where(e[:, None], self.engineer_master_head(h[:, 0]), master)
         if self.cfg.style_dim and self.cfg.style_direct:
             strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
