@@ -82,7 +82,8 @@ def hear(model: EffectEstimator, wet: Tensor, sample_rate: int) -> tuple[Tensor,
     raw = windows(x, int(WINDOW_S * rate), MAX_WINDOWS)
     gain = peak_gain_db(raw)  # each window at -1 dBFS, as the estimator was trained
     with torch.no_grad():
-        logits, controls = model((raw * torch.pow(10.0, gain / 20)[:, None, None]).to(next(model.parameters()).device))
+        weights = next(model.parameters())
+        logits, controls = model((raw * torch.pow(10.0, gain / 20)[:, None, None]).to(weights))
     everything = torch.ones(raw.shape[0], len(REMOVABLE), dtype=torch.bool)
     at_stem = rescaled(from_controls(everything, controls.cpu().double()), gain).controls()  # the stem's level
     energy = raw.double().square().mean((1, 2))
