@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
         check=True,
         capture_output=True,
         text=True,
-        env={"OMP_NUM_THREADS": "2", **__import__("os").environ},
+        env={"OMP_NUM_THREADS": "2", **os.environ},
     ).stdout
     wall, peak_kb = (float(v) for v in out.split())
     return wall, peak_kb / 1024**2

@@ -10,8 +10,6 @@ distortion, a delay and a reverb (the estimator decides which it hears); the com
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from gradmix.example import example_multitrack
 from gradmix.removal.chains import REMOVABLE, draw_chains, peak_gain_db, render_chains
+from mix import timed
 
 SR = 44100
 GOAL_S = 30.0
@@ -34,24 +33,6 @@ def write_wet(path: Path, minutes: float) -> None:
     every = torch.ones(1, len(REMOVABLE), dtype=torch.bool)
     wet = render_chains(x, draw_chains(1, torch.Generator().manual_seed(0), present=every), SR)[0]
     sf.write(path, wet.T.float().numpy(), SR, subtype="FLOAT")
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak GB of ``cmd`` run from a small wrapper process (so the RSS is the command's own)."""
-    wrapper = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL); "
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", wrapper],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={"OMP_NUM_THREADS": "2", **os.environ},
-    ).stdout
-    wall, peak_kb = (float(v) for v in out.split())
-    return wall, peak_kb / 1024**2
 
 
 def main() -> None:

@@ -225,18 +225,11 @@ def recorded_renders(monkeypatch) -> list:
     return devices
 
 
-def test_eval_runs_the_models_and_renders_on_its_device(tmp_path, monkeypatch):
+def recorded_placements(monkeypatch) -> list:
+    """The device that each model loaded by ``gradmix.models.checkpoint.load_model`` is moved to."""
     import gradmix.models.checkpoint
 
-    args, out = command("eval", tmp_path)
-    (tmp_path / "data" / "song" / "wet").mkdir()
-    for k in range(2):  # the authors' wet stems, for --tracks: each track's part rendered there, measured here
-        (tmp_path / "data" / "song" / "wet" / f"t{k}.wav").write_bytes(
-            (tmp_path / "data" / "song" / f"t{k}.wav").read_bytes()
-        )
-    model = tiny_model(tmp_path / "m.pt")
-    devices, load = recorded_renders(monkeypatch), gradmix.models.checkpoint.load_model
-    placed = []
+    placed, load = [], gradmix.models.checkpoint.load_model
 
     def loading(path=None):
         m, meta = load(path)
@@ -245,6 +238,20 @@ def test_eval_runs_the_models_and_renders_on_its_device(tmp_path, monkeypatch):
         return m, meta
 
     monkeypatch.setattr(gradmix.models.checkpoint, "load_model", loading)
+    return placed
+
+
+def test_eval_runs_the_models_and_renders_on_its_device(tmp_path, monkeypatch):
+
+    args, out = command("eval", tmp_path)
+    (tmp_path / "data" / "song" / "wet").mkdir()
+    for k in range(2):  # the authors' wet stems, for --tracks: each track's part rendered there, measured here
+        (tmp_path / "data" / "song" / "wet" / f"t{k}.wav").write_bytes(
+            (tmp_path / "data" / "song" / f"t{k}.wav").read_bytes()
+        )
+    model = tiny_model(tmp_path / "m.pt")
+    devices = recorded_renders(monkeypatch)
+    placed = recorded_placements(monkeypatch)
     args = [*args, "--systems", "gradmix", "--model", str(model), "--model-as", f"again={model}"]
     with MadeWithoutADevice("evaluate.py", "evaluate_generative.py"):
         assert main([*args, "--device", "cpu", "--tracks"]) == 0
@@ -254,7 +261,6 @@ def test_eval_runs_the_models_and_renders_on_its_device(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # the Fréchet distance of two samples
 def test_generative_eval_runs_the_model_and_renders_on_its_device(tmp_path, monkeypatch):
-    import gradmix.models.checkpoint
 
     windows = []
     for song in ("a", "b"):
@@ -265,16 +271,8 @@ def test_generative_eval_runs_the_model_and_renders_on_its_device(tmp_path, monk
         ]
         windows.append((tracks, torch.from_numpy(mix.T.copy()) * (0.5 if song == "a" else 1.0)))
     model = tiny_model(tmp_path / "m.pt", bank=windows)
-    devices, load = recorded_renders(monkeypatch), gradmix.models.checkpoint.load_model
-    placed = []
-
-    def loading(path=None):
-        m, meta = load(path)
-        to = m.to
-        m.to = lambda device: placed.append(torch.device(device)) or to(device)
-        return m, meta
-
-    monkeypatch.setattr(gradmix.models.checkpoint, "load_model", loading)
+    devices = recorded_renders(monkeypatch)
+    placed = recorded_placements(monkeypatch)
     args = ["eval", str(tmp_path / "data"), "-o", str(tmp_path / "results"), "--model", str(model), "--generative"]
     with MadeWithoutADevice("evaluate.py", "evaluate_generative.py"):
         assert main([*args, "-n", "2", "--refine", "1", "--seconds", "1", "--device", "cpu"]) == 0

@@ -69,17 +69,26 @@ def distortion(
     check_range(m, "mix", 0.0, 1.0)
     g = bcast(torch.pow(10.0, d / 20.0))
     wet = waveshape(x * g, shape) / g
-    f = torch.full_like(t, TONE_PIVOT_HZ)
-    q = torch.full_like(t, 1 / math.sqrt(2))
+    wet = sos_filter(wet, *tone_filter(t, sample_rate=sample_rate, shape=shape))
+    return (1 - bcast(m)) * x + bcast(m) * wet
+
+
+def tone_filter(tone_db: Tensor, *, sample_rate: float, shape: str) -> tuple[Tensor, Tensor]:
+    """The filter after the shaper, as ``(b, a)`` of shape ``(batch, sections, 3)``: a low shelf by ``-tone/2``
+    and a high shelf by ``+tone/2`` dB at :data:`TONE_PIVOT_HZ`, and for the asymmetric shape a DC block.
+
+    Args:
+        tone_db: ``(batch,)`` dB.
+        sample_rate: Hz.
+        shape: the shaper's.
+    """
+    f = torch.full_like(tone_db, TONE_PIVOT_HZ)
+    q = torch.full_like(tone_db, 1 / math.sqrt(2))
     coefs = [
-        biquad_coefficients("low_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=-t / 2, q=q),
-        biquad_coefficients("high_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=t / 2, q=q),
+        biquad_coefficients("low_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=-tone_db / 2, q=q),
+        biquad_coefficients("high_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=tone_db / 2, q=q),
     ]
     if shape == "asymmetric":
-        coefs.append(
-            biquad_coefficients(
-                "highpass", sample_rate=sample_rate, freq_hz=torch.full_like(t, _DC_BLOCK_HZ), gain_db=t * 0, q=q
-            )
-        )
-    wet = sos_filter(wet, torch.stack([c[0] for c in coefs], 1), torch.stack([c[1] for c in coefs], 1))
-    return (1 - bcast(m)) * x + bcast(m) * wet
+        dc = torch.full_like(tone_db, _DC_BLOCK_HZ)
+        coefs.append(biquad_coefficients("highpass", sample_rate=sample_rate, freq_hz=dc, gain_db=tone_db * 0, q=q))
+    return torch.stack([c[0] for c in coefs], 1), torch.stack([c[1] for c in coefs], 1)

@@ -29,9 +29,8 @@ from torch import Tensor
 
 from gradmix.dsp._params import Param, bcast, check_audio, check_range, check_sample_rate, param
 from gradmix.dsp.ballistics import linked_peak, uncompress_gain
-from gradmix.dsp.biquad import biquad_coefficients
 from gradmix.dsp.delay_line import delay_line
-from gradmix.dsp.distortion import TONE_PIVOT_HZ
+from gradmix.dsp.distortion import tone_filter
 from gradmix.dsp.dynamics import time_to_coefficient
 from gradmix.dsp.reverb import REVERB_BANDS, REVERB_CROSSOVERS_HZ
 from gradmix.errors import ParameterError
@@ -194,14 +193,7 @@ def undistort(
     d, t, m = param(drive_db, "drive_db", y), param(tone_db, "tone_db", y), param(mix, "mix", y)
     check_range(d, "drive_db", 0.0)
     check_range(m, "mix", 0.0, 1.0)
-    t = t.detach().double()
-    f = torch.full_like(t, TONE_PIVOT_HZ)
-    q = torch.full_like(t, 1 / math.sqrt(2))
-    coefs = [
-        biquad_coefficients("low_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=-t / 2, q=q),
-        biquad_coefficients("high_shelf", sample_rate=sample_rate, freq_hz=f, gain_db=t / 2, q=q),
-    ]
-    b, a = torch.stack([c[0] for c in coefs], 1), torch.stack([c[1] for c in coefs], 1)
+    b, a = tone_filter(t.detach().double(), sample_rate=sample_rate, shape=shape)
     batch, channels, samples = y.shape
     flat = y.detach().double().reshape(batch * channels, samples).cpu().contiguous().numpy()
     x = np.empty_like(flat)
