@@ -21,7 +21,7 @@ from gradmix.removal.chains import (
     rescaled,
 )
 from gradmix.removal.dry import remove_effects, strongest_echo_ms, undo
-from gradmix.removal.train import RemovalTraining, held_out, train_removal
+from gradmix.removal.train import RemovalTraining, best_thresholds, held_out, train_removal
 from gradmix.errors import GradmixError
 
 SR = 44100
@@ -115,10 +115,14 @@ def test_a_silent_stem_comes_back_unchanged_with_an_empty_chain():
 def test_remove_effects_keeps_the_stems_rate_channels_and_length(channels, rate):
     model = EffectEstimator(RemovalConfig()).eval()
     x = torch.randn(channels, int(4.3 * rate), generator=torch.Generator().manual_seed(5)) * 0.1
+    probabilities = remove_effects(model, x, rate).probabilities
+    # each effect's own threshold decides: set them either side of what the estimator hears
+    limits = [probabilities[n] + (0.01 if k % 2 else -0.01) for k, n in enumerate(REMOVABLE)]
+    model.thresholds.copy_(torch.tensor(limits))
     result = remove_effects(model, x, rate)
     assert result.dry.shape == x.shape and torch.isfinite(result.dry).all()
     assert set(result.probabilities) == set(REMOVABLE)
-    assert [e.effect.type_name for e in result.chain] == [n for n in REMOVABLE if result.probabilities[n] >= 0.5]
+    assert [e.effect.type_name for e in result.chain] == [n for k, n in enumerate(REMOVABLE) if k % 2 == 0]
 
 
 def test_training_runs_resumes_and_exports(tmp_path):
@@ -139,9 +143,40 @@ def test_training_runs_resumes_and_exports(tmp_path):
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 5  # resumed at step 1, not redone
     model = load_estimator(path)
     assert model.cfg.mels == 32 and model.num_parameters < 5_000_000
+    # the presence thresholds were chosen after training and travel with the weights
+    calibration = torch.load(path, weights_only=False)["calibration"]
+    assert [calibration[n]["threshold"] for n in REMOVABLE] == pytest.approx(model.thresholds.tolist())
+    assert all(0.05 <= t <= 0.95 for t in model.thresholds.tolist())
     with pytest.raises(GradmixError, match="not an effect-removal model"):
         (tmp_path / "bad.pt").write_bytes(b"nope")
         load_estimator(tmp_path / "bad.pt")
+
+
+def checked_thresholds(beta: float) -> torch.Tensor:
+    """:func:`best_thresholds` on made-up detectors, checked against F-beta counted here; returns them."""
+    g = torch.Generator().manual_seed(3)
+    present = torch.rand(400, 3, generator=g) < 0.4
+    noise = torch.rand(400, 3, generator=g)
+    # effect 0 separable between 0.62 and 0.7; effects 1 and 2 overlapping, at different scales
+    probabilities = torch.where(present, 0.7 + 0.3 * noise, 0.62 * noise)
+    probabilities[:, 1:] = torch.where(present[:, 1:], 0.3 + 0.6 * noise[:, 1:], 0.5 * noise[:, 1:])
+    probabilities[:, 2] = probabilities[:, 2] * 0.5
+    thresholds, score = best_thresholds(probabilities, present, beta)
+    assert float(score[0]) == 1.0 and abs(float(thresholds[0]) - 0.70) < 1e-6  # the highest of the perfect ones
+    for k in range(3):  # no threshold of the grid does better (counted here the textbook way)
+        for t in torch.arange(5, 96) / 100:
+            found = probabilities[:, k] >= t
+            tp = int((found & present[:, k]).sum())
+            precision, recall = tp / max(1, int(found.sum())), tp / int(present[:, k].sum())
+            other = (1 + beta**2) * precision * recall / max(1e-12, beta**2 * precision + recall)
+            assert other <= float(score[k]) + 1e-6
+    assert float(thresholds[2]) < float(thresholds[1])  # a quieter detector gets a lower threshold
+    return thresholds
+
+
+def test_best_thresholds_give_each_effect_its_best_f_beta_and_weighing_precision_raises_them():
+    one, half = checked_thresholds(1.0), checked_thresholds(0.5)
+    assert (half[1:] > one[1:]).all()
 
 
 @pytest.fixture(scope="module")
@@ -324,10 +359,11 @@ def test_the_shipped_estimator_hears_a_reverb_and_a_delay_where_they_are_and_not
     for name in ("chords", "lead", "bass"):
         x = example[name].expand(2, -1).double()
         x = x / x.abs().max() * 0.5
+        limit = dict(zip(REMOVABLE, model.thresholds.tolist()))
         dry = remove_effects(model, x, SR).probabilities
-        assert dry["reverb"] < 0.5 and dry["delay"] < 0.5, (name, dry)
+        assert dry["reverb"] < limit["reverb"] and dry["delay"] < limit["delay"], (name, dry)
         for effect in ("reverb", "delay"):
             present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
             present[0, REMOVABLE.index(effect)] = True
             wet = render_chains(x[None], draw_chains(1, torch.Generator().manual_seed(1), present=present), SR)[0]
-            assert remove_effects(model, wet, SR).probabilities[effect] >= 0.5, (name, effect)
+            assert remove_effects(model, wet, SR).probabilities[effect] >= limit[effect], (name, effect)

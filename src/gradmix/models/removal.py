@@ -26,6 +26,10 @@ from gradmix.errors import GradmixError
 from gradmix.models.controller import mel_filterbank
 
 
+DEFAULT_THRESHOLD = 0.5
+"""The presence threshold of an estimator whose thresholds were not calibrated."""
+
+
 @dataclass
 class RemovalConfig:
     """Sizes of :class:`EffectEstimator`."""
@@ -72,6 +76,9 @@ class EffectEstimator(nn.Module):
         n_fft = 1 << round(math.log2(cfg.sample_rate * 0.046))
         self.n_fft = n_fft
         self.register_buffer("filterbank", mel_filterbank(cfg.sample_rate, n_fft, cfg.mels), persistent=False)
+        self.register_buffer("thresholds", torch.full((cfg.effects,), DEFAULT_THRESHOLD))
+        """``(effects,)``: the presence probability at which each effect counts as present, chosen after training
+        on fresh training pairs (:func:`gradmix.removal.train.calibrate_thresholds`)."""
 
     def spectrogram(self, x: Tensor) -> Tensor:
         """Log-mel of mid and side, ``(batch, 2, mels, frames)``, about zero-mean and unit range."""
@@ -135,7 +142,8 @@ def load_estimator(path: str | Path | None = None, device: str | torch.device = 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = EffectEstimator(RemovalConfig.from_dict(state["config"]))
-        model.load_state_dict(state["state"])
+        weights = {"thresholds": model.thresholds, **state["state"]}  # files from before calibration lack them
+        model.load_state_dict(weights)
     except Exception as exc:  # a foreign or truncated file can fail in many ways
         raise GradmixError(f"{path}: not an effect-removal model ({type(exc).__name__}: {exc})") from None
     return model.eval().to(device)

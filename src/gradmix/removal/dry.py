@@ -3,7 +3,8 @@
 1. **Hear.** The stem, at the estimator's rate and brought to a peak of -1 dBFS, is cut into windows of
    :data:`WINDOW_S` (at most :data:`MAX_WINDOWS`, spread over the whole stem); the estimator's presence
    probabilities and settings are averaged over them, weighted by each window's energy.
-2. **Decide.** An effect with probability >= :data:`PRESENT` is in the chain.
+2. **Decide.** An effect whose probability reaches the estimator's threshold for it is in the chain (the
+   thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`).
 3. **Refine.** A delay's time is moved to the strongest echo of the stem within +-:data:`DELAY_SEARCH` of the
    estimate (the power cepstrum's peak, to the sample), since undoing a delay needs its time exactly.
 4. **Undo**, in reverse order, at the stem's own rate (:mod:`gradmix.dsp.inverse`): the reverb's late energy,
@@ -34,8 +35,6 @@ WINDOW_S = 3.0
 """Length of the windows the estimator hears, in seconds (what it was trained on)."""
 MAX_WINDOWS = 24
 """At most this many windows of a long stem are heard, evenly spread."""
-PRESENT = 0.5
-"""An effect whose averaged presence probability reaches this is in the chain."""
 DELAY_SEARCH = 0.2
 """A delay's time is searched within this fraction of the estimate, either way."""
 MAX_EXPANSION_DB = 30.0
@@ -141,7 +140,7 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     gain = peak_gain_db(wet[None])
     heard = wet * torch.pow(10.0, gain / 20)
     probabilities, controls = hear(model, heard, sample_rate)
-    present = probabilities[None] >= PRESENT
+    present = probabilities[None] >= model.thresholds.cpu()
     chains = from_controls(present, controls[None])
     notes = []
     if bool(present[0, REMOVABLE.index("delay")]):
