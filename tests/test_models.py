@@ -250,9 +250,19 @@ def test_engineer_habits_treat_a_kick_a_hihat_a_bass_and_chords_as_an_engineer_w
     assert eq["gain_db"][kick, 5] - eq["gain_db"][bass, 5] >= 2
     assert eq["gain_db"][kick, 2] <= eq["gain_db"][bass, 2] - 1.5
     assert eq["gain_db"][kick, 4] >= eq["gain_db"][bass, 4] + 1
-    # what the song's tracks share is not a move: each band's content-driven gains average out over the song
-    # (per-track noise and the song's taste aside)
-    assert abs(float(eq["gain_db"][:, 2].mean())) < 2
+    # the moves carve tracks against each other and leave the song's power where they act as it was: at each
+    # peak's frequency, the tracks' powers there weighted by their gains sum to what they summed to
+    from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, octave_band_powers
+
+    powers = octave_band_powers(x[0].double(), sample_rate=SR)  # (tracks, octaves)
+    octaves = torch.log2(torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=torch.float64))
+    for band in (1, 2, 3, 4):
+        at = float(torch.log2(eq["freq_hz"][0, band].double()))
+        k = int((octaves <= at).sum()) - 1
+        w = (at - float(octaves[k])) / float(octaves[k + 1] - octaves[k])
+        power = powers[:, k] * (1 - w) + powers[:, k + 1] * w
+        kept = (power * torch.pow(10.0, eq["gain_db"][:, band].double() / 10)).sum() / power.sum()
+        assert abs(10 * math.log10(float(kept))) < 0.01, band
     # low tracks are centred and dry; the others are placed on both sides (at PAN_SCALE, 0.25, of the table's
     # width) and sent to the reverb
     assert abs(float(pan["pan"][kick])) < 0.05 and abs(float(pan["pan"][bass])) < 0.05
@@ -395,5 +405,10 @@ def test_the_track_head_starts_silent_and_reads_each_tracks_own_descriptors():
     same = torch.cat([emb[..., :16].mean(1, keepdim=True).expand(1, 2, 16), described], -1)  # tokens alike
     with torch.no_grad():
         m.track_head[-1].weight.normal_()
+        m.track_head[-1].bias.normal_()
     out = m.decide(same).strip
     assert (out[0, 0] - out[0, 1]).abs().max() > 0.05
+    # it sets tracks apart and nothing more: on the logits, the song's mean is the strip head's
+    logit = torch.logit(out.double())
+    shared = torch.logit(plain.decide(same[..., :16]).strip.double())
+    assert torch.allclose(logit.mean(1), shared.mean(1), atol=1e-4)

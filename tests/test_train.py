@@ -381,6 +381,15 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
     cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
     trained = load_model(train(cfg))[0]
     assert trained.cfg.track_head and float(trained.track_head[-1].weight.abs().sum()) > 0  # it learns
+    # optim.train_only: the named parts learn, the rest keeps the file's weights
+    cfg.run.out, cfg.optim.train_only = str(tmp_path / "c"), ["track_head", "engineer_track_head"]
+    partly = load_model(train(cfg))[0]
+    assert float(partly.track_head[-1].weight.abs().sum()) > 0
+    assert torch.equal(partly.strip_head[-1].weight, source.strip_head[-1].weight)
+    assert torch.equal(partly.encoder.proj.weight[:, : source.encoder.proj.weight.shape[1]], source.encoder.proj.weight)
+    cfg.run.out, cfg.optim.train_only = str(tmp_path / "d"), ["no_such_head"]
+    with pytest.raises(GradmixError, match="train_only"):
+        train(cfg)
     cfg.run.init = str(tmp_path / "none.pt")
     with pytest.raises(GradmixError, match="run.init"):
         check(cfg)

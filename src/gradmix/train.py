@@ -87,6 +87,9 @@ class OptimConfig:
     the controller was given (mean squared error of the means). It makes the controller use ``z``, which a
     reconstruction loss alone lets it ignore when the tracks already explain most of the mix."""
     loss: LossWeights = field(default_factory=LossWeights)
+    train_only: list[str] = field(default_factory=list)
+    """Names of the model's parts that learn (e.g. ``[track_head, engineer_track_head]``; a parameter learns when
+    its name starts with one of them); the others keep the weights they start with (``run.init``). Empty: all."""
 
 
 @dataclass
@@ -243,6 +246,13 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             super().__init__()
             self.layout = Layout.default()
             self.model = MixController(self.layout, cfg.model)
+            if cfg.optim.train_only:
+                names = [name for name, _ in self.model.named_parameters()]
+                for part in cfg.optim.train_only:
+                    if not any(name.startswith(part) for name in names):
+                        raise GradmixError(f"config.optim.train_only: the model has no part {part!r}")
+                for name, p in self.model.named_parameters():
+                    p.requires_grad_(any(name.startswith(part) for part in cfg.optim.train_only))
             self.loss = MixLoss(cfg.data.sample_rate, cfg.optim.loss)
             self.track_loss = TrackLoss(cfg.data.sample_rate, cfg.optim.loss) if per_track else None
             self.sr = cfg.data.sample_rate
@@ -344,7 +354,8 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             return self.track_loss(parts, wet, valid, mix, wet_mix)
 
         def configure_optimizers(self):
-            opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+            learning = [p for p in self.model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(learning, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
             total, warm = cfg.run.max_steps, max(1, cfg.optim.warmup_steps)
 
             def schedule(step: int) -> float:

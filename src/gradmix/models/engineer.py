@@ -45,11 +45,13 @@ delay send                  in 35 % of songs, a song's U(-28, -18) dB for tracks
                             a centroid within 400 Hz .. 4 kHz; otherwise off
 ==========================  ==========================================================================
 
-Every content-driven EQ move above (shelves and peaks) is taken relative to the song's sounding tracks (the
-song's mean move in that band is subtracted: an engineer carves each track against the others, the overall
-tone is the song's taste and the master's), and the moves and their per-track noise are multiplied by
-:data:`EQ_SCALE`; every pan by :data:`PAN_SCALE`. Both scales bring the tracks' spread of EQ tilt and stereo
-position over a song to the LMMS authors' (docs/experiments/2026-12-05-calibrated-habits.md).
+Every content-driven EQ move above (shelves and peaks) and its per-track noise is multiplied by
+:data:`EQ_SCALE`, then *balanced*: every track's move in that band is lowered by what the moves add to the
+power of the song's sounding tracks where the band acts (at a peak's frequency, below a low shelf's corner,
+above a high shelf's), so the song's tone there is unchanged. An engineer carves each track against the
+others; the overall tone is the song's taste and the master's. Every pan is multiplied by :data:`PAN_SCALE`.
+Both scales bring the tracks' spread of EQ tilt and stereo position over a song to the LMMS authors'
+(docs/experiments/2026-12-05-calibrated-habits.md).
 
 Without the audio (and for everything the habits do not name: the buses and the master) the settings are
 drawn at random, the same for every track (``U`` uniform, ``logU`` log-uniform, ``N(mean, sd)`` clipped to
@@ -247,12 +249,21 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     tilt = per_song(_normal, 0.0, 1.5, -4.0, 4.0)
     gain = torch.where(low, 2.0, torch.where(centroid > 4000.0, -3.0, 0.0)) + per_track(2.5)
 
-    def relative(v: Tensor) -> Tensor:  # a move against the song's other tracks: the overall tone is the master's
-        return v - (v * sounding).sum(1, keepdim=True) / sounding.sum(1, keepdim=True).clamp_min(1)
+    def balanced(move: Tensor, power: Tensor) -> Tensor:
+        """``move`` (dB) less what it adds to the song's power where it acts (``power``: each track's there): an
+        engineer carves each track against the others, the overall tone is the song's taste and the master's."""
+        weight = power * sounding
+        added = (weight * torch.pow(10.0, move / 10)).sum(1, keepdim=True) / weight.sum(1, keepdim=True)
+        return move - 10 * torch.log10(added.clamp_min(1e-30)).nan_to_num(0.0)
 
-    low_gain = (relative(-9.0 * torch.log2(f_low / 62.5).clamp(0, 1)) + per_track(1.0)) * EQ_SCALE - tilt
+    low_corner = (f_low / 2).clamp(30.0, 500.0)
+    high_corner = (2 * f_high).clamp(1500.0, 16000.0)
+    below = (bands * (centres <= low_corner[..., None] * math.sqrt(2))).sum(-1)
+    above = (bands * (centres >= high_corner[..., None] / math.sqrt(2))).sum(-1)
+    low_gain = (-9.0 * torch.log2(f_low / 62.5).clamp(0, 1) + per_track(1.0)) * EQ_SCALE
+    low_gain = balanced(low_gain, below) - tilt
     high_gain = torch.where(low, -8.0 * (1 - kick), -6.0 + 8.0 * (torch.log2(f_high / 2000.0) / 2).clamp(0, 1))
-    high_gain = (relative(high_gain) + per_track(1.0)) * EQ_SCALE + tilt
+    high_gain = balanced((high_gain + per_track(1.0)) * EQ_SCALE, above) + tilt
     noise = {}
 
     def peak_gain(freq_hz: float) -> Tensor:
@@ -263,7 +274,8 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
             lift = lift - 5.0 * kick
         elif 2500.0 <= freq_hz <= 8000.0:
             lift = lift + 4.0 * kick
-        return ((relative(lift) + noise[freq_hz]) * EQ_SCALE).clamp(-12.0, 12.0).flatten()
+        move = balanced((lift + noise[freq_hz]) * EQ_SCALE, _interp_octaves(bands, freq_hz))
+        return move.clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
     place = torch.zeros(b, n, dtype=torch.float64)
@@ -282,10 +294,10 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     delay = torch.where(delay_on & lead, per_song(_uniform, -28.0, -18.0), -60.0)
     settings = {
         ("gain", "gain_db"): gain.clamp(-12.0, 9.0),
-        ("eq", "low_shelf", "freq_hz"): (f_low / 2).clamp(30.0, 500.0),
+        ("eq", "low_shelf", "freq_hz"): low_corner,
         ("eq", "low_shelf", "gain_db"): low_gain.clamp(-12.0, 12.0),
         ("eq", "low_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
-        ("eq", "high_shelf", "freq_hz"): (2 * f_high).clamp(1500.0, 16000.0),
+        ("eq", "high_shelf", "freq_hz"): high_corner,
         ("eq", "high_shelf", "gain_db"): high_gain.clamp(-12.0, 12.0),
         ("eq", "high_shelf", "q"): torch.full((b, n), 0.707, dtype=torch.float64),
         ("eq", "peak", "q"): torch.ones(b, n, dtype=torch.float64),
