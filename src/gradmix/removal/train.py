@@ -154,8 +154,8 @@ def calibrate_thresholds(
 
 PRECISION_BETA = 0.5
 """The thresholds maximise F-beta with this beta: precision counts twice as much as recall, since removing an
-effect that is not there damages a stem that was fine (with F1 on the training pairs, whose effects are more
-common than on the held-out cases, the held-out F1 and SI-SDR were worse: docs/experiments/)."""
+effect that is not there damages a stem that was fine (measured against F1 in
+docs/experiments/2026-12-05-removal-model.md)."""
 
 
 def best_thresholds(
