@@ -147,6 +147,10 @@ def test_training_runs_resumes_and_exports(tmp_path):
     calibration = torch.load(path, weights_only=False)["calibration"]
     assert [calibration[n]["threshold"] for n in REMOVABLE] == pytest.approx(model.thresholds.tolist())
     assert all(0.05 <= t <= 0.95 for t in model.thresholds.tolist())
+    older = torch.load(path, weights_only=False)  # a file from before the thresholds decides at 0.5
+    del older["state"]["thresholds"]
+    torch.save(older, tmp_path / "older.pt")
+    assert load_estimator(tmp_path / "older.pt").thresholds.tolist() == [0.5] * len(REMOVABLE)
     with pytest.raises(GradmixError, match="not an effect-removal model"):
         (tmp_path / "bad.pt").write_bytes(b"nope")
         load_estimator(tmp_path / "bad.pt")
