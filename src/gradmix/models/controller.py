@@ -67,9 +67,8 @@ class ModelConfig:
     (:func:`track_descriptors`: octave-band shares and crest factor), besides the CNN's time statistics."""
     track_head: bool = False
     """A per-track head beside the strip head: it reads each track's :func:`track_contrast` after the transformer,
-    its :func:`track_descriptors` and their difference from the song's mean, and adds its output, less its mean
-    over the song's tracks, to the strip head's logits: it sets tracks apart and leaves what they share to the
-    strip head. Its last layer starts at zero, so a model grown by it (``run.init``) starts by deciding as
+    its :func:`track_descriptors` and their difference from the song's mean, and adds its output to the strip
+    head's logits. Its last layer starts at zero, so a model grown by it (``run.init``) starts by deciding as
     before; it is a short path from what sets a track apart to its own settings, which the strip head, reading
     tokens that the transformer has made nearly alike, does not find."""
 
@@ -318,12 +317,12 @@ class MixController(nn.Module):
             w = torch.ones_like(described[..., :1]) if mask is None else mask.to(described)[..., None]
             mean = (described * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
             own = torch.cat([track_contrast(h[:, 1:], mask), described, (described - mean) * w], -1)
-            strip = strip + song_centred(self.track_head(own), w)
+            strip = strip + self.track_head(own)
         if self.cfg.engineer_switch:
             e = emb.new_ones(b, dtype=torch.bool) if engineer is None else engineer.to(emb.device) > 0.5
             engineer_strip = self.engineer_strip_head(track)
             if self.cfg.track_head:
-                engineer_strip = engineer_strip + song_centred(self.engineer_track_head(own), w)
+                engineer_strip = engineer_strip + self.engineer_track_head(own)
             strip = torch.where(e[:, None, None], engineer_strip, strip)
             master = torch.where(e[:, None], self.engineer_master_head(h[:, 0]), master)
         if self.cfg.style_dim and self.cfg.style_direct:
@@ -358,13 +357,6 @@ def track_contrast(tokens: Tensor, mask: Tensor | None = None) -> Tensor:
     dev = (tokens - (tokens * w).sum(1, keepdim=True) / count) * w
     spread = (dev.square().sum((1, 2), keepdim=True) / (count * tokens.shape[-1]) + CONTRAST_FLOOR**2).sqrt()
     return dev / spread
-
-
-def song_centred(x: Tensor, weight: Tensor) -> Tensor:
-    """``x`` ``(batch, tracks, features)`` less its mean over each song's tracks of ``weight`` ``(batch, tracks,
-    1)`` 1 (real tracks; padding gets 0)."""
-    mean = (x * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1.0)
-    return (x - mean) * weight
 
 
 def _neutral(specs) -> list[float]:
