@@ -199,11 +199,6 @@ def test_demo_mixes_the_example_with_the_default_model(tmp_path, capsys):
     assert "report page" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped model still gives every track one EQ (issue 24): this turns "
-    "into a failure to remove the mark once a per-track model ships",
-)
 def test_the_shipped_model_treats_a_kick_a_hihat_a_bass_and_a_pad_differently():
     """Per-track mixing, not one strip for all: every pair of these tracks gets EQ curves that differ by at
     least 2 dB somewhere in 100 Hz - 10 kHz, and a compressor or sends that differ too (threshold or send by

@@ -115,11 +115,12 @@ def test_edits_are_validated_all_or_nothing_and_undoable(session):
     with pytest.raises(ConsoleFileError, match="cannot be set"):
         session.edit([{"path": ["tracks", 0, "chain", 0, "type"], "value": "eq"}])
     session.edit([{"path": ["tracks", 0, "chain", 0, "gain_db"], "value": -7.5}])
+    session.edit([{"path": ["tracks", 0, "sends", "delay"], "value": -20.0}])  # whether the mix sent it or not
     session.edit([{"path": ["tracks", 0, "sends", "delay"], "value": None}])
     assert session.edited.tracks[0].chain[0].params["gain_db"] == -7.5
     assert "delay" not in session.edited.tracks[0].sends
-    assert session.undo() and "delay" in session.edited.tracks[0].sends
-    assert session.undo() and session.edited.to_json() == first
+    assert session.undo() and session.edited.tracks[0].sends["delay"] == -20.0
+    assert session.undo() and session.undo() and session.edited.to_json() == first
     assert not session.undo()
     assert session.redo() and session.edited.tracks[0].chain[0].params["gain_db"] == -7.5
     session.adopt(SUM)
