@@ -407,4 +407,3 @@ def test_the_track_head_starts_silent_and_reads_each_tracks_own_descriptors():
         m.track_head[-1].weight.normal_()
     out = m.decide(same).strip
     assert (out[0, 0] - out[0, 1]).abs().max() > 0.05
-
