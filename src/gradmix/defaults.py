@@ -28,5 +28,5 @@ DEVICE = "cpu"
 """Where the commands compute: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA where torch sees it)."""
 MIDI_SONG_SECONDS = 30.0
 """Length of every song of ``gradmix dataset midi`` (seconds from the score's start)."""
-REMOVAL_STEPS = 12000
+REMOVAL_STEPS = 20000
 """Training steps of the effect estimator (``gradmix train-removal``, ``make removal-model``)."""
