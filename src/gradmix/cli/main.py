@@ -303,12 +303,11 @@ def _dataset_dry(args: argparse.Namespace) -> None:
 
 
 def _train_removal(args: argparse.Namespace) -> None:
+    from gradmix.models.removal import load_estimator
+    from gradmix.removal.chains import REMOVABLE
     from gradmix.removal.train import RemovalTraining, train_removal
 
     run = RemovalTraining(list(args.roots), args.output, steps=args.steps, seed=args.seed)
-    from gradmix.models.removal import load_estimator
-    from gradmix.removal.chains import REMOVABLE
-
     path = train_removal(run, show=sys.stdout.isatty(), max_minutes=args.minutes)
     thresholds = load_estimator(path).thresholds.tolist()
     print("presence thresholds: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(REMOVABLE, thresholds)))

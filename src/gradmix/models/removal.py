@@ -123,6 +123,10 @@ class EffectEstimator(nn.Module):
         h = self.trunk(torch.cat([pooled, self.echo(self.echoes(x)), self.dynamics(self.levels(x) * 10)], -1))
         return self.presence(h), torch.sigmoid(self.settings(h))
 
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict of this class; one saved before the thresholds existed keeps the defaults."""
+        self.load_state_dict({"thresholds": self.thresholds, **state})
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -142,8 +146,7 @@ def load_estimator(path: str | Path | None = None, device: str | torch.device = 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = EffectEstimator(RemovalConfig.from_dict(state["config"]))
-        weights = {"thresholds": model.thresholds, **state["state"]}  # files from before calibration lack them
-        model.load_state_dict(weights)
+        model.load_weights(state["state"])
     except Exception as exc:  # a foreign or truncated file can fail in many ways
         raise GradmixError(f"{path}: not an effect-removal model ({type(exc).__name__}: {exc})") from None
     return model.eval().to(device)

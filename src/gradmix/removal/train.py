@@ -187,7 +187,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
     last = out / "last.pt"
     if last.is_file():
         state = torch.load(last, weights_only=False)
-        model.load_state_dict({"thresholds": model.thresholds, **state["model"]})  # chosen at the end
+        model.load_weights(state["model"])  # the thresholds are chosen at the end
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["generator"])
