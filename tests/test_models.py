@@ -291,6 +291,34 @@ def test_engineer_habits_are_repeatable_and_share_a_songs_taste():
         engineer_controls(layout, 2, 4, audio=x, sample_rate=SR)
 
 
+def test_carving_adds_the_habits_eq_moves_to_the_tone_in_db_and_keeps_the_rest():
+    from gradmix.models.engineer import carve_on, eq_gain_columns
+
+    layout = Layout.default()
+    cols = eq_gain_columns(layout)
+    habits = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(3))
+    tone = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(4))
+    carved = carve_on(habits, tone, layout)
+    p, h, t = (layout.denormalize(c).strip[1] for c in (carved, habits, tone))
+    assert p["gain_db"].shape == (2, 3, 6) and len(cols) == 6
+    assert torch.allclose(p["gain_db"], (h["gain_db"] + t["gain_db"]).clamp(-12.0, 12.0), atol=1e-4)
+    for k in ("freq_hz", "q"):
+        assert torch.equal(p[k], h[k])  # the habits' own bands
+    others = [c for c in range(layout.num_strip_params) if c not in cols]
+    assert torch.equal(carved.strip[..., others], habits.strip[..., others])
+    assert torch.equal(carved.sends, habits.sends) and torch.equal(carved.master, habits.master)
+
+    def eq_at(c, u):
+        strip = c.strip.clone()
+        strip[..., cols] = u
+        return dataclasses.replace(c, strip=strip)
+
+    # a flat tone (0 dB) leaves the habits as they are; a +12 dB one pins every band at the range's top
+    assert torch.allclose(carve_on(habits, eq_at(tone, 0.5), layout).strip, habits.strip, atol=1e-6)
+    top = layout.denormalize(carve_on(eq_at(habits, 0.75), eq_at(tone, 1.0), layout)).strip[1]["gain_db"]
+    assert torch.allclose(top, torch.full_like(top, 12.0))
+
+
 def test_control_loss_counts_only_the_weighted_tracks_and_is_zero_on_a_match():
     from gradmix.models.losses import control_loss
 

@@ -356,6 +356,44 @@ def test_the_engineer_switch_is_told_which_targets_an_engineer_like_console_made
     assert len(flags) > 0 and bool((flags == engineer).all()), flags
 
 
+def test_engineer_like_targets_carve_on_the_authors_heads_tone_when_asked(tmp_path, monkeypatch):
+    """``data.engineer_carves``: each engineer-like target's EQ is the authors' heads' decision for the segment
+    (the model asked with ``engineer`` 0, no gradient) plus the habits' moves; it needs the engineer switch."""
+    require("lightning")
+    require("auraloss")
+    import gradmix.train as training
+    from gradmix.models import MixController
+
+    calls, forward, carve = [], MixController.forward, training.carve_on
+
+    def spy_forward(self, tracks, **kwargs):
+        out = forward(self, tracks, **kwargs)
+        calls.append(("forward", kwargs.get("engineer"), torch.is_grad_enabled(), out.strip.detach().clone()))
+        return out
+
+    def spy_carve(habits, tone, layout):
+        calls.append(("carve", tone.strip.clone()))
+        return carve(habits, tone, layout)
+
+    monkeypatch.setattr(MixController, "forward", spy_forward)
+    monkeypatch.setattr(training, "carve_on", spy_carve)
+    data = make_dataset(tmp_path / "data", songs=2)
+    cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
+    cfg.data.regime, cfg.data.engineer_carves = "self_supervised", True
+    with pytest.raises(GradmixError, match="engineer_carves"):
+        check(cfg)
+    cfg.model.engineer_switch = True
+    training.train(cfg)
+    carved = [i for i, c in enumerate(calls) if c[0] == "carve"]
+    assert carved, "no engineer-like target was carved"
+    for i in carved:
+        kind, engineer, grad, strip = calls[i - 1]  # the tone comes from the call just before
+        assert kind == "forward" and not grad and bool((engineer == 0).all())
+        assert torch.equal(strip, calls[i][1])
+    # the step's own decision is the engineer's heads', with gradients
+    assert any(c[0] == "forward" and c[2] and bool((c[1] == 1).all()) for c in calls)
+
+
 def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first_step(tmp_path):
     """``run.init``: the grown model (descriptors in the token, a per-track head, the engineer's heads) starts
     exactly where the file's model was, then trains from there; a missing file is one error before any work."""

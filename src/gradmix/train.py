@@ -41,7 +41,7 @@ from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import load_model, save_model
-from gradmix.models.engineer import engineer_controls
+from gradmix.models.engineer import carve_on, engineer_controls
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
 
 REGIMES = ("supervised", "self_supervised", "mixed")
@@ -57,6 +57,10 @@ class DataConfig:
     self_supervised_fraction: float = 0.0
     """In the ``mixed`` regime, the share of segments that get an engineer-like target even though their song
     has a mix (more variety of mixes per set of tracks: what a style model needs)."""
+    engineer_carves: bool = False
+    """Engineer-like targets keep the song's tone: each strip's EQ gains are the authors' heads' decision for the
+    segment plus the habits' balanced moves (:func:`gradmix.models.engineer.carve_on`), so the engineer's heads
+    learn only how the tracks differ. Needs ``model.engineer_switch``."""
     seconds: float = 4.0
     sample_rate: int = 44100
     batch_size: int = 4
@@ -184,6 +188,8 @@ def check(cfg: TrainConfig) -> None:
         )
     if not 0 <= cfg.data.self_supervised_fraction <= 1:
         raise GradmixError("config.data.self_supervised_fraction: must be within 0..1")
+    if cfg.data.engineer_carves and not cfg.model.engineer_switch:
+        raise GradmixError("config.data.engineer_carves: needs model.engineer_switch (the authors' heads set the tone)")
     if cfg.optim.loss.tracks_per_song < 0:
         raise GradmixError("config.optim.loss.tracks_per_song: must be >= 0 (0: every track)")
     if not 0 <= cfg.data.augment_compress <= 1:
@@ -319,6 +325,9 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                     self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x, mask=batch.mask, sample_rate=self.sr
                 )
                 c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))  # made on the CPU
+                if cfg.data.engineer_carves:
+                    authors = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+                    c = carve_on(c, self.model(x, sample_rate=self.sr, mask=batch.mask, engineer=authors), self.layout)
                 params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
             return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params, c)

@@ -355,3 +355,27 @@ def engineer_controls(
     )
     master = _chain_controls("master", layout.master, batch, g)
     return Controls(strip.to(dtype), sends_t.to(dtype), buses.to(dtype), master.to(dtype))
+
+
+def eq_gain_columns(layout: Layout) -> list[int]:
+    """Columns of ``Controls.strip`` that hold the strip EQ's band gains (dB, linear 0..1 scale)."""
+    start, cols = 0, []
+    for slot in layout.strip:
+        if slot.effect.type_name == "eq":
+            cols += [start + i for i, s in enumerate(slot.specs) if s.name == "gain_db"]
+        start += len(slot.specs)
+    return cols
+
+
+def carve_on(habits: Controls, tone: Controls, layout: Layout) -> Controls:
+    """``habits``' strip EQ moves carved on top of ``tone``'s EQ gains (both ``(batch, tracks, params)`` 0..1
+    controls of ``layout``): the habits' dB in each band added to ``tone``'s (within the band's range), the rest
+    of ``habits`` kept. With ``tone`` the song's own EQ as another head decides it, an engineer-like target keeps
+    that tone and only tells the tracks apart (the habits' moves are balanced, so they add nothing to it)."""
+    cols = eq_gain_columns(layout)
+    specs = [s for slot in layout.strip for s in slot.specs]
+    zero_db = torch.tensor([specs[c].normalize(torch.tensor(0.0)).item() for c in cols], dtype=habits.strip.dtype)
+    strip = habits.strip.clone()
+    moved = habits.strip[..., cols] + tone.strip[..., cols].to(strip) - zero_db.to(strip.device)
+    strip[..., cols] = moved.clamp(0.0, 1.0)
+    return Controls(strip, habits.sends, habits.buses, habits.master)
