@@ -341,13 +341,13 @@ def test_the_engineer_switch_is_told_which_targets_an_engineer_like_console_made
     from gradmix.models import MixController
     from gradmix.train import train
 
-    seen, forward = [], MixController.forward
+    seen, decide = [], MixController.decide
 
-    def spy(self, tracks, **kwargs):
-        seen.append(kwargs.get("engineer"))
-        return forward(self, tracks, **kwargs)
+    def spy(self, emb, mask=None, z=None, engineer=None):
+        seen.append(engineer)
+        return decide(self, emb, mask, z, engineer)
 
-    monkeypatch.setattr(MixController, "forward", spy)
+    monkeypatch.setattr(MixController, "decide", spy)
     data = make_dataset(tmp_path / "data", songs=2)
     cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
     cfg.data.regime, cfg.model.engineer_switch = regime, True
@@ -364,18 +364,18 @@ def test_engineer_like_targets_carve_on_the_authors_heads_tone_when_asked(tmp_pa
     import gradmix.train as training
     from gradmix.models import MixController
 
-    calls, forward, carve = [], MixController.forward, training.carve_on
+    calls, decide, carve = [], MixController.decide, training.carve_on
 
-    def spy_forward(self, tracks, **kwargs):
-        out = forward(self, tracks, **kwargs)
-        calls.append(("forward", kwargs.get("engineer"), torch.is_grad_enabled(), out.strip.detach().clone()))
+    def spy_decide(self, emb, mask=None, z=None, engineer=None):
+        out = decide(self, emb, mask, z, engineer)
+        calls.append(("decide", engineer, torch.is_grad_enabled(), out.strip.detach().clone()))
         return out
 
     def spy_carve(habits, tone, layout):
         calls.append(("carve", tone.strip.clone()))
         return carve(habits, tone, layout)
 
-    monkeypatch.setattr(MixController, "forward", spy_forward)
+    monkeypatch.setattr(MixController, "decide", spy_decide)
     monkeypatch.setattr(training, "carve_on", spy_carve)
     data = make_dataset(tmp_path / "data", songs=2)
     cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
@@ -388,10 +388,10 @@ def test_engineer_like_targets_carve_on_the_authors_heads_tone_when_asked(tmp_pa
     assert carved, "no engineer-like target was carved"
     for i in carved:
         kind, engineer, grad, strip = calls[i - 1]  # the tone comes from the call just before
-        assert kind == "forward" and not grad and bool((engineer == 0).all())
+        assert kind == "decide" and not grad and bool((engineer == 0).all())
         assert torch.equal(strip, calls[i][1])
     # the step's own decision is the engineer's heads', with gradients
-    assert any(c[0] == "forward" and c[2] and bool((c[1] == 1).all()) for c in calls)
+    assert any(c[0] == "decide" and c[2] and bool((c[1] == 1).all()) for c in calls)
 
 
 def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first_step(tmp_path):

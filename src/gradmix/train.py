@@ -272,13 +272,14 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
             else:
                 x = clean
-            target, use_mix, made = self._target(batch, x, g)
+            emb = self.model.encoder(x.flatten(0, 1), self.sr).view(*x.shape[:2], -1)  # forward's first half
+            target, use_mix, made = self._target(batch, x, g, emb)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
-            controls = self.model(x, sample_rate=self.sr, mask=mask, z=z, engineer=(~use_mix).to(x.dtype))
+            controls = self.model.decide(emb, mask, z, engineer=(~use_mix).to(x.dtype))
             params = self.layout.denormalize(controls)
             estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
@@ -304,12 +305,13 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 self.log(f"loss_{k}", v, batch_size=tracks.shape[0])
             return loss
 
-        def _target(self, batch, x, g):
+        def _target(self, batch, x, g, emb):
             """The target mix ``(B, 2, T)`` of each song, which songs use their human mix ``(B,)``, and the
             engineer-like console that made the others (``(strips, params, controls)``, or ``None`` when every
             song uses its human mix), set by the habits of the tracks the network hears ``x`` (normalised, and
             augmented where augmentation is on) and rendered from them: only human targets ask the network to undo
-            the augmentation, so the settings of an engineer-like target are the ones its audio asks for."""
+            the augmentation, so the settings of an engineer-like target are the ones its audio asks for. ``emb``: the
+            network's track embeddings of ``x``, from which the authors' heads set the tone a carved target keeps."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
                 # on the CPU on purpose: g is the step's one CPU stream, drawn in turn by the augmentation, this
@@ -327,7 +329,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))  # made on the CPU
                 if cfg.data.engineer_carves:
                     authors = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-                    c = carve_on(c, self.model(x, sample_rate=self.sr, mask=batch.mask, engineer=authors), self.layout)
+                    c = carve_on(c, self.model.decide(emb, batch.mask, engineer=authors), self.layout)
                 params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
             return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params, c)
