@@ -363,23 +363,35 @@ def test_engineer_like_targets_carve_on_the_authors_heads_tone_when_asked(tmp_pa
     require("auraloss")
     import gradmix.train as training
     from gradmix.models import MixController
+    from gradmix.models.engineer import eq_gain_columns
 
     calls, decide, carve = [], MixController.decide, training.carve_on
 
     def spy_decide(self, emb, mask=None, z=None, engineer=None):
         out = decide(self, emb, mask, z, engineer)
+        if not torch.is_grad_enabled():  # an untrained model's tone is flat (0 dB): lift it 2.4 dB to see it
+            out.strip[..., eq_gain_columns(self.layout)] += 0.1
         calls.append(("decide", engineer, torch.is_grad_enabled(), out.strip.detach().clone()))
         return out
 
     def spy_carve(habits, tone, layout):
-        calls.append(("carve", tone.strip.clone()))
-        return carve(habits, tone, layout)
+        carved = carve(habits, tone, layout)
+        assert not torch.allclose(carved.strip, habits.strip)
+        calls.append(("carve", tone.strip.clone(), carved.strip.clone()))
+        return carved
+
+    targets, control = [], training.control_loss
+
+    def spy_control(controls, target, weights):
+        targets.append(target.strip.clone())
+        return control(controls, target, weights)
 
     monkeypatch.setattr(MixController, "decide", spy_decide)
     monkeypatch.setattr(training, "carve_on", spy_carve)
+    monkeypatch.setattr(training, "control_loss", spy_control)
     data = make_dataset(tmp_path / "data", songs=2)
     cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=1))
-    cfg.data.regime, cfg.data.engineer_carves = "self_supervised", True
+    cfg.data.regime, cfg.data.engineer_carves, cfg.optim.loss.control = "self_supervised", True, 1.0
     with pytest.raises(GradmixError, match="engineer_carves"):
         check(cfg)
     cfg.model.engineer_switch = True
@@ -390,6 +402,8 @@ def test_engineer_like_targets_carve_on_the_authors_heads_tone_when_asked(tmp_pa
         kind, engineer, grad, strip = calls[i - 1]  # the tone comes from the call just before
         assert kind == "decide" and not grad and bool((engineer == 0).all())
         assert torch.equal(strip, calls[i][1])
+    # the carved console is the target: the control loss compares the step's decision with it
+    assert len(targets) == len(carved) and all(torch.equal(t, calls[i][2]) for t, i in zip(targets, carved))
     # the step's own decision is the engineer's heads', with gradients
     assert any(c[0] == "decide" and c[2] and bool((c[1] == 1).all()) for c in calls)
 

@@ -310,8 +310,10 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             engineer-like console that made the others (``(strips, params, controls)``, or ``None`` when every
             song uses its human mix), set by the habits of the tracks the network hears ``x`` (normalised, and
             augmented where augmentation is on) and rendered from them: only human targets ask the network to undo
-            the augmentation, so the settings of an engineer-like target are the ones its audio asks for. ``emb``: the
-            network's track embeddings of ``x``, from which the authors' heads set the tone a carved target keeps."""
+            the augmentation, so the settings of an engineer-like target are the ones its audio asks for (a carved
+            target's tone excepted: the authors' heads decide it from the same ``x``, with what they learnt of
+            undoing it). ``emb``: the network's track embeddings of ``x`` ``(B, N, features)``, from which those
+            heads decide."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
                 # on the CPU on purpose: g is the step's one CPU stream, drawn in turn by the augmentation, this

@@ -362,7 +362,11 @@ def eq_gain_columns(layout: Layout) -> list[int]:
     start, cols = 0, []
     for slot in layout.strip:
         if slot.effect.type_name == "eq":
-            cols += [start + i for i, s in enumerate(slot.specs) if s.name == "gain_db"]
+            for i, spec in enumerate(slot.specs):
+                if spec.name == "gain_db":
+                    if spec.scale != "linear":  # carve_on adds dB as 0..1 steps
+                        raise ValueError(f"the strip EQ's {spec.label} is not on a linear scale")
+                    cols.append(start + i)
         start += len(slot.specs)
     return cols
 
@@ -374,8 +378,8 @@ def carve_on(habits: Controls, tone: Controls, layout: Layout) -> Controls:
     that tone and only tells the tracks apart (the habits' moves are balanced, so they add nothing to it)."""
     cols = eq_gain_columns(layout)
     specs = [s for slot in layout.strip for s in slot.specs]
-    zero_db = torch.tensor([specs[c].normalize(torch.tensor(0.0)).item() for c in cols], dtype=habits.strip.dtype)
     strip = habits.strip.clone()
-    moved = habits.strip[..., cols] + tone.strip[..., cols].to(strip) - zero_db.to(strip.device)
+    zero_db = torch.tensor([specs[c].normalize(torch.tensor(0.0)).item() for c in cols]).to(strip)
+    moved = habits.strip[..., cols] + tone.strip[..., cols].to(strip) - zero_db
     strip[..., cols] = moved.clamp(0.0, 1.0)
     return Controls(strip, habits.sends, habits.buses, habits.master)
