@@ -52,7 +52,7 @@ model: install sysdeps
 # the default model against the baselines on the songs its training held out
 eval-model: install
 	$(VENV)/bin/gradmix eval data/lmms --held-out --systems plain_sum,equal_loudness,rules,gradmix -o out/eval-model
-	$(VENV)/bin/gradmix eval data/lmms --held-out --generative -o out/eval-model
+	$(VENV)/bin/gradmix eval data/lmms --held-out --generative --seeds 0 1 2 -o out/eval-model
 
 # the effect estimator of gradmix dry: dry stems of the LMMS songs and of 100 scores (both resumable), then
 # training on console-made pairs (resumes from runs/removal), then the weights go into the package
