@@ -272,7 +272,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
             else:
                 x = clean
-            emb = self.model.encoder(x.flatten(0, 1), self.sr).view(*x.shape[:2], -1)  # forward's first half
+            emb = self.model.embed(x, sample_rate=self.sr)
             target, use_mix, made = self._target(batch, x, g, emb)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled

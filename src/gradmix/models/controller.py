@@ -289,8 +289,13 @@ class MixController(nn.Module):
         Returns:
             :class:`Controls` (strip ``(B, N, Ps)``, sends ``(B, N, buses)``, buses, master).
         """
+        return self.decide(self.embed(tracks, sample_rate=sample_rate), mask, z, engineer)
+
+    def embed(self, tracks: Tensor, *, sample_rate: float) -> Tensor:
+        """Track embeddings ``(batch, tracks, features)`` of ``tracks`` ``(batch, tracks, 2, samples)`` (as in
+        :meth:`forward`): the input of :meth:`decide`, which can decide more than once from one encoding."""
         b, n = tracks.shape[:2]
-        return self.decide(self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1), mask, z, engineer)
+        return self.encoder(tracks.flatten(0, 1), sample_rate).view(b, n, -1)
 
     def decide(
         self, emb: Tensor, mask: Tensor | None = None, z: Tensor | None = None, engineer: Tensor | None = None

@@ -379,7 +379,9 @@ def carve_on(habits: Controls, tone: Controls, layout: Layout) -> Controls:
     cols = eq_gain_columns(layout)
     specs = [s for slot in layout.strip for s in slot.specs]
     strip = habits.strip.clone()
-    zero_db = torch.tensor([specs[c].normalize(torch.tensor(0.0)).item() for c in cols]).to(strip)
+    zero_db = torch.tensor(  # 0 dB on each gain's linear 0..1 scale, made where the controls are
+        [-specs[c].min / (specs[c].max - specs[c].min) for c in cols], dtype=strip.dtype, device=strip.device
+    )
     moved = habits.strip[..., cols] + tone.strip[..., cols].to(strip) - zero_db
     strip[..., cols] = moved.clamp(0.0, 1.0)
     return Controls(strip, habits.sends, habits.buses, habits.master)
