@@ -41,13 +41,14 @@ test: install sysdeps
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
-# the default model: LMMS demo songs rendered into stems + mixes (resumable), then the two stages of the
+# the default model: LMMS demo songs rendered into stems + mixes (resumable), then the three stages of the
 # recipe (each resumes from its runs/ folder if interrupted), then the weights go into the package
 model: install sysdeps
 	$(VENV)/bin/gradmix dataset lmms data/lmms
 	$(VENV)/bin/gradmix train configs/default.yaml
 	$(VENV)/bin/gradmix train configs/per-track.yaml
-	cp runs/per-track/model.pt src/gradmix/models/default_model.pt
+	$(VENV)/bin/gradmix train configs/habit-eq.yaml
+	cp runs/habit-eq/model.pt src/gradmix/models/default_model.pt
 
 # the default model against the baselines on the songs its training held out
 eval-model: install

@@ -435,3 +435,67 @@ def test_the_track_head_starts_silent_and_reads_each_tracks_own_descriptors():
         m.track_head[-1].weight.normal_()
     out = m.decide(same).strip
     assert (out[0, 0] - out[0, 1]).abs().max() > 0.05
+
+
+def test_the_loudness_an_eq_move_adds_is_what_the_rendered_track_gains():
+    """``eq_loudness_change_db`` from octave-band shares against the K-weighted level of the track rendered
+    through both EQs (the octave approximation within 0.3 dB); no move, 0 dB."""
+    from gradmix.dsp.eq import parametric_eq
+    from gradmix.metrics.tracks import k_weighted_level_db
+    from gradmix.models.controller import track_descriptors
+    from gradmix.models.engineer import eq_loudness_change_db
+
+    sr, layout = 44100, Layout.default()
+    g = torch.Generator().manual_seed(5)
+    white = torch.randn(1, 2, sr, generator=g, dtype=torch.float64) * 0.1
+    t = torch.arange(sr, dtype=torch.float64) / sr
+    low = (0.3 * torch.sin(2 * math.pi * 80 * t) + 0.05 * torch.sin(2 * math.pi * 3000 * t)).expand(1, 2, -1)
+    bright = white - torch.nn.functional.pad(white[..., :-1], (1, 0))  # a first difference: a rising spectrum
+    tracks = torch.cat([white, low, bright])[None]  # (1, 3, 2, samples)
+    shares_db = track_descriptors(tracks[0].float(), sr)[:, :10][None] * 10
+    before = engineer_controls(layout, 1, 3, torch.Generator().manual_seed(6))
+    after = engineer_controls(layout, 1, 3, torch.Generator().manual_seed(7))
+    predicted = eq_loudness_change_db(layout, before.strip, after.strip, shares_db, sr)
+    assert predicted.shape == (1, 3)
+    slot = layout.strip[1]
+    levels = []
+    for c in (before, after):
+        p = slot.denormalize(c.strip[0, :, 1:19].double())
+        y = torch.stack(
+            [
+                parametric_eq(
+                    tracks[0, k : k + 1],
+                    sample_rate=sr,
+                    shapes=slot.effect.shapes,
+                    **{n: p[n][k] for n in ("freq_hz", "gain_db", "q")},
+                )[0]
+                for k in range(3)
+            ]
+        )
+        levels.append(k_weighted_level_db(y, sample_rate=sr))
+    measured = levels[1] - levels[0]
+    assert measured.abs().max() > 1.0  # the moves change the loudness, so the test can fail
+    assert (predicted[0].double() - measured).abs().max() < 0.3, (predicted, measured)
+    assert torch.allclose(eq_loudness_change_db(layout, before.strip, before.strip, shares_db, sr), torch.zeros(1, 3))
+
+
+def test_a_level_matched_eq_takes_the_habits_eq_and_gives_back_its_loudness_on_the_fader():
+    from gradmix.models.engineer import eq_gain_columns, eq_loudness_change_db, level_matched_eq
+
+    sr, layout = 44100, Layout.default()
+    cols = eq_gain_columns(layout)
+    own = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(1))
+    habits = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(2))
+    shares_db = -10 * torch.rand(2, 3, 10, generator=torch.Generator().manual_seed(3))
+    matched = level_matched_eq(layout, own, habits, shares_db, sr)
+    assert torch.equal(matched.strip[..., cols], habits.strip[..., cols])
+    kept = [c for c in range(1, layout.num_strip_params) if c not in cols]
+    assert torch.equal(matched.strip[..., kept], own.strip[..., kept])  # EQ frequencies, Q, compressor, pan
+    assert torch.equal(matched.sends, own.sends) and torch.equal(matched.master, own.master)
+    change = eq_loudness_change_db(layout, own.strip, matched.strip, shares_db, sr)
+    assert change.abs().max() > 0.5
+    fader = lambda c: layout.denormalize(c).strip[0]["gain_db"]  # noqa: E731
+    spec = layout.strip[0].specs[0]
+    inside = (fader(own) - change > spec.min + 1e-3) & (fader(own) - change < spec.max - 1e-3)
+    assert inside.sum() >= 4
+    assert torch.allclose(fader(matched)[inside], (fader(own) - change)[inside], atol=1e-4)

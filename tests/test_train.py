@@ -51,6 +51,22 @@ def write_config(path: Path, data: Path, out: Path, **run) -> Path:
     return path
 
 
+def test_make_models_stages_chain_and_hold_out_the_same_songs():
+    """The three configs of `make model`: each stage grown from the previous stage's file, the EQ stage with the
+    per-track stage's model shape, and one set of held-out songs (the ones `make eval-model` reads)."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = ("default", "per-track", "habit-eq")
+    stages = [TrainConfig.load(root / f"{name}.yaml") for name in names]
+    assert stages[0].run.init is None
+    for earlier, later in zip(stages, stages[1:]):
+        assert Path(later.run.init).resolve() == (Path(earlier.run.out) / "model.pt").resolve()
+        assert sorted(later.data.exclude) == sorted(earlier.data.exclude) and len(later.data.exclude) == 6
+        assert later.data.songs == earlier.data.songs
+    assert stages[2].model == stages[1].model  # the EQ stage refits a head of the per-track stage's model
+    assert [bool(cfg.habit_eq.segments) for cfg in stages] == [False, False, True]
+    assert stages[2].data.augmentation == stages[1].data.augmentation  # the inputs its head hears in training
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(GradmixError, match=r"config.optim: unknown key 'learning_rate'"):
         TrainConfig.from_dict({"optim": {"learning_rate": 1}})
@@ -318,15 +334,17 @@ def test_the_track_loss_recovers_each_tracks_pan_and_level_where_the_mix_loss_ca
     assert (p.strip[0]["gain_db"] - gains).abs().max() < 0.5, p.strip[0]["gain_db"]
 
 
-@pytest.mark.parametrize("name", ["default", "per-track"])
+@pytest.mark.parametrize("name", ["default", "per-track", "habit-eq"])
 def test_the_shipped_recipes_load_and_pass_the_checks(name):
-    """`make model`'s recipe trains on the mix alone; the per-track recipe weights every per-track term."""
+    """`make model`'s first stage trains on the mix alone; the per-track stage weights every per-track term."""
     root = Path(__file__).parents[1]
     cfg = TrainConfig.load(root / "configs" / f"{name}.yaml")
-    if name == "per-track":  # the second stage starts from what the first writes; here, from the shipped model
-        assert Path(cfg.run.init).resolve() == root / "runs" / "default" / "model.pt"
+    if cfg.run.init:  # the later stages start from what the one before writes; here, from the shipped model
         cfg.run.init = str(root / "src" / "gradmix" / "models" / "default_model.pt")
     check(cfg)
+    if name == "habit-eq":
+        assert cfg.habit_eq.segments > 0 and cfg.data.augmentation.enabled
+        return
     assert cfg.optim.loss.per_track == (name == "per-track")
     assert cfg.data.augmentation.enabled == (name == "per-track")
     assert cfg.data.exclude and cfg.run.max_steps * 5.2 / 3600 < 2  # the 2-h CPU budget at the measured 5.2 s a step
@@ -444,4 +462,55 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
         train(cfg)
     cfg.run.init = str(tmp_path / "none.pt")
     with pytest.raises(GradmixError, match="run.init"):
+        check(cfg)
+
+
+def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_and_resumes(tmp_path):
+    """``habit_eq``: segments encoded once, only ``engineer_track_head`` learns, its EQ gains move to the
+    habits' moves carved on the authors' heads' tone; a second start with more steps resumes from the
+    checkpoint and reuses the encoded segments."""
+    require("lightning")
+    require("auraloss")
+    from gradmix.console import Controls
+    from gradmix.models.engineer import carve_on, eq_gain_columns
+    from gradmix.train import train
+
+    data = make_dataset(tmp_path / "data", songs=3)
+    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
+    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
+    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
+    grown = train(cfg)
+    cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 40
+    cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 4, 0.01, 1
+    cfg.run.log_every, cfg.run.checkpoint_every = 10, 20
+    fitted = train(cfg)
+    before, after = load_model(grown)[0], load_model(fitted)[0]
+    moved = []
+    for (name, p), q in zip(before.named_parameters(), after.parameters()):
+        if not torch.equal(p, q):
+            moved.append(name)
+    assert moved and all(name.startswith("engineer_track_head") for name in moved), moved
+    segments = torch.load(tmp_path / "c" / "habit_eq_segments.pt", weights_only=True)
+    assert len(segments) == 2  # 4 segments in batches of 2
+    layout, cols, errors = before.layout, eq_gain_columns(before.layout), []
+    with torch.no_grad():
+        for model in (before, after):
+            err = 0.0
+            for emb, mask, strip, sends in segments:
+                b = emb.shape[0]
+                habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))
+                carved = carve_on(habits, model.decide(emb, mask, engineer=torch.zeros(b)), layout)
+                mine = model.decide(emb, mask, engineer=torch.ones(b))
+                err += float((mine.strip[..., cols] - carved.strip[..., cols]).square()[mask.bool()].mean())
+            errors.append(err)
+    assert errors[1] < 0.5 * errors[0], errors
+    stamp = (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns
+    cfg.run.max_steps = 60
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "c" / "logs" / "habit_eq.csv").open()))
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns == stamp
+    assert load_model(fitted)[1]["info"]["steps"] == 60
+    cfg.model.engineer_switch = False
+    with pytest.raises(GradmixError, match="habit_eq"):
         check(cfg)

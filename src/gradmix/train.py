@@ -1,10 +1,10 @@
 """``gradmix train CONFIG.yaml``: train a :class:`~gradmix.models.MixController` end to end through the console.
 
-The YAML file maps onto :class:`TrainConfig` (sections ``data``, ``model``, ``optim``, ``run``; unknown keys
-are errors). Training uses Lightning, so the same code runs on one CPU or with DDP on many GPUs and nodes
-(``--devices``, ``--num-nodes``, ``--strategy``). Every ``run.checkpoint_every`` steps ``last.ckpt`` is
-written; starting again with the same ``run.out`` resumes from it. Logs go to ``<out>/logs`` as CSV (and
-TensorBoard when it is installed). At the end ``<out>/model.pt`` holds the model for ``gradmix mix --model``.
+The YAML file maps onto :class:`TrainConfig` (sections ``data``, ``model``, ``optim``, ``run`` and
+``habit_eq``; unknown keys are errors). Training uses Lightning, so the same code runs on one CPU or with DDP
+on many GPUs and nodes (``--devices``, ``--num-nodes``, ``--strategy``). Every ``run.checkpoint_every`` steps
+``last.ckpt`` is written; starting again with the same ``run.out`` resumes from it. Logs go to ``<out>/logs`` as
+CSV (and TensorBoard when it is installed). At the end ``<out>/model.pt`` holds the model for ``gradmix mix --model``.
 
 Regimes (``data.regime``):
 
@@ -19,6 +19,9 @@ output plus bus returns) is compared with it; an engineer-like target supplies t
 made it. The ``optim.loss.track_*`` weights set these terms (0 turns them off); data without wet stems trains
 with the mix losses alone. ``data.augment_*`` changes the dry inputs at random (:mod:`gradmix.data.augment`)
 so that the net cannot read a track's setting off the way its stem was rendered.
+
+With ``habit_eq.segments`` the run is instead the EQ stage (:func:`fit_habit_eq`): the engineer's per-track head
+of a trained model learns the habits' EQ moves from segments encoded once.
 """
 
 from __future__ import annotations
@@ -33,16 +36,20 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
 from gradmix.audio import make_output_folder
 from gradmix.console import Controls, Layout, pre_master, track_outputs
 from gradmix.data import SegmentDataset, collate, find_songs
 from gradmix.data.augment import Augmentation, augment_tracks
+from gradmix.devices import compute_device
 from gradmix.errors import GradmixError
+from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import load_model, save_model
-from gradmix.models.engineer import carve_on, engineer_controls
+from gradmix.models.engineer import carve_on, engineer_controls, level_matched_eq
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
+from gradmix.progress import progress
 
 REGIMES = ("supervised", "self_supervised", "mixed")
 
@@ -114,11 +121,20 @@ class RunConfig:
 
 
 @dataclass
+class HabitEqConfig:
+    segments: int = 0
+    """With more than 0, the run is an *EQ stage* (:func:`fit_habit_eq`) instead of end-to-end training: this
+    many training segments are encoded once, and the engineer's per-track head of the model ``run.init`` learns
+    the habits' EQ moves on them for ``run.max_steps`` steps. 0: an ordinary run."""
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    habit_eq: HabitEqConfig = field(default_factory=HabitEqConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -171,6 +187,7 @@ _NESTED = {
     (TrainConfig, "model"): ModelConfig,
     (TrainConfig, "optim"): OptimConfig,
     (TrainConfig, "run"): RunConfig,
+    (TrainConfig, "habit_eq"): HabitEqConfig,
     (OptimConfig, "loss"): LossWeights,
 }
 
@@ -208,6 +225,13 @@ def check(cfg: TrainConfig) -> None:
     ):
         if not v > 0:
             raise GradmixError(f"config.{name}: must be > 0, got {v}")
+    if cfg.habit_eq.segments < 0:
+        raise GradmixError("config.habit_eq.segments: must be >= 0 (0: an ordinary run)")
+    if cfg.habit_eq.segments:
+        if not (cfg.model.engineer_switch and cfg.model.track_head):
+            raise GradmixError("config.habit_eq: needs model.engineer_switch and model.track_head (the head it trains)")
+        if not cfg.run.init:
+            raise GradmixError("config.habit_eq: needs run.init, the model whose engineer's EQ it refits")
     if cfg.run.init and not Path(cfg.run.init).is_file():
         raise GradmixError(f"config.run.init: {cfg.run.init}: no such model file")
     devices = cfg.run.devices
@@ -369,22 +393,24 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
         def configure_optimizers(self):
             learning = [p for p in self.model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(learning, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-            total, warm = cfg.run.max_steps, max(1, cfg.optim.warmup_steps)
-
-            def schedule(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            return {
-                "optimizer": opt,
-                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"},
-            }
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_schedule(opt, cfg), "interval": "step"}}
 
         def on_train_epoch_start(self) -> None:
             self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     return MixTraining()
+
+
+def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``optim.warmup_steps`` of linear warm-up, then a cosine decay to 0 at ``run.max_steps``."""
+    total, warm = cfg.run.max_steps, max(1, cfg.optim.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def style_center(model: MixController, songs: list, data: DataConfig, segments: int = 3) -> torch.Tensor:
@@ -440,9 +466,126 @@ def warm_start(model: MixController, path: str | os.PathLike) -> None:
                 tensor.zero_()[:, : src.shape[1]].copy_(src)
 
 
+def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list[tuple[Tensor, ...]]:
+    """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
+    seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), mask (B, N), strip (B, N, params),
+    sends (B, N, buses))`` on the CPU: the model's track embeddings and the 0..1 controls of the habits'
+    engineer-like console for the tracks it heard."""
+    sr, layout, device = cfg.data.sample_rate, model.layout, next(model.parameters()).device
+    data = SegmentDataset(
+        songs, seconds=cfg.data.seconds, sample_rate=sr, seed=cfg.run.seed, length=cfg.habit_eq.segments
+    )
+    order = torch.Generator().manual_seed(cfg.run.seed)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=cfg.data.batch_size, shuffle=True, generator=order, collate_fn=collate, drop_last=True
+    )
+    batches = []
+    with torch.no_grad():
+        for i, batch in enumerate(progress(loader, "encoding segments", cfg.run.progress)):
+            g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + i * 97)
+            tracks, mask = batch.tracks, batch.mask
+            if cfg.data.augmentation.enabled:
+                tracks = augment_tracks(tracks, cfg.data.augmentation, g, sample_rate=sr)
+            x = tracks * torch.pow(10.0, normalization_db(tracks, mask, sr) / 20)[..., None, None]
+            emb = model.embed(x.to(device), sample_rate=sr).cpu()
+            c = engineer_controls(layout, *x.shape[:2], g, dtype=x.dtype, audio=x, mask=mask, sample_rate=sr)
+            batches.append((emb, mask, c.strip, c.sends))
+    return batches
+
+
+def fit_habit_eq(cfg: TrainConfig) -> Path:
+    """The EQ stage (``habit_eq.segments`` > 0): the engineer's per-track head of the model ``run.init`` learns
+    to give each track the habits' EQ moves carved on the song's tone (:func:`carve_on`, the tone from the
+    authors' heads), level-matched (:func:`~gradmix.models.engineer.level_matched_eq`: the fader takes back
+    what the move adds to the track's loudness); every other setting stays the starting model's own decision.
+    Only that head learns, on the control loss alone, so the segments are encoded once
+    (:func:`encode_segments`, kept in ``<out>/habit_eq_segments.pt``) and each of the ``run.max_steps`` steps
+    fits one of their batches, picked by the step's seed. Runs on a GPU with ``run.accelerator: gpu``; resumes from
+    ``<out>/checkpoints/habit_eq.pt``; logs ``<out>/logs/habit_eq.csv``; returns ``<out>/model.pt``."""
+    songs = training_songs(cfg.data)
+    out = make_output_folder(cfg.run.out)
+    device = compute_device({"gpu": "cuda", "auto": "auto"}.get(cfg.run.accelerator, cfg.run.accelerator))
+    model = MixController(Layout.default(), cfg.model)
+    warm_start(model, cfg.run.init)
+    model.eval().to(device)
+    sr, layout = cfg.data.sample_rate, model.layout
+    cached = out / "habit_eq_segments.pt"
+    if cached.is_file():
+        batches = torch.load(cached, weights_only=True)
+    else:
+        batches = encode_segments(model, songs, cfg)
+        torch.save(batches, cached.with_name(cached.name + ".tmp"))
+        os.replace(cached.with_name(cached.name + ".tmp"), cached)
+    if not batches:
+        raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
+    bands = slice(cfg.model.dim, cfg.model.dim + len(OCTAVE_BAND_CENTRES_HZ))  # descriptors: band shares in dB / 10
+    batches = [tuple(t.to(device) for t in batch) for batch in batches]
+    targets = []
+    with torch.no_grad():
+        for emb, mask, strip, sends in batches:
+            b = emb.shape[0]
+            habits = Controls(strip, sends, strip.new_zeros(b, layout.num_bus_params), strip.new_zeros(b, 0))
+            carved = carve_on(habits, model.decide(emb, mask, engineer=emb.new_zeros(b)), layout)
+            own = model.decide(emb, mask, engineer=emb.new_ones(b))
+            targets.append(level_matched_eq(layout, own, carved, emb[..., bands] * 10, sr))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.engineer_track_head
+    for p in head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    schedule = lr_schedule(opt, cfg)
+    state, start = out / "checkpoints" / "habit_eq.pt", 0
+    if state.is_file():
+        saved = torch.load(state, weights_only=True)
+        head.load_state_dict(saved["head"])
+        opt.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        start = int(saved["step"])
+    log = out / "logs" / "habit_eq.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if start == 0 or not log.is_file():
+        log.write_text("step,loss,lr\n")
+    for step in progress(
+        range(start, cfg.run.max_steps), "EQ stage", cfg.run.progress, total=cfg.run.max_steps - start
+    ):
+        pick = int(
+            torch.randint(len(batches), (), generator=torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step))
+        )
+        emb, mask = batches[pick][:2]
+        loss = control_loss(model.decide(emb, mask, engineer=emb.new_ones(emb.shape[0])), targets[pick], mask)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        schedule.step()
+        if (step + 1) % cfg.run.log_every == 0:
+            with log.open("a") as f:
+                f.write(f"{step + 1},{loss.item():.6g},{schedule.get_last_lr()[0]:.6g}\n")
+        if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.max_steps:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            blob = {
+                "head": head.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": schedule.state_dict(),
+                "step": step + 1,
+            }
+            torch.save(blob, state.with_name(state.name + ".tmp"))
+            os.replace(state.with_name(state.name + ".tmp"), state)
+    if cfg.model.style_dim:
+        model.style_center.copy_(style_center(model, songs, cfg.data))
+        add_style_bank(model, songs, cfg.data.sample_rate)
+    path = out / "model.pt"
+    info = {"steps": cfg.run.max_steps, "songs": [s.name for s in songs], "excluded": list(cfg.data.exclude)}
+    save_model(path, model, sample_rate=sr, info={**info, "regime": cfg.data.regime, "stage": "habit_eq"})
+    return path
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the path of the exported ``model.pt``."""
     check(cfg)
+    if cfg.habit_eq.segments:
+        return fit_habit_eq(cfg)
     try:
         import lightning as L
         from lightning.pytorch.callbacks import ModelCheckpoint

@@ -385,3 +385,52 @@ def carve_on(habits: Controls, tone: Controls, layout: Layout) -> Controls:
     moved = habits.strip[..., cols] + tone.strip[..., cols].to(strip) - zero_db
     strip[..., cols] = moved.clamp(0.0, 1.0)
     return Controls(strip, habits.sends, habits.buses, habits.master)
+
+
+def eq_loudness_change_db(
+    layout: Layout, before: Tensor, after: Tensor, band_shares_db: Tensor, sample_rate: float
+) -> Tensor:
+    """How much louder (K-weighted, dB) a track gets when its strip EQ goes from ``before``'s to ``after``'s
+    (``(batch, tracks, params)`` 0..1 strip controls of ``layout``), from its octave-band power shares in dB
+    ``(batch, tracks, 10)`` (bands of :data:`~gradmix.metrics.tracks.OCTAVE_BAND_CENTRES_HZ`): each band's
+    power times the K-weighted EQ's mean power gain over the octave (8 points). ``(batch, tracks)``."""
+    from gradmix.dsp.biquad import frequency_response_db
+    from gradmix.dsp.eq import eq_coefficients
+    from gradmix.dsp.loudness import k_weighting_coefficients
+
+    start = next(i for i, s in enumerate(layout.strip) if s.effect.type_name == "eq")
+    first = sum(len(s.specs) for s in layout.strip[:start])
+    slot = layout.strip[start]
+    freqs = [c * 2 ** ((k + 0.5) / 8 - 0.5) for c in OCTAVE_BAND_CENTRES_HZ for k in range(8)]
+    kb, ka = k_weighting_coefficients(sample_rate)
+    k_db = frequency_response_db(kb, ka, freqs, sample_rate)
+
+    def power(strip: Tensor) -> Tensor:
+        p = slot.denormalize(strip[..., first : first + len(slot.specs)].flatten(0, 1).double().cpu())
+        b, a = eq_coefficients(
+            slot.effect.shapes, sample_rate=sample_rate, **{k: p[k] for k in ("freq_hz", "gain_db", "q")}
+        )
+        db = frequency_response_db(b, a, freqs, sample_rate) + k_db
+        return torch.pow(10.0, db / 10).view(*strip.shape[:2], len(OCTAVE_BAND_CENTRES_HZ), 8).mean(-1)
+
+    share = torch.pow(10.0, band_shares_db.double().cpu() / 10)
+    change = 10 * torch.log10((power(after) * share).sum(-1) / (power(before) * share).sum(-1))
+    return change.to(before)
+
+
+def level_matched_eq(
+    layout: Layout, own: Controls, habits: Controls, band_shares_db: Tensor, sample_rate: float
+) -> Controls:
+    """``own`` (a model's controls, ``(batch, tracks, params)``) with its strip EQ gains taken from ``habits``
+    and each fader lowered by the loudness the change of EQ adds (:func:`eq_loudness_change_db`), so that a
+    track keeps its place in ``own``'s balance: an engineer matches the level of an EQ move before judging it.
+    Everything else (EQ frequencies and Q, compressor, pan, sends) stays ``own``'s."""
+    cols = eq_gain_columns(layout)
+    strip = own.strip.clone()
+    strip[..., cols] = habits.strip[..., cols].to(strip)
+    if layout.strip[0].effect.type_name != "gain" or len(layout.strip[0].specs) != 1:
+        raise ValueError("the strips must start with their fader (gain) to keep the tracks' levels")
+    fader = layout.strip[0].specs[0]
+    change = eq_loudness_change_db(layout, own.strip, strip, band_shares_db, sample_rate)
+    strip[..., 0] = (strip[..., 0] - change.to(strip) / (fader.max - fader.min)).clamp(0.0, 1.0)
+    return Controls(strip, own.sends, own.buses, own.master)
