@@ -524,7 +524,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
     with torch.no_grad():
         for emb, mask, strip, sends in batches:
             b = emb.shape[0]
-            habits = Controls(strip, sends, strip.new_zeros(b, layout.num_bus_params), strip.new_zeros(b, 0))
+            habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))  # no bus or master here
             carved = carve_on(habits, model.decide(emb, mask, engineer=emb.new_zeros(b)), layout)
             own = model.decide(emb, mask, engineer=emb.new_ones(b))
             targets.append(level_matched_eq(layout, own, carved, emb[..., bands] * 10, sr))
