@@ -85,6 +85,9 @@ from torch import Tensor
 
 from gradmix.console import Controls, Layout
 from gradmix.console.layout import SEND_SPEC
+from gradmix.dsp.biquad import frequency_response_db
+from gradmix.dsp.eq import eq_coefficients
+from gradmix.dsp.loudness import k_weighting_coefficients
 from gradmix.effects import ParamSpec
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
 
@@ -394,10 +397,6 @@ def eq_loudness_change_db(
     (``(batch, tracks, params)`` 0..1 strip controls of ``layout``), from its octave-band power shares in dB
     ``(batch, tracks, 10)`` (bands of :data:`~gradmix.metrics.tracks.OCTAVE_BAND_CENTRES_HZ`): each band's
     power times the K-weighted EQ's mean power gain over the octave (8 points). ``(batch, tracks)``."""
-    from gradmix.dsp.biquad import frequency_response_db
-    from gradmix.dsp.eq import eq_coefficients
-    from gradmix.dsp.loudness import k_weighting_coefficients
-
     start = next(i for i, s in enumerate(layout.strip) if s.effect.type_name == "eq")
     first = sum(len(s.specs) for s in layout.strip[:start])
     slot = layout.strip[start]
