@@ -466,6 +466,23 @@ def warm_start(model: MixController, path: str | os.PathLike) -> None:
                 tensor.zero_()[:, : src.shape[1]].copy_(src)
 
 
+def export_model(model: MixController, songs: list, cfg: TrainConfig, path: Path, **info: Any) -> Path:
+    """Write a trained ``model`` to ``path``: its style centre and bank taken from the training ``songs``'
+    human mixes (models with a style latent), its training songs and held-out ones recorded beside ``info``."""
+    if cfg.model.style_dim:
+        model.style_center.copy_(style_center(model, songs, cfg.data))
+        add_style_bank(model, songs, cfg.data.sample_rate)
+    recorded = {"songs": [s.name for s in songs], "excluded": list(cfg.data.exclude), "regime": cfg.data.regime}
+    return save_model(path, model, sample_rate=cfg.data.sample_rate, info={**info, **recorded})
+
+
+def save_atomically(blob: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then renamed over it: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
 def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list[tuple[Tensor, ...]]:
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
     seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), mask (B, N), strip (B, N, params),
@@ -514,8 +531,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
         batches = torch.load(cached, weights_only=True)
     else:
         batches = encode_segments(model, songs, cfg)
-        torch.save(batches, cached.with_name(cached.name + ".tmp"))
-        os.replace(cached.with_name(cached.name + ".tmp"), cached)
+        save_atomically(batches, cached)
     if not batches:
         raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
     bands = slice(cfg.model.dim, cfg.model.dim + len(OCTAVE_BAND_CENTRES_HZ))  # descriptors: band shares in dB / 10
@@ -570,15 +586,8 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
                 "schedule": schedule.state_dict(),
                 "step": step + 1,
             }
-            torch.save(blob, state.with_name(state.name + ".tmp"))
-            os.replace(state.with_name(state.name + ".tmp"), state)
-    if cfg.model.style_dim:
-        model.style_center.copy_(style_center(model, songs, cfg.data))
-        add_style_bank(model, songs, cfg.data.sample_rate)
-    path = out / "model.pt"
-    info = {"steps": cfg.run.max_steps, "songs": [s.name for s in songs], "excluded": list(cfg.data.exclude)}
-    save_model(path, model, sample_rate=sr, info={**info, "regime": cfg.data.regime, "stage": "habit_eq"})
-    return path
+            save_atomically(blob, state)
+    return export_model(model, songs, cfg, out / "model.pt", steps=cfg.run.max_steps, stage="habit_eq")
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -653,18 +662,5 @@ def train(cfg: TrainConfig) -> Path:
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
     path = out / "model.pt"
     if trainer.is_global_zero:
-        if cfg.model.style_dim:
-            module.model.style_center.copy_(style_center(module.model, songs, cfg.data))
-            add_style_bank(module.model, songs, cfg.data.sample_rate)
-        save_model(
-            path,
-            module.model,
-            sample_rate=cfg.data.sample_rate,
-            info={
-                "steps": int(trainer.global_step),
-                "songs": [s.name for s in songs],
-                "excluded": list(cfg.data.exclude),
-                "regime": cfg.data.regime,
-            },
-        )
+        export_model(module.model, songs, cfg, path, steps=int(trainer.global_step))
     return path

@@ -401,18 +401,18 @@ def eq_loudness_change_db(
     first = sum(len(s.specs) for s in layout.strip[:start])
     slot = layout.strip[start]
     freqs = [c * 2 ** ((k + 0.5) / 8 - 0.5) for c in OCTAVE_BAND_CENTRES_HZ for k in range(8)]
-    kb, ka = k_weighting_coefficients(sample_rate)
+    kb, ka = (c.to(before.device) for c in k_weighting_coefficients(sample_rate))
     k_db = frequency_response_db(kb, ka, freqs, sample_rate)
 
     def power(strip: Tensor) -> Tensor:
-        p = slot.denormalize(strip[..., first : first + len(slot.specs)].flatten(0, 1).double().cpu())
+        p = slot.denormalize(strip[..., first : first + len(slot.specs)].flatten(0, 1).double())
         b, a = eq_coefficients(
             slot.effect.shapes, sample_rate=sample_rate, **{k: p[k] for k in ("freq_hz", "gain_db", "q")}
         )
         db = frequency_response_db(b, a, freqs, sample_rate) + k_db
         return torch.pow(10.0, db / 10).view(*strip.shape[:2], len(OCTAVE_BAND_CENTRES_HZ), 8).mean(-1)
 
-    share = torch.pow(10.0, band_shares_db.double().cpu() / 10)
+    share = torch.pow(10.0, band_shares_db.double() / 10)
     change = 10 * torch.log10((power(after) * share).sum(-1) / (power(before) * share).sum(-1))
     return change.to(before)
 
