@@ -20,7 +20,8 @@ from gradmix.removal.chains import (
     render_chains,
     rescaled,
 )
-from gradmix.removal.dry import remove_effects, strongest_echo_ms, undo
+from gradmix.dsp import delay
+from gradmix.removal.dry import delay_spikes, echo_lag, fit_echo, power_cepstrum, remove_effects, undo
 from gradmix.removal.train import RemovalTraining, best_thresholds, held_out, train_removal
 from gradmix.errors import GradmixError
 
@@ -91,17 +92,55 @@ def test_undoing_a_known_chain_recovers_the_dry_stem(effect):
         assert si_sdr_db(undo(wet[i : i + 1], one, SR), x[i : i + 1]) > 40
 
 
-@pytest.mark.parametrize("lag", [5000.5, 13231.0, 20000.3])
-@pytest.mark.parametrize("track", [1, 2])  # snare, hats: a loop's own repeats (a kick's beat) can win instead
-def test_the_delay_time_is_found_to_the_sample(track, lag):
+def delayed(track: int, lag: float, feedback: float, mix: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of the example's stems (3 s) and the same through a delay of ``lag`` samples."""
     x = stems(3.0)[track : track + 1]
     present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
     present[0, REMOVABLE.index("delay")] = True
     chains = draw_chains(1, torch.Generator().manual_seed(4), present=present)
-    chains.params["delay"]["time_ms"] = torch.tensor([1000.0 * lag / SR], dtype=torch.float64)
-    wet = render_chains(x, chains, SR)[0]
-    found = strongest_echo_ms(wet, SR, 1000.0 * lag / SR * 1.05) * SR / 1000  # from an estimate 5 % off
-    assert abs(found - lag) <= 1.0
+    chains.params["delay"].update(
+        time_ms=torch.tensor([1000.0 * lag / SR]), feedback=torch.tensor([feedback]), mix=torch.tensor([mix])
+    )
+    return x[0], render_chains(x, chains, SR)[0]
+
+
+@pytest.mark.parametrize("lag", [5000.5, 13231.0, 20000.3])
+@pytest.mark.parametrize("track", [1, 2])  # snare, hats: a loop's own repeats (a kick's beat) can win instead
+def test_the_delay_time_is_found_to_a_fraction_of_a_sample(track, lag):
+    _, wet = delayed(track, lag, 0.3, 0.3)
+    assert abs(echo_lag(wet, SR, 1000.0 * lag / SR * 1.8) - lag) <= 0.25  # from an estimate 80 % off
+
+
+@pytest.mark.parametrize("feedback, mix", [(0.0, 0.2), (0.5, 0.3), (0.2, 0.55)])
+def test_the_cepstral_spikes_of_a_feedback_delay_follow_its_feedback_and_mix(feedback, mix):
+    lag, n = 100, 1 << 14
+    impulse = torch.zeros(1, 1, n, dtype=torch.float64)
+    impulse[..., 0] = 1.0
+    h = delay(impulse, sample_rate=SR, time_ms=1000.0 * lag / SR, feedback=feedback, mix=mix)[0]
+    cepstrum = power_cepstrum(h, SR)  # the response has died away long before the end: nothing is cut off
+    measured = torch.stack([cepstrum[k * lag] for k in range(1, 5)])
+    q = feedback - mix / (1 - mix)  # the zero of H: 1 - q z^-D
+    seen = q if abs(q) <= 1 else 1 / q  # a zero outside the unit circle reads as its mirror image
+    assert torch.allclose(measured, torch.tensor([(feedback**k - seen**k) / k for k in range(1, 5)], dtype=torch.float64), atol=1e-6)
+    spikes = delay_spikes(torch.tensor(feedback, dtype=torch.float64), torch.tensor(mix, dtype=torch.float64), 4)
+    assert torch.allclose(measured, spikes, atol=1e-6) if abs(q) <= 1 else torch.isinf(spikes).all()
+    assert cepstrum[lag + 1 : 2 * lag].abs().max() < 1e-5  # nothing between the spikes
+
+
+@pytest.mark.parametrize("feedback, mix", [(0.1, 0.35), (0.5, 0.2), (0.3, 0.45)])
+def test_the_delays_feedback_and_mix_are_fitted_closely_enough_to_undo_it(feedback, mix):
+    lag = 7000.4
+    dry, wet = delayed(1, lag, feedback, mix)
+    found = fit_echo(wet, SR, echo_lag(wet, SR, 1000.0 * lag / SR))
+    assert abs(found[0] - feedback) < 0.05 and abs(found[1] - mix) < 0.05
+    present = torch.zeros(1, len(REMOVABLE), dtype=torch.bool)
+    present[0, REMOVABLE.index("delay")] = True
+    chains = draw_chains(1, torch.Generator().manual_seed(0), present=present)
+    chains.params["delay"].update(
+        time_ms=torch.tensor([1000.0 * lag / SR]), feedback=torch.tensor([found[0]]), mix=torch.tensor([found[1]])
+    )
+    undone = si_sdr_db(undo(wet[None], chains, SR)[0], dry)
+    assert undone > 20 and undone > si_sdr_db(wet, dry) + 5
 
 
 def test_a_silent_stem_comes_back_unchanged_with_an_empty_chain():
@@ -371,3 +410,19 @@ def test_the_shipped_estimator_hears_a_reverb_and_a_delay_where_they_are_and_not
             present[0, REMOVABLE.index(effect)] = True
             wet = render_chains(x[None], draw_chains(1, torch.Generator().manual_seed(1), present=present), SR)[0]
             assert remove_effects(model, wet, SR).probabilities[effect] >= limit[effect], (name, effect)
+
+
+def test_the_cepstrum_decides_the_delay_with_the_estimator():
+    model = EffectEstimator(RemovalConfig()).eval()
+    d = REMOVABLE.index("delay")
+    lag = 9000.0
+    dry, wet = delayed(1, lag, 0.3, 0.35)
+    unsure = remove_effects(model, wet.float(), SR).probabilities["delay"]
+    assert unsure >= 0.1  # an untrained estimator: about even
+    model.thresholds.fill_(1.0)  # the estimator is sure of nothing; the echo is plain in the cepstrum
+    found = {e.effect.type_name: e.params for e in remove_effects(model, wet.float(), SR).chain}
+    assert list(found) == ["delay"] and abs(found["delay"]["time_ms"] * SR / 1000 - lag) < 0.25
+    model.thresholds.fill_(1.0)
+    model.thresholds[d] = 0.0  # sure of a delay that is not there: the cepstrum finds no echo, none is removed
+    result = remove_effects(model, dry.float(), SR)
+    assert result.chain == [] and torch.allclose(result.dry, dry.float(), atol=1e-6)

@@ -4,9 +4,15 @@
    :data:`WINDOW_S` (at most :data:`MAX_WINDOWS`, spread over the whole stem); the estimator's presence
    probabilities and settings are averaged over them, weighted by each window's energy.
 2. **Decide.** An effect whose probability reaches the estimator's threshold for it is in the chain (the
-   thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`).
-3. **Refine.** A delay's time is moved to the strongest echo of the stem within +-:data:`DELAY_SEARCH` of the
-   estimate (the power cepstrum's peak, to the sample), since undoing a delay needs its time exactly.
+   thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`). The delay is
+   decided with its cepstral fit (step 3): one the estimator gives at least :data:`ECHO_PROBABILITY` is in
+   the chain if the fit finds a mix of :data:`ECHO_MIX` or more, or if it passed the threshold and the fit
+   confirms an echo (mix :data:`ECHO_CONFIRM_MIX` or more).
+3. **Refine.** Undoing a delay needs its time to the sample and its feedback and mix to a few hundredths,
+   better than the estimator hears them; a delay shows in the stem's power cepstrum as spikes at its time and
+   its multiples, whose heights follow from the feedback and the mix. So the time is moved to the strongest
+   spike near the estimate (:func:`echo_lag`), and the feedback and mix are fitted to the spikes' heights
+   (:func:`fit_echo`).
 4. **Undo**, in reverse order, at the stem's own rate (:mod:`gradmix.dsp.inverse`): the reverb's late energy,
    the delay, the distortion, the compressor (undoing at most :data:`MAX_EXPANSION_DB` of gain reduction),
    the EQ (its gains negated).
@@ -35,8 +41,24 @@ WINDOW_S = 3.0
 """Length of the windows the estimator hears, in seconds (what it was trained on)."""
 MAX_WINDOWS = 24
 """At most this many windows of a long stem are heard, evenly spread."""
-DELAY_SEARCH = 0.2
-"""A delay's time is searched within this fraction of the estimate, either way."""
+DELAY_SEARCH = 4.0
+"""A delay's time is searched between the estimate divided and multiplied by this."""
+DELAY_PRIOR_WIDTH = 1.0
+"""Width (standard deviation of the natural log of the ratio) of the prior around the estimated delay time."""
+DELAY_RANGE_MS = (10.0, 2000.0)
+"""The delay times searched, in ms (the delay's own range)."""
+ECHO_SECONDS = 30.0
+"""At most this much of a stem (from its start) is analysed for a delay's time, feedback and mix."""
+ECHO_REPEATS = 4
+"""The cepstral spikes (of the echo and its repeats) the delay's feedback and mix are fitted to."""
+ECHO_ITERATIONS = 10
+"""At most this many rounds of the fit of a delay's feedback and mix (:func:`fit_echo`)."""
+ECHO_PROBABILITY = 0.1
+"""A delay the estimator gives at least this probability is looked for in the stem's cepstrum."""
+ECHO_MIX = 0.2
+"""A delay found there with at least this mix is removed, whatever the estimator's threshold."""
+ECHO_CONFIRM_MIX = 0.05
+"""A delay the estimator is sure of is kept only if the cepstrum finds it with at least this mix."""
 MAX_EXPANSION_DB = 30.0
 """At most this much of a compressor's gain reduction is undone at any sample."""
 SILENCE_DBFS = -90.0
@@ -90,24 +112,84 @@ def hear(model: EffectEstimator, wet: Tensor, sample_rate: int) -> tuple[Tensor,
     return (torch.sigmoid(logits.cpu()) * weight).sum(0), (at_stem * weight).sum(0)
 
 
-def strongest_echo_ms(x: Tensor, sample_rate: int, around_ms: float, spread: float = DELAY_SEARCH) -> float:
-    """The lag in ms (to the sample) of the strongest echo of ``x`` ``(channels, samples)`` within ``around_ms *
-    (1 +- spread)``: the peak of its power cepstrum, where an echo shows as a spike at its lag whatever the
-    signal's own spectrum, weighted towards the estimate (on at most the first 30 s)."""
-    mono = x.mean(0)[: 30 * sample_rate].double()
+def power_cepstrum(x: Tensor, sample_rate: int) -> Tensor:
+    """The power cepstrum ``(samples,)`` (float64) of the mono sum of ``x`` ``(channels, samples)`` (at most its
+    first :data:`ECHO_SECONDS`), zero-padded so that no lag wraps: an echo of lag ``D`` and a feedback delay add
+    the same spikes at ``D, 2D, ...`` whatever the signal's own spectrum, since their log spectra add."""
+    mono = x.double().mean(0)[: int(ECHO_SECONDS * sample_rate)]
     n = mono.shape[-1]
     size = 1 << (2 * n - 1).bit_length()
     power = torch.fft.rfft(mono, size).abs().square()
-    cepstrum = torch.fft.irfft(torch.log(power + 1e-12 * power.max()), size)[:n]
-    lo = max(1, int(around_ms * (1 - spread) * sample_rate / 1000))
-    hi = min(n - 1, int(math.ceil(around_ms * (1 + spread) * sample_rate / 1000)))
+    return torch.fft.irfft(torch.log(power + 1e-12 * power.max()), size)[:n]
+
+
+def spike_at(cepstrum: Tensor, lag: float) -> float:
+    """The height of a band-limited spike centred at the fractional ``lag`` (samples) of ``cepstrum``: the
+    least-squares amplitude of a sinc there, over the 10 nearest lags (0 beyond the cepstrum's end)."""
+    first = int(math.floor(lag)) - 4
+    if first < 0 or first + 10 > cepstrum.shape[-1]:
+        return 0.0
+    taps = torch.arange(first, first + 10)
+    kernel = torch.sinc(taps.double() - lag)
+    return float((cepstrum[taps] * kernel).sum() / kernel.square().sum())
+
+
+def echo_lag(x: Tensor, sample_rate: int, around_ms: float) -> float:
+    """The lag in samples, to a twentieth of a sample, of the strongest echo of ``x`` ``(channels, samples)``
+    within ``around_ms`` times or divided by :data:`DELAY_SEARCH`: the peak of its power cepstrum weighted by a
+    log-normal prior around the estimate (a loop's own repeats can stand as high as the echo: the nearer to the
+    estimate wins), then the sinc that fits the spike best."""
+    cepstrum = power_cepstrum(x, sample_rate)
+    n = cepstrum.shape[-1]
+    around = around_ms * sample_rate / 1000
+    lo = max(1, int(min(DELAY_RANGE_MS) * sample_rate / 1000), int(around / DELAY_SEARCH))
+    hi = min(n - 6, int(max(DELAY_RANGE_MS) * sample_rate / 1000), int(math.ceil(around * DELAY_SEARCH)))
     if hi <= lo:
-        return around_ms
+        return around
     lags = torch.arange(lo, hi + 1, dtype=torch.float64)
-    near = torch.exp(-0.5 * (torch.log(lags / (around_ms * sample_rate / 1000)) / (spread / 2)) ** 2)
-    lag = lo + int(torch.argmax(cepstrum[lo : hi + 1].clamp_min(0) * near))  # a repeat of the music itself (a
-    # loop's bar) can stand as high as the echo: the nearer to the estimate wins
-    return 1000.0 * lag / sample_rate
+    prior = torch.exp(-0.5 * (torch.log(lags / around) / DELAY_PRIOR_WIDTH) ** 2)
+    peak = lo + int(torch.argmax(cepstrum[lo : hi + 1].clamp_min(0) * prior))
+    candidates = peak + torch.linspace(-1.0, 1.0, 41, dtype=torch.float64)
+    return float(max(candidates.tolist(), key=lambda lag: spike_at(cepstrum, lag)))
+
+
+def delay_spikes(feedback: Tensor, mix: Tensor, repeats: int) -> Tensor:
+    """The cepstral spikes ``(..., repeats)`` a feedback delay (:func:`gradmix.dsp.delay`) adds at ``D, 2D,
+    ...``: with ``H = (1 - mix) (1 - q P) / (1 - feedback P)``, ``q = feedback - mix / (1 - mix)``,
+    ``P = z^-D``, the ``k``-th is ``(feedback^k - q^k) / k`` while ``|q| <= 1``. A zero outside the unit circle
+    has the log magnitude of its mirror image ``1 / q``, so a mostly wet delay (``|q| > 1``) cannot be told
+    from a mostly dry one by its spikes; its entries are ``inf`` here, and the fit takes the mostly dry one."""
+    q = feedback - mix / (1 - mix)
+    k = torch.arange(1, repeats + 1, dtype=feedback.dtype)
+    spikes = (feedback[..., None] ** k - q[..., None] ** k) / k
+    return torch.where(q.abs()[..., None] > 1, math.inf, spikes)
+
+
+def fit_echo(x: Tensor, sample_rate: int, lag: float) -> tuple[float, float]:
+    """The feedback and mix of a delay of ``lag`` samples in ``x`` ``(channels, samples)``: the settings whose
+    cepstral spikes (:func:`delay_spikes`) are those of ``x`` at ``lag, 2 lag, ...``, refined by nulling:
+    undo the delay found, measure the spikes left, add them to the target, fit again (the cut-off end of a
+    segment and the interpolated delay line make the first reading low; what is left after undoing is not)."""
+    mono = x.double().mean(0, keepdim=True)[None, :, : int(ECHO_SECONDS * sample_rate)]
+    time_ms = 1000.0 * lag / sample_rate
+    grid_fb = torch.linspace(0.0, 0.9, 361, dtype=torch.float64)[:, None]
+    grid_mix = torch.linspace(0.0, 0.95, 381, dtype=torch.float64)[None]
+    spikes = delay_spikes(grid_fb.expand(-1, 381), grid_mix.expand(361, -1), ECHO_REPEATS)
+
+    def heights(y: Tensor) -> Tensor:
+        cepstrum = power_cepstrum(y[0], sample_rate)
+        return torch.tensor([spike_at(cepstrum, k * lag) for k in range(1, ECHO_REPEATS + 1)], dtype=torch.float64)
+
+    target = heights(mono)
+    feedback = mix = 0.0
+    for _ in range(ECHO_ITERATIONS):
+        best = int((spikes - target).square().sum(-1).argmin())
+        feedback, mix = float(grid_fb[best // 381, 0]), float(grid_mix[0, best % 381])
+        left = heights(undelay(mono, sample_rate=sample_rate, time_ms=time_ms, feedback=feedback, mix=mix))
+        if float(left.abs().max()) < 1e-3:
+            break
+        target = target + left
+    return feedback, mix
 
 
 def undo(y: Tensor, chains: ChainBatch, sample_rate: int) -> Tensor:
@@ -141,11 +223,19 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     heard = wet * torch.pow(10.0, gain / 20)
     probabilities, controls = hear(model, heard, sample_rate)
     present = probabilities[None] >= model.thresholds.cpu()
+    d = REMOVABLE.index("delay")
+    echo = None
+    if bool(present[0, d]) or float(probabilities[d]) >= ECHO_PROBABILITY:
+        around_ms = float(from_controls(torch.ones_like(present), controls[None]).params["delay"]["time_ms"][0])
+        lag = echo_lag(heard, sample_rate, around_ms)
+        echo = (1000.0 * lag / sample_rate, *fit_echo(heard, sample_rate, lag))
+        present[0, d] = echo[2] >= ECHO_MIX or (bool(present[0, d]) and echo[2] >= ECHO_CONFIRM_MIX)
     chains = from_controls(present, controls[None])
+    if bool(present[0, d]):
+        delay = chains.params["delay"]
+        for name, value in zip(("time_ms", "feedback", "mix"), echo):
+            delay[name] = torch.tensor([value], dtype=torch.float64)
     notes = []
-    if bool(present[0, REMOVABLE.index("delay")]):
-        refined = strongest_echo_ms(heard, sample_rate, float(chains.params["delay"]["time_ms"][0]))
-        chains.params["delay"]["time_ms"] = torch.tensor([refined], dtype=torch.float64)
     eq_shapes_fit = sample_rate > 2 * 6000.0  # the EQ's top band (default 6 kHz) needs the rate
     if not eq_shapes_fit and bool(present[0, 0]):
         present[0, 0] = False
