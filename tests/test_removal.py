@@ -21,7 +21,7 @@ from gradmix.removal.chains import (
     rescaled,
 )
 from gradmix.dsp import delay
-from gradmix.removal.dry import delay_spikes, echo_lag, fit_echo, power_cepstrum, remove_effects, undo
+from gradmix.removal.dry import RATIO_SHRINK, delay_spikes, echo_lag, fit_echo, power_cepstrum, remove_effects, undo
 from gradmix.removal.train import RemovalTraining, best_thresholds, held_out, train_removal
 from gradmix.errors import GradmixError
 
@@ -275,7 +275,9 @@ def test_dry_writes_the_dry_stem_and_a_console_file_that_renders_the_wet_one_bac
     dry, rate = sf.read(out / "bass_dry.wav", always_2d=True)
     assert rate == SR and dry.shape == (wet.shape[1], 2)
     console = out / "bass_dry.console.json"
-    assert console.is_file()
+    written = {e["type"]: e for e in json.loads(console.read_text())["tracks"][0]["chain"]}
+    true_ratio = float(wet_chain().params["compressor"]["ratio"][0])
+    assert written["compressor"]["ratio"] == pytest.approx(1 + RATIO_SHRINK * (true_ratio - 1))  # what was undone
     assert main(["render", str(console), "-o", str(tmp_path / "again.wav")]) == 0
     again, _ = sf.read(tmp_path / "again.wav", always_2d=True)
     assert error_db(torch.from_numpy(again.T), wet.double()) < -20

@@ -8,11 +8,11 @@
    decided with its cepstral fit (step 3): one the estimator gives at least :data:`ECHO_PROBABILITY` is in
    the chain if the fit finds a mix of :data:`ECHO_MIX` or more, or if it passed the threshold and the fit
    confirms an echo (mix :data:`ECHO_CONFIRM_MIX` or more).
-3. **Refine.** Undoing a delay needs its time to the sample and its feedback and mix to a few hundredths,
-   better than the estimator hears them; a delay shows in the stem's power cepstrum as spikes at its time and
-   its multiples, whose heights follow from the feedback and the mix. So the time is moved to the strongest
-   spike near the estimate (:func:`echo_lag`), and the feedback and mix are fitted to the spikes' heights
-   (:func:`fit_echo`).
+3. **Refine.** The compressor's ratio is brought halfway to 1 (:data:`RATIO_SHRINK`). Undoing a delay needs
+   its time to the sample and its feedback and mix to a few hundredths, better than the estimator hears them;
+   a delay shows in the stem's power cepstrum as spikes at its time and its multiples, whose heights follow
+   from the feedback and the mix. So the time is moved to the strongest spike near the estimate
+   (:func:`echo_lag`), and the feedback and mix are fitted to the spikes' heights (:func:`fit_echo`).
 4. **Undo**, in reverse order, at the stem's own rate (:mod:`gradmix.dsp.inverse`): the reverb's late energy,
    the delay, the distortion, the compressor (undoing at most :data:`MAX_EXPANSION_DB` of gain reduction),
    the EQ (its gains negated).
@@ -61,6 +61,9 @@ ECHO_CONFIRM_MIX = 0.05
 """A delay the estimator is sure of is kept only if the cepstrum finds it with at least this mix."""
 MAX_EXPANSION_DB = 30.0
 """At most this much of a compressor's gain reduction is undone at any sample."""
+RATIO_SHRINK = 0.5
+"""The compressor undone has the estimated ratio brought this far from 1 (the rest of the way back to 1): the
+estimator hears the ratio only to about 3:1, and expanding too much costs more than too little."""
 SILENCE_DBFS = -90.0
 """A stem whose peak is below this is silent: returned unchanged, with an empty chain."""
 
@@ -231,6 +234,8 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
         echo = (1000.0 * lag / sample_rate, *fit_echo(heard, sample_rate, lag))
         present[0, d] = echo[2] >= ECHO_MIX or (bool(present[0, d]) and echo[2] >= ECHO_CONFIRM_MIX)
     chains = from_controls(present, controls[None])
+    compressor = chains.params["compressor"]
+    compressor["ratio"] = 1 + RATIO_SHRINK * (compressor["ratio"] - 1)
     if bool(present[0, d]):
         delay = chains.params["delay"]
         for name, value in zip(("time_ms", "feedback", "mix"), echo):
