@@ -121,7 +121,9 @@ def test_the_cepstral_spikes_of_a_feedback_delay_follow_its_feedback_and_mix(fee
     measured = torch.stack([cepstrum[k * lag] for k in range(1, 5)])
     q = feedback - mix / (1 - mix)  # the zero of H: 1 - q z^-D
     seen = q if abs(q) <= 1 else 1 / q  # a zero outside the unit circle reads as its mirror image
-    assert torch.allclose(measured, torch.tensor([(feedback**k - seen**k) / k for k in range(1, 5)], dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        measured, torch.tensor([(feedback**k - seen**k) / k for k in range(1, 5)], dtype=torch.float64), atol=1e-6
+    )
     spikes = delay_spikes(torch.tensor(feedback, dtype=torch.float64), torch.tensor(mix, dtype=torch.float64), 4)
     assert torch.allclose(measured, spikes, atol=1e-6) if abs(q) <= 1 else torch.isinf(spikes).all()
     assert cepstrum[lag + 1 : 2 * lag].abs().max() < 1e-5  # nothing between the spikes

@@ -175,9 +175,13 @@ def fit_echo(x: Tensor, sample_rate: int, lag: float) -> tuple[float, float]:
     segment and the interpolated delay line make the first reading low; what is left after undoing is not)."""
     mono = x.double().mean(0, keepdim=True)[None, :, : int(ECHO_SECONDS * sample_rate)]
     time_ms = 1000.0 * lag / sample_rate
-    grid_fb = torch.linspace(0.0, 0.9, 361, dtype=torch.float64)[:, None]
-    grid_mix = torch.linspace(0.0, 0.95, 381, dtype=torch.float64)[None]
-    spikes = delay_spikes(grid_fb.expand(-1, 381), grid_mix.expand(361, -1), ECHO_REPEATS)
+    grid_fb, grid_mix = torch.meshgrid(
+        torch.linspace(0.0, 0.9, 361, dtype=torch.float64),
+        torch.linspace(0.0, 0.95, 381, dtype=torch.float64),
+        indexing="ij",
+    )
+    grid_fb, grid_mix = grid_fb.flatten(), grid_mix.flatten()
+    spikes = delay_spikes(grid_fb, grid_mix, ECHO_REPEATS)
 
     def heights(y: Tensor) -> Tensor:
         cepstrum = power_cepstrum(y[0], sample_rate)
@@ -187,7 +191,7 @@ def fit_echo(x: Tensor, sample_rate: int, lag: float) -> tuple[float, float]:
     feedback = mix = 0.0
     for _ in range(ECHO_ITERATIONS):
         best = int((spikes - target).square().sum(-1).argmin())
-        feedback, mix = float(grid_fb[best // 381, 0]), float(grid_mix[0, best % 381])
+        feedback, mix = float(grid_fb[best]), float(grid_mix[best])
         left = heights(undelay(mono, sample_rate=sample_rate, time_ms=time_ms, feedback=feedback, mix=mix))
         if float(left.abs().max()) < 1e-3:
             break
