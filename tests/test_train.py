@@ -512,5 +512,11 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     assert (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns == stamp
     assert load_model(fitted)[1]["info"]["steps"] == 60
     cfg.model.engineer_switch = False
-    with pytest.raises(GradmixError, match="habit_eq"):
+    with pytest.raises(GradmixError, match="needs model.engineer_switch"):
+        check(cfg)
+    cfg.model.engineer_switch, cfg.run.init = True, ""
+    with pytest.raises(GradmixError, match="needs run.init"):
+        check(cfg)
+    cfg.habit_eq.segments = -1
+    with pytest.raises(GradmixError, match="must be >= 0"):
         check(cfg)
