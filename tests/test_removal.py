@@ -274,6 +274,7 @@ def test_dry_writes_the_dry_stem_and_a_console_file_that_renders_the_wet_one_bac
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "effects found" in printed and "presence" in printed
+    assert "compressor: threshold_db " in printed and " ms, feedback " in printed  # each effect's settings
     dry, rate = sf.read(out / "bass_dry.wav", always_2d=True)
     assert rate == SR and dry.shape == (wet.shape[1], 2)
     console = out / "bass_dry.console.json"

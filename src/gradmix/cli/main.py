@@ -270,7 +270,7 @@ def _separate(args: argparse.Namespace) -> None:
 
 
 def _dry(args: argparse.Namespace) -> None:
-    from gradmix.removal.dry import dry_file
+    from gradmix.removal.dry import chain_lines, dry_file
 
     removal, dry, console = dry_file(
         args.wet, args.output, chain_out=args.chain_out, model_path=args.model, subtype=args.format
@@ -278,6 +278,8 @@ def _dry(args: argparse.Namespace) -> None:
     found = ", ".join(e.effect.type_name for e in removal.chain) or "none"
     odds = ", ".join(f"{k} {v:.2f}" for k, v in removal.probabilities.items())
     print(f"effects found: {found} (presence: {odds})")
+    for line in chain_lines(removal.chain):
+        print(f"  {line}")
     for note in removal.notes:
         print(f"note: {note}")
     print(f"dry stem: {dry}")

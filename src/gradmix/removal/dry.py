@@ -35,7 +35,7 @@ from gradmix.console.setting import ConsoleSetting, Entry, TrackSetting
 from gradmix.dsp import parametric_eq
 from gradmix.dsp.inverse import dereverberate, uncompress, undelay, undistort
 from gradmix.models.removal import EffectEstimator, load_estimator
-from gradmix.removal.chains import EFFECTS, REMOVABLE, ChainBatch, from_controls, peak_gain_db, rescaled
+from gradmix.removal.chains import EFFECTS, ESTIMATED, REMOVABLE, ChainBatch, from_controls, peak_gain_db, rescaled
 
 WINDOW_S = 3.0
 """Length of the windows the estimator hears, in seconds (what it was trained on)."""
@@ -256,6 +256,24 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     found = rescaled(chains, gain)
     chain = [Entry(EFFECTS[name], params) for name, params in found.item(0)]
     return Removal(dry.to(wet.dtype), chain, _named(probabilities), notes)
+
+
+def chain_lines(chain: list[Entry]) -> list[str]:
+    """One line per effect of a found chain, its estimated settings with their units (3 significant digits):
+    ``compressor: threshold_db -14.2 dB, ratio 2.5, attack_ms 5.1 ms, release_ms 120 ms``."""
+    lines = []
+    for entry in chain:
+        name = entry.effect.type_name
+        units = {spec.name: spec.unit for spec in entry.effect.specs}
+        parts = []
+        for key in ESTIMATED[name]:
+            value = entry.params[key]
+            unit = "" if units[key] in ("", "ratio") else f" {units[key]}"
+            style = "+.3g" if units[key] == "dB" else ".3g"
+            shown = " ".join(format(v, style) for v in value) if isinstance(value, list) else format(value, style)
+            parts.append(f"{key} {shown}{unit}")
+        lines.append(f"{name}: " + ", ".join(parts))
+    return lines
 
 
 def _named(probabilities: Tensor) -> dict[str, float]:
