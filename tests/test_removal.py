@@ -431,3 +431,14 @@ def test_the_cepstrum_decides_the_delay_with_the_estimator():
     model.thresholds[d] = 0.0  # sure of a delay that is not there: the cepstrum finds no echo, none is removed
     result = remove_effects(model, dry.float(), SR)
     assert result.chain == [] and torch.allclose(result.dry, dry.float(), atol=1e-6)
+
+
+def test_a_loop_repeated_exactly_is_not_taken_for_a_delay():
+    model = EffectEstimator(RemovalConfig()).eval()
+    model.thresholds.fill_(1.0)
+    model.thresholds[REMOVABLE.index("delay")] = 0.0  # the estimator is sure of a delay
+    pattern = stems(0.25)[2, :, :9000]  # a quarter of a second of the hats, repeated sample-exactly
+    loop = pattern.repeat(1, 16)
+    result = remove_effects(model, loop.float(), SR)
+    assert result.chain == [] and torch.allclose(result.dry, loop.float(), atol=1e-6)
+    assert any("loop" in note for note in result.notes)

@@ -7,7 +7,8 @@
    thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`). The delay is
    decided with its cepstral fit (step 3): one the estimator gives at least :data:`ECHO_PROBABILITY` is in
    the chain if the fit finds a mix of :data:`ECHO_MIX` or more, or if it passed the threshold and the fit
-   confirms an echo (mix :data:`ECHO_CONFIRM_MIX` or more).
+   confirms an echo (mix :data:`ECHO_CONFIRM_MIX` or more), unless the fit's feedback says it is a loop
+   (:data:`LOOP_FEEDBACK`).
 3. **Refine.** The compressor's ratio is brought halfway to 1 (:data:`RATIO_SHRINK`). Undoing a delay needs
    its time to the sample and its feedback and mix to a few hundredths, better than the estimator hears them;
    a delay shows in the stem's power cepstrum as spikes at its time and its multiples, whose heights follow
@@ -59,6 +60,9 @@ ECHO_MIX = 0.2
 """A delay found there with at least this mix is removed, whatever the estimator's threshold."""
 ECHO_CONFIRM_MIX = 0.05
 """A delay the estimator is sure of is kept only if the cepstrum finds it with at least this mix."""
+LOOP_FEEDBACK = 0.7
+"""A repeat whose fitted feedback reaches this is the music's own loop, not a delay: a pattern repeated exactly
+reads as a feedback of 1, and the delays the estimator was trained on reach 0.6."""
 MAX_EXPANSION_DB = 30.0
 """At most this much of a compressor's gain reduction is undone at any sample."""
 RATIO_SHRINK = 0.5
@@ -230,6 +234,7 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     heard = wet * torch.pow(10.0, gain / 20)
     probabilities, controls = hear(model, heard, sample_rate)
     present = probabilities[None] >= model.thresholds.cpu()
+    notes = []
     d = REMOVABLE.index("delay")
     echo = None
     if bool(present[0, d]) or float(probabilities[d]) >= ECHO_PROBABILITY:
@@ -237,6 +242,9 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
         lag = echo_lag(heard, sample_rate, around_ms)
         echo = (1000.0 * lag / sample_rate, *fit_echo(heard, sample_rate, lag))
         present[0, d] = echo[2] >= ECHO_MIX or (bool(present[0, d]) and echo[2] >= ECHO_CONFIRM_MIX)
+        if bool(present[0, d]) and echo[1] >= LOOP_FEEDBACK:
+            present[0, d] = False
+            notes.append(f"a repeat every {echo[0]:.1f} ms was taken for the music's own loop, not a delay")
     chains = from_controls(present, controls[None])
     compressor = chains.params["compressor"]
     compressor["ratio"] = 1 + RATIO_SHRINK * (compressor["ratio"] - 1)
@@ -244,7 +252,6 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
         delay = chains.params["delay"]
         for name, value in zip(("time_ms", "feedback", "mix"), echo):
             delay[name] = torch.tensor([value], dtype=torch.float64)
-    notes = []
     eq_shapes_fit = sample_rate > 2 * 6000.0  # the EQ's top band (default 6 kHz) needs the rate
     if not eq_shapes_fit and bool(present[0, 0]):
         present[0, 0] = False
