@@ -54,7 +54,7 @@ ECHO_REPEATS = 4
 """The cepstral spikes (of the echo and its repeats) the delay's feedback and mix are fitted to."""
 ECHO_ITERATIONS = 10
 """At most this many rounds of the fit of a delay's feedback and mix (:func:`fit_echo`)."""
-ECHO_PROBABILITY = 0.1
+ECHO_PROBABILITY = 0.3
 """A delay the estimator gives at least this probability is looked for in the stem's cepstrum."""
 ECHO_MIX = 0.2
 """A delay found there with at least this mix is removed, whatever the estimator's threshold."""
