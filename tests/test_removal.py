@@ -21,7 +21,16 @@ from gradmix.removal.chains import (
     rescaled,
 )
 from gradmix.dsp import delay
-from gradmix.removal.dry import ECHO_PROBABILITY, RATIO_SHRINK, delay_spikes, echo_lag, fit_echo, power_cepstrum, remove_effects, undo
+from gradmix.removal.dry import (
+    ECHO_PROBABILITY,
+    RATIO_SHRINK,
+    delay_spikes,
+    echo_lag,
+    fit_echo,
+    power_cepstrum,
+    remove_effects,
+    undo,
+)
 from gradmix.removal.train import RemovalTraining, best_thresholds, held_out, train_removal
 from gradmix.errors import GradmixError
 
