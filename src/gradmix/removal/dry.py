@@ -225,6 +225,23 @@ def undo(y: Tensor, chains: ChainBatch, sample_rate: int) -> Tensor:
     return y
 
 
+def decide_delay(
+    heard: Tensor, sample_rate: int, around_ms: float, *, sure: bool
+) -> tuple[tuple[float, float, float] | None, str | None]:
+    """Whether the stem ``heard`` ``(channels, samples)`` went through a delay, from its cepstrum (step 2 of the
+    module docstring), given the estimator's time ``around_ms`` and whether its probability passed the
+    threshold (``sure``). Returns the delay's ``(time_ms, feedback, mix)``, or ``None`` if none is to be
+    removed, and a note for the user (or ``None``)."""
+    lag = echo_lag(heard, sample_rate, around_ms)
+    feedback, mix = fit_echo(heard, sample_rate, lag)
+    time_ms = 1000.0 * lag / sample_rate
+    if not (mix >= ECHO_MIX or (sure and mix >= ECHO_CONFIRM_MIX)):
+        return None, None
+    if feedback >= LOOP_FEEDBACK:
+        return None, f"a repeat every {time_ms:.1f} ms was taken for the music's own loop, not a delay"
+    return (time_ms, feedback, mix), None
+
+
 def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Removal:
     """Estimate and undo the effects of one stem ``(channels, samples)`` (mono or stereo, any rate)."""
     peak = float(wet.abs().max()) if wet.numel() else 0.0
@@ -239,12 +256,9 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     echo = None
     if bool(present[0, d]) or float(probabilities[d]) >= ECHO_PROBABILITY:
         around_ms = float(from_controls(torch.ones_like(present), controls[None]).params["delay"]["time_ms"][0])
-        lag = echo_lag(heard, sample_rate, around_ms)
-        echo = (1000.0 * lag / sample_rate, *fit_echo(heard, sample_rate, lag))
-        present[0, d] = echo[2] >= ECHO_MIX or (bool(present[0, d]) and echo[2] >= ECHO_CONFIRM_MIX)
-        if bool(present[0, d]) and echo[1] >= LOOP_FEEDBACK:
-            present[0, d] = False
-            notes.append(f"a repeat every {echo[0]:.1f} ms was taken for the music's own loop, not a delay")
+        echo, note = decide_delay(heard, sample_rate, around_ms, sure=bool(present[0, d]))
+        present[0, d] = echo is not None
+        notes += [note] if note else []
     chains = from_controls(present, controls[None])
     compressor = chains.params["compressor"]
     compressor["ratio"] = 1 + RATIO_SHRINK * (compressor["ratio"] - 1)
