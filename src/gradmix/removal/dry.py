@@ -262,10 +262,9 @@ def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Rem
     chains = from_controls(present, controls[None])
     compressor = chains.params["compressor"]
     compressor["ratio"] = 1 + RATIO_SHRINK * (compressor["ratio"] - 1)
-    if bool(present[0, d]):
-        delay = chains.params["delay"]
+    if echo is not None:  # the delay is in the chain, with the settings its cepstrum gave
         for name, value in zip(("time_ms", "feedback", "mix"), echo):
-            delay[name] = torch.tensor([value], dtype=torch.float64)
+            chains.params["delay"][name] = torch.tensor([value], dtype=torch.float64)
     eq_shapes_fit = sample_rate > 2 * 6000.0  # the EQ's top band (default 6 kHz) needs the rate
     if not eq_shapes_fit and bool(present[0, 0]):
         present[0, 0] = False
