@@ -42,14 +42,19 @@ def _cascade(items: int = 2, requires_grad: bool = False):
 
 
 @pytest.mark.parametrize("samples", [1, 2, 63, 64, 65, 64 * 64 + 3, 300_000])
-def test_all_pole_blocks_equal_scipys_recursion(samples):
+def test_every_sections_all_pole_signal_equals_scipys_recursion(samples):
     rng = np.random.default_rng(samples)
-    u = rng.standard_normal((2, 3, samples))
-    a = np.array([[-1.99, 0.9901], [-0.5, 0.3]])  # a pole pair at radius 0.995 near z = 1, and a fast one
-    y = linear_scan.all_pole_blocks(torch.from_numpy(u), torch.from_numpy(a))
+    x = rng.standard_normal((2, 3, samples))
+    b, a, _ = _cascade()
+    b, a = b / a[..., :1], a / a[..., :1]
+    p = linear_scan.cascade_states(torch.from_numpy(x), b, a[..., 1:])
+    assert p.shape == (2, 3, samples, len(SECTIONS))
     for i in range(2):
-        ref = scipy.signal.lfilter([1.0], [1.0, *a[i]], u[i], axis=-1)
-        assert error_db(y[i].numpy(), ref) <= -130
+        w = x[i]
+        for k in range(len(SECTIONS)):
+            ref = scipy.signal.lfilter([1.0], a[i, k].numpy(), w, axis=-1)
+            assert error_db(p[i, ..., k].numpy(), ref) <= -130, k
+            w = scipy.signal.lfilter(b[i, k].numpy(), a[i, k].numpy(), w, axis=-1)
 
 
 def test_vector_scan_equals_the_sequential_recurrence():
@@ -97,14 +102,13 @@ def test_the_block_path_equals_the_cpu_kernels_in_output_and_every_gradient(dtyp
         assert error_db(got.numpy(), ref.numpy()) <= bound, name
 
 
-def test_the_all_pole_backward_passes_gradcheck():
-    u = torch.randn(2, 2, 70, dtype=torch.float64, requires_grad=True)
-    a = torch.tensor([[-1.9, 0.92], [-0.5, 0.3]], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(linear_scan.all_pole, (u, a), fast_mode=True)
-    b, a2, _ = _cascade(items=1)
-    b, a2 = b[:, :3].requires_grad_(), a2[:, :3].requires_grad_()
+@pytest.mark.parametrize("sections", [3, 2 * len(SECTIONS)])  # one pass; two passes of the cascade
+def test_the_cascade_backward_passes_gradcheck(sections):
+    assert linear_scan.SECTIONS_PER_PASS < 2 * len(SECTIONS)
+    b, a, _ = _cascade(items=1)
+    b, a = b.repeat(1, 2, 1)[:, :sections].requires_grad_(), a.repeat(1, 2, 1)[:, :sections].requires_grad_()
     x = torch.randn(1, 2, 70, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(linear_scan.sos_filter_blocks, (x, b, a2), fast_mode=True)
+    assert torch.autograd.gradcheck(linear_scan.sos_filter_blocks, (x, b, a), fast_mode=True)
 
 
 def test_the_forced_path_runs_the_eqs_and_the_loudness_meter_as_the_cpu_kernels_do():

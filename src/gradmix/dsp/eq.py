@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -28,13 +29,15 @@ def eq_coefficients(
         ``(b, a)``, each ``(batch, bands, 3)``.
     """
     bs, as_ = [], []
-    for k, shape in enumerate(shapes):
+    for shape, run in itertools.groupby(range(len(shapes)), key=lambda k: shapes[k]):
+        bands = list(run)
+        part = slice(bands[0], bands[-1] + 1)  # consecutive bands of one shape are designed together
         b, a = biquad_coefficients(
-            shape, sample_rate=sample_rate, freq_hz=freq_hz[:, k], gain_db=gain_db[:, k], q=q[:, k]
+            shape, sample_rate=sample_rate, freq_hz=freq_hz[:, part], gain_db=gain_db[:, part], q=q[:, part]
         )
         bs.append(b)
         as_.append(a)
-    return torch.stack(bs, 1), torch.stack(as_, 1)
+    return torch.cat(bs, 1), torch.cat(as_, 1)
 
 
 def parametric_eq(

@@ -30,8 +30,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BLOCK = 64
-"""Samples per block (``L``): the Toeplitz products cost ``N * L`` multiply-adds per row and hold an
-``L x L`` matrix per item; 64 is the fastest on a CPU and the most accurate of 16 .. 256 but 16."""
+"""Samples per block (``L``) of a cascade's signals: the Toeplitz products cost ``N * L`` multiply-adds per
+row and section and hold an ``L x L`` matrix per item and section."""
+
+STATE_BLOCK = 16
+"""Blocks per block of the scan over the block-end states (:func:`vector_scan`), whose Toeplitz products
+hold ``L x L`` matrices of ``2 sections x 2 sections``."""
+
+SECTIONS_PER_PASS = 8
+"""Biquads filtered in one pass of :func:`cascade_states` (the state has two values per section; a longer
+cascade, such as a 31-band graphic EQ, runs in several passes)."""
 
 _forced = False
 
@@ -96,73 +104,121 @@ def _blocks(t: Tensor, size: int, dim: int) -> Tensor:
     return t.unflatten(dim, (t.shape[dim] // size, size))
 
 
-def all_pole_blocks(u: Tensor, a: Tensor, block: int = BLOCK) -> Tensor:
-    """``y[n] = u[n] - a1 y[n-1] - a2 y[n-2]`` from zero state, without autograd support of its own.
+def cascade_matrices(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+    """The state-space form ``s[n] = M s[n-1] + v x[n]`` of a cascade of direct-form-II biquads.
+
+    Section ``k`` runs ``p_k[n] = w_k[n] - a1 p_k[n-1] - a2 p_k[n-2]`` on its input ``w_k`` (``x`` for the
+    first, the previous section's output ``b0 p[n] + b1 p[n-1] + b2 p[n-2]`` for the others), and the state
+    is ``s[n] = (p_1[n], p_1[n-1], p_2[n], p_2[n-1], ...)``.
 
     Args:
-        u: input ``(items, rows, samples)``.
-        a: ``(a1, a2)`` per item, ``(items, 2)``.
+        b: numerators ``(items, sections, 3)``; a: ``(a1, a2)`` per section ``(items, sections, 2)``, both
+            normalised by ``a0``.
+
+    Returns:
+        ``M (items, 2 sections, 2 sections)`` and ``v (items, 2 sections)``, in ``b``'s dtype.
+    """
+    items, sections, _ = b.shape
+    m = b.new_zeros(items, 2 * sections, 2 * sections)
+    v = b.new_zeros(items, 2 * sections)
+    v[:, 0] = 1.0
+    for k in range(sections):
+        row = 2 * k
+        if k:
+            m[:, row] = b[:, k - 1, 0, None] * m[:, row - 2]
+            m[:, row, row - 2 : row] += b[:, k - 1, 1:]
+            v[:, row] = b[:, k - 1, 0] * v[:, row - 2]
+        m[:, row, row : row + 2] -= a[:, k]
+        m[:, row + 1, row] = 1.0
+    return m, v
+
+
+def cascade_states(x: Tensor, b: Tensor, a: Tensor, block: int = BLOCK) -> Tensor:
+    """Every section's all-pole signal ``p_k`` of the cascade of :func:`cascade_matrices` from zero state,
+    block-parallel, without autograd support of its own.
+
+    Within a block, each ``p_k`` is a lower-triangular Toeplitz product of the block with the impulse response
+    from ``x`` to ``p_k`` (one batched product for all sections); the states at the block ends follow
+    ``S_j = M^L S_{j-1} + z_j`` (:func:`vector_scan`), and the state carried into a block adds ``(M^(i+1)
+    S_{j-1})`` to its ``i``-th sample.
+
+    Args:
+        x: input ``(items, rows, samples)``; b, a: as :func:`cascade_matrices`, ``x``'s dtype.
         block: samples per block, at least 2.
 
     Returns:
-        ``y``, ``u``'s shape and dtype.
+        ``p (items, rows, samples, sections)``.
     """
-    items, rows, samples = u.shape
+    samples = x.shape[-1]
     size = max(2, min(block, samples))
-    m = torch.zeros(items, 2, 2, dtype=torch.float64, device=u.device)
-    m[:, 0] = -a.detach().double()
-    m[:, 1, 0] = 1.0
+    m, v = cascade_matrices(b, a)
     p = matrix_powers(m, size + 1)
-    h = p[:, :size, 0, 0]
-    local = torch.einsum("bij,brkj->brki", _lower_toeplitz(h, size).to(u.dtype), _blocks(u, size, 2))
+    response = (p @ v[:, None, :, None])[..., 0]  # (items, size + 1, states): M^k v
+    chunks = _blocks(x, size, 2)
+    local = torch.einsum("bijs,brkj->brkis", _lower_toeplitz(response[:, :size, 0::2], size), chunks)
     if local.shape[2] > 1:
-        ends = torch.stack([local[..., -1], local[..., -2]], -1)
-        carried = vector_scan(p[:, size], ends, block)
+        ends = torch.einsum("bjd,brkj->brkd", response[:, :size].flip(1), chunks)
+        carried = vector_scan(p[:, size], ends, STATE_BLOCK)
         previous = F.pad(carried[:, :, :-1], (0, 0, 1, 0))
-        local = local + torch.einsum("bix,brkx->brki", p[:, 1:, 0].to(u.dtype), previous)
+        local = local + torch.einsum("bisd,brkd->brkis", p[:, 1:, 0::2], previous)
     return local.flatten(2, 3)[:, :, :samples]
 
 
-class _AllPole(torch.autograd.Function):
+def _numerators(p: Tensor, b: Tensor) -> Tensor:
+    """``b0 p[n] + b1 p[n-1] + b2 p[n-2]`` per section: ``p (items, rows, samples, sections)``, ``b (items,
+    sections, 3)``."""
+    padded = F.pad(p, (0, 0, 2, 0))
+    taps = b[:, None, None]
+    return taps[..., 0] * p + taps[..., 1] * padded[:, :, 1:-1] + taps[..., 2] * padded[:, :, :-2]
+
+
+def _lagged(u: Tensor, w: Tensor, lag: int) -> Tensor:
+    """``sum over rows and n of u[n] w[n - lag]`` per item and section: ``(items, rows, samples, sections)``
+    -> ``(items, sections)``."""
+    samples = u.shape[2]
+    return (u[:, :, lag:] * w[:, :, : samples - lag]).sum((1, 2))
+
+
+class _Cascade(torch.autograd.Function):
+    """A cascade of biquads (``b``, ``a`` as :func:`cascade_matrices`) with its exact backward.
+
+    The gradient reaching the input of section ``k``, ``g_k``, is the reversed cascade (last section first)
+    run on the time-reversed output gradient, read after each section. With ``g_(k+1)`` the gradient at section
+    ``k``'s output: ``dL/db_kj = sum_n g_(k+1)[n] p_k[n - j]`` and ``dL/da_kj = -sum_n g_k[n] p_k[n - j]``."""
+
     @staticmethod
-    def forward(ctx, u: Tensor, a: Tensor) -> Tensor:
-        y = all_pole_blocks(u, a)
-        ctx.save_for_backward(a, y)
-        return y
+    def forward(ctx, x: Tensor, b: Tensor, a: Tensor) -> Tensor:
+        p = cascade_states(x, b, a)
+        ctx.save_for_backward(p, b, a)
+        return _numerators(p[..., -1:], b[:, -1:])[..., 0]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
-        a, y = ctx.saved_tensors
-        g = all_pole_blocks(grad_y.flip(-1), a).flip(-1)
-        grad_a = None
-        if ctx.needs_input_grad[1]:
-            lag1 = (g[..., 1:] * y[..., :-1]).sum((1, 2))
-            lag2 = (g[..., 2:] * y[..., :-2]).sum((1, 2))
-            grad_a = -torch.stack([lag1, lag2], -1).to(a.dtype)
-        return g, grad_a
-
-
-def all_pole(u: Tensor, a: Tensor) -> Tensor:
-    """:func:`all_pole_blocks` with its exact backward (input ``(items, rows, samples)``, ``a (items, 2)``)."""
-    return _AllPole.apply(u, a)
+        p, b, a = ctx.saved_tensors
+        reversed_b = b.flip(1)
+        reversed_p = cascade_states(grad_y.flip(-1), reversed_b, a.flip(1))
+        at_inputs = _numerators(reversed_p, reversed_b).flip(2).flip(3)
+        at_outputs = torch.cat([at_inputs[..., 1:], grad_y[..., None]], -1)
+        grad_b = torch.stack([_lagged(at_outputs, p, j) for j in range(3)], -1)
+        grad_a = -torch.stack([_lagged(at_inputs, p, j) for j in (1, 2)], -1)
+        return at_inputs[..., 0], grad_b, grad_a
 
 
 def sos_filter_blocks(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
-    """A cascade of biquads on any device: each section's numerator as three taps, its denominator by
-    :func:`all_pole`. Same arguments and result as :func:`gradmix.dsp.biquad.sos_filter`
-    (``x (batch, channels, samples)``, ``b`` and ``a (batch, sections, 3)``); autograd gives the gradients.
+    """A cascade of biquads on any device, :data:`SECTIONS_PER_PASS` sections at a time by
+    :func:`cascade_states`, with the exact backward. Same arguments and result as
+    :func:`gradmix.dsp.biquad.sos_filter` (``x (batch, channels, samples)``, ``b`` and ``a (batch, sections,
+    3)``).
 
     The sections run in float64 whatever ``x``'s dtype, as the CPU kernels do: a low shelf's or a narrow low
     peak's all-pole part has a gain of thousands that its numerator cancels, which float32 cannot carry."""
     a0 = a[..., :1]
     b, a = (b / a0).double(), (a[..., 1:] / a0).double()
     y = x.double()
-    for k in range(b.shape[1]):
-        padded = F.pad(y, (2, 0))
-        taps = b[:, k, :, None, None]
-        v = taps[:, 0] * y + taps[:, 1] * padded[..., 1:-1] + taps[:, 2] * padded[..., :-2]
-        y = all_pole(v, a[:, k])
+    for start in range(0, b.shape[1], SECTIONS_PER_PASS):
+        part = slice(start, start + SECTIONS_PER_PASS)
+        y = _Cascade.apply(y, b[:, part], a[:, part])
     return y.to(x.dtype)
 
 
