@@ -45,7 +45,8 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
 
     The result has the dtype and device of ``x`` and keeps the autograd graph of a tensor ``value``.
     A float (or a ``(bands,)`` sequence) is shared by the whole batch; a ``(batch,)`` / ``(batch, bands)``
-    tensor gives one value per item. Non-finite values raise :class:`ParameterError`.
+    tensor gives one value per item. Non-finite values raise :class:`ParameterError` (where
+    :func:`values_checked`).
     """
     batch = x.shape[0]
     if isinstance(value, Tensor):
@@ -70,9 +71,16 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
         t = t.expand(want)
     if tuple(t.shape) != want:
         raise ParameterError(f"{name}: expected a float or a tensor of shape {want}, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
+    if values_checked(t) and not bool(torch.isfinite(t).all()):
         raise ParameterError(f"{name}: {_show(t)} is not finite")
     return t
+
+
+def values_checked(t: Tensor) -> bool:
+    """Whether the values of a parameter ``t`` are checked (finite, in range): where ``t`` is on the CPU. Off
+    it the checks are left out, since reading their answer would stall the device at every call; parameters
+    made there come from a network's sigmoid, and the commands check the console files they read."""
+    return t.device.type == "cpu"
 
 
 def check_range(
@@ -83,7 +91,10 @@ def check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    """Raise :class:`ParameterError` unless every value of ``t`` lies in the stated interval."""
+    """Raise :class:`ParameterError` unless every value of ``t`` lies in the stated interval (where
+    :func:`values_checked`)."""
+    if not values_checked(t):
+        return
     d = t.detach()
     if low is not None:
         bad = d <= low if low_open else d < low

@@ -37,6 +37,9 @@ STATE_BLOCK = 16
 """Blocks per block of the scan over the block-end states (:func:`vector_scan`), whose Toeplitz products
 hold ``L x L`` matrices of ``2 sections x 2 sections``."""
 
+SCAN_BLOCK = 16
+"""Samples per block of :func:`first_order_scan`."""
+
 SECTIONS_PER_PASS = 8
 """Biquads filtered in one pass of :func:`cascade_states` (the state has two values per section; a longer
 cascade, such as a 31-band graphic EQ, runs in several passes)."""
@@ -222,20 +225,26 @@ def sos_filter_blocks(x: Tensor, b: Tensor, a: Tensor) -> Tensor:
     return y.to(x.dtype)
 
 
-def first_order_scan(a: Tensor, b: Tensor, initial: Tensor) -> Tensor:
-    """``y[n] = a[n] y[n-1] + b[n]`` from ``y[-1] = initial``: ``a``, ``b (rows, samples)``, ``initial
-    (rows,)``. An inclusive scan of the affine maps ``y -> a y + b`` in ``log2(samples)`` whole-signal steps
-    (each element composed with the one ``2^k`` before it); ``y[n]`` depends on ``a``, ``b`` up to ``n``
-    only, in an order of operations that does not depend on their values."""
-    scale, offset = a.clone(), b.clone()
-    offset[:, 0] += scale[:, 0] * initial
-    scale[:, 0] = 0.0
-    shift = 1
-    while shift < a.shape[1]:
-        offset = offset + scale * F.pad(offset[:, :-shift], (shift, 0))
-        scale = scale * F.pad(scale[:, :-shift], (shift, 0), value=1.0)
-        shift *= 2
-    return offset
+def first_order_scan(a: Tensor, b: Tensor, initial: Tensor, block: int = SCAN_BLOCK) -> Tensor:
+    """``y[n] = a[n] y[n-1] + b[n]`` from ``y[-1] = initial``, for ``a`` in ``[0, 1]``: ``a``, ``b (rows,
+    samples)``, ``initial (rows,)``, float64.
+
+    Within blocks of ``block`` samples, from zero state, ``y = P cumsum(b / P)`` with ``P`` the running product
+    of ``a`` (each term ``b[k] P[n] / P[k]`` is at most ``|b[k]|``, so the rounding error stays below
+    ``block`` ulps of ``max |b|``; an ``a`` below 1e-16 counts as 1e-16 so that ``P`` stays above 1e-256).
+    The values at the block ends are a recurrence of the same kind, solved recursively; each block then adds
+    ``P`` times the value before it. ``y[n]`` depends on ``a``, ``b`` up to ``n`` only, in an order of
+    operations that does not depend on their values."""
+    samples = a.shape[1]
+    size = min(block, samples)
+    pad = (-samples) % size
+    gain = F.pad(a, (0, pad), value=1.0).clamp_min(1e-16).unflatten(1, (-1, size)).cumprod(-1)
+    local = gain * (F.pad(b, (0, pad)).unflatten(1, (-1, size)) / gain).cumsum(-1)
+    previous = initial[:, None]
+    if local.shape[1] > 1:
+        ends = first_order_scan(gain[:, :, -1], local[:, :, -1], initial, block)
+        previous = torch.cat([previous, ends[:, :-1]], 1)
+    return (local + gain * previous[..., None]).flatten(1)[:, :samples]
 
 
 def min_affine_scan(a: Tensor, b: Tensor, c: Tensor, initial: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gradmix.dsp._params import values_checked
 from gradmix.errors import ParameterError
 
 
@@ -48,11 +49,10 @@ class ParamSpec:
         return self.name if self.band is None else f"{self.name}[{self.band}]"
 
     def denormalize(self, u: Tensor) -> Tensor:
-        """0..1 -> physical (values outside 0..1 raise :class:`ParameterError` on the CPU; off it the check is
-        left out, since reading its answer would stall the device at every call: controls made there come from a
-        network's sigmoid)."""
+        """0..1 -> physical (values outside 0..1 raise :class:`ParameterError` where
+        :func:`gradmix.dsp._params.values_checked`)."""
         d = u.detach()
-        if d.device.type == "cpu" and bool(((d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)).any()):
+        if values_checked(d) and bool(((d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)).any()):
             bad = d[(d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)].flatten()[0].item()
             raise ParameterError(f"{self.label}: normalised value {bad:g} is outside 0..1")
         if self.scale == "log":
