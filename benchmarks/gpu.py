@@ -13,7 +13,10 @@ parameter), the median of several runs after a warm-up, in **seconds per track-s
 On the CPU torch uses every core (the numba kernels too); on CUDA the effects take the block-parallel path of
 :mod:`gradmix.dsp.linear_scan`. ``benchmarks/gpu_check.sh`` runs this and the ``cuda`` tests in one call.
 
-    python benchmarks/gpu.py [--quick] [--markdown] [--out FILE.json]
+    python benchmarks/gpu.py [--quick] [--markdown] [--out FILE.json] [--devices all|cuda|cpu]
+
+A peer that fails on the machine (an import that works but a kernel that does not build) gets its row with
+the error as a note.
 """
 
 from __future__ import annotations
@@ -118,10 +121,13 @@ def effect_rows(device: torch.device, tracks: int, seconds: float, runs: int) ->
         impls.append(("compressor", "torchcomp", torchcomp_compressor, bursts, comp))
     except ImportError:
         pass
-    return [
-        {"job": job, "library": lib, "s": timed(backward_of(fn, sig, params), device, runs) / (tracks * seconds)}
-        for job, lib, fn, sig, params in impls
-    ]
+    rows = []
+    for job, lib, fn, sig, params in impls:
+        try:
+            rows.append({"job": job, "library": lib, "s": timed(backward_of(fn, sig, params), device, runs)})
+        except Exception as exc:  # a peer that does not run here is a note in the table, not the end of the run
+            rows.append({"job": job, "library": lib, "s": float("nan"), "note": f"failed: {exc!r}"[:120]})
+    return [{**r, "s": r["s"] / (tracks * seconds)} for r in rows]
 
 
 def console_row(device: torch.device, tracks: int, seconds: float, runs: int) -> dict:
@@ -173,10 +179,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s signals and 2 runs: a smoke test")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--out", help="also write the rows as JSON")
+    parser.add_argument("--devices", choices=("all", "cuda", "cpu"), default="all", help="where to measure")
     args = parser.parse_args()
     seconds, runs = (2.0, 2) if args.quick else (10.0, 5)
     torch.set_num_threads(os.cpu_count() or 1)
-    devices = ([torch.device("cuda")] if torch.cuda.is_available() else []) + [torch.device("cpu")]
+    devices = [torch.device("cuda")] if torch.cuda.is_available() and args.devices != "cpu" else []
+    devices += [torch.device("cpu")] if args.devices != "cuda" else []
     rows = []
     for device in devices:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} threads"
@@ -188,9 +196,9 @@ def main() -> None:
     header = f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}"
     print(header)
     if args.markdown:
-        print("| job | library | device | time | unit |\n|---|---|---|---:|---|")
+        print("| job | library | device | time | unit | note |\n|---|---|---|---:|---|---|")
     for r in rows:
-        line = (r["job"], r["library"], r["device"], f"{r['s']:.6f}", r["unit"])
+        line = (r["job"], r["library"], r["device"], f"{r['s']:.6f}", r["unit"], r.get("note", ""))
         print("| " + " | ".join(line) + " |" if args.markdown else "  ".join(line))
     if args.out:
         with open(args.out, "w") as f:

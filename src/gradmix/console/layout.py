@@ -51,10 +51,11 @@ class Slot:
         """``(items, len(specs))`` controls -> physical ``{name: (items,) or (items, bands)}``, fixed included."""
         full = torch.zeros(u.shape[0], self.effect.num_params, dtype=u.dtype, device=u.device)
         keep = [i for i, s in enumerate(self.effect.specs) if s.name not in self.fixed]
-        full = full.index_copy(1, torch.tensor(keep, dtype=torch.long, device=u.device), u) if keep else full
+        if keep:  # host values go to the device without waiting for its queue (non_blocking)
+            full = full.index_copy(1, torch.tensor(keep).to(u.device, non_blocking=True), u)
         params = self.effect.denormalize(full)
         for name, value in self.fixed.items():
-            v = torch.as_tensor(value, dtype=u.dtype, device=u.device)
+            v = torch.as_tensor(value, dtype=u.dtype).to(u.device, non_blocking=True)
             params[name] = v.expand(u.shape[0], *v.shape)
         return params
 

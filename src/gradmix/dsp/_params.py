@@ -53,9 +53,12 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
         t = value.to(dtype=x.dtype, device=x.device)
     else:
         try:
-            t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+            host = torch.as_tensor(value, dtype=x.dtype)
         except (TypeError, ValueError) as exc:
             raise ParameterError(f"{name}: {value!r} is not a number or a sequence of numbers") from exc
+        if not bool(torch.isfinite(host).all()):
+            raise ParameterError(f"{name}: {_show(host)} is not finite")
+        t = host.to(x.device, non_blocking=True)  # a blocking copy would wait for the device's queue
     want = (batch,) if bands is None else (batch, bands)
     if bands is None:
         if t.dim() == 0:

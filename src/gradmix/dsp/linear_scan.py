@@ -1,24 +1,24 @@
 """Exact linear recurrences on any device, block-parallel in plain torch: the path of the recursive filters
 for tensors that are not on the CPU (where the numba kernels of :mod:`gradmix.dsp.biquad` run).
 
-A second-order all-pole filter ``y[n] = u[n] - a1 y[n-1] - a2 y[n-2]`` (zero initial state) is the state
-recurrence ``s[n] = M s[n-1] + e1 u[n]`` with ``s[n] = (y[n], y[n-1])`` and the companion matrix
-``M = [[-a1, -a2], [1, 0]]``. With the signal cut into blocks of ``L`` samples:
+A cascade of biquads is one linear system ``s[n] = M s[n-1] + v x[n]`` whose state holds two values per
+section (:func:`cascade_matrices`). With the signal cut into blocks of ``L`` samples:
 
-- within a block, from zero state, ``y`` is the lower-triangular Toeplitz product of the block with the
-  impulse response ``h[k] = (M^k)[0, 0]`` (one batched matrix product);
-- a block's end state from zero state is its last two outputs, ``z_k``;
+- within a block, from zero state, every section's signal is a lower-triangular Toeplitz product of the block
+  with the impulse response from the input to that signal (one batched matrix product for all sections);
+- a block's end state from zero state is the same kind of product, ``z_k``;
 - the true end states follow ``S_k = M^L S_{k-1} + z_k``: a recurrence of the same kind, ``K = N / L``
-  long, solved by the same blocking, recursively, until it fits in one block;
-- the state carried into block ``k`` adds ``(M^(i+1) S_{k-1})[0]`` to its ``i``-th sample.
+  long, solved by the same blocking, recursively, until it fits in one block (:func:`vector_scan`);
+- the state carried into block ``k`` adds ``M^(i+1) S_{k-1}`` to its ``i``-th sample.
 
 Nothing runs sample by sample: the powers of ``M`` come from ``log2(L)`` matrix squarings, the rest are
-batched products, each exact up to rounding (no FFT, no truncated impulse response). The powers are formed
-in float64 whatever the audio's dtype.
+batched products, each exact up to rounding (no FFT, no truncated impulse response), in float64 whatever the
+audio's dtype. The adjoint of a cascade is the reversed cascade run backwards in time, so the backward is the
+same algorithm on the reversed gradient, plus lagged dot products for the coefficients.
 
-The adjoint of an all-pole filter is the same filter run backwards in time, so the backward is the same
-algorithm on the reversed gradient, plus, for the coefficients, ``dL/da_j = -sum_n g[n] y[n - j]`` with
-``g`` that adjoint.
+The smoother of the dynamics processors is a first-order recurrence with a time-varying coefficient
+(:func:`first_order_scan`, :func:`branching_smooth_scan`), and the fed-back delay line one FFT convolution
+with its impulse response (:func:`delay_line_fft`).
 """
 
 from __future__ import annotations
@@ -238,13 +238,17 @@ def first_order_scan(a: Tensor, b: Tensor, initial: Tensor, block: int = SCAN_BL
     samples = a.shape[1]
     size = min(block, samples)
     pad = (-samples) % size
-    gain = F.pad(a, (0, pad), value=1.0).clamp_min(1e-16).unflatten(1, (-1, size)).cumprod(-1)
-    local = gain * (F.pad(b, (0, pad)).unflatten(1, (-1, size)) / gain).cumsum(-1)
+
+    def columns(t: Tensor, value: float) -> Tensor:  # (rows, size, blocks): scans run down the columns
+        return F.pad(t, (0, pad), value=value).unflatten(1, (-1, size)).transpose(1, 2).contiguous()
+
+    gain = columns(a, 1.0).clamp_min(1e-16).cumprod(1)
+    local = gain * (columns(b, 0.0) / gain).cumsum(1)
     previous = initial[:, None]
-    if local.shape[1] > 1:
-        ends = first_order_scan(gain[:, :, -1], local[:, :, -1], initial, block)
+    if local.shape[2] > 1:
+        ends = first_order_scan(gain[:, -1], local[:, -1], initial, block)
         previous = torch.cat([previous, ends[:, :-1]], 1)
-    return (local + gain * previous[..., None]).flatten(1)[:, :samples]
+    return (local + gain * previous[:, None]).transpose(1, 2).flatten(1)[:, :samples]
 
 
 def min_affine_scan(a: Tensor, b: Tensor, c: Tensor, initial: Tensor) -> Tensor:

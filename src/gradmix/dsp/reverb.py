@@ -94,6 +94,12 @@ def _fast_len(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
+def _band_noise_on(channels: int, sample_rate: float, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:func:`_band_noise` in ``dtype`` on ``device``, copied there once."""
+    return _band_noise(channels, sample_rate, seed).to(device, dtype)
+
+
+@functools.lru_cache(maxsize=8)
 def _band_noise(channels: int, sample_rate: float, seed: int) -> Tensor:
     """Seeded white noise, :data:`MAX_DECAY_S` long, split into :data:`REVERB_BANDS` bands that sum back to it:
     ``(bands, ch, taps)``.
@@ -141,8 +147,8 @@ def reverb_impulse_response(*, sample_rate: float, decay_s: Tensor, channels: in
     taps = max(lengths)
     out = decay_s.new_zeros(decay_s.shape[0], channels, taps)
     for length in sorted(set(lengths)):
-        idx = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=decay_s.device)
-        noise = _band_noise(channels, float(sample_rate), seed)[..., :length].to(decay_s)
+        idx = torch.tensor([i for i, n in enumerate(lengths) if n == length]).to(decay_s.device, non_blocking=True)
+        noise = _band_noise_on(channels, float(sample_rate), seed, decay_s.device, decay_s.dtype)[..., :length]
         t = torch.arange(length, device=decay_s.device, dtype=decay_s.dtype) / sample_rate
         env = torch.exp(-_LN1000 * t / decay_s[idx].unsqueeze(-1))  # (items, bands, length)
         h = torch.einsum("bkt,kct->bct", env, noise)

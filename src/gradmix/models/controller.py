@@ -135,14 +135,15 @@ class TrackEncoder(nn.Module):
         self.descriptors = cfg.track_descriptors
         extra = DESCRIPTORS if self.descriptors else 0
         self.proj = nn.Linear(2 * c_in * freq_out + extra, cfg.dim)
-        self._fb: dict[float, Tensor] = {}
+        self._fb: dict[tuple, Tensor] = {}  # per sample rate, device and dtype: no copy from the host per step
 
     def features(self, x: Tensor, sample_rate: float) -> Tensor:
         """``(items, 2, samples)`` -> log-mel of mid and side ``(items, 2, mels, frames)``."""
         n_fft = 1 << round(math.log2(sample_rate * 0.046))
-        if sample_rate not in self._fb:
-            self._fb[sample_rate] = mel_filterbank(sample_rate, n_fft, self.mels)
-        fb = self._fb[sample_rate].to(x)
+        key = (sample_rate, x.device, x.dtype)
+        if key not in self._fb:
+            self._fb[key] = mel_filterbank(sample_rate, n_fft, self.mels).to(x)
+        fb = self._fb[key]
         ms = torch.stack([x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]], 1).flatten(0, 1) * 0.5
         if ms.shape[-1] < n_fft:
             ms = nn.functional.pad(ms, (0, n_fft - ms.shape[-1]))
