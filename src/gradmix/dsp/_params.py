@@ -58,7 +58,10 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
             raise ParameterError(f"{name}: {value!r} is not a number or a sequence of numbers") from exc
         if not bool(torch.isfinite(host).all()):
             raise ParameterError(f"{name}: {_show(host)} is not finite")
-        t = host.to(x.device, non_blocking=True)  # a blocking copy would wait for the device's queue
+        if host.dim() == 0:  # filled on the device: nothing to copy
+            t = torch.full((), host.item(), dtype=x.dtype, device=x.device)
+        else:  # copied without waiting for the device's queue
+            t = host.to(x.device, non_blocking=True)
     want = (batch,) if bands is None else (batch, bands)
     if bands is None:
         if t.dim() == 0:
