@@ -51,6 +51,8 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
     batch = x.shape[0]
     if isinstance(value, Tensor):
         t = value.to(dtype=x.dtype, device=x.device)
+        if values_checked(t) and not bool(torch.isfinite(t).all()):
+            raise ParameterError(f"{name}: {_show(t)} is not finite")
     else:
         try:
             host = torch.as_tensor(value, dtype=x.dtype)
@@ -77,8 +79,6 @@ def param(value: Param, name: str, x: Tensor, bands: int | None = None) -> Tenso
         t = t.expand(want)
     if tuple(t.shape) != want:
         raise ParameterError(f"{name}: expected a float or a tensor of shape {want}, got shape {tuple(t.shape)}")
-    if values_checked(t) and not bool(torch.isfinite(t).all()):
-        raise ParameterError(f"{name}: {_show(t)} is not finite")
     return t
 
 
