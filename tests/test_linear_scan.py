@@ -102,7 +102,7 @@ def test_the_block_path_equals_the_cpu_kernels_in_output_and_every_gradient(dtyp
         assert error_db(got.numpy(), ref.numpy()) <= bound, name
 
 
-@pytest.mark.parametrize("sections", [3, 2 * len(SECTIONS)])  # one pass; two passes of the cascade
+@pytest.mark.parametrize("sections", [1, 3, 2 * len(SECTIONS)])  # one pass; two passes of the cascade
 def test_the_cascade_backward_passes_gradcheck(sections):
     assert linear_scan.SECTIONS_PER_PASS < 2 * len(SECTIONS)
     b, a, _ = _cascade(items=1)

@@ -24,7 +24,6 @@ with its impulse response (:func:`delay_line_fft`).
 from __future__ import annotations
 
 import contextlib
-import itertools
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +39,6 @@ hold ``L x L`` matrices of ``2 sections x 2 sections``."""
 
 SCAN_BLOCK = 16
 """Samples per block of :func:`first_order_scan`."""
-
-CONVERGENCE_TEST_EVERY = 2
-"""Rounds of the smoother's fixed point between tests of convergence (each test reads its answer on the host,
-so it waits for the device; a round past the fixed point changes nothing)."""
 
 SECTIONS_PER_PASS = 8
 """Biquads filtered in one pass of :func:`cascade_states` (the state has two values per section; a longer
@@ -72,12 +67,13 @@ def wanted(x: Tensor) -> bool:
 
 def matrix_powers(m: Tensor, count: int) -> Tensor:
     """``m^0 .. m^(count - 1)`` of square matrices ``m (items, d, d)``: ``(items, count, d, d)``, by doubling."""
-    p = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand(m.shape[0], 1, -1, -1)
+    items, d, _ = m.shape
+    side = torch.eye(d, dtype=m.dtype, device=m.device).expand(items, d, d)  # [m^0 m^1 ...] side by side
     step = m
-    while p.shape[1] < count:
-        p = torch.cat([p, step[:, None] @ p], 1)
-        step = step @ step
-    return p[:, :count]
+    while side.shape[2] < count * d:
+        side = torch.cat([side, torch.bmm(step, side)], 2)
+        step = torch.bmm(step, step)
+    return side[:, :, : count * d].unflatten(2, (count, d)).transpose(1, 2)
 
 
 def _lower_toeplitz(values: Tensor, size: int) -> Tensor:
@@ -127,17 +123,18 @@ def cascade_matrices(b: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         ``M (items, 2 sections, 2 sections)`` and ``v (items, 2 sections)``, in ``b``'s dtype.
     """
     items, sections, _ = b.shape
-    m = b.new_zeros(items, 2 * sections, 2 * sections)
-    v = b.new_zeros(items, 2 * sections)
-    v[:, 0] = 1.0
-    for k in range(sections):
-        row = 2 * k
-        if k:
-            m[:, row] = b[:, k - 1, 0, None] * m[:, row - 2]
-            m[:, row, row - 2 : row] += b[:, k - 1, 1:]
-            v[:, row] = b[:, k - 1, 0] * v[:, row - 2]
-        m[:, row, row : row + 2] -= a[:, k]
-        m[:, row + 1, row] = 1.0
+    # p_k[n] = own_k . s[n-1] + b0_(k-1) p_(k-1)[n]: row k of M's even rows is sum_j chain[k, j] own_j, with
+    # chain[k, j] the product of b0 over the sections j .. k-1 (a running product down the columns)
+    index = torch.arange(sections, device=b.device)
+    eye = torch.eye(sections, dtype=b.dtype, device=b.device)
+    b0_before = F.pad(b[:, :-1, 0], (1, 0))[:, :, None]
+    after = index[:, None] > index[None, :]
+    chain = torch.where(after, b0_before, 1.0).cumprod(1) * (after | (eye > 0))
+    own = torch.diag_embed(-a.transpose(1, 2)) + torch.diag_embed(b[:, :-1, 1:].transpose(1, 2), offset=-1)
+    rows = chain @ own.permute(0, 2, 3, 1).flatten(2)  # (items, sections, 2 sections)
+    delayed = torch.stack([eye, torch.zeros_like(eye)], 2).flatten(1)  # p_k[n-1] from s[n-1]
+    m = torch.stack([rows, delayed.expand(items, -1, -1)], 2).flatten(1, 2)
+    v = torch.stack([chain[:, :, 0], torch.zeros_like(chain[:, :, 0])], 2).flatten(1)
     return m, v
 
 
@@ -303,12 +300,11 @@ def branching_smooth_scan(u: Tensor, attack: Tensor, release: Tensor, initial: T
     if gradual.any():
         ug, ag, rg, yg = u64[gradual], at[gradual], rt[gradual], y0[gradual]
         falling = ug < F.pad(ug[:, :-1], (1, 0))
-        for done in itertools.count(1):
+        while True:
             c = torch.where(falling, ag, rg)
             solved = first_order_scan(1.0 - c, c * ug, yg)
             decided = ug < torch.cat([yg[:, None], solved[:, :-1]], 1)
-            # a round past the fixed point changes nothing, and each test waits for the device
-            if done % CONVERGENCE_TEST_EVERY == 0 and torch.equal(decided, falling):
+            if torch.equal(decided, falling):
                 break
             falling = decided
         y[gradual] = solved
