@@ -257,17 +257,23 @@ def test_series_inverse_is_the_impulse_response_of_the_all_pole_filter():
     impulse[0] = 1.0
     for i in range(2):
         assert error_db(h[i].numpy(), scipy.signal.lfilter([1.0], d[i].numpy(), impulse)) <= -250
+    gapped = linear_scan.series_inverse(d[:, [0, 2, 3, 4]], 777, gap=2)  # both items' term 1 is zero
+    for i in range(2):
+        ref = scipy.signal.lfilter([1.0], d[i, [0, 2, 3, 4]].numpy(), impulse)
+        assert error_db(gapped[i].numpy(), ref) <= -250
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_delay_line_by_fft_equals_the_cpu_kernel_in_output_and_every_gradient(dtype):
-    """Delays of 1, 441.3 and 13000.7 samples, feedback up to 0.95. Bounds: float64 <= -250 dB of the peak
-    (measured -280 dB); float32 <= -120 dB (the CPU kernel's own float32 rounding; measured -135 dB)."""
+@pytest.mark.parametrize("shortest", [1.0, 441.3])  # the inverse series from its first term, or from 441
+def test_the_delay_line_by_fft_equals_the_cpu_kernel_in_output_and_every_gradient(dtype, shortest):
+    """Delays of 1 (or 441.3), 441.3 and 13000.7 samples, feedback up to 0.95. Bounds: float64 <= -250 dB of
+    the peak (measured -280 dB); float32 <= -120 dB (the CPU kernel's own float32 rounding; measured -135
+    dB)."""
     from gradmix.dsp.delay_line import delay_line
 
     torch.manual_seed(7)
     x = torch.randn(3, 2, 20_000, dtype=dtype, requires_grad=True)
-    delay = torch.tensor([1.0, 441.3, 13000.7], dtype=dtype, requires_grad=True)
+    delay = torch.tensor([shortest, 441.3, 13000.7], dtype=dtype, requires_grad=True)
     feedback = torch.tensor([0.5, -0.95, 0.9], dtype=dtype, requires_grad=True)
     weight = torch.randn(3, 2, 20_000, dtype=dtype)
     results = []

@@ -352,13 +352,16 @@ def _truncated_product(a: Tensor, b: Tensor, length: int) -> Tensor:
     return torch.fft.irfft(spectrum, size)[..., :length]
 
 
-def series_inverse(d: Tensor, length: int) -> Tensor:
+def series_inverse(d: Tensor, length: int, gap: int = 1) -> Tensor:
     """``h`` with ``d h = 1`` up to ``z^-length``: ``d (items, terms)`` with ``d[:, 0] != 0`` -> ``(items,
     length)``. Newton's iteration ``h <- h (2 - d h)`` doubles the number of exact terms each round
-    (``log2(length)`` rounds of FFT products); as a function of ``d`` it is the truncated inverse, so autograd
-    through it gives that inverse's exact derivative."""
-    h = 1.0 / d[:, :1]
-    done = 1
+    (``log2(length / gap)`` rounds of FFT products); as a function of ``d`` it is the truncated inverse, so
+    autograd through it gives that inverse's exact derivative.
+
+    ``gap``: when the terms ``1 .. gap - 1`` of every item's ``d`` are zero, the first ``gap`` terms of ``h``
+    are ``1 / d[0]`` and zeros, and the iteration starts from them."""
+    h = F.pad(1.0 / d[:, :1], (0, min(gap, length) - 1))
+    done = h.shape[1]
     while done < length:
         done = min(2 * done, length)
         error = _truncated_product(d[:, :done], h, done)
@@ -384,5 +387,6 @@ def delay_line_fft(x: Tensor, whole: Tensor, frac: Tensor, gain: Tensor) -> Tens
     path = torch.zeros(batch, terms, dtype=torch.float64, device=x.device).scatter_add(1, index, taps)
     denominator = -gain.double()[:, None] * path
     denominator[:, 0] += 1.0
-    response = _truncated_product(path[:, :samples], series_inverse(denominator[:, :samples], samples), samples)
+    gap = int(whole.min())  # no echo comes sooner: the inverse's first terms are known
+    response = _truncated_product(path[:, :samples], series_inverse(denominator[:, :samples], samples, gap), samples)
     return _truncated_product(x.double(), response[:, None], samples).to(x.dtype)
