@@ -52,9 +52,11 @@ class ParamSpec:
         """0..1 -> physical (values outside 0..1 raise :class:`ParameterError` where
         :func:`gradmix.dsp._params.values_checked`)."""
         d = u.detach()
-        if values_checked(d) and bool(((d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)).any()):
-            bad = d[(d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)].flatten()[0].item()
-            raise ParameterError(f"{self.label}: normalised value {bad:g} is outside 0..1")
+        if values_checked(d):
+            outside = (d < -1e-6) | (d > 1 + 1e-6) | ~torch.isfinite(d)
+            if bool(outside.any()):
+                bad = d[outside].flatten()[0].item()
+                raise ParameterError(f"{self.label}: normalised value {bad:g} is outside 0..1")
         if self.scale == "log":
             return self.min * torch.pow(self.max / self.min, u)
         return self.min + u * (self.max - self.min)
