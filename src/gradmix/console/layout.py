@@ -49,6 +49,8 @@ class Slot:
 
     def denormalize(self, u: Tensor) -> dict[str, Tensor]:
         """``(items, len(specs))`` controls -> physical ``{name: (items,) or (items, bands)}``, fixed included."""
+        if not self.fixed:
+            return self.effect.denormalize(u)
         full = torch.zeros(u.shape[0], self.effect.num_params, dtype=u.dtype, device=u.device)
         keep = [i for i, s in enumerate(self.effect.specs) if s.name not in self.fixed]
         if keep:  # host values go to the device without waiting for its queue (non_blocking)

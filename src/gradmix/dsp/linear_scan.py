@@ -205,8 +205,8 @@ class _Cascade(torch.autograd.Function):
         reversed_p = cascade_states(grad_y.flip(-1), reversed_b, a.flip(1))
         at_inputs = _numerators(reversed_p, reversed_b).flip(2).flip(3)
         at_outputs = torch.cat([at_inputs[..., 1:], grad_y[..., None]], -1)
-        grad_b = torch.stack([_lagged(at_outputs, p, j) for j in range(3)], -1)
-        grad_a = -torch.stack([_lagged(at_inputs, p, j) for j in (1, 2)], -1)
+        grad_b = torch.stack([_lagged(at_outputs, p, j) for j in range(3)], -1) if ctx.needs_input_grad[1] else None
+        grad_a = -torch.stack([_lagged(at_inputs, p, j) for j in (1, 2)], -1) if ctx.needs_input_grad[2] else None
         return at_inputs[..., 0], grad_b, grad_a
 
 
