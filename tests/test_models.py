@@ -499,3 +499,37 @@ def test_a_level_matched_eq_takes_the_habits_eq_and_gives_back_its_loudness_on_t
     inside = (fader(own) - change > spec.min + 1e-3) & (fader(own) - change < spec.max - 1e-3)
     assert inside.sum() >= 4
     assert torch.allclose(fader(matched)[inside], (fader(own) - change)[inside], atol=1e-4)
+
+
+def test_the_song_level_move_brings_what_the_master_receives_to_the_references_loudness():
+    """``song_level_db``: one level move per song, the same for its tracks (a rise on the compressors' makeup
+    gain, a cut on the faders), after which the strip sum and the bus returns are as loud as under the reference
+    console, within 0.1 dB; nothing else changes."""
+    from gradmix.console import pre_master
+    from gradmix.models.engineer import level_moved, song_level_db
+
+    sr, layout = 44100, Layout.default()
+    g = torch.Generator().manual_seed(4)
+    tracks = 0.1 * torch.randn(2, 3, 2, sr, generator=g)
+    tracks = tracks * torch.pow(10.0, normalization_db(tracks, None, sr) / 20)[..., None, None]
+    controls = engineer_controls(layout, 2, 3, g, audio=tracks, sample_rate=sr)
+    reference = engineer_controls(layout, 2, 3, torch.Generator().manual_seed(5), audio=tracks, sample_rate=sr)
+    reference.strip[0, :, 0] = reference.strip[0, :, 0] + 0.1  # song 0 louder: 6 dB more on every fader
+
+    def level(c):
+        params = layout.denormalize(c)
+        strips = layout.render(tracks, params, sample_rate=sr)[1]
+        return integrated_loudness(pre_master(layout, strips, params, sample_rate=sr).double(), sample_rate=sr)
+
+    move = song_level_db(layout, controls, reference, tracks, sr)
+    assert move[0] > 1.0 and move[1] < -0.5, move  # a rise and a cut to make, so the test can fail
+    moved = level_moved(layout, controls, move)
+    assert (level(moved) - level(reference)).abs().max() < 0.1, (level(moved), level(reference))
+    makeup = lambda c: layout.denormalize(c).strip[2]["makeup_db"]  # noqa: E731
+    fader = lambda c: layout.denormalize(c).strip[0]["gain_db"]  # noqa: E731
+    assert torch.allclose(makeup(moved)[0] - makeup(controls)[0], move[0].float().expand(3), atol=1e-3)
+    assert torch.allclose(fader(moved)[1] - fader(controls)[1], move[1].float().expand(3), atol=1e-3)
+    changed = (moved.strip != controls.strip).any(0).any(0).nonzero().flatten().tolist()
+    names = [(slot.effect.type_name, spec.name) for slot in layout.strip for spec in slot.specs]
+    assert changed == [0, names.index(("compressor", "makeup_db"))], changed
+    assert torch.equal(moved.sends, controls.sends)

@@ -496,7 +496,7 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     with torch.no_grad():
         for model in (before, after):
             err = 0.0
-            for emb, mask, strip, sends in segments:
+            for emb, mask, strip, sends, _ in segments:
                 b = emb.shape[0]
                 habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))
                 carved = carve_on(habits, model.decide(emb, mask, engineer=torch.zeros(b)), layout)

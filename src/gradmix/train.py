@@ -47,7 +47,7 @@ from gradmix.errors import GradmixError
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import load_model, save_model
-from gradmix.models.engineer import carve_on, engineer_controls, level_matched_eq
+from gradmix.models.engineer import carve_on, engineer_controls, level_moved, level_matched_eq, song_level_db
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
 from gradmix.progress import progress
 
@@ -126,6 +126,10 @@ class HabitEqConfig:
     """With more than 0, the run is an *EQ stage* (:func:`fit_habit_eq`) instead of end-to-end training: this
     many training segments are encoded once, and the engineer's per-track head of the model ``run.init`` learns
     the habits' EQ moves on them for ``run.max_steps`` steps. 0: an ordinary run."""
+    authors_level: bool = False
+    """Every fader of a song's target moves by one amount, so that what its master receives is as loud as under
+    the authors' heads' decision (:func:`~gradmix.models.engineer.song_level_db`): the engineer's balance at the
+    level the authors mix at, into the master bus the two share."""
 
 
 @dataclass
@@ -486,8 +490,10 @@ def save_atomically(blob: Any, path: Path) -> None:
 def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list[tuple[Tensor, ...]]:
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
     seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), mask (B, N), strip (B, N, params),
-    sends (B, N, buses))`` on the CPU: the model's track embeddings and the 0..1 controls of the habits'
-    engineer-like console for the tracks it heard."""
+    sends (B, N, buses), level_db (B,))`` on the CPU: the model's track embeddings, the 0..1 controls of the
+    habits' engineer-like console for the tracks it heard, and the fader move that brings the song under the
+    EQ stage's target (:func:`habit_eq_target`) to the level the authors' heads give it
+    (:func:`~gradmix.models.engineer.song_level_db`)."""
     sr, layout, device = cfg.data.sample_rate, model.layout, next(model.parameters()).device
     data = SegmentDataset(
         songs, seconds=cfg.data.seconds, sample_rate=sr, seed=cfg.run.seed, length=cfg.habit_eq.segments
@@ -504,10 +510,28 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
             if cfg.data.augmentation.enabled:
                 tracks = augment_tracks(tracks, cfg.data.augmentation, g, sample_rate=sr)
             x = tracks * torch.pow(10.0, normalization_db(tracks, mask, sr) / 20)[..., None, None]
-            emb = model.embed(x.to(device), sample_rate=sr).cpu()
+            emb = model.embed(x.to(device), sample_rate=sr)
             c = engineer_controls(layout, *x.shape[:2], g, dtype=x.dtype, audio=x, mask=mask, sample_rate=sr)
-            batches.append((emb, mask, c.strip, c.sends))
+            target, authors = habit_eq_target(model, emb, mask.to(device), c.strip.to(device), c.sends.to(device), sr)
+            level = song_level_db(layout, target, authors, x.to(device), sr, mask.to(device), batch.mono.to(device))
+            batches.append((emb.cpu(), mask, c.strip, c.sends, level.cpu()))
     return batches
+
+
+def habit_eq_target(
+    model: MixController, emb: Tensor, mask: Tensor, strip: Tensor, sends: Tensor, sample_rate: float
+) -> tuple[Controls, Controls]:
+    """The EQ stage's target for encoded segments (``emb`` ``(B, N, features)``, ``mask`` ``(B, N)``) whose habits'
+    controls are ``strip`` and ``sends``: the engineer's own decision with the habits' EQ moves carved on the
+    authors' heads' tone, level-matched (:func:`~gradmix.models.engineer.level_matched_eq`); and the authors' heads'
+    decision."""
+    b, layout = emb.shape[0], model.layout
+    bands = slice(model.cfg.dim, model.cfg.dim + len(OCTAVE_BAND_CENTRES_HZ))  # descriptors: band shares in dB / 10
+    habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))  # no bus or master here
+    authors = model.decide(emb, mask, engineer=emb.new_zeros(b))
+    own = model.decide(emb, mask, engineer=emb.new_ones(b))
+    carved = carve_on(habits, authors, layout)
+    return level_matched_eq(layout, own, carved, emb[..., bands] * 10, sample_rate), authors
 
 
 def fit_habit_eq(cfg: TrainConfig) -> Path:
@@ -534,16 +558,14 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
         save_atomically(batches, cached)
     if not batches:
         raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
-    bands = slice(cfg.model.dim, cfg.model.dim + len(OCTAVE_BAND_CENTRES_HZ))  # descriptors: band shares in dB / 10
+    if len(batches[0]) != 5:
+        raise GradmixError(f"{cached}: encoded by an older gradmix; delete it to encode the segments again")
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
     targets = []
     with torch.no_grad():
-        for emb, mask, strip, sends in batches:
-            b = emb.shape[0]
-            habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))  # no bus or master here
-            carved = carve_on(habits, model.decide(emb, mask, engineer=emb.new_zeros(b)), layout)
-            own = model.decide(emb, mask, engineer=emb.new_ones(b))
-            targets.append(level_matched_eq(layout, own, carved, emb[..., bands] * 10, sr))
+        for emb, mask, strip, sends, level_db in batches:
+            target, _ = habit_eq_target(model, emb, mask, strip, sends, sr)
+            targets.append(level_moved(layout, target, level_db) if cfg.habit_eq.authors_level else target)
     for p in model.parameters():
         p.requires_grad_(False)
     head = model.engineer_track_head

@@ -83,11 +83,11 @@ import math
 import torch
 from torch import Tensor
 
-from gradmix.console import Controls, Layout
+from gradmix.console import Controls, Layout, pre_master
 from gradmix.console.layout import SEND_SPEC
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.eq import eq_coefficients
-from gradmix.dsp.loudness import k_weighting_coefficients
+from gradmix.dsp.loudness import integrated_loudness, k_weighting_coefficients
 from gradmix.effects import ParamSpec
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
 
@@ -433,3 +433,48 @@ def level_matched_eq(
     change = eq_loudness_change_db(layout, own.strip, strip, band_shares_db, sample_rate)
     strip[..., 0] = (strip[..., 0] - change.to(strip) / (fader.max - fader.min)).clamp(0.0, 1.0)
     return Controls(strip, own.sends, own.buses, own.master)
+
+
+def level_moved(layout: Layout, controls: Controls, move_db: Tensor) -> Controls:
+    """``controls`` ``(batch, tracks, params)`` with the level of every track of song ``i`` moved by ``move_db[i]``
+    dB: a rise on the strip compressor's makeup gain, after the compressor, so that it changes neither what the
+    compressor does nor the balance of the tracks (an engineer's makeup gain); a cut, which the makeup gain
+    (0 dB at least) cannot make, on the fader. Both within their ranges."""
+    specs = [spec for slot in layout.strip for spec in slot.specs]
+    owners = [slot.effect.type_name for slot in layout.strip for _ in slot.specs]
+    makeup = [i for i, (s, owner) in enumerate(zip(specs, owners)) if (owner, s.name) == ("compressor", "makeup_db")]
+    if owners[0] != "gain" or len(makeup) != 1 or any(specs[i].scale != "linear" for i in (0, *makeup)):
+        raise ValueError("the strips must start with a fader and have one compressor with a makeup gain, in dB")
+    strip = controls.strip.clone()
+    for col, move in ((makeup[0], move_db.clamp_min(0.0)), (0, move_db.clamp_max(0.0))):
+        step = (move / (specs[col].max - specs[col].min))[:, None].to(strip)
+        strip[..., col] = (strip[..., col] + step).clamp(0.0, 1.0)
+    return Controls(strip, controls.sends, controls.buses, controls.master)
+
+
+def song_level_db(
+    layout: Layout,
+    controls: Controls,
+    reference: Controls,
+    tracks: Tensor,
+    sample_rate: float,
+    mask: Tensor | None = None,
+    mono: Tensor | None = None,
+    rounds: int = 2,
+) -> Tensor:
+    """The level move in dB ``(batch,)`` (:func:`level_moved`), the same for every track of a song, that makes what
+    the master receives with ``controls`` as loud (integrated K-weighted loudness) as with ``reference``, for the
+    loudness-normalised ``tracks`` ``(batch, tracks, channels, samples)``. A rise is exact in one round; a cut
+    moves the faders, before the compressors, and further ``rounds`` of rendering refine it. 0 for a song that
+    is silent either way."""
+
+    def level(c: Controls) -> Tensor:
+        params = layout.denormalize(c)
+        _, strips = layout.render(tracks, params, sample_rate=sample_rate, mask=mask, mono=mono)
+        return integrated_loudness(pre_master(layout, strips, params, sample_rate=sample_rate), sample_rate=sample_rate)
+
+    goal, move = level(reference), torch.zeros(tracks.shape[0], dtype=torch.float64, device=tracks.device)
+    for _ in range(rounds):
+        gap = goal - level(level_moved(layout, controls, move))
+        move = move + torch.where(gap.isfinite(), gap, torch.zeros_like(gap)).double()
+    return move
