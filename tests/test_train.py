@@ -466,9 +466,9 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
 
 
 def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_and_resumes(tmp_path):
-    """``habit_eq``: segments encoded once, only ``engineer_track_head`` learns, its EQ gains move to the
-    habits' moves carved on the authors' heads' tone; a second start with more steps resumes from the
-    checkpoint and reuses the encoded segments."""
+    """``habit_eq``: segments encoded once (with each song's move to the authors' level), only
+    ``engineer_track_head`` learns, its EQ gains move to the habits' moves carved on the authors' heads' tone; a
+    second start with more steps resumes from the checkpoint and reuses the encoded segments."""
     require("lightning")
     require("auraloss")
     from gradmix.console import Controls
@@ -482,6 +482,7 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     grown = train(cfg)
     cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 40
     cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 4, 0.01, 1
+    cfg.habit_eq.authors_level = True
     cfg.run.log_every, cfg.run.checkpoint_every = 10, 20
     fitted = train(cfg)
     before, after = load_model(grown)[0], load_model(fitted)[0]
@@ -504,6 +505,8 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
                 err += float((mine.strip[..., cols] - carved.strip[..., cols]).square()[mask.bool()].mean())
             errors.append(err)
     assert errors[1] < 0.5 * errors[0], errors
+    levels = torch.cat([level for *_, level in segments])  # the song-level moves to the authors' level
+    assert levels.shape == (4,) and levels.isfinite().all() and levels.abs().max() > 0.05, levels
     stamp = (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns
     cfg.run.max_steps = 60
     train(cfg)
