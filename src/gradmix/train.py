@@ -127,9 +127,10 @@ class HabitEqConfig:
     many training segments are encoded once, and the engineer's per-track head of the model ``run.init`` learns
     the habits' EQ moves on them for ``run.max_steps`` steps. 0: an ordinary run."""
     authors_level: bool = False
-    """Every fader of a song's target moves by one amount, so that what its master receives is as loud as under
-    the authors' heads' decision (:func:`~gradmix.models.engineer.song_level_db`): the engineer's balance at the
-    level the authors mix at, into the master bus the two share."""
+    """Every track of a song's target moves by one level (a rise on the compressors' makeup gain, a cut on the
+    faders), so that what its master receives is as loud as under the authors' heads' decision
+    (:func:`~gradmix.models.engineer.song_level_db`): the engineer's balance at the level the authors mix at,
+    into the master bus the two share."""
 
 
 @dataclass
@@ -491,7 +492,7 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
     seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), mask (B, N), strip (B, N, params),
     sends (B, N, buses), level_db (B,))`` on the CPU: the model's track embeddings, the 0..1 controls of the
-    habits' engineer-like console for the tracks it heard, and the fader move that brings the song under the
+    habits' engineer-like console for the tracks it heard, and the level move that brings the song under the
     EQ stage's target (:func:`habit_eq_target`) to the level the authors' heads give it
     (:func:`~gradmix.models.engineer.song_level_db`)."""
     sr, layout, device = cfg.data.sample_rate, model.layout, next(model.parameters()).device

@@ -83,7 +83,7 @@ import math
 import torch
 from torch import Tensor
 
-from gradmix.console import Controls, Layout, pre_master
+from gradmix.console import Controls, Layout, pre_master, render_strips
 from gradmix.console.layout import SEND_SPEC
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.eq import eq_coefficients
@@ -468,9 +468,11 @@ def song_level_db(
     moves the faders, before the compressors, and further ``rounds`` of rendering refine it. 0 for a song that
     is silent either way."""
 
-    def level(c: Controls) -> Tensor:
+    def level(c: Controls) -> Tensor:  # the strips and the buses only: the master's output is not needed
         params = layout.denormalize(c)
-        _, strips = layout.render(tracks, params, sample_rate=sample_rate, mask=mask, mono=mono)
+        strips = render_strips(layout.strip, tracks, params.strip, sample_rate=sample_rate, mono=mono)
+        if mask is not None:
+            strips = strips * mask.to(strips)[..., None, None]
         return integrated_loudness(pre_master(layout, strips, params, sample_rate=sample_rate), sample_rate=sample_rate)
 
     goal, move = level(reference), torch.zeros(tracks.shape[0], dtype=torch.float64, device=tracks.device)
