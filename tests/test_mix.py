@@ -45,6 +45,15 @@ def make_stems(folder: Path, names=("kick", "bass", "pad"), seconds=2.0, rate=SR
     return folder
 
 
+def leaves(tree) -> list:
+    """The numbers and strings of a JSON tree, in order (to compare two console files within rounding)."""
+    if isinstance(tree, dict):
+        return [v for k in sorted(tree) for v in [k, *leaves(tree[k])]]
+    if isinstance(tree, list):
+        return [v for item in tree for v in leaves(item)]
+    return [tree]
+
+
 def read(path: Path) -> np.ndarray:
     return sf.read(path, always_2d=True)[0]
 
@@ -116,6 +125,33 @@ def test_track_order_does_not_change_the_mix(tmp_path, model_file):
         shutil.copy(a / f"{src}.wav", b / f"{dst}.wav")
     assert main(["mix", str(a), "-o", str(tmp_path / "a.wav"), "--model", str(model_file)]) == 0
     assert main(["mix", str(b), "-o", str(tmp_path / "b.wav"), "--model", str(model_file)]) == 0
+    x, y = read(tmp_path / "a.wav"), read(tmp_path / "b.wav")
+    assert np.abs(x - y).max() < 1e-4 * np.abs(x).max()
+
+
+def test_a_silent_stem_gets_a_neutral_strip_and_changes_nothing_else(tmp_path, model_file, capsys):
+    """An empty stem (a muted export) is left out of the model's decisions: the other tracks' settings are the
+    ones of the song without it, and its own strip is neutral (the untrained model's head sets every other
+    strip away from neutral, so each comparison can fail)."""
+    a = make_stems(tmp_path / "a")
+    b = make_stems(tmp_path / "b")
+    sf.write(b / "zz_empty.wav", np.zeros((2 * SR, 2), np.float32), SR)
+    assert main(["mix", str(a), "-o", str(tmp_path / "a.wav"), "--model", str(model_file)]) == 0
+    capsys.readouterr()
+    assert main(["mix", str(b), "-o", str(tmp_path / "b.wav"), "--model", str(model_file)]) == 0
+    assert "note: 1 silent track(s) left neutral (the model does not hear them): zz_empty" in capsys.readouterr().out
+    without = json.loads((tmp_path / "a.console.json").read_text())
+    with_empty = json.loads((tmp_path / "b.console.json").read_text())
+    others = leaves([with_empty["tracks"][:3], with_empty["master"]])
+    alone = leaves([without["tracks"], without["master"]])
+    assert [v for v in others if isinstance(v, str)] == [v for v in alone if isinstance(v, str)]
+    numbers = [v for v in others if not isinstance(v, str)]
+    assert numbers == pytest.approx([v for v in alone if not isinstance(v, str)], rel=1e-4, abs=1e-4)
+    empty = with_empty["tracks"][3]
+    chain = {e["type"]: e for e in empty["chain"]}
+    assert empty["sends"] == [] and chain["gain"]["gain_db"] == 0.0 and chain["pan"]["pan"] == 0.0
+    assert all(band["gain_db"] == 0.0 for band in chain["eq"]["bands"]) and chain["compressor"]["ratio"] == 1.0
+    assert any(t["sends"] or t["chain"][0]["gain_db"] != 0.0 for t in without["tracks"])
     x, y = read(tmp_path / "a.wav"), read(tmp_path / "b.wav")
     assert np.abs(x - y).max() < 1e-4 * np.abs(x).max()
 

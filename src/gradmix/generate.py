@@ -118,7 +118,7 @@ def build_style_bank(model: MixController, windows: list[tuple[list[Tensor], Ten
                 continue
             analysis = analyse(model, tracks, sample_rate)
             whole = song_excerpt(tracks, analysis, sample_rate, seconds=None, preroll_s=0.0)
-            own = _excerpt_mix(model, whole, model.decide(analysis.embeddings), sample_rate)
+            own = _excerpt_mix(model, whole, model.decide(analysis.embeddings, analysis.mask), sample_rate)
             human = mix[None].double()
             zs.append(model.encode_style(mix[None], sample_rate=sample_rate)[0][0])
             offsets.append((_coordinates(human, sample_rate) - _coordinates(own, sample_rate))[0])
@@ -346,7 +346,7 @@ def refine(
     model, sr = song.model, song.sample_rate
     with torch.no_grad():
         target = style_features(reference[None], sr)
-        start = model.decide(analysis.embeddings, None, z[None])
+        start = model.decide(analysis.embeddings, analysis.mask, z[None])
     controls = refine_controls(
         model, song_excerpt(song.audio, analysis, sr), start, target, sr, steps=steps, lr=lr, progress=progress
     )
@@ -371,14 +371,14 @@ def sample_settings(
     zs, offsets, tones = (v[skip:] for v in draw_styles(model, n + skip, seed=seed, temperature=temperature))
     excerpt = song_excerpt(song.audio, analysis, sr) if refine_steps > 0 else None
     if excerpt is not None:  # each style is an offset from the automatic mix's own
-        own_mix = _excerpt_mix(model, excerpt, model.decide(analysis.embeddings), sr)
+        own_mix = _excerpt_mix(model, excerpt, model.decide(analysis.embeddings, analysis.mask), sr)
         own = _coordinates(own_mix, sr)[0]
     out = []
     for i, (z, offset, tone) in enumerate(
         zip(show_progress(list(zs), "sampling mixes", progress), offsets, tones), start=skip
     ):
         with torch.no_grad():
-            controls = model.decide(analysis.embeddings, None, z[None])
+            controls = model.decide(analysis.embeddings, analysis.mask, z[None])
         if excerpt is not None:
             target = {k: v[None].to(excerpt.x.dtype) for k, v in style_from_coordinates(own + offset).items()}
             # spectral features move as the human's EQ difference would move this song's, not by a ratio: a

@@ -19,7 +19,7 @@ from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.defaults import DEVICE
 from gradmix.errors import GradmixError
-from gradmix.models import MixController, normalization_db
+from gradmix.models import SILENT_LUFS, MixController, normalization_db
 from gradmix.models.checkpoint import load_model
 
 SEND_FLOOR_DB = -55.0
@@ -28,10 +28,20 @@ SEND_FLOOR_DB = -55.0
 
 @dataclass
 class Analysis:
-    """What the model heard: per track the loudness-normalisation gain (dB) and the embedding ``(1, N, dim)``."""
+    """What the model heard: per track the loudness-normalisation gain (dB), the embedding ``(1, N, dim)`` and
+    whether the track is silent (integrated loudness at or below ``SILENT_LUFS``, -70 LUFS)."""
 
     gains_db: list[float]
     embeddings: Tensor
+    silent: list[bool]
+
+    @property
+    def mask(self) -> Tensor | None:
+        """``(1, N)``: True for the tracks the model decides with; a silent track is left out of every decision,
+        so that an empty stem changes nothing in the mix of the others (``None`` when no track is silent)."""
+        if not any(self.silent):
+            return None
+        return torch.tensor([[not s for s in self.silent]], device=self.embeddings.device)
 
 
 def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Analysis:
@@ -44,14 +54,15 @@ def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Ana
     if not tracks:
         raise GradmixError("nothing to mix: no tracks")
     device = next(model.parameters()).device
-    gains, emb = [], []
+    gains, emb, silent = [], [], []
     with torch.no_grad():
         for t in tracks:
             x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None].to(device)
             g = float(normalization_db(x, None, sample_rate)[0, 0])
             gains.append(g)
+            silent.append(float(integrated_loudness(x[0].double(), sample_rate=sample_rate)[0]) <= SILENT_LUFS)
             emb.append(model.encoder(x[0] * 10 ** (g / 20), sample_rate))
-    return Analysis(gains, torch.cat(emb)[None])
+    return Analysis(gains, torch.cat(emb)[None], silent)
 
 
 def console_for(
@@ -65,7 +76,7 @@ def console_for(
     """The console setting the model chooses for analysed tracks, in mix style ``z`` ``(style_dim,)`` (default:
     the model's centre of human mixes)."""
     with torch.no_grad():
-        controls = model.decide(analysis.embeddings, None, None if z is None else z[None])
+        controls = model.decide(analysis.embeddings, analysis.mask, None if z is None else z[None])
     return setting_from_controls(model, controls, analysis, names, files, sample_rate)
 
 
@@ -78,12 +89,18 @@ def setting_from_controls(
     sample_rate: int,
 ) -> ConsoleSetting:
     """The console file of 0..1 ``controls`` (batch of one) for loudness-normalised tracks: the
-    normalisation gains of ``analysis`` are folded into the faders, so the file renders the raw stems."""
+    normalisation gains of ``analysis`` are folded into the faders, so the file renders the raw stems. A silent
+    track gets a neutral strip (every effect at its defaults, no sends): the model did not hear it."""
     with torch.no_grad():
         params = model.layout.denormalize(controls)
     setting = ConsoleSetting.from_params(
         model.layout, params, names=names, files=files, sample_rate=sample_rate, send_floor_db=SEND_FLOOR_DB
     )
+    for i, silent in enumerate(analysis.silent):
+        if silent:
+            setting.tracks[i] = ConsoleSetting.neutral(
+                [names[i]], [files[i]], sample_rate=sample_rate, layout=model.layout
+            ).tracks[0]
     for track, g in zip(setting.tracks, analysis.gains_db):
         fader = next((e for e in track.chain if e.effect.type_name == "gain"), None)
         if fader is None:
@@ -152,6 +169,7 @@ class MixReport:
     before_lufs: float
     seconds: float
     tracks: int
+    silent: list[str]
 
 
 def mix_folder(
@@ -179,7 +197,8 @@ def mix_folder(
     if console_path.resolve() == output.resolve():
         raise GradmixError(f"{console_path}: the console file and the mix would be the same file")
     report_path = check_output_path(output.with_suffix(".report.html"), song.inputs) if report else None
-    setting = automix(model, names, files, audio, sr)
+    analysis = analyse(model, audio, sr)
+    setting = console_for(model, analysis, names, files, sr)
     del song
     with torch.no_grad():
         before = torch.stack([a.expand(2, -1) if a.shape[0] == 1 else a for a in audio]).sum(0) if report else None
@@ -203,4 +222,5 @@ def mix_folder(
         before_lufs,
         mix.shape[-1] / sr,
         len(names),
+        [n for n, silent in zip(names, analysis.silent) if silent],
     )

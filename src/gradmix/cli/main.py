@@ -45,6 +45,9 @@ def _mix(args: argparse.Namespace) -> None:
         f"peak {r.peak_dbfs:+.1f} dBFS"
     )
     print(f"console: {r.console} (edit it, then: gradmix render {args.stems_dir} {r.console} -o MIX.wav)")
+    if r.silent:
+        silent = ", ".join(r.silent)
+        print(f"note: {len(r.silent)} silent track(s) left neutral (the model does not hear them): {silent}")
     if r.report:
         print(f"report: {r.report}")
 

@@ -101,7 +101,7 @@ def fit_folder(
     problem = FitProblem(model, x, mono, ref, sr, tuning)
     with torch.no_grad():
         z = model.encode_style(ref[None], sample_rate=sr)[0] if model.cfg.style_dim else None
-        start = model.decide(analysis.embeddings, None, z)
+        start = model.decide(analysis.embeddings, analysis.mask, z)
     logits = start.logits()
     opt = torch.optim.Adam(logits, lr=lr)
     mrstft = spectral_loss(device)
