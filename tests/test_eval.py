@@ -88,3 +88,31 @@ def test_eval_of_the_mixing_model_on_chosen_songs(tmp_path):
     assert main([*base[:-1], str(tmp_path / "held"), "--systems", "gradmix", "--held-out"]) == 0
     assert {r["song"] for r in csv.DictReader(open(tmp_path / "held" / "results.csv"))} == {"song0"}
     assert main([*base, "--systems", "rules", "--held-out"]) == 2
+
+
+def test_each_system_decides_from_the_whole_song_and_is_compared_on_its_start(tmp_path):
+    """As `gradmix mix` would: a part that enters after the compared window still gets the fader its own
+    loudness asks for (equal loudness: -28 LUFS), and what is rendered and compared is the window."""
+    import json
+
+    from gradmix.dsp import integrated_loudness
+
+    d = tmp_path / "data" / "song"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    early = rng.standard_normal((4 * SR, 1)) * 0.1
+    late = rng.standard_normal((4 * SR, 1)) * 0.005
+    late[: 2 * SR] = 0.0  # silent in the first 2 s, which are compared
+    sf.write(d / "early.wav", early.astype(np.float32), SR)
+    sf.write(d / "late.wav", late.astype(np.float32), SR)
+    sf.write(d / "mix.wav", (early + late).astype(np.float32), SR)
+    out = tmp_path / "results"
+    assert main(["eval", str(tmp_path / "data"), "--systems", "equal_loudness", "-o", str(out), "--seconds", "2"]) == 0
+    console = json.loads((out / "audio" / "song" / "equal_loudness.console.json").read_text())
+    fader = {t["name"]: t["chain"][0]["gain_db"] for t in console["tracks"]}
+    import torch
+
+    own = float(integrated_loudness(torch.from_numpy(late.T[None]).double(), sample_rate=SR))
+    # a part silent in the compared window would stay at 0 dB
+    assert fader["late"] == pytest.approx(-28.0 - own, abs=0.01) and fader["late"] > 10
+    assert sf.info(str(out / "audio" / "song" / "equal_loudness.wav")).frames == 2 * SR

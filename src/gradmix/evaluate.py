@@ -1,8 +1,10 @@
 """``gradmix eval``: render each system on each song, compare with the human mix, write tables, plots, a page.
 
-For every song that has a mix (the target), each system's console is rendered from the song's stems; its
-features are compared with the target's (:func:`gradmix.metrics.feature_errors`, MR-STFT) and written per
-song as JSON (so an interrupted run resumes), then aggregated into ``results.csv``, ``results.md`` (mean ±
+For every song that has a mix (the target), each system sets its console from the whole song's stems, as
+``gradmix mix`` does (a part that enters late is heard, and an intro keeps its place in the song), and the
+console renders the first ``seconds`` of the stems; its features are compared with the target's
+(:func:`gradmix.metrics.feature_errors`, MR-STFT) and written per song as JSON (so an interrupted run
+resumes), then aggregated into ``results.csv``, ``results.md`` (mean ±
 std per feature group and system), ``groups.png`` (bars), one ``<song>.png`` per song (spectra and panning
 of each system beside the human mix) and ``index.html`` (the table and audio players to listen side by side).
 
@@ -22,6 +24,7 @@ of the plots) run on the CPU on a copy of each mix (some are numpy-based, and th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
 import math
@@ -176,11 +179,16 @@ def _evaluate_song(
     tracks: bool = False,
     device: torch.device | str = DEVICE,
 ) -> tuple[dict, dict]:
-    """Render every system on one song (on ``device``; the mixers are there already); with ``features``
+    """Render every system on one song (on ``device``; the mixers are there already): each system sets its console
+    from the whole song, as ``gradmix mix`` does, and its first ``seconds`` are rendered; with ``features``
     compare each mix with the target (rows, audio, plot), with ``tracks`` measure each system's parts against
     the wet stems, both on the CPU. Returns the two per-song results."""
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
     audio = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
+    stems_only = dataclasses.replace(song, mix=None, stems=[dataclasses.replace(r, wet=None) for r in song.stems])
+    whole = ex if seconds is None else read_example(stems_only, sample_rate=sample_rate)
+    heard = [t[:1] if m else t for t, m in zip(whole.tracks, whole.mono)]  # what the systems decide from
+    del whole
     names = [r.name for r in song.stems]
     files = [str(r.path) for r in song.stems]
     target = ex.mix[None].double()
@@ -199,10 +207,10 @@ def _evaluate_song(
             if system in mixers:
                 from gradmix.mix import automix
 
-                setting = automix(mixers[system], names, files, audio, sample_rate)
+                setting = automix(mixers[system], names, files, heard, sample_rate)
             else:
                 setting = baseline(
-                    system, names, files, audio, sample_rate, **({"seed": seed} if system == "random_console" else {})
+                    system, names, files, heard, sample_rate, **({"seed": seed} if system == "random_console" else {})
                 )
             with torch.no_grad():
                 mix, strips = setting.render(audio, keep_strips=tracks, device=device)
