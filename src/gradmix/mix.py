@@ -19,7 +19,7 @@ from gradmix.console import ConsoleSetting, Controls
 from gradmix.dsp import integrated_loudness
 from gradmix.defaults import DEVICE
 from gradmix.errors import GradmixError
-from gradmix.models import SILENT_LUFS, MixController, normalization_db
+from gradmix.models import SILENT_LUFS, MixController, normalization_gain_db
 from gradmix.models.checkpoint import load_model
 
 SEND_FLOOR_DB = -55.0
@@ -58,9 +58,10 @@ def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Ana
     with torch.no_grad():
         for t in tracks:
             x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None].to(device)
-            g = float(normalization_db(x, None, sample_rate)[0, 0])
+            lufs = integrated_loudness(x[0].double(), sample_rate=sample_rate)[0]
+            g = float(normalization_gain_db(lufs).to(x.dtype))
             gains.append(g)
-            silent.append(float(integrated_loudness(x[0].double(), sample_rate=sample_rate)[0]) <= SILENT_LUFS)
+            silent.append(bool(lufs <= SILENT_LUFS))
             emb.append(model.encoder(x[0] * 10 ** (g / 20), sample_rate))
     return Analysis(gains, torch.cat(emb)[None], silent)
 

@@ -83,6 +83,13 @@ class ModelConfig:
         return cls(**d)
 
 
+def normalization_gain_db(lufs: Tensor) -> Tensor:
+    """Gain in dB that brings tracks of integrated loudness ``lufs`` (LUFS, any shape) to :data:`TRACK_LUFS`:
+    within ``+-MAX_NORM_DB``, and 0 dB for a silent track (at or below :data:`SILENT_LUFS`)."""
+    gain = (TRACK_LUFS - lufs).clamp(-MAX_NORM_DB, MAX_NORM_DB)
+    return torch.where(lufs > SILENT_LUFS, gain, torch.zeros_like(gain))
+
+
 def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) -> Tensor:
     """Gain in dB that brings each track to :data:`TRACK_LUFS` (0 dB for silent or padding tracks).
 
@@ -96,8 +103,7 @@ def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) ->
     b, n = tracks.shape[:2]
     with torch.no_grad():
         lufs = integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
-        gain = (TRACK_LUFS - lufs).clamp(-MAX_NORM_DB, MAX_NORM_DB)
-        gain = torch.where(lufs > SILENT_LUFS, gain, torch.zeros_like(gain))
+        gain = normalization_gain_db(lufs)
         if mask is not None:
             gain = gain * mask.to(gain)
     return gain.to(tracks.dtype)
