@@ -188,7 +188,6 @@ def _evaluate_song(
     stems_only = dataclasses.replace(song, mix=None, stems=[dataclasses.replace(r, wet=None) for r in song.stems])
     whole = ex if seconds is None else read_example(stems_only, sample_rate=sample_rate)
     heard = [t[:1] if m else t for t, m in zip(whole.tracks, whole.mono)]  # what the systems decide from
-    del whole
     names = [r.name for r in song.stems]
     files = [str(r.path) for r in song.stems]
     target = ex.mix[None].double()
