@@ -229,3 +229,45 @@ def test_seeds_without_generative_and_repeated_library_seeds_are_refused(tmp_pat
     assert "--seeds" in capsys.readouterr().err
     with pytest.raises(GradmixError, match="seeds: 3 given more than once"):
         evaluate_generative(tmp_path, tmp_path / "o", seeds=[3, 1, 3], model_path=tmp_path / "missing.pt")
+
+
+def test_every_console_is_decided_from_the_whole_song_and_rendered_on_its_start(tmp_path, style_model, monkeypatch):
+    """As ``gradmix sample`` and ``match`` would: the analysis and the baselines hear the whole 4-s song, the
+    renders measured are its first 2 s."""
+    import gradmix.evaluate_generative as module
+    import gradmix.mix
+    from gradmix.console import ConsoleSetting
+
+    for k in range(2):
+        d = tmp_path / "data" / f"song{k}"
+        stems = make_stems(d, n=2, seconds=4.0)
+        mix = sum(sf.read(p)[0] for p in sorted(stems.glob("t*.wav")))
+        sf.write(d / "mix.wav", np.stack([mix, 0.9 * mix], 1).astype(np.float32), SR)
+    heard, rendered, deciding = [], [], []
+    analyse, baseline, render = gradmix.mix.analyse, module.baseline, ConsoleSetting.render
+
+    def spy_analyse(model, tracks, sr, *a, **kw):
+        heard.extend(t.shape[-1] for t in tracks)
+        return analyse(model, tracks, sr, *a, **kw)
+
+    def spy_baseline(system, names, files, tracks, sr, **kw):
+        heard.extend(t.shape[-1] for t in tracks)
+        deciding.append(True)  # equal loudness renders the whole song to set its faders
+        try:
+            return baseline(system, names, files, tracks, sr, **kw)
+        finally:
+            deciding.pop()
+
+    def spy_render(self, audio, *a, **kw):
+        if not deciding:
+            rendered.extend(t.shape[-1] for t in audio)
+        return render(self, audio, *a, **kw)
+
+    monkeypatch.setattr(gradmix.mix, "analyse", spy_analyse)
+    monkeypatch.setattr(module, "baseline", spy_baseline)
+    monkeypatch.setattr(ConsoleSetting, "render", spy_render)
+    evaluate_generative(tmp_path / "data", tmp_path / "out", n=2, refine_steps=0, seconds=2, model_path=style_model)
+    # per song: the analysis, 2 random consoles and the equal-loudness mix, each of 2 tracks
+    assert heard == [4 * SR] * (2 * 2 * 4)
+    # per song: 2 random consoles, 2 samples, equal loudness, match with and without refinement: 7 renders
+    assert rendered == [2 * SR] * (2 * 7 * 2)

@@ -1,6 +1,9 @@
 """``gradmix eval DATASET --generative``: are sampled mixes diverse and plausible, does ``match`` follow a reference?
 
-On every chosen song (its first ``seconds``), for each sample seed of ``seeds`` (default: ``[seed]``):
+On every chosen song, for each sample seed of ``seeds`` (default: ``[seed]``); every console (samples, random
+consoles, equal loudness, ``match``) is decided from the whole song's stems, as ``gradmix sample`` and ``gradmix
+match`` would decide it (the refinements hear the excerpt they hear there), and its first ``seconds`` are rendered
+and measured:
 
 - **diversity**: ``n`` mixes sampled (:func:`gradmix.generate.sample_settings`, ``refine_steps`` steps each); the
   mean pairwise distance between their feature vectors
@@ -43,6 +46,7 @@ resumable: an interrupted run starts again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -163,7 +167,8 @@ def evaluate_generative(
             model's training left out instead.
         model_path: model file (default: the shipped model).
         n: samples (and random consoles) per song and seed.
-        seconds: length evaluated, from the start of each song, in s.
+        seconds: length rendered and measured, from the start of each song, in s (the consoles are decided from
+            the whole song).
         refine_steps: refinement steps of each sample and of ``match``.
         seed: seed of the random consoles (``seed + k``, ``k < n``), and of the samples when ``seeds`` is None.
         seeds: seeds of the samples, distinct integers >= 0 (default ``[seed]``); the samples, and every
@@ -196,10 +201,13 @@ def evaluate_generative(
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
         tracks = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
+        stems_only = dataclasses.replace(song, mix=None, stems=[dataclasses.replace(r, wet=None) for r in song.stems])
+        whole = read_example(stems_only, sample_rate=sr)
+        heard = [t[:1] if m else t for t, m in zip(whole.tracks, whole.mono)]  # what the consoles are decided from
         names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
         target = ex.mix[None].double()
-        analysis = analyse(model, tracks, sr)
-        song_obj = Song(model, names, files, tracks, sr, [])
+        analysis = analyse(model, heard, sr)
+        song_obj = Song(model, names, files, heard, sr, [])
 
         def render(setting):
             with torch.no_grad():
@@ -208,7 +216,7 @@ def evaluate_generative(
         def score(mix):
             return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
 
-        randoms = [render(baseline("random_console", names, files, tracks, sr, seed=seed + k)) for k in range(n)]
+        randoms = [render(baseline("random_console", names, files, heard, sr, seed=seed + k)) for k in range(n)]
         random_vecs[song.name] = np.stack([_vectors(m, sr) for m in randoms])  # (n, segments, features)
         random_scores = [score(m) for m in randoms]
         random_mean = float(np.mean(random_scores))
@@ -231,7 +239,7 @@ def evaluate_generative(
                 }
             )
         ref = examples[(i + 1) % len(examples)].mix
-        equal = render(baseline("equal_loudness", names, files, tracks, sr))
+        equal = render(baseline("equal_loudness", names, files, heard, sr))
         equal_vecs[song.name] = _vectors(equal, sr)
         with torch.no_grad():
             z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
