@@ -24,7 +24,6 @@ of the plots) run on the CPU on a copy of each mix (some are numpy-based, and th
 from __future__ import annotations
 
 import csv
-import dataclasses
 import html
 import json
 import math
@@ -40,7 +39,7 @@ from torch import Tensor
 
 from gradmix.audio import make_output_folder, write_audio
 from gradmix.baselines import BASELINES, baseline
-from gradmix.data import find_songs, read_example
+from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS
 from gradmix.errors import GradmixError
 from gradmix.metrics import GROUPS, aggregate_score, feature_errors
@@ -185,9 +184,7 @@ def _evaluate_song(
     the wet stems, both on the CPU. Returns the two per-song results."""
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
     audio = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
-    stems_only = dataclasses.replace(song, mix=None, stems=[dataclasses.replace(r, wet=None) for r in song.stems])
-    whole = ex if seconds is None else read_example(stems_only, sample_rate=sample_rate)
-    heard = [t[:1] if m else t for t, m in zip(whole.tracks, whole.mono)]  # what the systems decide from
+    heard = audio if seconds is None else read_song_tracks(song, sample_rate)  # what the systems decide from
     names = [r.name for r in song.stems]
     files = [str(r.path) for r in song.stems]
     target = ex.mix[None].double()

@@ -46,7 +46,6 @@ resumable: an interrupted run starts again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -57,7 +56,7 @@ import torch
 
 from gradmix.audio import make_output_folder
 from gradmix.baselines import baseline
-from gradmix.data import find_songs, read_example
+from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
 from gradmix.errors import GradmixError
 from gradmix.metrics import (
@@ -201,9 +200,7 @@ def evaluate_generative(
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
         tracks = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
-        stems_only = dataclasses.replace(song, mix=None, stems=[dataclasses.replace(r, wet=None) for r in song.stems])
-        whole = read_example(stems_only, sample_rate=sr)
-        heard = [t[:1] if m else t for t, m in zip(whole.tracks, whole.mono)]  # what the consoles are decided from
+        heard = read_song_tracks(song, sr)  # what the consoles are decided from
         names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
         target = ex.mix[None].double()
         analysis = analyse(model, heard, sr)

@@ -8,6 +8,7 @@ from gradmix.data.segments import (
     random_example,
     read_example,
     read_segment,
+    read_song_tracks,
     song_seconds,
 )
 from gradmix.data.songs import LAYOUTS, DatasetError, Song, StemRef, detect_layout, find_songs, select_shard
@@ -26,6 +27,7 @@ __all__ = [
     "random_example",
     "read_example",
     "read_segment",
+    "read_song_tracks",
     "select_shard",
     "song_seconds",
 ]

@@ -10,7 +10,7 @@ skipped (up to ``tries`` draws), so training sees music rather than silence.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -159,6 +159,14 @@ def read_example(
         )
         has_wet = torch.tensor([w is not None for w in wets])
     return Example(song.name, tracks, mono, mix, [r.label for r in song.stems], offset_s, wet, has_wet)
+
+
+def read_song_tracks(song: Song, sample_rate: int = 44100) -> list[torch.Tensor]:
+    """The whole song's dry stems as the mixer hears them, each ``(channels, samples)`` (a mono stem one channel),
+    padded with silence to the longest; the mix and the wet stems are not read."""
+    stems = [replace(r, wet=None) for r in song.stems]
+    ex = read_example(replace(song, mix=None, stems=stems), sample_rate=sample_rate)
+    return [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
 
 
 def random_example(
