@@ -183,7 +183,7 @@ def _evaluate_song(
     compare each mix with the target (rows, audio, plot), with ``tracks`` measure each system's parts against
     the wet stems, both on the CPU. Returns the two per-song results."""
     ex = read_example(song, sample_rate=sample_rate, seconds=seconds)
-    audio = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
+    audio = ex.heard_tracks()
     heard = audio if seconds is None else read_song_tracks(song, sample_rate)  # what the systems decide from
     names = [r.name for r in song.stems]
     files = [str(r.path) for r in song.stems]

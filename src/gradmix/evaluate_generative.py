@@ -199,7 +199,7 @@ def evaluate_generative(
     sample_vecs: dict[int, dict[str, np.ndarray]] = {s: {} for s in seeds}
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
-        tracks = [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
+        tracks = ex.heard_tracks()
         heard = read_song_tracks(song, sr)  # what the consoles are decided from
         names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
         target = ex.mix[None].double()

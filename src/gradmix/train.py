@@ -445,7 +445,7 @@ def add_style_bank(
         length = min(most_s, song_seconds(song))
         for k in range(max(1, int(length // window_s))):
             ex = read_example(song, offset_s=k * window_s, seconds=min(window_s, length), sample_rate=sample_rate)
-            windows.append(([t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)], ex.mix))
+            windows.append((ex.heard_tracks(), ex.mix))
     if windows:
         build_style_bank(model, windows, sample_rate)
 

@@ -36,6 +36,10 @@ class Example:
     wet: Tensor | None = None
     has_wet: Tensor | None = None
 
+    def heard_tracks(self) -> list[Tensor]:
+        """The tracks as the mixer hears them, each ``(channels, samples)``: a mono stem one channel."""
+        return [t[:1] if m else t for t, m in zip(self.tracks, self.mono)]
+
 
 @dataclass
 class Batch:
@@ -165,8 +169,7 @@ def read_song_tracks(song: Song, sample_rate: int = 44100) -> list[torch.Tensor]
     """The whole song's dry stems as the mixer hears them, each ``(channels, samples)`` (a mono stem one channel),
     padded with silence to the longest; the mix and the wet stems are not read."""
     stems = [replace(r, wet=None) for r in song.stems]
-    ex = read_example(replace(song, mix=None, stems=stems), sample_rate=sample_rate)
-    return [t[:1] if m else t for t, m in zip(ex.tracks, ex.mono)]
+    return read_example(replace(song, mix=None, stems=stems), sample_rate=sample_rate).heard_tracks()
 
 
 def random_example(
