@@ -533,3 +533,42 @@ def test_the_song_level_move_brings_what_the_master_receives_to_the_references_l
     names = [(slot.effect.type_name, spec.name) for slot in layout.strip for spec in slot.specs]
     assert changed == [0, names.index(("compressor", "makeup_db"))], changed
     assert torch.equal(moved.sends, controls.sends)
+
+
+def test_sounding_mask_keeps_the_real_tracks_louder_than_silence():
+    from gradmix.models import SILENT_LUFS, sounding_mask
+
+    t = torch.arange(SR) / SR
+    tone = 0.1 * torch.sin(2 * torch.pi * 440 * t)
+    tracks = torch.stack([tone, tone * 10 ** ((SILENT_LUFS - 10) / 20), torch.zeros_like(t), tone])
+    tracks = tracks[None, :, None].expand(1, 4, 2, -1)
+    mask = torch.tensor([[True, True, True, False]])
+    assert sounding_mask(tracks, mask, SR).tolist() == [[True, False, False, False]]
+    assert sounding_mask(tracks, None, SR).tolist() == [[True, False, False, True]]
+
+
+def test_the_engineers_song_makeup_is_one_per_song_and_ignores_padding():
+    """``engineer_song_makeup``: an engineer's console gives every real track of a song the same compressor
+    makeup, the mean of the strip heads' (padding does not count); the authors' heads keep their own per track."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, engineer_switch=True, engineer_song_makeup=True)
+    model = MixController(Layout.default(), cfg).eval()
+    for p in model.parameters():  # random heads, so that tracks differ
+        torch.nn.init.normal_(p, std=0.3)
+    col = model.makeup_column
+    emb = torch.randn(2, 4, cfg.dim)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    with torch.no_grad():
+        eng = model.decide(emb, mask, engineer=torch.ones(2)).strip[..., col]
+        authors = model.decide(emb, mask, engineer=torch.zeros(2)).strip[..., col]
+        free = MixController(Layout.default(), dataclasses.replace(cfg, engineer_song_makeup=False))
+        free.load_state_dict(model.state_dict())
+        own = free.eval().decide(emb, mask, engineer=torch.ones(2)).strip[..., col]
+        emb2 = emb.clone()
+        emb2[0, 3] += 5.0  # the padding track of song 0 changes nothing
+        eng2 = model.decide(emb2, mask, engineer=torch.ones(2)).strip[..., col]
+    assert authors[1].std() > 1e-3 and own[1].std() > 1e-3
+    assert torch.allclose(eng[0, :3], own[0, :3].mean().expand(3)) and torch.allclose(eng[1], own[1].mean().expand(4))
+    assert torch.equal(eng[0, :3], eng2[0, :3])
+    with pytest.raises(ValueError, match="one compressor"):
+        MixController(Layout.build(["gain", "eq", "pan"]), cfg)
