@@ -14,7 +14,7 @@ from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
 from gradmix.models.checkpoint import load_model, save_model
-from gradmix.models.controller import MAX_NORM_DB, TRACK_LUFS, mel_filterbank
+from gradmix.models.controller import DESCRIPTORS, MAX_NORM_DB, TRACK_LUFS, TrackHead, mel_filterbank
 from gradmix.models.engineer import engineer_controls
 from gradmix.models.losses import LossWeights
 
@@ -533,3 +533,61 @@ def test_the_song_level_move_brings_what_the_master_receives_to_the_references_l
     names = [(slot.effect.type_name, spec.name) for slot in layout.strip for spec in slot.specs]
     assert changed == [0, names.index(("compressor", "makeup_db"))], changed
     assert torch.equal(moved.sends, controls.sends)
+
+
+def test_sounding_mask_keeps_the_real_tracks_louder_than_silence():
+    from gradmix.models import SILENT_LUFS, sounding_mask
+
+    t = torch.arange(SR) / SR
+    tone = 0.1 * torch.sin(2 * torch.pi * 440 * t)
+    tracks = torch.stack([tone, tone * 10 ** ((SILENT_LUFS - 10) / 20), torch.zeros_like(t), tone])
+    tracks = tracks[None, :, None].expand(1, 4, 2, -1)
+    mask = torch.tensor([[True, True, True, False]])
+    assert sounding_mask(tracks, mask, SR).tolist() == [[True, False, False, False]]
+    assert sounding_mask(tracks, None, SR).tolist() == [[True, False, False, True]]
+
+
+def test_the_engineers_song_makeup_is_one_per_song_and_ignores_padding():
+    """``engineer_song_makeup``: an engineer's console gives every real track of a song the same compressor
+    makeup, the mean of the strip heads' (padding does not count); the authors' heads keep their own per track."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, engineer_switch=True, engineer_song_makeup=True)
+    model = MixController(Layout.default(), cfg).eval()
+    for p in model.parameters():  # random heads, so that tracks differ
+        torch.nn.init.normal_(p, std=0.3)
+    col = model.makeup_column
+    emb = torch.randn(2, 4, cfg.dim)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    with torch.no_grad():
+        eng = model.decide(emb, mask, engineer=torch.ones(2)).strip[..., col]
+        authors = model.decide(emb, mask, engineer=torch.zeros(2)).strip[..., col]
+        free = MixController(Layout.default(), dataclasses.replace(cfg, engineer_song_makeup=False))
+        free.load_state_dict(model.state_dict())
+        own = free.eval().decide(emb, mask, engineer=torch.ones(2)).strip[..., col]
+        emb2 = emb.clone()
+        emb2[0, 3] += 5.0  # the padding track of song 0 changes nothing
+        eng2 = model.decide(emb2, mask, engineer=torch.ones(2)).strip[..., col]
+    assert authors[1].std() > 1e-3 and own[1].std() > 1e-3
+    assert torch.allclose(eng[0, :3], own[0, :3].mean().expand(3)) and torch.allclose(eng[1], own[1].mean().expand(4))
+    assert torch.equal(eng[0, :3], eng2[0, :3])
+    with pytest.raises(ValueError, match="one compressor"):
+        MixController(Layout.build(["gain", "eq", "pan"]), cfg)
+
+
+def test_a_track_head_with_raw_descriptors_reads_them_in_their_own_units():
+    """``track_head_raw_descriptors``: the layer norm covers the track contrast only, so scaling a track's contrast
+    changes nothing and a descriptor's step lands at the same value for every track; with one layer norm over
+    both, the contrast's scale moves what the head makes of the descriptors."""
+    torch.manual_seed(0)
+    outputs = {}
+    for raw in (True, False):
+        cfg = dataclasses.replace(TINY, track_head=True, track_head_raw_descriptors=raw)
+        model = MixController(Layout.default(), cfg).eval()
+        head = model.track_head
+        torch.nn.init.normal_(head[-1].weight, std=0.3)  # zero at first: give it an output
+        contrast, described = torch.randn(5, cfg.dim), torch.randn(5, 2 * DESCRIPTORS)
+        with torch.no_grad():
+            outputs[raw] = [head(torch.cat([k * contrast, described], -1)) for k in (1.0, 4.0)]
+        assert isinstance(head, TrackHead) == raw
+    assert torch.allclose(*outputs[True], atol=1e-5)
+    assert (outputs[False][0] - outputs[False][1]).abs().max() > 1e-2

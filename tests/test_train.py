@@ -523,3 +523,35 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     cfg.habit_eq.segments = -1
     with pytest.raises(GradmixError, match="must be >= 0"):
         check(cfg)
+
+
+def test_tracks_silent_in_a_segment_are_left_out_of_every_decision(tmp_path, monkeypatch):
+    """As ``gradmix mix`` leaves a silent stem out of the model's decisions (``Analysis.mask``), training decides
+    each segment with the tracks that sound in it: the step's decision, the authors' heads' tone of a carved
+    target, the engineer-like habits, and the EQ stage's encoded segments. Song 0 has two silent stems beside
+    two sounding ones, song 1 three sounding ones: no decision may see four tracks."""
+    require("lightning")
+    require("auraloss")
+    from gradmix.models import MixController
+    from gradmix.train import train
+
+    data = make_dataset(tmp_path / "data", songs=2)
+    for k in (8, 9):
+        sf.write(data / "song0" / f"track{k}.wav", np.zeros(2 * SR, np.float32), SR)
+    masks, decide = [], MixController.decide
+
+    def spy(self, emb, mask=None, z=None, engineer=None):
+        masks.append(mask)
+        return decide(self, emb, mask, z, engineer)
+
+    monkeypatch.setattr(MixController, "decide", spy)
+    cfg = TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a", max_steps=3))
+    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
+    cfg.data.self_supervised_fraction, cfg.data.engineer_carves, cfg.optim.loss.control = 0.5, True, 1.0
+    first = train(cfg)
+    cfg.run.init, cfg.run.out, cfg.habit_eq.segments = str(first), str(tmp_path / "b"), 4
+    train(cfg)
+    sums = torch.cat([m.sum(1) for m in masks if m is not None]).tolist()
+    assert masks and all(m is not None for m in masks) and set(sums) == {2, 3}, sums
+    segments = torch.load(tmp_path / "b" / "habit_eq_segments.pt", weights_only=True)
+    assert set(torch.cat([mask.sum(1) for _, mask, *_ in segments]).tolist()) <= {2, 3}

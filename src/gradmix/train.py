@@ -45,7 +45,7 @@ from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.devices import compute_device
 from gradmix.errors import GradmixError
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ
-from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db
+from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db, sounding_mask
 from gradmix.models.checkpoint import load_model, save_model
 from gradmix.models.engineer import carve_on, engineer_controls, level_moved, level_matched_eq, song_level_db
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
@@ -294,6 +294,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
 
         def training_step(self, batch, index):
             tracks, mask, mono = batch.tracks, batch.mask, batch.mono
+            heard = sounding_mask(tracks, mask, self.sr)
             g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
             clean = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
             if augmentation.enabled:
@@ -302,18 +303,18 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             else:
                 x = clean
             emb = self.model.embed(x, sample_rate=self.sr)
-            target, use_mix, made = self._target(batch, x, g, emb)
+            target, use_mix, made = self._target(batch, x, g, emb, heard)
             z = kl = None
             if cfg.model.style_dim:  # conditional VAE: the style of the target mix, sampled
                 mu, logvar = self.model.encode_style(target, sample_rate=self.sr)
                 z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
                 kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1).mean()
-            controls = self.model.decide(emb, mask, z, engineer=(~use_mix).to(x.dtype))
+            controls = self.model.decide(emb, heard, z, engineer=(~use_mix).to(x.dtype))
             params = self.layout.denormalize(controls)
             estimate, strips = self.layout.render(x, params, sample_rate=self.sr, mask=mask, mono=mono)
             loss, terms = self.loss(estimate, target)
             if made is not None and cfg.optim.loss.control:
-                engineered = batch.mask * ~use_mix[:, None]
+                engineered = heard & ~use_mix[:, None]
                 terms["control"] = control_loss(controls, made[2], engineered)
                 loss = loss + cfg.optim.loss.control * terms["control"]
             if self.track_loss is not None:
@@ -334,7 +335,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 self.log(f"loss_{k}", v, batch_size=tracks.shape[0])
             return loss
 
-        def _target(self, batch, x, g, emb):
+        def _target(self, batch, x, g, emb, heard):
             """The target mix ``(B, 2, T)`` of each song, which songs use their human mix ``(B,)``, and the
             engineer-like console that made the others (``(strips, params, controls)``, or ``None`` when every
             song uses its human mix), set by the habits of the tracks the network hears ``x`` (normalised, and
@@ -342,7 +343,7 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             the augmentation, so the settings of an engineer-like target are the ones its audio asks for (a carved
             target's tone excepted: the authors' heads decide it from the same ``x``, with what they learnt of
             undoing it). ``emb``: the network's track embeddings of ``x`` ``(B, N, features)``, from which those
-            heads decide."""
+            heads decide; ``heard`` ``(B, N)``: the tracks that sound in the segment, the ones decided with."""
             use_mix = batch.has_mix if cfg.data.regime != "self_supervised" else torch.zeros_like(batch.has_mix)
             if cfg.data.regime == "mixed" and cfg.data.self_supervised_fraction > 0:
                 # on the CPU on purpose: g is the step's one CPU stream, drawn in turn by the augmentation, this
@@ -355,12 +356,12 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
                 return batch.mix, use_mix, None
             with torch.no_grad():
                 c = engineer_controls(
-                    self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x, mask=batch.mask, sample_rate=self.sr
+                    self.layout, x.shape[0], x.shape[1], g, dtype=x.dtype, audio=x, mask=heard, sample_rate=self.sr
                 )
                 c = Controls(*(v.to(x.device) for v in (c.strip, c.sends, c.buses, c.master)))  # made on the CPU
                 if cfg.data.engineer_carves:
                     authors = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-                    c = carve_on(c, self.model.decide(emb, batch.mask, engineer=authors), self.layout)
+                    c = carve_on(c, self.model.decide(emb, heard, engineer=authors), self.layout)
                 params = self.layout.denormalize(c)
                 made, strips = self.layout.render(x, params, sample_rate=self.sr, mask=batch.mask, mono=batch.mono)
             return torch.where(use_mix[:, None, None], batch.mix, made), use_mix, (strips, params, c)
@@ -490,7 +491,8 @@ def save_atomically(blob: Any, path: Path) -> None:
 
 def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list[tuple[Tensor, ...]]:
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
-    seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), mask (B, N), strip (B, N, params),
+    seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), heard (B, N) (the tracks that sound in
+    the segment, :func:`~gradmix.models.sounding_mask`), strip (B, N, params),
     sends (B, N, buses), level_db (B,))`` on the CPU: the model's track embeddings, the 0..1 controls of the
     habits' engineer-like console for the tracks it heard, and the level move that brings the song under the
     EQ stage's target (:func:`habit_eq_target`) to the level the authors' heads give it
@@ -507,7 +509,7 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
     with torch.no_grad():
         for i, batch in enumerate(progress(loader, "encoding segments", cfg.run.progress)):
             g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + i * 97)
-            tracks, mask = batch.tracks, batch.mask
+            tracks, mask = batch.tracks, sounding_mask(batch.tracks, batch.mask, sr)
             if cfg.data.augmentation.enabled:
                 tracks = augment_tracks(tracks, cfg.data.augmentation, g, sample_rate=sr)
             x = tracks * torch.pow(10.0, normalization_db(tracks, mask, sr) / 20)[..., None, None]

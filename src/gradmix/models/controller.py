@@ -71,6 +71,15 @@ class ModelConfig:
     head's logits. Its last layer starts at zero, so a model grown by it (``run.init``) starts by deciding as
     before; it is a short path from what sets a track apart to its own settings, which the strip head, reading
     tokens that the transformer has made nearly alike, does not find."""
+    track_head_raw_descriptors: bool = False
+    """The per-track heads' layer norm covers the track contrast only; the descriptors enter in their own units
+    (dB / 10). A layer norm over both scales each track's descriptors by the spread of its contrast, so a fixed
+    threshold on a descriptor (the habits' kick is a step of the crest factor, :mod:`gradmix.models.engineer`)
+    lands elsewhere for every track, and the head learns a smoothed step."""
+    engineer_song_makeup: bool = False
+    """The engineer's strips share one compressor makeup gain per song: the mean over the song's tracks of what
+    the strip heads give each. The engineer's makeup carries the song's level move (one for all its tracks,
+    :func:`~gradmix.models.engineer.level_moved`); a per-track guess at it would change the balance."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -88,6 +97,17 @@ def normalization_gain_db(lufs: Tensor) -> Tensor:
     within ``+-MAX_NORM_DB``, and 0 dB for a silent track (at or below :data:`SILENT_LUFS`)."""
     gain = (TRACK_LUFS - lufs).clamp(-MAX_NORM_DB, MAX_NORM_DB)
     return torch.where(lufs > SILENT_LUFS, gain, torch.zeros_like(gain))
+
+
+def sounding_mask(tracks: Tensor, mask: Tensor | None, sample_rate: float) -> Tensor:
+    """``(batch, tracks)`` bool: the real tracks (``mask``) of ``tracks`` ``(batch, tracks, channels, samples)``
+    louder than :data:`SILENT_LUFS`, the tracks the model decides with (a silent one is left out, as
+    ``gradmix mix`` leaves out a silent stem)."""
+    b, n = tracks.shape[:2]
+    with torch.no_grad():
+        lufs = integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
+    heard = lufs > SILENT_LUFS
+    return heard if mask is None else heard & mask.to(torch.bool)
 
 
 def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) -> Tensor:
@@ -194,6 +214,24 @@ def track_descriptors(x: Tensor, sample_rate: float) -> Tensor:
         return torch.cat([share / 10, crest[:, None] / 10], -1)
 
 
+class TrackHead(nn.Module):
+    """A per-track head whose layer norm covers the first ``dim`` inputs (the track contrast) only: the
+    ``extra`` inputs after them (descriptors) enter as they are. ``(..., dim + extra)`` -> ``(..., out)``;
+    ``head[-1]`` is the last layer, as in an ``nn.Sequential`` head."""
+
+    def __init__(self, dim: int, extra: int, out: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(dim)
+        self.body = nn.Sequential(nn.Linear(dim + extra, dim), nn.GELU(), nn.Linear(dim, out))
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.body[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(torch.cat([self.norm(x[..., : self.dim]), x[..., self.dim :]], -1))
+
+
 class MixController(nn.Module):
     """Predicts 0..1 :class:`Controls` of ``layout`` for a batch of multitracks.
 
@@ -228,16 +266,23 @@ class MixController(nn.Module):
             ),
         )
         if self.cfg.track_head:
-            extra = 2 * DESCRIPTORS
-            self.track_head = nn.Sequential(
-                nn.LayerNorm(d + extra),
-                nn.Linear(d + extra, d),
-                nn.GELU(),
-                nn.Linear(d, layout.num_strip_params + self.sends),
-            )
+            out = layout.num_strip_params + self.sends
+            if self.cfg.track_head_raw_descriptors:
+                self.track_head = TrackHead(d, 2 * DESCRIPTORS, out)
+            else:
+                self.track_head = nn.Sequential(
+                    nn.LayerNorm(d + 2 * DESCRIPTORS),
+                    nn.Linear(d + 2 * DESCRIPTORS, d),
+                    nn.GELU(),
+                    nn.Linear(d, out),
+                )
             nn.init.zeros_(self.track_head[-1].weight)
             nn.init.zeros_(self.track_head[-1].bias)
         if self.cfg.engineer_switch:
+            owners = [(slot.effect.type_name, s.name) for slot in layout.strip for s in slot.specs]
+            if self.cfg.engineer_song_makeup and owners.count(("compressor", "makeup_db")) != 1:
+                raise ValueError("engineer_song_makeup: the strips must have one compressor with a makeup gain")
+            self.makeup_column = owners.index(("compressor", "makeup_db")) if self.cfg.engineer_song_makeup else -1
             self.engineer_strip_head = copy.deepcopy(self.strip_head)
             self.engineer_master_head = copy.deepcopy(self.master_head)
             if self.cfg.track_head:
@@ -340,6 +385,12 @@ class MixController(nn.Module):
         if self.cfg.style_dim and self.cfg.style_direct:
             strip, master = strip + self.style_strip(z)[:, None], master + self.style_master(z)
         strip, master = torch.sigmoid(strip), torch.sigmoid(master)
+        if self.cfg.engineer_switch and self.cfg.engineer_song_makeup:
+            col = self.makeup_column
+            w = torch.ones_like(strip[..., col]) if mask is None else mask.to(strip)
+            song = (strip[..., col] * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+            strip = strip.clone()
+            strip[..., col] = torch.where(e[:, None], song.expand_as(w), strip[..., col])
         ps, pb = self.layout.num_strip_params, self.layout.num_bus_params
         return Controls(strip[..., :ps], strip[..., ps:], master[:, :pb], master[:, pb:])
 
