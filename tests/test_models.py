@@ -536,15 +536,16 @@ def test_the_song_level_move_brings_what_the_master_receives_to_the_references_l
 
 
 def test_sounding_mask_keeps_the_real_tracks_louder_than_silence():
-    from gradmix.models import SILENT_LUFS, sounding_mask
+    from gradmix.models import SILENT_LUFS, sounding_mask, track_loudness
 
     t = torch.arange(SR) / SR
     tone = 0.1 * torch.sin(2 * torch.pi * 440 * t)
     tracks = torch.stack([tone, tone * 10 ** ((SILENT_LUFS - 10) / 20), torch.zeros_like(t), tone])
     tracks = tracks[None, :, None].expand(1, 4, 2, -1)
     mask = torch.tensor([[True, True, True, False]])
-    assert sounding_mask(tracks, mask, SR).tolist() == [[True, False, False, False]]
-    assert sounding_mask(tracks, None, SR).tolist() == [[True, False, False, True]]
+    lufs = track_loudness(tracks, SR)
+    assert sounding_mask(lufs, mask).tolist() == [[True, False, False, False]]
+    assert sounding_mask(lufs, None).tolist() == [[True, False, False, True]]
 
 
 def test_the_engineers_song_makeup_is_one_per_song_and_ignores_padding():

@@ -45,7 +45,15 @@ from gradmix.data.augment import Augmentation, augment_tracks
 from gradmix.devices import compute_device
 from gradmix.errors import GradmixError
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ
-from gradmix.models import MixController, MixLoss, ModelConfig, normalization_db, sounding_mask
+from gradmix.models import (
+    MixController,
+    MixLoss,
+    ModelConfig,
+    normalization_db,
+    normalization_gain_db,
+    sounding_mask,
+    track_loudness,
+)
 from gradmix.models.checkpoint import load_model, save_model
 from gradmix.models.engineer import carve_on, engineer_controls, level_moved, level_matched_eq, song_level_db
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
@@ -294,9 +302,11 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
 
         def training_step(self, batch, index):
             tracks, mask, mono = batch.tracks, batch.mask, batch.mono
-            heard = sounding_mask(tracks, mask, self.sr)
+            lufs = track_loudness(tracks, self.sr)  # measured once: what sounds, and each track's normalisation
+            heard = sounding_mask(lufs, mask)
             g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + self.global_step * 97 + self.global_rank)
-            clean = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
+            gain_db = (normalization_gain_db(lufs) * heard).to(tracks.dtype)  # normalization_db: 0 dB where unheard
+            clean = tracks * torch.pow(10.0, gain_db / 20)[..., None, None]
             if augmentation.enabled:
                 tracks = augment_tracks(tracks, augmentation, g, sample_rate=self.sr)
                 x = tracks * torch.pow(10.0, normalization_db(tracks, mask, self.sr) / 20)[..., None, None]
@@ -509,7 +519,7 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
     with torch.no_grad():
         for i, batch in enumerate(progress(loader, "encoding segments", cfg.run.progress)):
             g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + i * 97)
-            tracks, mask = batch.tracks, sounding_mask(batch.tracks, batch.mask, sr)
+            tracks, mask = batch.tracks, sounding_mask(track_loudness(batch.tracks, sr), batch.mask)
             if cfg.data.augmentation.enabled:
                 tracks = augment_tracks(tracks, cfg.data.augmentation, g, sample_rate=sr)
             x = tracks * torch.pow(10.0, normalization_db(tracks, mask, sr) / 20)[..., None, None]

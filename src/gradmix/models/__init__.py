@@ -7,6 +7,7 @@ from gradmix.models.controller import (
     normalization_db,
     normalization_gain_db,
     sounding_mask,
+    track_loudness,
 )
 from gradmix.models.losses import MixLoss
 
@@ -18,4 +19,5 @@ __all__ = [
     "normalization_db",
     "normalization_gain_db",
     "sounding_mask",
+    "track_loudness",
 ]

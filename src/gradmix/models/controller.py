@@ -99,13 +99,18 @@ def normalization_gain_db(lufs: Tensor) -> Tensor:
     return torch.where(lufs > SILENT_LUFS, gain, torch.zeros_like(gain))
 
 
-def sounding_mask(tracks: Tensor, mask: Tensor | None, sample_rate: float) -> Tensor:
-    """``(batch, tracks)`` bool: the real tracks (``mask``) of ``tracks`` ``(batch, tracks, channels, samples)``
-    louder than :data:`SILENT_LUFS`, the tracks the model decides with (a silent one is left out, as
-    ``gradmix mix`` leaves out a silent stem)."""
+def track_loudness(tracks: Tensor, sample_rate: float) -> Tensor:
+    """Integrated loudness (LUFS, float64, no gradient) ``(batch, tracks)`` of ``tracks``
+    ``(batch, tracks, channels, samples)``."""
     b, n = tracks.shape[:2]
     with torch.no_grad():
-        lufs = integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
+        return integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
+
+
+def sounding_mask(lufs: Tensor, mask: Tensor | None) -> Tensor:
+    """``(batch, tracks)`` bool: the real tracks (``mask``) whose loudness ``lufs`` (:func:`track_loudness`) is
+    above :data:`SILENT_LUFS`, the tracks the model decides with (a silent one is left out, as ``gradmix mix``
+    leaves out a silent stem)."""
     heard = lufs > SILENT_LUFS
     return heard if mask is None else heard & mask.to(torch.bool)
 
@@ -120,12 +125,9 @@ def normalization_db(tracks: Tensor, mask: Tensor | None, sample_rate: float) ->
     Returns:
         ``(batch, tracks)`` dB, within ``+-MAX_NORM_DB``.
     """
-    b, n = tracks.shape[:2]
-    with torch.no_grad():
-        lufs = integrated_loudness(tracks.flatten(0, 1).double(), sample_rate=sample_rate).view(b, n)
-        gain = normalization_gain_db(lufs)
-        if mask is not None:
-            gain = gain * mask.to(gain)
+    gain = normalization_gain_db(track_loudness(tracks, sample_rate))
+    if mask is not None:
+        gain = gain * mask.to(gain)
     return gain.to(tracks.dtype)
 
 
