@@ -31,7 +31,7 @@ from gradmix.removal.dry import (
     remove_effects,
     undo,
 )
-from gradmix.removal.train import RemovalTraining, best_thresholds, held_out, train_removal
+from gradmix.removal.train import RemovalTraining, best_thresholds, false_alarm_thresholds, held_out, train_removal
 from gradmix.errors import GradmixError
 
 SR = 44100
@@ -175,6 +175,30 @@ def test_remove_effects_keeps_the_stems_rate_channels_and_length(channels, rate)
     assert [e.effect.type_name for e in result.chain] == [n for k, n in enumerate(REMOVABLE) if k % 2 == 0]
 
 
+def test_careful_removal_decides_by_the_careful_thresholds():
+    model = EffectEstimator(RemovalConfig()).eval()
+    x = torch.randn(2, 4 * SR, generator=torch.Generator().manual_seed(6)) * 0.1
+    heard = torch.tensor(list(remove_effects(model, x, SR).probabilities.values()))
+    model.thresholds.copy_(heard - 0.01)  # every effect found by the usual thresholds
+    model.careful_thresholds.copy_(heard + 0.01)  # none by the careful ones
+    model.careful_thresholds[0] = heard[0] - 0.01  # but the EQ
+    assert len(remove_effects(model, x, SR).chain) >= 4  # (the delay also needs its echo in the cepstrum)
+    careful = remove_effects(model, x, SR, careful=True)
+    assert [e.effect.type_name for e in careful.chain] == ["eq"]
+
+
+def test_false_alarm_thresholds_let_at_most_the_share_of_dry_windows_through():
+    g = torch.Generator().manual_seed(0)
+    probabilities = torch.rand(2000, 3, generator=g)
+    probabilities[:, 1] *= 0.5  # an effect the dry windows never reach beyond 0.5
+    floor = torch.tensor([0.5, 0.9, 0.2])
+    thresholds = false_alarm_thresholds(probabilities, floor, share=0.01)
+    above = (probabilities >= thresholds).float().mean(0)
+    assert float(above[0]) <= 0.01 + 1 / 2000 and 0.985 < float(thresholds[0]) < 0.995
+    assert float(thresholds[1]) == pytest.approx(0.9)  # the floor where the dry windows stay below it
+    assert float(above[2]) <= 0.01 + 1 / 2000 and float(thresholds[2]) > 0.2
+
+
 def test_training_runs_resumes_and_exports(tmp_path):
     root = tmp_path / "dry"
     for song in ("alpha", "beta", "gamma"):
@@ -197,7 +221,12 @@ def test_training_runs_resumes_and_exports(tmp_path):
     calibration = torch.load(path, weights_only=False)["calibration"]
     assert [calibration[n]["threshold"] for n in REMOVABLE] == pytest.approx(model.thresholds.tolist())
     assert all(0.05 <= t <= 0.95 for t in model.thresholds.tolist())
+    assert [calibration[n]["careful_threshold"] for n in REMOVABLE] == pytest.approx(model.careful_thresholds.tolist())
+    assert bool((model.careful_thresholds >= model.thresholds).all())
     older = torch.load(path, weights_only=False)  # a file from before the thresholds decides at 0.5
+    del older["state"]["careful_thresholds"]  # a file from before the careful thresholds: as careful as the others
+    torch.save(older, tmp_path / "older.pt")
+    assert load_estimator(tmp_path / "older.pt").careful_thresholds.tolist() == model.thresholds.tolist()
     del older["state"]["thresholds"]
     torch.save(older, tmp_path / "older.pt")
     assert load_estimator(tmp_path / "older.pt").thresholds.tolist() == [0.5] * len(REMOVABLE)
@@ -404,6 +433,8 @@ def test_eval_removal_writes_its_tables_and_page(tmp_path, tiny_estimator, capsy
         assert gain > (0.0 if case == "reverb" else 10.0), (case, gain)
     assert (out / "removal.html").read_text().count("<audio") == len(results["cases"]) * 2 * 5
     assert main(["eval", str(root), "--removal", "--tracks", "-o", str(out)]) == 2
+    assert main(["eval", str(root), "--careful", "-o", str(out)]) == 2  # --careful is for --removal
+    assert "--careful applies to --removal only" in capsys.readouterr().err
 
 
 def test_the_shipped_estimator_hears_a_reverb_and_a_delay_where_they_are_and_not_where_they_are_not():

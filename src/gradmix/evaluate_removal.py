@@ -85,15 +85,17 @@ def evaluate_removal(
     seed: int = 0,
     listen: int = 2,
     show: bool = True,
+    careful: bool = False,
 ) -> dict[str, Any]:
-    """Run the removal evaluation (see the module docstring); returns what ``removal.json`` holds."""
+    """Run the removal evaluation (see the module docstring; ``careful``: ``gradmix dry --careful``); returns what
+    ``removal.json`` holds."""
     out = make_output_folder(out)
     sr = model.cfg.sample_rate
     dry = segment_pool(roots, seconds=seconds, sample_rate=sr, limit=segments, seed=seed, held=True, show=show).double()
     n = dry.shape[0]
     g = torch.Generator().manual_seed(seed)
     plan = cases(g, n)
-    results: dict[str, Any] = {"segments": n, "seconds": seconds, "sample_rate": sr, "cases": {}}
+    results: dict[str, Any] = {"segments": n, "seconds": seconds, "sample_rate": sr, "careful": careful, "cases": {}}
     audio_dir = out / "removal_audio"
     for case, present in show_progress(list(plan.items()), "evaluating removal", show):
         chains = draw_chains(n, g, present=present)
@@ -103,7 +105,7 @@ def evaluate_removal(
         found = []
         eq_err, threshold_err, ratio_err = [], [], []
         for i in range(n):
-            removal = remove_effects(model, wet[i].float(), sr)
+            removal = remove_effects(model, wet[i].float(), sr, careful=careful)
             outputs = {
                 "identity": wet[i],
                 "fxnorm": normalize_stem(wet[i].float(), sr, False, stats)[0],
@@ -171,7 +173,8 @@ def removal_table(results: dict[str, Any]) -> str:
     """The Markdown tables of :func:`evaluate_removal`'s results."""
     lines = [
         f"SI-SDR improvement over the wet stem (dB; {results['segments']} held-out segments of "
-        f"{results['seconds']:g} s per case), chain detection and parameter errors:",
+        f"{results['seconds']:g} s per case{'; gradmix dry --careful' if results.get('careful') else ''}), chain "
+        "detection and parameter errors:",
         "",
         "| case | "
         + " | ".join(SYSTEMS[1:])

@@ -276,7 +276,12 @@ def _dry(args: argparse.Namespace) -> None:
     from gradmix.removal.dry import chain_lines, dry_file
 
     removal, dry, console = dry_file(
-        args.wet, args.output, chain_out=args.chain_out, model_path=args.model, subtype=args.format
+        args.wet,
+        args.output,
+        chain_out=args.chain_out,
+        model_path=args.model,
+        subtype=args.format,
+        careful=args.careful,
     )
     found = ", ".join(e.effect.type_name for e in removal.chain) or "none"
     odds = ", ".join(f"{k} {v:.2f}" for k, v in removal.probabilities.items())
@@ -299,6 +304,7 @@ def _dataset_dry(args: argparse.Namespace) -> None:
         normalize=args.normalize,
         progress=sys.stdout.isatty(),
         shard=args.shard,
+        careful=args.careful,
     )
     found = ", ".join(f"{k} {v}" for k, v in s["effects_found"].items())
     print(f"removed effects from {len(s['done'])} song(s) ({s['skipped']} already done) into {args.output}/dry")
@@ -314,13 +320,16 @@ def _train_removal(args: argparse.Namespace) -> None:
 
     run = RemovalTraining(list(args.roots), args.output, steps=args.steps, seed=args.seed)
     path = train_removal(run, show=sys.stdout.isatty(), max_minutes=args.minutes)
-    thresholds = load_estimator(path).thresholds.tolist()
-    print("presence thresholds: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(REMOVABLE, thresholds)))
+    model = load_estimator(path)
+    for label, values in (("presence thresholds", model.thresholds), ("careful (--careful)", model.careful_thresholds)):
+        print(f"{label}: " + ", ".join(f"{n} {t:.2f}" for n, t in zip(REMOVABLE, values.tolist())))
     print(f"effect estimator: {path} (use it with gradmix dry --model {path})")
 
 
 def _eval(args: argparse.Namespace) -> None:
     device = _device(args)
+    if args.careful and not args.removal:
+        raise GradmixError("--careful applies to --removal only")
     if args.removal:
         _eval_removal(args)
         return
@@ -403,7 +412,12 @@ def _eval_removal(args: argparse.Namespace) -> None:
     from gradmix.models.removal import load_estimator
 
     results = evaluate_removal(
-        list(args.dataset), args.output, load_estimator(args.model), seed=args.seed, show=sys.stdout.isatty()
+        list(args.dataset),
+        args.output,
+        load_estimator(args.model),
+        seed=args.seed,
+        show=sys.stdout.isatty(),
+        careful=args.careful,
     )
     print(removal_table(results))
     print(f"see {args.output}/removal.html")
@@ -435,6 +449,14 @@ def _shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
     return i, n
+
+
+def _careful_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--careful",
+        action="store_true",
+        help="remove only effects the estimator is surer of (its careful thresholds): for stems that may be dry",
+    )
 
 
 def _shard_option(p: argparse.ArgumentParser) -> None:
@@ -648,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder: dry/ (and normalized/)")
     p.add_argument("--model", help="effect estimator (default: the shipped one)")
     p.add_argument("--normalize", action="store_true", help="FxNorm the dry stems into OUTPUT/normalized")
+    _careful_option(p)
     _shard_option(p)
     p.set_defaults(func=_dataset_dry)
     p = dsub.add_parser("separate", help="split full mixes into stems with a local Demucs model, then normalise")
@@ -672,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="effect estimator (default: the shipped one)")
     p.add_argument("--format", choices=["float", "24"], default="float", help="sample format (default float)")
+    _careful_option(p)
     p.set_defaults(func=_dry)
     p = sub.add_parser("train-removal", help="train the effect estimator of gradmix dry on dry stems")
     p.add_argument("roots", nargs="+", help="datasets of dry stems (e.g. data/lmms data/midi)")
@@ -752,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="measure effect removal (gradmix dry) on the datasets' held-out stems; --model: the effect estimator",
     )
+    _careful_option(p)
     _device_option(p)
     p.set_defaults(func=_eval)
     p = sub.add_parser("effects", help="list every effect with its parameters, units and ranges")

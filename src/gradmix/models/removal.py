@@ -79,6 +79,10 @@ class EffectEstimator(nn.Module):
         self.register_buffer("thresholds", torch.full((cfg.effects,), DEFAULT_THRESHOLD))
         """``(effects,)``: the presence probability at which each effect counts as present, chosen after training
         on fresh training pairs (:func:`gradmix.removal.train.calibrate_thresholds`)."""
+        self.register_buffer("careful_thresholds", torch.full((cfg.effects,), DEFAULT_THRESHOLD))
+        """``(effects,)``: the thresholds of ``gradmix dry --careful``, for stems that may have no effect at all:
+        each raised so that few dry windows of the training songs reach it
+        (:func:`gradmix.removal.train.false_alarm_thresholds`)."""
 
     def spectrogram(self, x: Tensor) -> Tensor:
         """Log-mel of mid and side, ``(batch, 2, mels, frames)``, about zero-mean and unit range."""
@@ -124,8 +128,10 @@ class EffectEstimator(nn.Module):
         return self.presence(h), torch.sigmoid(self.settings(h))
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
-        """Load a state dict of this class; one saved before the thresholds existed keeps the defaults."""
-        self.load_state_dict({"thresholds": self.thresholds, **state})
+        """Load a state dict of this class; one saved before the thresholds existed keeps the defaults, and one
+        saved before the careful thresholds existed decides as carefully as by its thresholds."""
+        thresholds = state.get("thresholds", self.thresholds)
+        self.load_state_dict({"thresholds": thresholds, "careful_thresholds": thresholds, **state})
 
     @property
     def num_parameters(self) -> int:

@@ -36,9 +36,11 @@ def dry_dataset(
     normalize: bool = False,
     progress: bool = False,
     shard: tuple[int, int] | None = None,
+    careful: bool = False,
 ) -> dict[str, Any]:
-    """Remove the effects of every stem under ``root`` into ``out_dir/dry`` (see the module docstring); returns a
-    summary: songs done and skipped, the effects found (how many stems had each), and FxNorm's summary."""
+    """Remove the effects of every stem under ``root`` into ``out_dir/dry`` (see the module docstring; ``careful``:
+    by the estimator's careful thresholds, :func:`gradmix.removal.dry.remove_effects`); returns a summary: songs
+    done and skipped, the effects found (how many stems had each), and FxNorm's summary."""
     root, out_dir = Path(root), Path(out_dir)
     if out_dir.resolve() == root.resolve() or root.resolve() in out_dir.resolve().parents:
         raise GradmixError(f"{out_dir}: the output must not be the dataset or lie inside it")
@@ -58,7 +60,7 @@ def dry_dataset(
             chains = {}
             for ref in song.stems:
                 audio, rate = read_audio(ref.path)
-                removal = remove_effects(model, torch.from_numpy(audio), rate)
+                removal = remove_effects(model, torch.from_numpy(audio), rate, careful=careful)
                 file = f"{safe_file_name(ref.name)}.wav"
                 write_audio(tmp / file, removal.dry, rate)
                 chains[file] = {

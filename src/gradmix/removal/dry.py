@@ -4,7 +4,8 @@
    :data:`WINDOW_S` (at most :data:`MAX_WINDOWS`, spread over the whole stem); the estimator's presence
    probabilities and settings are averaged over them, weighted by each window's energy.
 2. **Decide.** An effect whose probability reaches the estimator's threshold for it is in the chain (the
-   thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`). The delay is
+   thresholds are chosen after training, :func:`gradmix.removal.train.calibrate_thresholds`; with ``careful``,
+   the higher ones few dry stems reach, :func:`gradmix.removal.train.false_alarm_thresholds`). The delay is
    decided with its cepstral fit (step 3): one the estimator gives at least :data:`ECHO_PROBABILITY` is in
    the chain if the fit finds a mix of :data:`ECHO_MIX` or more, or if it passed the threshold and the fit
    confirms an echo (mix :data:`ECHO_CONFIRM_MIX` or more), unless the fit's feedback says it is a loop
@@ -242,15 +243,16 @@ def decide_delay(
     return (time_ms, feedback, mix), None
 
 
-def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int) -> Removal:
-    """Estimate and undo the effects of one stem ``(channels, samples)`` (mono or stereo, any rate)."""
+def remove_effects(model: EffectEstimator, wet: Tensor, sample_rate: int, *, careful: bool = False) -> Removal:
+    """Estimate and undo the effects of one stem ``(channels, samples)`` (mono or stereo, any rate); ``careful``
+    decides by the estimator's careful thresholds (for stems that may have no effect at all)."""
     peak = float(wet.abs().max()) if wet.numel() else 0.0
     if peak <= 10 ** (SILENCE_DBFS / 20):
         return Removal(wet.clone(), [], dict.fromkeys(REMOVABLE, 0.0), ["the stem is silent: nothing to remove"])
     gain = peak_gain_db(wet[None])
     heard = wet * torch.pow(10.0, gain / 20)
     probabilities, controls = hear(model, heard, sample_rate)
-    present = probabilities[None] >= model.thresholds.cpu()
+    present = probabilities[None] >= (model.careful_thresholds if careful else model.thresholds).cpu()
     notes = []
     d = REMOVABLE.index("delay")
     echo = None
@@ -307,6 +309,7 @@ def dry_file(
     chain_out: str | Path | None = None,
     model_path: str | Path | None = None,
     subtype: str = "float",
+    careful: bool = False,
 ) -> tuple[Removal, Path, Path]:
     """``gradmix dry``: write the dry stem of ``wet_path`` to ``output`` and its estimated chain as a console file
     (default: ``output`` with ``.console.json``) whose one track plays the dry stem through the chain, so that
@@ -319,7 +322,7 @@ def dry_file(
     check_output_path(output, [wet_path], audio=True)
     check_output_path(chain_path, [wet_path, output])
     audio, rate = read_audio(wet_path)
-    removal = remove_effects(load_estimator(model_path), torch.from_numpy(audio), rate)
+    removal = remove_effects(load_estimator(model_path), torch.from_numpy(audio), rate, careful=careful)
     setting = ConsoleSetting(
         sample_rate=rate,
         tracks=[TrackSetting(name=wet_path.stem, file=output.name, chain=removal.chain)],

@@ -7,7 +7,8 @@ segments that sound, each brought to a peak of -1 dBFS. Every step draws a batch
 binary cross-entropy on which effects are present, plus the squared error of the 0..1 settings of the
 present ones (a compressor's threshold and a distortion's drive as they are at the level the estimator
 hears, :func:`gradmix.removal.chains.rescaled`). After the last step each effect's presence threshold is
-chosen on fresh pairs (:func:`calibrate_thresholds`) and stored with the weights.
+chosen on fresh pairs (:func:`calibrate_thresholds`), and its careful threshold on other dry segments of the
+training songs (:func:`false_alarm_thresholds`); both are stored with the weights.
 
 A run writes ``OUT/last.pt`` every :attr:`RemovalTraining.checkpoint_every` steps and resumes from it; at
 the end, ``OUT/model.pt`` (the estimator's weights and config) and ``OUT/log.csv``.
@@ -172,6 +173,32 @@ def best_thresholds(
     return grid[best], score[best, torch.arange(probabilities.shape[1])]
 
 
+CAREFUL_FALSE_ALARMS = 0.005
+"""The careful thresholds (``gradmix dry --careful``) let at most this share of the training songs' dry windows
+read as each effect: removing an effect that is not there costs a stem far more than leaving one in
+(measured in docs/experiments/2026-12-06-removal-dry-input.md)."""
+CAREFUL_WINDOWS = 1024
+"""Dry windows of the training songs the careful thresholds are chosen on: a pool of their own (seed
+``run.seed + 2``), since the estimator hears the very segments it trained on as drier than others."""
+
+
+def dry_probabilities(model: EffectEstimator, pool: torch.Tensor) -> torch.Tensor:
+    """The presence probabilities ``(windows, effects)`` the estimator gives the segments of ``pool``
+    ``(windows, 2, samples)`` as they are, no effect applied (they are at :data:`PEAK_DBFS`, as it hears)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([torch.sigmoid(model(pool[s : s + 16])[0]) for s in range(0, pool.shape[0], 16)])
+
+
+def false_alarm_thresholds(
+    probabilities: torch.Tensor, floor: torch.Tensor, share: float = CAREFUL_FALSE_ALARMS
+) -> torch.Tensor:
+    """Per effect, the threshold ``(effects,)`` that at most ``share`` of the dry windows' ``probabilities``
+    ``(windows, effects)`` exceed (their ``1 - share`` quantile), or ``floor`` ``(effects,)`` where that is
+    higher."""
+    return torch.maximum(torch.quantile(probabilities.double(), 1 - share, dim=0).to(floor), floor)
+
+
 def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | None = None) -> Path:
     """Train (or resume) the estimator; returns the path of ``OUT/model.pt``."""
     out = Path(run.out)
@@ -230,9 +257,11 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
                 break
     thresholds, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
     model.thresholds.copy_(thresholds)
+    fresh = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=CAREFUL_WINDOWS, seed=run.seed + 2)
+    model.careful_thresholds.copy_(false_alarm_thresholds(dry_probabilities(model, fresh), thresholds))
     calibration = {
-        name: {"threshold": float(t), f"f{PRECISION_BETA:g}": float(f)}
-        for name, t, f in zip(REMOVABLE, thresholds, score)
+        name: {"threshold": float(t), f"f{PRECISION_BETA:g}": float(f), "careful_threshold": float(st)}
+        for name, t, f, st in zip(REMOVABLE, thresholds, score, model.careful_thresholds)
     }
     path = out / "model.pt"
     torch.save(
