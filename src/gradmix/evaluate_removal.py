@@ -173,7 +173,7 @@ def removal_table(results: dict[str, Any]) -> str:
     """The Markdown tables of :func:`evaluate_removal`'s results."""
     lines = [
         f"SI-SDR improvement over the wet stem (dB; {results['segments']} held-out segments of "
-        f"{results['seconds']:g} s per case{'; gradmix dry --careful' if results.get('careful') else ''}), chain "
+        f"{results['seconds']:g} s per case{'; gradmix dry --careful' if results['careful'] else ''}), chain "
         "detection and parameter errors:",
         "",
         "| case | "
