@@ -2,13 +2,16 @@
 
 The dry material is every stem of the given dataset roots (``gradmix dataset lmms`` and ``gradmix dataset
 midi`` folders, or any dataset gradmix reads) except the held-out songs (:func:`held_out`), cut into
-segments that sound, each brought to a peak of -1 dBFS. Every step draws a batch of segments and of chains
+segments that sound, each brought to a peak of -1 dBFS; the pool of segments is drawn anew every
+:attr:`RemovalTraining.refresh_every` steps, so that the estimator hears most of the stems rather than learn
+one pool's segments by heart. Every step draws a batch of segments and of chains
 (:func:`gradmix.removal.chains.draw_chains`), renders the wet signals, and fits the estimator to the chains:
 binary cross-entropy on which effects are present, plus the squared error of the 0..1 settings of the
 present ones (a compressor's threshold and a distortion's drive as they are at the level the estimator
 hears, :func:`gradmix.removal.chains.rescaled`). After the last step each effect's presence threshold is
-chosen on fresh pairs (:func:`calibrate_thresholds`), and its careful threshold on other dry segments of the
-training songs (:func:`false_alarm_thresholds`); both are stored with the weights.
+the one with the best F-beta on fresh pairs (:func:`calibrate_thresholds`), raised where needed so that at
+most :data:`FALSE_ALARMS` of dry windows of the training songs reach it, and the careful one the same with
+:data:`CAREFUL_FALSE_ALARMS` (:func:`false_alarm_thresholds`); both are stored with the weights.
 
 A run writes ``OUT/last.pt`` every :attr:`RemovalTraining.checkpoint_every` steps and resumes from it; at
 the end, ``OUT/model.pt`` (the estimator's weights and config) and ``OUT/log.csv``.
@@ -45,7 +48,8 @@ def held_out(song_name: str) -> bool:
 
 @dataclass
 class RemovalTraining:
-    """A training run of the effect estimator."""
+    """A training run of the effect estimator (``segments``: the size of the pool of dry segments, drawn anew
+    every ``refresh_every`` steps)."""
 
     roots: list[str]
     out: str
@@ -55,9 +59,18 @@ class RemovalTraining:
     lr: float = 1e-3
     settings_weight: float = 4.0
     segments: int = 3000
+    refresh_every: int = 2000
     seed: int = 0
     checkpoint_every: int = 100
     model: RemovalConfig = field(default_factory=RemovalConfig)
+
+
+def pool_seed(run: RemovalTraining, step: int) -> int:
+    """The seed of the segment pool training draws from at ``step``: ``run.seed`` for the first
+    :attr:`RemovalTraining.refresh_every` steps, then one of its own per refresh (none is ``run.seed + 2``,
+    the careful thresholds' pool)."""
+    refresh = step // run.refresh_every
+    return run.seed if refresh == 0 else run.seed + 1000 * refresh
 
 
 def segment_pool(
@@ -173,13 +186,15 @@ def best_thresholds(
     return grid[best], score[best, torch.arange(probabilities.shape[1])]
 
 
-CAREFUL_FALSE_ALARMS = 0.005
-"""The careful thresholds (``gradmix dry --careful``) let at most this share of the training songs' dry windows
-read as each effect: removing an effect that is not there costs a stem far more than leaving one in
-(measured in docs/experiments/2026-12-06-removal-dry-input.md)."""
-CAREFUL_WINDOWS = 1024
-"""Dry windows of the training songs the careful thresholds are chosen on: a pool of their own (seed
-``run.seed + 2``), since the estimator hears the very segments it trained on as drier than others."""
+FALSE_ALARMS = 0.005
+"""The presence thresholds let at most this share of the training songs' dry windows read as each effect:
+removing an effect that is not there costs a stem far more than leaving one in (measured in
+docs/experiments/2026-12-06-removal-dry-input.md)."""
+CAREFUL_FALSE_ALARMS = 0.002
+"""The same share for the careful thresholds (``gradmix dry --careful``), for stems that may be dry."""
+DRY_WINDOWS = 1024
+"""Dry windows of the training songs the false-alarm bounds are measured on: a pool of their own (seed
+``run.seed + 2``)."""
 
 
 def dry_probabilities(model: EffectEstimator, pool: torch.Tensor) -> torch.Tensor:
@@ -191,7 +206,7 @@ def dry_probabilities(model: EffectEstimator, pool: torch.Tensor) -> torch.Tenso
 
 
 def false_alarm_thresholds(
-    probabilities: torch.Tensor, floor: torch.Tensor, share: float = CAREFUL_FALSE_ALARMS
+    probabilities: torch.Tensor, floor: torch.Tensor, share: float
 ) -> torch.Tensor:
     """Per effect, the threshold ``(effects,)`` that at most ``share`` of the dry windows' ``probabilities``
     ``(windows, effects)`` exceed (their ``1 - share`` quantile), or ``floor`` ``(effects,)`` where that is
@@ -205,7 +220,6 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
     sr = run.model.sample_rate
-    pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=run.seed, show=show)
     model = EffectEstimator(run.model)
     optim = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=run.lr, total_steps=run.steps, pct_start=0.05)
@@ -219,6 +233,8 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         sched.load_state_dict(state["sched"])
         gen.set_state(state["generator"])
         step = state["step"]
+    seed = pool_seed(run, min(step, run.steps - 1))  # a finished run recalibrates on its last pool
+    pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=seed, show=show)
     log_path = out / "log.csv"
     new_log = not log_path.is_file() or step == 0
     start = time.monotonic()
@@ -228,6 +244,9 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
             writer.writerow(["step", "loss", "detection", "settings", "seconds"])
         steps = range(step, run.steps)
         for step in show_progress(steps, "training the effect estimator", show, total=len(steps)):
+            if pool_seed(run, step) != seed:
+                seed = pool_seed(run, step)
+                pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=seed)
             model.train()
             wet, present, targets = training_batch(pool, run.batch_size, sr, gen)
             logits, controls = model(wet)
@@ -255,13 +274,19 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
                 last.with_suffix(".tmp").replace(last)
             if timed_out:
                 break
-    thresholds, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
-    model.thresholds.copy_(thresholds)
-    fresh = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=CAREFUL_WINDOWS, seed=run.seed + 2)
-    model.careful_thresholds.copy_(false_alarm_thresholds(dry_probabilities(model, fresh), thresholds))
+    best, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
+    dry = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=DRY_WINDOWS, seed=run.seed + 2)
+    probabilities = dry_probabilities(model, dry)
+    model.thresholds.copy_(false_alarm_thresholds(probabilities, best, FALSE_ALARMS))
+    model.careful_thresholds.copy_(false_alarm_thresholds(probabilities, model.thresholds, CAREFUL_FALSE_ALARMS))
     calibration = {
-        name: {"threshold": float(t), f"f{PRECISION_BETA:g}": float(f), "careful_threshold": float(st)}
-        for name, t, f, st in zip(REMOVABLE, thresholds, score, model.careful_thresholds)
+        name: {
+            f"best_f{PRECISION_BETA:g}_threshold": float(b),
+            f"f{PRECISION_BETA:g}": float(f),
+            "threshold": float(t),
+            "careful_threshold": float(c),
+        }
+        for name, b, f, t, c in zip(REMOVABLE, best, score, model.thresholds, model.careful_thresholds)
     }
     path = out / "model.pt"
     torch.save(
