@@ -78,7 +78,8 @@ class EffectEstimator(nn.Module):
         self.register_buffer("filterbank", mel_filterbank(cfg.sample_rate, n_fft, cfg.mels), persistent=False)
         self.register_buffer("thresholds", torch.full((cfg.effects,), DEFAULT_THRESHOLD))
         """``(effects,)``: the presence probability at which each effect counts as present, chosen after training
-        on fresh training pairs (:func:`gradmix.removal.train.calibrate_thresholds`)."""
+        on fresh training pairs (:func:`gradmix.removal.train.calibrate_thresholds`) and raised so that few dry
+        windows of the training songs reach it (:func:`gradmix.removal.train.false_alarm_thresholds`)."""
         self.register_buffer("careful_thresholds", torch.full((cfg.effects,), DEFAULT_THRESHOLD))
         """``(effects,)``: the thresholds of ``gradmix dry --careful``, for stems that may have no effect at all:
         each raised so that few dry windows of the training songs reach it

@@ -205,9 +205,7 @@ def dry_probabilities(model: EffectEstimator, pool: torch.Tensor) -> torch.Tenso
         return torch.cat([torch.sigmoid(model(pool[s : s + 16])[0]) for s in range(0, pool.shape[0], 16)])
 
 
-def false_alarm_thresholds(
-    probabilities: torch.Tensor, floor: torch.Tensor, share: float
-) -> torch.Tensor:
+def false_alarm_thresholds(probabilities: torch.Tensor, floor: torch.Tensor, share: float) -> torch.Tensor:
     """Per effect, the threshold ``(effects,)`` that at most ``share`` of the dry windows' ``probabilities``
     ``(windows, effects)`` exceed (their ``1 - share`` quantile), or ``floor`` ``(effects,)`` where that is
     higher."""
