@@ -226,7 +226,7 @@ def test_training_runs_resumes_and_exports(tmp_path):
         refresh_every=3,
         model=small,
     )
-    # the pool is drawn anew at step 3 (and again after a resume there): other segments, none of the careful pool's
+    # the pool is drawn anew at step 3 (and again after a resume there): other segments, not the dry windows' pool
     assert [pool_seed(run, step) for step in range(4)] == [run.seed] * 3 + [run.seed + 1000]
     first, second = (segment_pool([str(root)], seconds=1.0, sample_rate=SR, limit=8, seed=s) for s in (0, 1000))
     assert first.shape == second.shape == (8, 2, SR) and not torch.equal(first, second)

@@ -68,7 +68,7 @@ class RemovalTraining:
 def pool_seed(run: RemovalTraining, step: int) -> int:
     """The seed of the segment pool training draws from at ``step``: ``run.seed`` for the first
     :attr:`RemovalTraining.refresh_every` steps, then one of its own per refresh (none is ``run.seed + 2``,
-    the careful thresholds' pool)."""
+    the pool of dry windows the thresholds are bounded on)."""
     refresh = step // run.refresh_every
     return run.seed if refresh == 0 else run.seed + 1000 * refresh
 
