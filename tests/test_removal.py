@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import gradmix.removal.train
 from conftest import error_db
 from gradmix.example import example_multitrack
 from gradmix.models.removal import EffectEstimator, RemovalConfig, load_estimator
@@ -207,7 +208,7 @@ def test_false_alarm_thresholds_let_at_most_the_share_of_dry_windows_through():
     assert float(above[2]) <= 0.01 + 1 / 2000 and float(thresholds[2]) > 0.2
 
 
-def test_training_runs_resumes_and_exports(tmp_path):
+def test_training_runs_resumes_and_exports(tmp_path, monkeypatch):
     root = tmp_path / "dry"
     for song in ("alpha", "beta", "gamma"):
         folder = root / song
@@ -230,10 +231,19 @@ def test_training_runs_resumes_and_exports(tmp_path):
     assert [pool_seed(run, step) for step in range(4)] == [run.seed] * 3 + [run.seed + 1000]
     first, second = (segment_pool([str(root)], seconds=1.0, sample_rate=SR, limit=8, seed=s) for s in (0, 1000))
     assert first.shape == second.shape == (8, 2, SR) and not torch.equal(first, second)
+    seeds = []
+
+    def recorded_pool(*args, seed, **kwargs):
+        seeds.append(seed)
+        return segment_pool(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(gradmix.removal.train, "segment_pool", recorded_pool)
     train_removal(run, show=False, max_minutes=0.0)  # cut off after its first step
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 2
     path = train_removal(run, show=False)
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 5  # resumed at step 1, not redone
+    # each run: its pool, then the dry windows; the resumed one draws anew at step 3
+    assert seeds == [run.seed, run.seed + 2, run.seed, run.seed + 1000, run.seed + 2]
     model = load_estimator(path)
     assert model.cfg.mels == 32 and model.num_parameters < 5_000_000
     # the presence thresholds were chosen after training and travel with the weights
