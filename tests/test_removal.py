@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -264,6 +265,26 @@ def test_training_runs_resumes_and_exports(tmp_path, monkeypatch):
     with pytest.raises(GradmixError, match="not an effect-removal model"):
         (tmp_path / "bad.pt").write_bytes(b"nope")
         load_estimator(tmp_path / "bad.pt")
+
+
+def test_a_run_started_from_a_model_continues_from_its_weights(tmp_path, tiny_estimator):
+    start = load_estimator(tiny_estimator)
+    run = RemovalTraining(
+        [str(Path(tiny_estimator).parent.parent / "dry")],
+        str(tmp_path / "continued"),
+        steps=1,
+        batch_size=2,
+        segments=4,
+        lr=1e-9,
+        init=str(tiny_estimator),
+    )  # run.model is the default config: the start's is taken
+    model = load_estimator(train_removal(run, show=False))
+    assert model.cfg.to_dict() == start.cfg.to_dict()
+    for name, weights in start.named_parameters():
+        assert torch.allclose(dict(model.named_parameters())[name], weights, atol=1e-6), name
+    scratch = RemovalTraining(run.roots, str(tmp_path / "scratch"), steps=1, batch_size=2, segments=4, model=start.cfg)
+    fresh = load_estimator(train_removal(scratch, show=False))
+    assert not torch.allclose(next(fresh.parameters()), next(start.parameters()))
 
 
 def checked_thresholds(beta: float) -> torch.Tensor:

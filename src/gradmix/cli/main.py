@@ -253,6 +253,25 @@ def _midi(args: argparse.Namespace) -> None:
         print(f"warning: {why}", file=sys.stderr)
 
 
+def _sounds(args: argparse.Namespace) -> None:
+    from gradmix.data.sounds import build_dataset
+
+    summary = build_dataset(
+        args.output,
+        args.library,
+        seconds=args.seconds,
+        per_folder=args.per_folder,
+        shard=args.shard,
+        workers=args.workers,
+        progress=sys.stdout.isatty(),
+    )
+    print(f"rendered {len(summary['done'])} folder(s), {summary['skipped']} already done, into {args.output}")
+    for folder, why in summary["failed"].items():
+        print(f"warning: {why}", file=sys.stderr)
+    for sound, why in summary["left_out"].items():
+        print(f"note: {sound} left out ({why})", file=sys.stderr)
+
+
 def _separate(args: argparse.Namespace) -> None:
     from gradmix.data.separate import separate_dataset
 
@@ -318,7 +337,7 @@ def _train_removal(args: argparse.Namespace) -> None:
     from gradmix.removal.chains import REMOVABLE
     from gradmix.removal.train import RemovalTraining, train_removal
 
-    run = RemovalTraining(list(args.roots), args.output, steps=args.steps, seed=args.seed)
+    run = RemovalTraining(list(args.roots), args.output, steps=args.steps, lr=args.lr, seed=args.seed, init=args.init)
     path = train_removal(run, show=sys.stdout.isatty(), max_minutes=args.minutes)
     model = load_estimator(path)
     for label, values in (("presence thresholds", model.thresholds), ("careful (--careful)", model.careful_thresholds)):
@@ -665,6 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="songs rendered at once (default: every core)")
     _shard_option(p)
     p.set_defaults(func=_midi)
+    p = dsub.add_parser("sounds", help="play every sample and preset LMMS ships into a dry stem (effect-removal data)")
+    p.add_argument("output", help="output folder (folder-of-stems layout, one folder per library folder)")
+    p.add_argument("--library", default="/usr/share/lmms", help="LMMS's data folder (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of every stem (default %(default)s)")
+    p.add_argument("--per-folder", type=int, default=None, help="at most this many sounds of a folder (default all)")
+    p.add_argument("--workers", type=int, default=None, help="folders rendered at once (default: every core)")
+    _shard_option(p)
+    p.set_defaults(func=_sounds)
     p = dsub.add_parser("dry", help="remove the effects of every stem of a dataset (gradmix dry), then normalise")
     p.add_argument("root", help="dataset (any layout gradmix reads)")
     p.add_argument("-o", "--output", required=True, help="output folder: dry/ (and normalized/)")
@@ -702,6 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="run folder (resumes from it; model.pt at the end)")
     p.add_argument("--steps", type=int, default=defaults.REMOVAL_STEPS, help="training steps (default %(default)s)")
     p.add_argument("--minutes", type=float, help="stop (resumably) after this many minutes")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
+    p.add_argument("--init", help="a model.pt to start from (a new run only; default: random weights)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_removal)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")
@@ -788,6 +817,7 @@ NUMBER_RANGES = {
     "n": (1, 100),
     "refine": (0, None),
     "workers": (1, None),
+    "per_folder": (1, None),
     "sample_rate": (1, None),
     "seconds": (0, None),
     "target_lufs": (-70, 0),

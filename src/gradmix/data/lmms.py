@@ -331,11 +331,12 @@ def render(project: str | Path, out_wav: str | Path, timeout_s: float = 600.0, a
 
 
 def licence_of(project: Path, copyright_file: Path = COPYRIGHT_FILE) -> dict[str, Any]:
-    """Licence and copyright holders of a project shipped by Debian's lmms-common (last matching stanza)."""
+    """Licence and copyright holders of a project (or any file) shipped by Debian's lmms-common (last matching
+    stanza)."""
     if not copyright_file.is_file():
         return {"licence": None, "copyright": []}
     try:
-        rel = "data/projects/" + str(project.resolve().relative_to(PROJECTS_DIR))
+        rel = "data/" + str(project.resolve().relative_to(PROJECTS_DIR.parent))
     except ValueError:
         return {"licence": None, "copyright": []}
     found: dict[str, Any] = {"licence": None, "copyright": []}

@@ -33,7 +33,7 @@ from gradmix.audio import read_audio, resample
 from gradmix.data import find_songs
 from gradmix.defaults import REMOVAL_STEPS
 from gradmix.errors import GradmixError
-from gradmix.models.removal import EffectEstimator, RemovalConfig
+from gradmix.models.removal import EffectEstimator, RemovalConfig, load_estimator
 from gradmix.progress import progress as show_progress
 from gradmix.removal.chains import REMOVABLE, PEAK_DBFS, draw_chains, peak_gain_db, render_chains, rescaled
 
@@ -49,7 +49,8 @@ def held_out(song_name: str) -> bool:
 @dataclass
 class RemovalTraining:
     """A training run of the effect estimator (``segments``: the size of the pool of dry segments, drawn anew
-    every ``refresh_every`` steps)."""
+    every ``refresh_every`` steps; ``init``: a ``model.pt`` whose weights a new run starts from, and whose
+    config it takes)."""
 
     roots: list[str]
     out: str
@@ -62,6 +63,7 @@ class RemovalTraining:
     refresh_every: int = 2000
     seed: int = 0
     checkpoint_every: int = 100
+    init: str | None = None
     model: RemovalConfig = field(default_factory=RemovalConfig)
 
 
@@ -217,8 +219,12 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
-    sr = run.model.sample_rate
-    model = EffectEstimator(run.model)
+    start_from = load_estimator(run.init) if run.init is not None else None
+    cfg = start_from.cfg if start_from is not None else run.model
+    sr = cfg.sample_rate
+    model = EffectEstimator(cfg)
+    if start_from is not None:
+        model.load_state_dict(start_from.state_dict())
     optim = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=run.lr, total_steps=run.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(run.seed)
@@ -288,7 +294,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
     }
     path = out / "model.pt"
     torch.save(
-        {"config": run.model.to_dict(), "state": model.state_dict(), "run": asdict(run), "calibration": calibration},
+        {"config": cfg.to_dict(), "state": model.state_dict(), "run": asdict(run), "calibration": calibration},
         path,
     )
     return path
