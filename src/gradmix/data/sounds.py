@@ -211,6 +211,8 @@ def render_group(
 ) -> tuple[str, dict[str, str]]:
     """Render one song (library folder) into ``out_dir/name/``: a dry stem ``NNN-<sound>.wav`` per sound that
     renders and sounds, and ``metadata.json``. Returns the song's name and the sounds left out, with why."""
+    import soundfile as sf
+
     skipped: dict[str, str] = {}
     stems: dict[str, Any] = {}
     with song_written_whole(out_dir, name, DONE) as tmp:
@@ -220,15 +222,13 @@ def render_group(
             try:
                 project.write_bytes(ET.tostring(sound_project(sound, library, seconds, seed)))
                 render(project, wav)
-                import soundfile as sf
-
                 audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
-            except (LmmsError, SoundsError, RuntimeError, ET.ParseError) as exc:
+            except (LmmsError, SoundsError, sf.LibsndfileError, ET.ParseError) as exc:
                 skipped[str(sound)] = str(exc).splitlines()[0][:200]
                 continue
             finally:
                 project.unlink(missing_ok=True)
-            wav.unlink(missing_ok=True)
+                wav.unlink(missing_ok=True)
             audio = audio.T[:, : int(seconds * rate)]
             if not np.isfinite(audio).all():
                 skipped[str(sound)] = "rendered NaN/Inf samples"
