@@ -80,6 +80,35 @@ def test_mix_writes_the_mix_a_console_that_reproduces_it_and_a_report(tmp_path, 
     assert "data:image/png;base64," in page and "kick" in page and "LUFS" in page and "<audio" in page
 
 
+def test_the_console_file_holds_each_compressors_own_makeup_and_four_digit_values(tmp_path):
+    """In the demo's console file (the shipped model) bypassing a compressor keeps its track's loudness (its
+    makeup is its own gain reduction, not the song's one level move), and no value carries float32 noise."""
+    from gradmix.console import ConsoleSetting
+    from gradmix.dsp import integrated_loudness
+
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--seconds", "8"]) == 0
+    setting = ConsoleSetting.load(tmp_path / "demo" / "mix.console.json")
+    makeups = []
+    for track in setting.tracks:
+        x = torch.from_numpy(read(tmp_path / "demo" / "stems" / track.file).T.astype(np.float32))[None]
+        k = [e.effect.type_name for e in track.chain].index("compressor")
+        for e in track.chain[:k]:
+            x = e.effect(x, e.params, sample_rate=SR)
+        y = track.chain[k].effect(x, track.chain[k].params, sample_rate=SR)
+        lufs = [float(integrated_loudness(v.expand(-1, 2, -1).double(), sample_rate=SR)[0]) for v in (x, y)]
+        assert lufs[1] == pytest.approx(lufs[0], abs=0.01), track.name
+        makeups.append(track.chain[k].params["makeup_db"])
+    assert len({round(m, 1) for m in makeups if m > 0.1}) >= 3, makeups
+
+    def floats(tree):
+        if isinstance(tree, dict):
+            return [f for v in tree.values() for f in floats(v)]
+        return [f for v in tree for f in floats(v)] if isinstance(tree, list) else [tree] * isinstance(tree, float)
+
+    values = floats(json.loads((tmp_path / "demo" / "mix.console.json").read_text()))
+    assert len(values) > 100 and all(float(f"{v:.4g}") == v for v in values)
+
+
 def test_render_and_export_find_the_stems_the_console_file_records(tmp_path, model_file, capsys):
     """mix records its stems folder (relative to the console file); render and export then need no folder,
     also after both folders have moved together. A console file without the record names --stems when the

@@ -2,7 +2,9 @@
 
 The model analyses every track whole (no truncation) after bringing it to -28 LUFS; its 0..1 controls become
 physical parameters, and the loudness-normalisation gain is folded into each track's fader, so the console
-file it writes is complete: ``gradmix render`` of it reproduces the mix (same renderer, same numbers).
+file it writes is complete: ``gradmix render`` of it reproduces the mix (same renderer, same numbers). The file
+reads as an engineer's: each compressor's makeup gain is its own gain reduction (the level is on the fader,
+:func:`gradmix.console.makeup_to_gain_reduction`), and every value has four significant digits.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from gradmix.audio import Stem, check_mixable, check_output_path, load_stems, write_audio
-from gradmix.console import ConsoleSetting, Controls
+from gradmix.console import ConsoleSetting, Controls, makeup_to_gain_reduction
 from gradmix.dsp import integrated_loudness
 from gradmix.defaults import DEVICE
 from gradmix.errors import GradmixError
@@ -24,16 +26,20 @@ from gradmix.models.checkpoint import load_model
 
 SEND_FLOOR_DB = -55.0
 """Sends the model sets at or below this level are left out of the console file (inaudible)."""
+EXCERPT_SECONDS = 20.0
+"""The loud passage of each track on which its compressor's gain reduction is measured for the console file."""
 
 
 @dataclass
 class Analysis:
-    """What the model heard: per track the loudness-normalisation gain (dB), the embedding ``(1, N, dim)`` and
-    whether the track is silent (integrated loudness at or below ``SILENT_LUFS``, -70 LUFS)."""
+    """What the model heard: per track the loudness-normalisation gain (dB), the embedding ``(1, N, dim)``,
+    whether the track is silent (integrated loudness at or below ``SILENT_LUFS``, -70 LUFS) and its loudest
+    ``EXCERPT_SECONDS`` ``(channels, samples)`` (a copy, on the CPU)."""
 
     gains_db: list[float]
     embeddings: Tensor
     silent: list[bool]
+    excerpts: list[Tensor]
 
     @property
     def mask(self) -> Tensor | None:
@@ -54,16 +60,30 @@ def analyse(model: MixController, tracks: list[Tensor], sample_rate: int) -> Ana
     if not tracks:
         raise GradmixError("nothing to mix: no tracks")
     device = next(model.parameters()).device
-    gains, emb, silent = [], [], []
+    gains, emb, silent, excerpts = [], [], [], []
     with torch.no_grad():
         for t in tracks:
+            excerpts.append(loudest_excerpt(t, sample_rate, EXCERPT_SECONDS))
             x = (t.expand(2, -1) if t.shape[0] == 1 else t)[None, None].to(device)
             lufs = integrated_loudness(x[0].double(), sample_rate=sample_rate)[0]
             g = float(normalization_gain_db(lufs).to(x.dtype))
             gains.append(g)
             silent.append(bool(lufs <= SILENT_LUFS))
             emb.append(model.encoder(x[0] * 10 ** (g / 20), sample_rate))
-    return Analysis(gains, torch.cat(emb)[None], silent)
+    return Analysis(gains, torch.cat(emb)[None], silent, excerpts)
+
+
+def loudest_excerpt(audio: Tensor, sample_rate: int, seconds: float) -> Tensor:
+    """A copy of the ``seconds`` of ``audio`` ``(channels, samples)`` with the most energy (whole 1-s blocks;
+    all of it when shorter), on the CPU."""
+    block = sample_rate
+    width = max(1, round(seconds))
+    blocks = audio.shape[-1] // block
+    if blocks <= width:
+        return audio.detach().cpu().clone()
+    energy = audio[:, : blocks * block].detach().double().square().sum(0).reshape(blocks, block).sum(1)
+    start = int(energy.unfold(0, width, 1).sum(1).argmax())
+    return audio[:, start * block : (start + width) * block].detach().cpu().clone()
 
 
 def console_for(
@@ -91,7 +111,9 @@ def setting_from_controls(
 ) -> ConsoleSetting:
     """The console file of 0..1 ``controls`` (batch of one) for loudness-normalised tracks: the
     normalisation gains of ``analysis`` are folded into the faders, so the file renders the raw stems. A silent
-    track gets a neutral strip (every effect at its defaults, no sends): the model did not hear it."""
+    track gets a neutral strip (every effect at its defaults, no sends): the model did not hear it. Each
+    compressor's makeup becomes its gain reduction on the track's excerpt, the rest of the level moving to the
+    fader (the sound unchanged), and every value is rounded to four significant digits."""
     with torch.no_grad():
         params = model.layout.denormalize(controls)
     setting = ConsoleSetting.from_params(
@@ -107,6 +129,8 @@ def setting_from_controls(
         if fader is None:
             raise GradmixError("the model's layout has no gain on its strips to carry the track levels")
         fader.params["gain_db"] = float(fader.params["gain_db"]) + g
+    makeup_to_gain_reduction(setting, [None if s else e for s, e in zip(analysis.silent, analysis.excerpts)])
+    setting.round_values()
     return setting
 
 

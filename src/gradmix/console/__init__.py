@@ -1,6 +1,7 @@
 """The mixing console: per-track strips, post-fader sends to buses, master chain; console files."""
 
 from gradmix.console.layout import SEND_SPEC, Controls, Layout, Logits, Params, Slot
+from gradmix.console.makeup import makeup_to_gain_reduction
 from gradmix.console.render import (
     Mixdown,
     StripGroup,
@@ -28,6 +29,7 @@ __all__ = [
     "StripGroup",
     "TrackSetting",
     "console_schema",
+    "makeup_to_gain_reduction",
     "mix_down",
     "pre_master",
     "render_chunked",
