@@ -81,7 +81,7 @@ def loudest_excerpt(audio: Tensor, sample_rate: int, seconds: float) -> Tensor:
     blocks = audio.shape[-1] // block
     if blocks <= width:
         return audio.detach().cpu().clone()
-    energy = audio[:, : blocks * block].detach().double().square().sum(0).reshape(blocks, block).sum(1)
+    energy = audio[:, : blocks * block].detach().square().sum(0).reshape(blocks, block).sum(1)
     start = int(energy.unfold(0, width, 1).sum(1).argmax())
     return audio[:, start * block : (start + width) * block].detach().cpu().clone()
 

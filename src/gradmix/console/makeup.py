@@ -36,7 +36,7 @@ def gain_reduction_db(entries: Sequence[Entry], compressor: Entry, audio: Tensor
         for e in entries:
             x = e.effect(x, e.params, sample_rate=sample_rate)
         y = compressor.effect(x, {**compressor.params, "makeup_db": 0.0}, sample_rate=sample_rate)
-        before, after = (integrated_loudness(v.expand(-1, 2, -1).double(), sample_rate=sample_rate) for v in (x, y))
+        before, after = (integrated_loudness(v.expand(-1, 2, -1), sample_rate=sample_rate) for v in (x, y))
     if not (before > -70.0 and after > -70.0):
         return None
     return max(float(before - after), 0.0)
