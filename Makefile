@@ -55,13 +55,17 @@ eval-model: install
 	$(VENV)/bin/gradmix eval data/lmms --held-out --systems plain_sum,equal_loudness,rules,gradmix -o out/eval-model
 	$(VENV)/bin/gradmix eval data/lmms --held-out --generative --seeds 0 1 2 -o out/eval-model
 
-# the effect estimator of gradmix dry: dry stems of the LMMS songs and of 100 scores (both resumable), then
-# training on console-made pairs (resumes from runs/removal), then the weights go into the package
+# the effect estimator of gradmix dry: dry stems of the LMMS songs, of 100 scores and of LMMS's own sounds (all
+# resumable), training on console-made pairs (resumes from runs/removal), then training on with the sounds at
+# 8 stems a folder (about a third of the pool; resumes from runs/removal-sounds); the weights go into the package
 removal-model: install sysdeps
 	$(VENV)/bin/gradmix dataset lmms data/lmms
 	$(VENV)/bin/gradmix dataset midi data/midi --songs 100
+	$(VENV)/bin/gradmix dataset sounds data/sounds
 	$(VENV)/bin/gradmix train-removal data/lmms data/midi -o runs/removal
-	cp runs/removal/model.pt src/gradmix/models/removal_model.pt
+	$(VENV)/bin/gradmix train-removal data/lmms data/midi data/sounds --stems-per-song data/sounds=8 \
+		--init runs/removal/model.pt --steps 8000 --lr 5e-4 -o runs/removal-sounds
+	cp runs/removal-sounds/model.pt src/gradmix/models/removal_model.pt
 
 # effect removal on the held-out stems of both datasets
 eval-removal: install

@@ -287,6 +287,35 @@ def test_a_run_started_from_a_model_continues_from_its_weights(tmp_path, tiny_es
     assert not torch.allclose(next(fresh.parameters()), next(start.parameters()))
 
 
+def test_a_root_of_many_stems_gives_each_song_only_its_share(tmp_path, capsys):
+    """``stems_per_song`` caps the stems a song of that root gives a pool: the same ones for every seed (drawn
+    by the song's name), the other roots untouched; a cap on a root that is not trained on is refused."""
+    import numpy as np
+
+    from gradmix.cli.main import main
+
+    t = np.arange(2 * SR) / SR
+    for root, song, count in (("many", "sounds-a", 6), ("few", "songb", 2)):
+        assert not held_out(song)
+        folder = tmp_path / root / song
+        folder.mkdir(parents=True)
+        for k in range(count):
+            freq = 100 * (k + 1) + (0 if root == "many" else 50)
+            sf.write(folder / f"{k:03d}.wav", np.stack([np.sin(2 * np.pi * freq * t)] * 2, 1) * 0.5, SR)
+    roots = [str(tmp_path / "many"), str(tmp_path / "few")]
+
+    def frequencies(seed: int, caps=None) -> set[int]:
+        pool = segment_pool(roots, seconds=1.0, sample_rate=SR, limit=64, seed=seed, stems_per_song=caps)
+        return {int(torch.fft.rfft(seg[0]).abs().argmax()) for seg in pool}  # 1-s segments: bins are Hz
+
+    assert frequencies(0) == {100, 200, 300, 400, 500, 600, 150, 250}
+    capped = [frequencies(seed, {roots[0]: 2}) for seed in (0, 1000)]
+    assert capped[0] == capped[1] and len(capped[0] - {150, 250}) == 2 and {150, 250} <= capped[0]
+    out = tmp_path / "run"
+    assert main(["train-removal", *roots, "-o", str(out), "--stems-per-song", "elsewhere=2"]) == 2
+    assert "--stems-per-song elsewhere=2" in capsys.readouterr().err and not out.exists()
+
+
 def checked_thresholds(beta: float) -> torch.Tensor:
     """:func:`best_thresholds` on made-up detectors, checked against F-beta counted here; returns them."""
     g = torch.Generator().manual_seed(3)

@@ -337,7 +337,15 @@ def _train_removal(args: argparse.Namespace) -> None:
     from gradmix.removal.chains import REMOVABLE
     from gradmix.removal.train import RemovalTraining, train_removal
 
-    run = RemovalTraining(list(args.roots), args.output, steps=args.steps, lr=args.lr, seed=args.seed, init=args.init)
+    caps = {}
+    for item in args.stems_per_song or []:
+        root, _, n = item.rpartition("=")
+        if root not in args.roots or not n.isdigit() or int(n) < 1:
+            raise GradmixError(f"--stems-per-song {item}: expected ROOT=N with ROOT one of the roots and N >= 1")
+        caps[root] = int(n)
+    run = RemovalTraining(
+        list(args.roots), args.output, steps=args.steps, lr=args.lr, seed=args.seed, init=args.init, stems_per_song=caps
+    )
     path = train_removal(run, show=sys.stdout.isatty(), max_minutes=args.minutes)
     model = load_estimator(path)
     for label, values in (("presence thresholds", model.thresholds), ("careful (--careful)", model.careful_thresholds)):
@@ -731,6 +739,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="stop (resumably) after this many minutes")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--init", help="a model.pt to start from (a new run only; default: random weights)")
+    p.add_argument(
+        "--stems-per-song",
+        action="append",
+        metavar="ROOT=N",
+        help="each song of the root ROOT gives at most N stems (the same ones every time), so that a dataset of "
+        "many stems takes a set share of the training pool (e.g. data/sounds=8)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_removal)
     p = sub.add_parser("eval", help="compare systems with the human mixes of a dataset")

@@ -20,8 +20,10 @@ the end, ``OUT/model.pt`` (the estimator's weights and config) and ``OUT/log.csv
 from __future__ import annotations
 
 import csv
+import random
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,8 @@ def held_out(song_name: str) -> bool:
 class RemovalTraining:
     """A training run of the effect estimator (``segments``: the size of the pool of dry segments, drawn anew
     every ``refresh_every`` steps; ``init``: a ``model.pt`` whose weights a new run starts from, and whose
-    config it takes)."""
+    config it takes; ``stems_per_song``: root -> the most stems each of its songs gives a pool, see
+    :func:`segment_pool`)."""
 
     roots: list[str]
     out: str
@@ -64,6 +67,7 @@ class RemovalTraining:
     seed: int = 0
     checkpoint_every: int = 100
     init: str | None = None
+    stems_per_song: dict[str, int] = field(default_factory=dict)
     model: RemovalConfig = field(default_factory=RemovalConfig)
 
 
@@ -76,13 +80,31 @@ def pool_seed(run: RemovalTraining, step: int) -> int:
 
 
 def segment_pool(
-    roots: list[str], *, seconds: float, sample_rate: int, limit: int, seed: int, held: bool = False, show: bool = False
+    roots: list[str],
+    *,
+    seconds: float,
+    sample_rate: int,
+    limit: int,
+    seed: int,
+    held: bool = False,
+    stems_per_song: Mapping[str, int] | None = None,
+    show: bool = False,
 ) -> torch.Tensor:
     """Up to ``limit`` stereo segments ``(n, 2, samples)`` of the stems under ``roots`` that sound (peak above
     -40 dBFS, RMS above -50 dBFS), each at a peak of :data:`PEAK_DBFS`; from the training songs, or from the
-    held-out ones with ``held``. Deterministic for a seed."""
-    songs = [s for root in roots for s in find_songs(root) if held_out(s.name) == held]
-    refs = [r for s in songs for r in s.stems]
+    held-out ones with ``held``. ``stems_per_song`` maps a root to the most stems each of its songs gives (the
+    same ones for every seed, drawn by the song's name), so that a dataset of many stems takes a set share of
+    the pool. Deterministic for a seed."""
+    caps = stems_per_song or {}
+    refs = []
+    for root in roots:
+        for song in find_songs(root):
+            if held_out(song.name) == held:
+                stems = list(song.stems)
+                if root in caps and len(stems) > caps[root]:
+                    by_name = sorted(stems, key=lambda r: r.path.name)
+                    stems = sorted(random.Random(song.name).sample(by_name, caps[root]), key=lambda r: r.path.name)
+                refs += stems
     if not refs:
         raise GradmixError(f"no {'held-out' if held else 'training'} stems under {', '.join(roots)}")
     rng = np.random.default_rng(seed)
@@ -238,7 +260,15 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         gen.set_state(state["generator"])
         step = state["step"]
     seed = pool_seed(run, min(step, run.steps - 1))  # a finished run recalibrates on its last pool
-    pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=seed, show=show)
+    pool = segment_pool(
+        run.roots,
+        seconds=run.seconds,
+        sample_rate=sr,
+        limit=run.segments,
+        seed=seed,
+        stems_per_song=run.stems_per_song,
+        show=show,
+    )
     log_path = out / "log.csv"
     new_log = not log_path.is_file() or step == 0
     start = time.monotonic()
@@ -250,7 +280,14 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         for step in show_progress(steps, "training the effect estimator", show, total=len(steps)):
             if pool_seed(run, step) != seed:
                 seed = pool_seed(run, step)
-                pool = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=run.segments, seed=seed)
+                pool = segment_pool(
+                    run.roots,
+                    seconds=run.seconds,
+                    sample_rate=sr,
+                    limit=run.segments,
+                    seed=seed,
+                    stems_per_song=run.stems_per_song,
+                )
             model.train()
             wet, present, targets = training_batch(pool, run.batch_size, sr, gen)
             logits, controls = model(wet)
@@ -279,7 +316,14 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
             if timed_out:
                 break
     best, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
-    dry = segment_pool(run.roots, seconds=run.seconds, sample_rate=sr, limit=DRY_WINDOWS, seed=run.seed + 2)
+    dry = segment_pool(
+        run.roots,
+        seconds=run.seconds,
+        sample_rate=sr,
+        limit=DRY_WINDOWS,
+        seed=run.seed + 2,
+        stems_per_song=run.stems_per_song,
+    )
     probabilities = dry_probabilities(model, dry)
     model.thresholds.copy_(false_alarm_thresholds(probabilities, best, FALSE_ALARMS))
     model.careful_thresholds.copy_(false_alarm_thresholds(probabilities, model.thresholds, CAREFUL_FALSE_ALARMS))
