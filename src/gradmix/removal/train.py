@@ -137,6 +137,19 @@ def segment_pool(
     return torch.from_numpy(np.stack(out)).float()
 
 
+def run_pool(run: RemovalTraining, seed: int, limit: int, sample_rate: int, show: bool = False) -> torch.Tensor:
+    """:func:`segment_pool` of a run's roots, segment length and stem caps."""
+    return segment_pool(
+        run.roots,
+        seconds=run.seconds,
+        sample_rate=sample_rate,
+        limit=limit,
+        seed=seed,
+        stems_per_song=run.stems_per_song,
+        show=show,
+    )
+
+
 def removal_loss(
     logits: torch.Tensor, controls: torch.Tensor, present: torch.Tensor, targets: torch.Tensor, weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -260,15 +273,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         gen.set_state(state["generator"])
         step = state["step"]
     seed = pool_seed(run, min(step, run.steps - 1))  # a finished run recalibrates on its last pool
-    pool = segment_pool(
-        run.roots,
-        seconds=run.seconds,
-        sample_rate=sr,
-        limit=run.segments,
-        seed=seed,
-        stems_per_song=run.stems_per_song,
-        show=show,
-    )
+    pool = run_pool(run, seed, run.segments, sr, show=show)
     log_path = out / "log.csv"
     new_log = not log_path.is_file() or step == 0
     start = time.monotonic()
@@ -280,14 +285,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         for step in show_progress(steps, "training the effect estimator", show, total=len(steps)):
             if pool_seed(run, step) != seed:
                 seed = pool_seed(run, step)
-                pool = segment_pool(
-                    run.roots,
-                    seconds=run.seconds,
-                    sample_rate=sr,
-                    limit=run.segments,
-                    seed=seed,
-                    stems_per_song=run.stems_per_song,
-                )
+                pool = run_pool(run, seed, run.segments, sr)
             model.train()
             wet, present, targets = training_batch(pool, run.batch_size, sr, gen)
             logits, controls = model(wet)
@@ -316,14 +314,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
             if timed_out:
                 break
     best, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
-    dry = segment_pool(
-        run.roots,
-        seconds=run.seconds,
-        sample_rate=sr,
-        limit=DRY_WINDOWS,
-        seed=run.seed + 2,
-        stems_per_song=run.stems_per_song,
-    )
+    dry = run_pool(run, run.seed + 2, DRY_WINDOWS, sr)
     probabilities = dry_probabilities(model, dry)
     model.thresholds.copy_(false_alarm_thresholds(probabilities, best, FALSE_ALARMS))
     model.careful_thresholds.copy_(false_alarm_thresholds(probabilities, model.thresholds, CAREFUL_FALSE_ALARMS))
