@@ -19,10 +19,6 @@ from torch import Tensor
 from gradmix.console.setting import ConsoleSetting, Entry
 from gradmix.dsp import integrated_loudness
 
-THRESHOLD_RANGE_DB = (-60.0, 0.0)
-"""Where a moved threshold must stay (the compressor's parameter range)."""
-MAKEUP_RANGE_DB = (0.0, 24.0)
-
 
 def gain_reduction_db(entries: Sequence[Entry], compressor: Entry, audio: Tensor, sample_rate: int) -> float | None:
     """How much quieter (dB, integrated loudness, >= 0) ``compressor`` without its makeup gain makes ``audio``
@@ -66,8 +62,9 @@ def makeup_to_gain_reduction(setting: ConsoleSetting, excerpts: Sequence[Tensor 
         if reduction is None:
             continue
         threshold, makeup = float(comp.params["threshold_db"]), float(comp.params["makeup_db"])
-        low = max(THRESHOLD_RANGE_DB[0] - threshold, makeup - MAKEUP_RANGE_DB[1])
-        high = min(THRESHOLD_RANGE_DB[1] - threshold, makeup - MAKEUP_RANGE_DB[0])
+        specs = {s.name: s for s in comp.effect.specs}  # the moved values stay in the compressor's ranges
+        low = max(specs["threshold_db"].min - threshold, makeup - specs["makeup_db"].max)
+        high = min(specs["threshold_db"].max - threshold, makeup - specs["makeup_db"].min)
         move = min(max(makeup - reduction, low), high)
         fader.params["gain_db"] = float(fader.params["gain_db"]) + move
         comp.params["threshold_db"] = threshold + move
