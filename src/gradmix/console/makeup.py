@@ -18,6 +18,7 @@ from torch import Tensor
 
 from gradmix.console.setting import ConsoleSetting, Entry
 from gradmix.dsp import integrated_loudness
+from gradmix.dsp.loudness import LOUDNESS_FLOOR_LUFS
 
 
 def gain_reduction_db(entries: Sequence[Entry], compressor: Entry, audio: Tensor, sample_rate: int) -> float | None:
@@ -33,7 +34,7 @@ def gain_reduction_db(entries: Sequence[Entry], compressor: Entry, audio: Tensor
             x = e.effect(x, e.params, sample_rate=sample_rate)
         y = compressor.effect(x, {**compressor.params, "makeup_db": 0.0}, sample_rate=sample_rate)
         before, after = (integrated_loudness(v.expand(-1, 2, -1), sample_rate=sample_rate) for v in (x, y))
-    if not (before > -70.0 and after > -70.0):
+    if not (before > LOUDNESS_FLOOR_LUFS and after > LOUDNESS_FLOOR_LUFS):
         return None
     return max(float(before - after), 0.0)
 
