@@ -592,3 +592,72 @@ def test_a_track_head_with_raw_descriptors_reads_them_in_their_own_units():
         assert isinstance(head, TrackHead) == raw
     assert torch.allclose(*outputs[True], atol=1e-5)
     assert (outputs[False][0] - outputs[False][1]).abs().max() > 1e-2
+
+
+def test_compressors_set_by_their_gain_reduction_take_it_and_keep_each_tracks_loudness():
+    """``compressed_by_gain_reduction``: each sounding track's compressor gets the habits' ratio, attack, release
+    and knee and a threshold at which it takes the wanted reduction, measured independently as the console
+    file's own meter does (``gain_reduction_db`` on the rendered strip, within 0.25 dB); the fader raised by
+    that much keeps the strip's output as loud as with the compressor bypassed (within 0.25 dB); a track that
+    wants none and a silent one keep their compressor and fader."""
+    from gradmix.console import ConsoleSetting
+    from gradmix.console.makeup import gain_reduction_db
+    from gradmix.models.engineer import compressed_by_gain_reduction
+
+    sr, layout = 44100, Layout.default()
+    g = torch.Generator().manual_seed(7)
+    t = torch.arange(2 * sr) / sr
+    hits = torch.sin(2 * math.pi * 60 * t) * torch.exp(-((t % 0.5) / 0.08))  # a kick: four decaying hits
+    pad = torch.sin(2 * math.pi * 220 * t) * (0.6 + 0.4 * torch.sin(2 * math.pi * 0.7 * t))  # a swelling pad
+    noise = 0.3 * torch.randn(2 * sr, generator=g)
+    tracks = torch.stack([hits, pad, noise, torch.zeros_like(t)])[None, :, None].expand(1, 4, 2, -1).contiguous()
+    tracks = tracks * torch.pow(10.0, normalization_db(tracks, None, sr).nan_to_num(0.0) / 20)[..., None, None]
+    own = engineer_controls(layout, 1, 4, torch.Generator().manual_seed(1))
+    habits = engineer_controls(layout, 1, 4, torch.Generator().manual_seed(2), audio=tracks, sample_rate=sr)
+    wanted = torch.tensor([[3.0, 1.5, 0.0, 2.0]], dtype=torch.float64)
+    made, taken = compressed_by_gain_reduction(layout, own, habits, tracks, wanted, sr)
+    assert torch.allclose(taken[0, :2], wanted[0, :2], atol=0.25), taken
+    assert taken[0, 2:].abs().max() == 0
+    cols = [layout.strip_control_index(2, name) for name in ("ratio", "attack_ms", "release_ms", "knee_db")]
+    assert torch.equal(made.strip[0, :2][:, cols], habits.strip[0, :2][:, cols])
+    assert torch.equal(made.strip[0, 2:], own.strip[0, 2:])
+    names = ["kick", "pad", "noise", "silence"]
+    chains = [
+        track.chain
+        for track in ConsoleSetting.from_params(
+            layout, layout.denormalize(made), names=names, files=[None] * 4, sample_rate=sr
+        ).tracks
+    ]
+    for k in range(2):
+        fader, eq, comp = chains[k][:3]
+        measured = gain_reduction_db([fader, eq], comp, tracks[0, k], sr)
+        assert abs(measured - float(wanted[0, k])) < 0.25, (k, measured)
+        x = eq.effect(fader.effect(tracks[0, k][None], fader.params, sample_rate=sr), eq.params, sample_rate=sr)
+        compressed = comp.effect(x, {**comp.params, "makeup_db": 0.0}, sample_rate=sr)
+        bypassed = x * 10 ** (-float(taken[0, k]) / 20)  # the fader as it was, no compressor
+        loud = [float(integrated_loudness(v, sample_rate=sr)) for v in (compressed, bypassed)]
+        assert abs(loud[0] - loud[1]) < 0.25, (k, loud)
+
+
+def test_the_wanted_gain_reduction_is_a_songs_taste_halved_for_bright_tracks():
+    """``wanted_gain_reduction_db``: one taste per song within ``REDUCTION_TASTE_DB`` (per-track noise N(0, 0.5)),
+    half for a track whose centroid is above 4 kHz, 0 for padding and silence."""
+    from gradmix.models.engineer import REDUCTION_TASTE_DB, wanted_gain_reduction_db
+
+    sr = 44100
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(sr) / sr
+    low = torch.sin(2 * math.pi * 110 * t)
+    bright = torch.sin(2 * math.pi * 9000 * t)
+    tracks = torch.stack([low, low, bright, torch.zeros_like(t)])[None, :, None].expand(256, 4, 2, -1)
+    mask = torch.tensor([True, True, True, True]).expand(256, 4).clone()
+    mask[:, 1] = False
+    wanted = wanted_gain_reduction_db(tracks, mask, sr, g)
+    assert wanted.shape == (256, 4)
+    assert (wanted[:, 1] == 0).all() and (wanted[:, 3] == 0).all()
+    assert 0 <= float(wanted[:, 0].min()) and float(wanted[:, 0].max()) < 5.0
+    middle = sum(REDUCTION_TASTE_DB) / 2
+    assert middle - 0.3 < float(wanted[:, 0].mean()) < middle + 0.3, wanted[:, 0].mean()  # the taste plus noise
+    ratio = wanted[:, 2].mean() / wanted[:, 0].mean()
+    assert 0.4 < ratio < 0.6, ratio
+    assert wanted[:, 0].std() > 0.4  # songs differ in taste

@@ -466,13 +466,13 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
 
 
 def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_and_resumes(tmp_path):
-    """``habit_eq``: segments encoded once (with each song's move to the authors' level), only
-    ``engineer_track_head`` learns, its EQ gains move to the habits' moves carved on the authors' heads' tone; a
-    second start with more steps resumes from the checkpoint and reuses the encoded segments."""
+    """``habit_eq``: segments encoded once (with each song's move to the authors' level and each compressor set
+    by the habits' gain reduction), only ``engineer_track_head`` learns, its EQ gains and compressor thresholds
+    move to the target's (the habits' EQ moves carved on the authors' heads' tone); a second start with more
+    steps resumes from the checkpoint and reuses the encoded segments."""
     require("lightning")
     require("auraloss")
-    from gradmix.console import Controls
-    from gradmix.models.engineer import carve_on, eq_gain_columns
+    from gradmix.models.engineer import eq_gain_columns
     from gradmix.train import train
 
     data = make_dataset(tmp_path / "data", songs=3)
@@ -482,7 +482,7 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     grown = train(cfg)
     cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 40
     cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 4, 0.01, 1
-    cfg.habit_eq.authors_level = True
+    cfg.habit_eq.authors_level = cfg.habit_eq.gain_reduction = True
     cfg.run.log_every, cfg.run.checkpoint_every = 10, 20
     fitted = train(cfg)
     before, after = load_model(grown)[0], load_model(fitted)[0]
@@ -493,20 +493,22 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     assert moved and all(name.startswith("engineer_track_head") for name in moved), moved
     segments = torch.load(tmp_path / "c" / "habit_eq_segments.pt", weights_only=True)
     assert len(segments) == 2  # 4 segments in batches of 2
-    layout, cols, errors = before.layout, eq_gain_columns(before.layout), []
-    with torch.no_grad():
-        for model in (before, after):
-            err = 0.0
-            for emb, mask, strip, sends, _ in segments:
-                b = emb.shape[0]
-                habits = Controls(strip, sends, strip.new_zeros(b, 0), strip.new_zeros(b, 0))
-                carved = carve_on(habits, model.decide(emb, mask, engineer=torch.zeros(b)), layout)
-                mine = model.decide(emb, mask, engineer=torch.ones(b))
-                err += float((mine.strip[..., cols] - carved.strip[..., cols]).square()[mask.bool()].mean())
-            errors.append(err)
-    assert errors[1] < 0.5 * errors[0], errors
-    levels = torch.cat([level for *_, level in segments])  # the song-level moves to the authors' level
+    layout = before.layout
+    threshold = layout.strip_control_index(2, "threshold_db")
+    for cols in (eq_gain_columns(layout), [threshold]):
+        errors = []
+        with torch.no_grad():
+            for model in (before, after):
+                err = 0.0
+                for emb, mask, strip, *_ in segments:
+                    mine = model.decide(emb, mask, engineer=torch.ones(emb.shape[0]))
+                    err += float((mine.strip[..., cols] - strip[..., cols]).square()[mask.bool()].mean())
+                errors.append(err)
+        assert errors[1] < 0.5 * errors[0], (cols, errors)
+    levels = torch.cat([level for *_, level, _ in segments])  # the song-level moves to the authors' level
     assert levels.shape == (4,) and levels.isfinite().all() and levels.abs().max() > 0.05, levels
+    taken = torch.cat([reduction[mask.bool()] for _, mask, *_, reduction in segments])
+    assert taken.min() > 0.3 and taken.max() < 6.5, taken  # every heard track's compressor takes its share
     stamp = (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns
     cfg.run.max_steps = 60
     train(cfg)

@@ -55,7 +55,15 @@ from gradmix.models import (
     track_loudness,
 )
 from gradmix.models.checkpoint import load_model, save_model
-from gradmix.models.engineer import carve_on, engineer_controls, level_moved, level_matched_eq, song_level_db
+from gradmix.models.engineer import (
+    carve_on,
+    compressed_by_gain_reduction,
+    engineer_controls,
+    level_matched_eq,
+    level_moved,
+    song_level_db,
+    wanted_gain_reduction_db,
+)
 from gradmix.models.losses import TRACK_WEIGHTINGS, LossWeights, TrackLoss, active_tracks, control_loss, pick_tracks
 from gradmix.progress import progress
 
@@ -139,6 +147,12 @@ class HabitEqConfig:
     faders), so that what its master receives is as loud as under the authors' heads' decision
     (:func:`~gradmix.models.engineer.song_level_db`): the engineer's balance at the level the authors mix at,
     into the master bus the two share."""
+    gain_reduction: bool = False
+    """Each strip compressor of the target is set as an engineer sets one by its meter
+    (:func:`~gradmix.models.engineer.compressed_by_gain_reduction`): the habits' ratio, attack, release and knee,
+    the threshold where it takes the habits' reduction off the track
+    (:func:`~gradmix.models.engineer.wanted_gain_reduction_db`: a song's taste of a dB or two, half for bright
+    tracks), and the fader raised by what it takes. Otherwise the compressors are the starting model's own."""
 
 
 @dataclass
@@ -526,8 +540,12 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
             emb = model.embed(x.to(device), sample_rate=sr)
             c = engineer_controls(layout, *x.shape[:2], g, dtype=x.dtype, audio=x, mask=mask, sample_rate=sr)
             target, authors = habit_eq_target(model, emb, mask.to(device), c.strip.to(device), c.sends.to(device), sr)
+            reduction = torch.zeros(mask.shape, dtype=torch.float64)
+            if cfg.habit_eq.gain_reduction:
+                wanted = wanted_gain_reduction_db(x, mask, sr, g)
+                target, reduction = compressed_by_gain_reduction(layout, target, c, x.to(device), wanted, sr)
             level = song_level_db(layout, target, authors, x.to(device), sr, mask.to(device), batch.mono.to(device))
-            batches.append((emb.cpu(), mask, c.strip, c.sends, level.cpu()))
+            batches.append((emb.cpu(), mask, target.strip.cpu(), target.sends.cpu(), level.cpu(), reduction.cpu()))
     return batches
 
 
@@ -562,7 +580,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
     model = MixController(Layout.default(), cfg.model)
     warm_start(model, cfg.run.init)
     model.eval().to(device)
-    sr, layout = cfg.data.sample_rate, model.layout
+    layout = model.layout
     cached = out / "habit_eq_segments.pt"
     if cached.is_file():
         batches = torch.load(cached, weights_only=True)
@@ -571,14 +589,13 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
         save_atomically(batches, cached)
     if not batches:
         raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
-    if len(batches[0]) != 5:
+    if len(batches[0]) != 6:
         raise GradmixError(f"{cached}: encoded by an older gradmix; delete it to encode the segments again")
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
     targets = []
-    with torch.no_grad():
-        for emb, mask, strip, sends, level_db in batches:
-            target, _ = habit_eq_target(model, emb, mask, strip, sends, sr)
-            targets.append(level_moved(layout, target, level_db) if cfg.habit_eq.authors_level else target)
+    for emb, mask, strip, sends, level_db, _ in batches:
+        target = Controls(strip, sends, strip.new_zeros(len(strip), 0), strip.new_zeros(len(strip), 0))
+        targets.append(level_moved(layout, target, level_db) if cfg.habit_eq.authors_level else target)
     for p in model.parameters():
         p.requires_grad_(False)
     head = model.engineer_track_head

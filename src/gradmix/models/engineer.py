@@ -53,6 +53,14 @@ others; the overall tone is the song's taste and the master's. Every pan is mult
 Both scales bring the tracks' spread of EQ tilt and stereo position over a song to the LMMS authors'
 (docs/experiments/2026-12-05-calibrated-habits.md).
 
+A threshold a fixed depth under a track's peak compresses little: a drum's hits pass under a slow attack, and
+a peak detector on a sustained track only touches the crests. An engineer sets a threshold by the gain
+reduction meter instead. :func:`compressed_by_gain_reduction` does so (the EQ stage's targets with
+``habit_eq.gain_reduction``): the table's ratio, attack, release and knee, the threshold where the compressor
+takes :func:`wanted_gain_reduction_db` off the track (a song's U(:data:`REDUCTION_TASTE_DB`) dB of integrated
+loudness, N(0, 0.5) per track, half for a track whose centroid is above 4 kHz), and the fader raised by what it
+takes.
+
 Without the audio (and for everything the habits do not name: the buses and the master) the settings are
 drawn at random, the same for every track (``U`` uniform, ``logU`` log-uniform, ``N(mean, sd)`` clipped to
 the range given):
@@ -87,7 +95,7 @@ from gradmix.console import Controls, Layout, pre_master, render_strips
 from gradmix.console.layout import SEND_SPEC
 from gradmix.dsp.biquad import frequency_response_db
 from gradmix.dsp.eq import eq_coefficients
-from gradmix.dsp.loudness import integrated_loudness, k_weighting_coefficients
+from gradmix.dsp.loudness import LOUDNESS_FLOOR_LUFS, integrated_loudness, k_weighting_coefficients
 from gradmix.effects import ParamSpec
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
 
@@ -480,3 +488,108 @@ def song_level_db(
         gap = goal - level(level_moved(layout, controls, move))
         move = move + torch.where(gap.isfinite(), gap, torch.zeros_like(gap)).double()
     return move
+
+
+REDUCTION_TASTE_DB = (0.5, 2.0)
+"""The range (dB) of a song's draw of how hard its tracks are compressed (:func:`wanted_gain_reduction_db`)."""
+BRIGHT_CENTROID_HZ = 4000.0
+"""A track whose log-frequency centroid is above this (hi-hats, cymbals) is compressed half as hard."""
+
+
+def wanted_gain_reduction_db(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> Tensor:
+    """How much an engineer's strip compressor takes off each loudness-normalised track ``(batch, tracks,
+    channels, samples)``, in dB of integrated loudness, ``(batch, tracks)`` float64: a song's taste
+    U(:data:`REDUCTION_TASTE_DB`) plus N(0, 0.5) per track, half of it for a bright track (centroid above
+    :data:`BRIGHT_CENTROID_HZ`: a hi-hat keeps its life), within 0..6 dB; 0 for padding (``mask`` 0) and silence.
+    ``g`` (a CPU generator) draws the taste and the noise."""
+    b, n = audio.shape[:2]
+    with torch.no_grad():
+        bands = octave_band_powers(audio.detach().flatten(0, 1).double(), sample_rate=sample_rate).view(b, n, -1).cpu()
+    octave = torch.log2(torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=torch.float64))
+    centroid = torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
+    taste = _uniform(g, b, *REDUCTION_TASTE_DB)[:, None] + 0.5 * torch.randn(b, n, generator=g, dtype=torch.float64)
+    wanted = (taste * torch.where(centroid > BRIGHT_CENTROID_HZ, 0.5, 1.0)).clamp(0.0, 6.0)
+    real = bands.sum(-1) > 1e-20
+    if mask is not None:
+        real &= mask.detach().cpu().to(torch.bool)
+    return torch.where(real, wanted, 0.0)
+
+
+def compressed_by_gain_reduction(
+    layout: Layout,
+    controls: Controls,
+    habits: Controls,
+    tracks: Tensor,
+    wanted_db: Tensor,
+    sample_rate: float,
+    iterations: int = 9,
+) -> tuple[Controls, Tensor]:
+    """``controls`` with each strip compressor set as an engineer sets one by its meter: ratio, attack, release and
+    knee from ``habits``, the threshold where the compressor (without makeup) takes ``wanted_db`` ``(batch,
+    tracks)`` of integrated loudness off the track as the fader and EQ of ``controls`` deliver it, and then the
+    fader and the threshold both raised by the reduction it takes, so that each track keeps its loudness and the
+    compression stays the same (a compressor acts on the level relative to its threshold). The threshold is found
+    by bisection between its lowest value and the track's peak (``iterations`` halvings), on the side that takes
+    no more than wanted; where even the lowest threshold takes less, it stays there. Tracks that want no
+    reduction or are too quiet to measure keep ``controls``' compressor and fader.
+
+    Args:
+        controls, habits: 0..1 controls of ``layout``, ``(batch, tracks, params)`` strips; the strips must start
+            with the fader and hold only linear effects before their compressor.
+        tracks: the loudness-normalised tracks ``(batch, tracks, channels, samples)``, channels 1 or 2.
+        wanted_db: dB of integrated loudness, e.g. :func:`wanted_gain_reduction_db`.
+
+    Returns:
+        ``(controls, taken_db)``: the new controls and the reduction each compressor takes ``(batch, tracks)``.
+    """
+    kinds = [slot.effect.type_name for slot in layout.strip]
+    if kinds[0] != "gain" or "compressor" not in kinds:
+        raise ValueError("the strips must start with a fader and have a compressor")
+    k = kinds.index("compressor")
+    if not all(slot.effect.linear for slot in layout.strip[:k]):
+        raise ValueError("only linear effects may sit between the fader and the compressor")
+    slot = layout.strip[k]
+    cols = {
+        name: layout.strip_control_index(k, name)
+        for name in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db")
+    }
+    fader_col = layout.strip_control_index(0, "gain_db")
+    strip = controls.strip.clone()
+    for name in ("ratio", "attack_ms", "release_ms", "knee_db"):
+        strip[..., cols[name]] = habits.strip[..., cols[name]].to(strip)
+    b, n = strip.shape[:2]
+    params = layout.denormalize(Controls(strip, controls.sends, controls.buses, controls.master))
+    if tracks.shape[2] == 1:
+        tracks = tracks.expand(-1, -1, 2, -1)
+    spec = slot.specs[[s.name for s in slot.specs].index("threshold_db")]
+    threshold = params.strip[k]["threshold_db"].flatten().double()
+    taken = torch.zeros_like(threshold)
+    with torch.no_grad():
+        x = render_strips(layout.strip[:k], tracks, params.strip[:k], sample_rate=sample_rate).flatten(0, 1)
+        before = integrated_loudness(x, sample_rate=sample_rate).double()
+        act = ((wanted_db.reshape(-1).to(before) > 0) & (before > LOUDNESS_FLOOR_LUFS)).nonzero()[:, 0]
+        x, before, wanted = x[act], before[act], wanted_db.reshape(-1).to(before)[act]
+        comp = {name: v.flatten(0, 1)[act] for name, v in params.strip[k].items()}
+        comp["makeup_db"] = torch.zeros_like(comp["makeup_db"])
+
+        def reduction(at_db: Tensor) -> Tensor:
+            y = slot.effect(x, {**comp, "threshold_db": at_db.to(x)}, sample_rate=sample_rate)
+            return before - integrated_loudness(y, sample_rate=sample_rate).double()
+
+        peak_db = 20 * torch.log10(x.abs().amax((1, 2)).double().clamp_min(1e-12))
+        low = torch.full_like(before, float(spec.min))
+        high = peak_db.clamp(float(spec.min), float(spec.max))  # above its peak a compressor takes nothing
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            more = reduction(middle) > wanted
+            low, high = torch.where(more, middle, low), torch.where(more, high, middle)
+        taken[act] = reduction(high).clamp_min(0.0).nan_to_num(0.0)
+        threshold[act] = high + taken[act]
+    strip[..., cols["threshold_db"]] = spec.normalize(threshold.clamp(spec.min, spec.max)).view(b, n).to(strip)
+    fader = layout.strip[0].specs[0]
+    strip[..., fader_col] = (strip[..., fader_col] + (taken / (fader.max - fader.min)).view(b, n).to(strip)).clamp(0, 1)
+    acting = torch.zeros(b * n, dtype=torch.bool, device=strip.device)
+    acting[act] = True
+    for name in ("ratio", "attack_ms", "release_ms", "knee_db"):
+        strip[..., cols[name]] = torch.where(acting.view(b, n), strip[..., cols[name]], controls.strip[..., cols[name]])
+    return Controls(strip, controls.sends, controls.buses, controls.master), taken.view(b, n)
