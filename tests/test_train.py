@@ -516,6 +516,9 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     assert [int(r["step"]) for r in rows] == [10, 20, 30, 40, 50, 60]
     assert (tmp_path / "c" / "habit_eq_segments.pt").stat().st_mtime_ns == stamp
     assert load_model(fitted)[1]["info"]["steps"] == 60
+    cfg.habit_eq.gain_reduction = False  # the encoded targets compress: they are not this run's
+    with pytest.raises(GradmixError, match="encoded with habit_eq.gain_reduction True"):
+        train(cfg)
     cfg.model.engineer_switch = False
     with pytest.raises(GradmixError, match="needs model.engineer_switch"):
         check(cfg)

@@ -591,6 +591,11 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
         raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
     if len(batches[0]) != 6:
         raise GradmixError(f"{cached}: encoded by an older gradmix; delete it to encode the segments again")
+    if any(bool((batch[5] > 0).any()) for batch in batches) != cfg.habit_eq.gain_reduction:
+        raise GradmixError(
+            f"{cached}: encoded with habit_eq.gain_reduction {not cfg.habit_eq.gain_reduction}; delete it to encode"
+            " the segments again"
+        )
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
     targets = []
     for emb, mask, strip, sends, level_db, _ in batches:
