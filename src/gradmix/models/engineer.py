@@ -217,6 +217,13 @@ def _interp_octaves(values: Tensor, freq_hz: float) -> Tensor:
     return values[..., k] * (1 - w) + values[..., k + 1] * w
 
 
+def log_frequency_centroid_hz(bands: Tensor) -> Tensor:
+    """The power-weighted mean octave, as a frequency in Hz, of octave-band powers ``(..., 10)`` (bands of
+    :data:`~gradmix.metrics.tracks.OCTAVE_BAND_CENTRES_HZ`) -> ``(...)``."""
+    octave = torch.log2(torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=bands.dtype, device=bands.device))
+    return torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
+
+
 def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> dict:
     """The habits of the module's table for loudness-normalised tracks ``(batch, tracks, channels, samples)``.
 
@@ -244,7 +251,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
     octave = torch.log2(centres)
     f_low = torch.exp2(torch.where(significant, octave, torch.inf).amin(-1))
     f_high = torch.exp2(torch.where(significant, octave, -torch.inf).amax(-1))
-    centroid = torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
+    centroid = log_frequency_centroid_hz(bands)
     total = (bands * sounding[..., None]).sum(1, keepdim=True)
     share = bands / total.clamp_min(1e-30) * sounding.sum(1).clamp_min(1)[:, None, None]
     percussive = ((crest - 5.0) / 6.0).clamp(0, 1)
@@ -505,8 +512,7 @@ def wanted_gain_reduction_db(audio: Tensor, mask: Tensor | None, sample_rate: fl
     b, n = audio.shape[:2]
     with torch.no_grad():
         bands = octave_band_powers(audio.detach().flatten(0, 1).double(), sample_rate=sample_rate).view(b, n, -1).cpu()
-    octave = torch.log2(torch.tensor(OCTAVE_BAND_CENTRES_HZ, dtype=torch.float64))
-    centroid = torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
+    centroid = log_frequency_centroid_hz(bands)
     taste = _uniform(g, b, *REDUCTION_TASTE_DB)[:, None] + 0.5 * torch.randn(b, n, generator=g, dtype=torch.float64)
     wanted = (taste * torch.where(centroid > BRIGHT_CENTROID_HZ, 0.5, 1.0)).clamp(0.0, 6.0)
     real = bands.sum(-1) > 1e-20
@@ -549,26 +555,21 @@ def compressed_by_gain_reduction(
     if not all(slot.effect.linear for slot in layout.strip[:k]):
         raise ValueError("only linear effects may sit between the fader and the compressor")
     slot = layout.strip[k]
-    cols = {
-        name: layout.strip_control_index(k, name)
-        for name in ("threshold_db", "ratio", "attack_ms", "release_ms", "knee_db")
-    }
-    fader_col = layout.strip_control_index(0, "gain_db")
-    strip = controls.strip.clone()
-    for name in ("ratio", "attack_ms", "release_ms", "knee_db"):
-        strip[..., cols[name]] = habits.strip[..., cols[name]].to(strip)
-    b, n = strip.shape[:2]
-    params = layout.denormalize(Controls(strip, controls.sends, controls.buses, controls.master))
+    dynamics = [layout.strip_control_index(k, name) for name in ("ratio", "attack_ms", "release_ms", "knee_db")]
+    threshold_col, fader_col = layout.strip_control_index(k, "threshold_db"), layout.strip_control_index(0, "gain_db")
+    b, n = controls.strip.shape[:2]
+    trial = controls.strip.clone()
+    trial[..., dynamics] = habits.strip[..., dynamics].to(trial)
+    params = layout.denormalize(Controls(trial, controls.sends, controls.buses, controls.master))
     if tracks.shape[2] == 1:
         tracks = tracks.expand(-1, -1, 2, -1)
     spec = slot.specs[[s.name for s in slot.specs].index("threshold_db")]
-    threshold = params.strip[k]["threshold_db"].flatten().double()
-    taken = torch.zeros_like(threshold)
     with torch.no_grad():
         x = render_strips(layout.strip[:k], tracks, params.strip[:k], sample_rate=sample_rate).flatten(0, 1)
         before = integrated_loudness(x, sample_rate=sample_rate).double()
-        act = ((wanted_db.reshape(-1).to(before) > 0) & (before > LOUDNESS_FLOOR_LUFS)).nonzero()[:, 0]
-        x, before, wanted = x[act], before[act], wanted_db.reshape(-1).to(before)[act]
+        wanted = wanted_db.reshape(-1).to(before)
+        act = ((wanted > 0) & (before > LOUDNESS_FLOOR_LUFS)).nonzero()[:, 0]
+        x, before, wanted = x[act], before[act], wanted[act]
         comp = {name: v.flatten(0, 1)[act] for name, v in params.strip[k].items()}
         comp["makeup_db"] = torch.zeros_like(comp["makeup_db"])
 
@@ -583,13 +584,13 @@ def compressed_by_gain_reduction(
             middle = (low + high) / 2
             more = reduction(middle) > wanted
             low, high = torch.where(more, middle, low), torch.where(more, high, middle)
-        taken[act] = reduction(high).clamp_min(0.0).nan_to_num(0.0)
-        threshold[act] = high + taken[act]
-    strip[..., cols["threshold_db"]] = spec.normalize(threshold.clamp(spec.min, spec.max)).view(b, n).to(strip)
+        took = reduction(high).clamp_min(0.0).nan_to_num(0.0)
     fader = layout.strip[0].specs[0]
-    strip[..., fader_col] = (strip[..., fader_col] + (taken / (fader.max - fader.min)).view(b, n).to(strip)).clamp(0, 1)
-    acting = torch.zeros(b * n, dtype=torch.bool, device=strip.device)
-    acting[act] = True
-    for name in ("ratio", "attack_ms", "release_ms", "knee_db"):
-        strip[..., cols[name]] = torch.where(acting.view(b, n), strip[..., cols[name]], controls.strip[..., cols[name]])
+    flat = controls.strip.flatten(0, 1).clone()  # the tracks it leaves keep their strips exactly
+    flat[act] = trial.flatten(0, 1)[act]
+    flat[act, threshold_col] = spec.normalize((high + took).clamp(spec.min, spec.max)).to(flat)
+    flat[act, fader_col] = (flat[act, fader_col] + (took / (fader.max - fader.min)).to(flat)).clamp(0, 1)
+    taken = torch.zeros(b * n, dtype=torch.float64, device=before.device)
+    taken[act] = took
+    strip = flat.view(b, n, -1)
     return Controls(strip, controls.sends, controls.buses, controls.master), taken.view(b, n)
