@@ -517,10 +517,12 @@ def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
     seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), heard (B, N) (the tracks that sound in
     the segment, :func:`~gradmix.models.sounding_mask`), strip (B, N, params),
-    sends (B, N, buses), level_db (B,))`` on the CPU: the model's track embeddings, the 0..1 controls of the
-    habits' engineer-like console for the tracks it heard, and the level move that brings the song under the
-    EQ stage's target (:func:`habit_eq_target`) to the level the authors' heads give it
-    (:func:`~gradmix.models.engineer.song_level_db`)."""
+    sends (B, N, buses), level_db (B,), reduction_db (B, N))`` on the CPU: the model's track embeddings, the 0..1
+    strip controls and sends of the EQ stage's target (:func:`habit_eq_target`, its compressors set by
+    :func:`~gradmix.models.engineer.compressed_by_gain_reduction` with ``habit_eq.gain_reduction``), the level
+    move that brings the song under that target to the level the authors' heads give it
+    (:func:`~gradmix.models.engineer.song_level_db`), and the gain reduction (dB) each compressor of the target
+    takes (0 without ``habit_eq.gain_reduction``)."""
     sr, layout, device = cfg.data.sample_rate, model.layout, next(model.parameters()).device
     data = SegmentDataset(
         songs, seconds=cfg.data.seconds, sample_rate=sr, seed=cfg.run.seed, length=cfg.habit_eq.segments
