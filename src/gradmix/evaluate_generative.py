@@ -40,12 +40,19 @@ Writes ``generative.json`` (``seeds``; each figure's mean at the top level, ``st
 with their per-song rows; seed-independent per-song ``rows``; ``criteria``), ``generative.md`` (the table) and
 ``vectors.npz`` (the feature vectors, unstandardised: ``human/SONG`` and ``equal_loudness/SONG``
 ``(segments, features)``, ``random/SONG`` ``(n, segments, features)``, ``samples/SONG``
-``(seeds, n, segments, features)``; ``features``, ``songs``, ``seeds``) for further analysis. The run is not
-resumable: an interrupted run starts again.
+``(seeds, n, segments, features)``; ``features``, ``songs``, ``seeds``) for further analysis.
+
+The run resumes: each song's seed-independent results are kept in ``generative/SONG.json`` and each seed's in
+``generative/SONG.seedS.json`` as soon as they are measured, under a key of what they depend on (the model
+file's SHA-256, ``n``, ``seconds``, ``temperature``, ``refine_steps``, ``seed``, and the path, size and
+modification time of every file they read: the song's stems and mix, and for ``match`` the reference's mix); a
+run measures only what is not kept under its key, so an interrupted run goes on where it stopped and adding a
+seed draws only that seed's samples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -69,6 +76,7 @@ from gradmix.metrics import (
     style_distance,
 )
 from gradmix.metrics.distances import STYLE_FEATURES
+from gradmix.models.checkpoint import DEFAULT_MODEL
 from gradmix.progress import progress as show_progress
 
 SEGMENT_S = 10.0
@@ -129,6 +137,26 @@ def _vectors(mix: torch.Tensor, sample_rate: int) -> np.ndarray:
 def _mean_pairwise(v: np.ndarray) -> float:
     d = np.sqrt(((v[:, None] - v[None]) ** 2).sum(-1))
     return float(d.sum() / max(len(v) * (len(v) - 1), 1))
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (which model a cached result belongs to)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stamp(path: Path) -> list:
+    """``[path, size, modification time in ns]``: a file's identity in a cached result's key."""
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The results kept in ``path`` if it holds them for ``key`` (the run's settings), else None."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) and kept.get("key") == key else None
 
 
 def _write(path: Path, write) -> None:
@@ -192,69 +220,98 @@ def evaluate_generative(
     if len(found) < 2:
         raise GradmixError(f"{dataset}: the generative evaluation needs at least 2 songs with a mix")
     out = Path(out_dir)
-    make_output_folder(out)
+    make_output_folder(out / "generative")
+    run_key = {
+        "model_sha256": _sha256(Path(model_path) if model_path is not None else DEFAULT_MODEL),
+        "n": n,
+        "seconds": seconds,
+        "temperature": temperature,
+        "refine_steps": refine_steps,
+        "seed": seed,
+    }
     examples = [read_example(s, seconds=seconds, sample_rate=sr) for s in found]
     human = {s.name: _vectors(e.mix, sr) for s, e in zip(found, examples)}
     rows, random_vecs, equal_vecs = [], {}, {}
     sample_vecs: dict[int, dict[str, np.ndarray]] = {s: {} for s in seeds}
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
-        tracks = ex.heard_tracks()
-        heard = read_song_tracks(song, sr)  # what the consoles are decided from
-        names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
-        target = ex.mix[None].double()
-        analysis = analyse(model, heard, sr)
-        song_obj = Song(model, names, files, heard, sr, [])
+        reference = found[(i + 1) % len(found)]
+        own = {**run_key, "song": song.name, "files": [_stamp(r.path) for r in (*song.stems, song.mix)]}
+        song_key = {**own, "reference": _stamp(reference.mix.path)}
+        song_path = out / "generative" / f"{song.name}.json"
+        seed_paths = {s: out / "generative" / f"{song.name}.seed{s}.json" for s in seeds}
+        cached = _cached(song_path, song_key)
+        cached_seeds = {s: _cached(p, {**own, "sample_seed": s}) for s, p in seed_paths.items()}
+        if cached is None or any(c is None for c in cached_seeds.values()):
+            tracks = ex.heard_tracks()
+            heard = read_song_tracks(song, sr)  # what the consoles are decided from
+            names, files = [r.name for r in song.stems], [str(r.path) for r in song.stems]
+            target = ex.mix[None].double()
+            analysis = analyse(model, heard, sr)
+            song_obj = Song(model, names, files, heard, sr, [])
 
-        def render(setting):
-            with torch.no_grad():
-                return setting.render(list(tracks), keep_strips=False, device=device)[0].cpu()
+            def render(setting):
+                with torch.no_grad():
+                    return setting.render(list(tracks), keep_strips=False, device=device)[0].cpu()
 
-        def score(mix):
-            return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
+            def score(mix):
+                return float(aggregate_score(feature_errors(mix[None].double(), target, sr))[0])
 
-        randoms = [render(baseline("random_console", names, files, heard, sr, seed=seed + k)) for k in range(n)]
-        random_vecs[song.name] = np.stack([_vectors(m, sr) for m in randoms])  # (n, segments, features)
-        random_scores = [score(m) for m in randoms]
-        random_mean = float(np.mean(random_scores))
-        del randoms
-        for s in seeds:
-            samples = [
-                render(c)
-                for c in sample_settings(
-                    song_obj, analysis, n, seed=s, temperature=temperature, refine_steps=refine_steps
-                )
-            ]
-            sample_vecs[s][song.name] = np.stack([_vectors(m, sr) for m in samples])
-            sample_scores = [score(m) for m in samples]
-            seed_rows[s].append(
-                {
+            if cached is None:
+                randoms = [render(baseline("random_console", names, files, heard, sr, seed=seed + k)) for k in range(n)]
+                random_scores = [score(m) for m in randoms]
+                ref = examples[(i + 1) % len(examples)].mix
+                equal = render(baseline("equal_loudness", names, files, heard, sr))
+                with torch.no_grad():
+                    z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
+                matched = render(console_for(model, analysis, names, files, sr, z))
+                refined = render(refine(song_obj, analysis, z, ref.to(device), steps=refine_steps))
+                row = {
                     "song": song.name,
-                    "sample_scores": sample_scores,
-                    "sample_win_rates": [float(np.mean([x < r for r in random_scores])) for x in sample_scores],
-                    "plausible_share": float(np.mean([x < random_mean for x in sample_scores])),
+                    "reference": reference.name,
+                    "random_scores": random_scores,
+                    "random_mean_score": float(np.mean(random_scores)),
+                    "style": {
+                        k: float(style_distance(m[None], ref[None], sr))
+                        for k, m in (("equal_loudness", equal), ("match", matched), ("match_refined", refined))
+                    },
                 }
-            )
-        ref = examples[(i + 1) % len(examples)].mix
-        equal = render(baseline("equal_loudness", names, files, heard, sr))
-        equal_vecs[song.name] = _vectors(equal, sr)
-        with torch.no_grad():
-            z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
-        matched = render(console_for(model, analysis, names, files, sr, z))
-        refined = render(refine(song_obj, analysis, z, ref.to(device), steps=refine_steps))
-        d = {
-            k: float(style_distance(m[None], ref[None], sr))
-            for k, m in (("equal_loudness", equal), ("match", matched), ("match_refined", refined))
-        }
-        rows.append(
-            {
-                "song": song.name,
-                "reference": found[(i + 1) % len(found)].name,
-                "random_scores": random_scores,
-                "random_mean_score": random_mean,
-                "style": d,
-            }
-        )
+                cached = {
+                    "key": song_key,
+                    "random_vectors": np.stack([_vectors(m, sr) for m in randoms]).tolist(),
+                    "equal_loudness_vectors": _vectors(equal, sr).tolist(),
+                    "row": row,
+                }
+                _write(song_path, lambda f, c=cached: f.write(json.dumps(c).encode()))
+                del randoms
+            random_scores, random_mean = cached["row"]["random_scores"], cached["row"]["random_mean_score"]
+            for s in seeds:
+                if cached_seeds[s] is not None:
+                    continue
+                samples = [
+                    render(c)
+                    for c in sample_settings(
+                        song_obj, analysis, n, seed=s, temperature=temperature, refine_steps=refine_steps
+                    )
+                ]
+                sample_scores = [score(m) for m in samples]
+                cached_seeds[s] = {
+                    "key": {**own, "sample_seed": s},
+                    "vectors": np.stack([_vectors(m, sr) for m in samples]).tolist(),
+                    "row": {
+                        "song": song.name,
+                        "sample_scores": sample_scores,
+                        "sample_win_rates": [float(np.mean([x < r for r in random_scores])) for x in sample_scores],
+                        "plausible_share": float(np.mean([x < random_mean for x in sample_scores])),
+                    },
+                }
+                _write(seed_paths[s], lambda f, c=cached_seeds[s]: f.write(json.dumps(c).encode()))
+        random_vecs[song.name] = np.asarray(cached["random_vectors"])  # (n, segments, features)
+        equal_vecs[song.name] = np.asarray(cached["equal_loudness_vectors"])
+        rows.append(cached["row"])
+        for s in seeds:
+            sample_vecs[s][song.name] = np.asarray(cached_seeds[s]["vectors"])
+            seed_rows[s].append(cached_seeds[s]["row"])
     per_seed = [
         {
             "seed": s,
