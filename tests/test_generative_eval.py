@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,52 +275,49 @@ def test_every_console_is_decided_from_the_whole_song_and_rendered_on_its_start(
 
 
 def test_an_interrupted_run_resumes_and_another_seed_draws_only_its_samples(
-    two_seeds, dataset, style_model, monkeypatch
+    two_seeds, dataset, style_model, tmp_path, monkeypatch
 ):
-    import os
+    import shutil
 
     import gradmix.generate
 
     _, fresh = two_seeds
+    data, out = shutil.copytree(dataset / "data", tmp_path / "data"), tmp_path / "out"
     sample_settings, calls = gradmix.generate.sample_settings, []
 
     def spy(song, *a, seed, **kw):
-        calls.append((song.files[0], seed))
+        calls.append((Path(song.files[0]).parent.name, seed))
         if len(calls) == stop_at:
             raise KeyboardInterrupt
         return sample_settings(song, *a, seed=seed, **kw)
 
     monkeypatch.setattr(gradmix.generate, "sample_settings", spy)
-    out = dataset / "resumed"
 
-    def run(seeds):
+    def run(seeds, temperature=1.4):
         calls.clear()
         return evaluate_generative(
-            dataset / "data", out, n=2, refine_steps=0, seconds=2, seeds=seeds, model_path=style_model
+            data, out, n=2, refine_steps=0, seconds=2, seeds=seeds, temperature=temperature, model_path=style_model
         )
 
     stop_at = 2  # interrupted while drawing the second song's samples
     with pytest.raises(KeyboardInterrupt):
         run([0])
-    kept = sorted(p.name for p in (out / "generative").iterdir())
-    assert kept == ["song0.json", "song0.seed0.json", "song1.json"] and not (out / "generative.json").exists()
+    kept = sorted(str(p.relative_to(out / "generative")) for p in (out / "generative").rglob("*.json"))
+    assert kept == ["song0/seed0.json", "song0/song.json", "song1/song.json"]
+    assert not (out / "generative.json").exists()
     stop_at = 0
     resumed = run([0, 1])
-    assert [(os.path.basename(os.path.dirname(f)), s) for f, s in calls] == [("song0", 1), ("song1", 0), ("song1", 1)]
+    assert calls == [("song0", 1), ("song1", 0), ("song1", 1)]
     for k in FIGURES:  # what was kept gives the figures of a run that was never interrupted
         assert resumed[k] == pytest.approx(fresh[k], rel=1e-9, abs=1e-15), k
-    assert resumed["rows"] == fresh["rows"] and [p["rows"] for p in resumed["per_seed"]] == [
-        p["rows"] for p in fresh["per_seed"]
-    ]
+    assert resumed["rows"] == fresh["rows"]
+    assert [p["rows"] for p in resumed["per_seed"]] == [p["rows"] for p in fresh["per_seed"]]
     assert run([1])["per_seed"][0]["rows"] == fresh["per_seed"][1]["rows"] and calls == []
-    mix = dataset / "data" / "song1" / "mix.wav"
-    os.utime(mix, ns=(mix.stat().st_atime_ns, mix.stat().st_mtime_ns + 1_000_000_000))
-    run([1])  # a changed file is read again: song1's samples are drawn again, song0's kept (only its match)
-    assert [os.path.basename(os.path.dirname(f)) for f, _ in calls] == ["song1"]
-    song0 = json.loads((out / "generative" / "song0.json").read_text())["key"]
-    assert song0["reference"][1:] == [mix.stat().st_size, mix.stat().st_mtime_ns]  # song1's mix is song0's reference
-    calls.clear()
-    evaluate_generative(
-        dataset / "data", out, n=2, refine_steps=0, seconds=2, seeds=[1], model_path=style_model, temperature=0.5
-    )
-    assert len(calls) == 2  # another setting: every song again
+    reference = json.loads((out / "generative" / "song0" / "song.json").read_text())["key"]["reference"]
+    audio, sr = sf.read(data / "song1" / "mix.wav")
+    sf.write(data / "song1" / "mix.wav", 0.5 * audio, sr)
+    run([1])  # song1's samples are measured again (their target changed), song0's kept: only its match is redone
+    assert calls == [("song1", 1)]
+    assert json.loads((out / "generative" / "song0" / "song.json").read_text())["key"]["reference"] != reference
+    run([1], temperature=0.5)  # another temperature: the samples of every song again, nothing else
+    assert sorted(calls) == [("song0", 1), ("song1", 1)]

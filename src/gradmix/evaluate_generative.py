@@ -42,12 +42,13 @@ with their per-song rows; seed-independent per-song ``rows``; ``criteria``), ``g
 ``(segments, features)``, ``random/SONG`` ``(n, segments, features)``, ``samples/SONG``
 ``(seeds, n, segments, features)``; ``features``, ``songs``, ``seeds``) for further analysis.
 
-The run resumes: each song's seed-independent results are kept in ``generative/SONG.json`` and each seed's in
-``generative/SONG.seedS.json`` as soon as they are measured, under a key of what they depend on (the model
-file's SHA-256, ``n``, ``seconds``, ``temperature``, ``refine_steps``, ``seed``, and the path, size and
-modification time of every file they read: the song's stems and mix, and for ``match`` the reference's mix); a
-run measures only what is not kept under its key, so an interrupted run goes on where it stopped and adding a
-seed draws only that seed's samples.
+The run resumes: each song's seed-independent results are kept in ``generative/SONG/song.json`` and each
+seed's samples in ``generative/SONG/seedS.json`` as soon as they are measured, under a key of what they depend
+on: the SHA-256 of the gradmix source files, of the model file and of the audio files read (the song's stems
+and mix; for ``match``, the reference's mix), the device type, ``n``, ``seconds``, ``refine_steps`` and
+``seed`` (and, for the samples, ``temperature`` and the sample seed). A run measures only what is not kept
+under its key, so an interrupted run goes on where it stopped and adding a seed draws only that seed's
+samples.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import gradmix
 from gradmix.audio import make_output_folder
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example, read_song_tracks
@@ -139,15 +141,14 @@ def _mean_pairwise(v: np.ndarray) -> float:
     return float(d.sum() / max(len(v) * (len(v) - 1), 1))
 
 
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (which model a cached result belongs to)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _stamp(path: Path) -> list:
-    """``[path, size, modification time in ns]``: a file's identity in a cached result's key."""
-    st = path.stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
+def _sha256(*paths: Path) -> str:
+    """Hex SHA-256 of the bytes of ``paths`` in order (what a cached result was measured from)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -222,10 +223,11 @@ def evaluate_generative(
     out = Path(out_dir)
     make_output_folder(out / "generative")
     run_key = {
+        "code_sha256": _sha256(*sorted(Path(gradmix.__file__).parent.rglob("*.py"))),
         "model_sha256": _sha256(Path(model_path) if model_path is not None else DEFAULT_MODEL),
+        "device": torch.device(device).type,
         "n": n,
         "seconds": seconds,
-        "temperature": temperature,
         "refine_steps": refine_steps,
         "seed": seed,
     }
@@ -236,12 +238,15 @@ def evaluate_generative(
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
         reference = found[(i + 1) % len(found)]
-        own = {**run_key, "song": song.name, "files": [_stamp(r.path) for r in (*song.stems, song.mix)]}
-        song_key = {**own, "reference": _stamp(reference.mix.path)}
-        song_path = out / "generative" / f"{song.name}.json"
-        seed_paths = {s: out / "generative" / f"{song.name}.seed{s}.json" for s in seeds}
+        own = {**run_key, "song": song.name, "files": _sha256(*(r.path for r in (*song.stems, song.mix)))}
+        song_key = {**own, "reference": _sha256(reference.mix.path)}
+        song_path = out / "generative" / song.name / "song.json"
+        seed_paths = {s: out / "generative" / song.name / f"seed{s}.json" for s in seeds}
+        make_output_folder(song_path.parent)
         cached = _cached(song_path, song_key)
-        cached_seeds = {s: _cached(p, {**own, "sample_seed": s}) for s, p in seed_paths.items()}
+        cached_seeds = {
+            s: _cached(p, {**own, "temperature": temperature, "sample_seed": s}) for s, p in seed_paths.items()
+        }
         if cached is None or any(c is None for c in cached_seeds.values()):
             tracks = ex.heard_tracks()
             heard = read_song_tracks(song, sr)  # what the consoles are decided from
@@ -296,7 +301,7 @@ def evaluate_generative(
                 ]
                 sample_scores = [score(m) for m in samples]
                 cached_seeds[s] = {
-                    "key": {**own, "sample_seed": s},
+                    "key": {**own, "temperature": temperature, "sample_seed": s},
                     "vectors": np.stack([_vectors(m, sr) for m in samples]).tolist(),
                     "row": {
                         "song": song.name,
