@@ -237,16 +237,15 @@ def evaluate_generative(
     sample_vecs: dict[int, dict[str, np.ndarray]] = {s: {} for s in seeds}
     seed_rows: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
     for i, (song, ex) in enumerate(show_progress(list(zip(found, examples)), "generative evaluation", progress)):
-        reference = found[(i + 1) % len(found)]
+        reference, reference_example = found[(i + 1) % len(found)], examples[(i + 1) % len(examples)]
         own = {**run_key, "song": song.name, "files": _sha256(*(r.path for r in (*song.stems, song.mix)))}
         song_key = {**own, "reference": _sha256(reference.mix.path)}
         song_path = out / "generative" / song.name / "song.json"
         seed_paths = {s: out / "generative" / song.name / f"seed{s}.json" for s in seeds}
+        seed_keys = {s: {**own, "temperature": temperature, "sample_seed": s} for s in seeds}
         make_output_folder(song_path.parent)
         cached = _cached(song_path, song_key)
-        cached_seeds = {
-            s: _cached(p, {**own, "temperature": temperature, "sample_seed": s}) for s, p in seed_paths.items()
-        }
+        cached_seeds = {s: _cached(seed_paths[s], seed_keys[s]) for s in seeds}
         if cached is None or any(c is None for c in cached_seeds.values()):
             tracks = ex.heard_tracks()
             heard = read_song_tracks(song, sr)  # what the consoles are decided from
@@ -265,7 +264,7 @@ def evaluate_generative(
             if cached is None:
                 randoms = [render(baseline("random_console", names, files, heard, sr, seed=seed + k)) for k in range(n)]
                 random_scores = [score(m) for m in randoms]
-                ref = examples[(i + 1) % len(examples)].mix
+                ref = reference_example.mix
                 equal = render(baseline("equal_loudness", names, files, heard, sr))
                 with torch.no_grad():
                     z = model.encode_style(ref[None].to(device), sample_rate=sr)[0][0]
@@ -301,7 +300,7 @@ def evaluate_generative(
                 ]
                 sample_scores = [score(m) for m in samples]
                 cached_seeds[s] = {
-                    "key": {**own, "temperature": temperature, "sample_seed": s},
+                    "key": seed_keys[s],
                     "vectors": np.stack([_vectors(m, sr) for m in samples]).tolist(),
                     "row": {
                         "song": song.name,
