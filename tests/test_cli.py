@@ -105,6 +105,20 @@ def test_write_audio_is_atomic_and_refuses_nan(tmp_path):
         write_audio(tmp_path / "missing" / "b.wav", torch.zeros(1, 10), 44100)
 
 
+def test_a_write_to_a_full_disk_is_one_error_and_leaves_the_earlier_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.wav"
+    write_audio(path, torch.zeros(2, 100), 44100)
+
+    def full(self, data):  # what libsndfile raises when the disk fills up
+        raise sf.LibsndfileError(2)
+
+    monkeypatch.setattr(sf.SoundFile, "write", full)
+    with pytest.raises(GradmixError, match=r"a\.wav: cannot write \(System error\.; \d+ MiB free on its disk\)"):
+        write_audio(path, torch.ones(2, 100), 44100)
+    monkeypatch.undo()
+    assert sf.read(path)[0].max() == 0 and [p.name for p in tmp_path.iterdir()] == ["a.wav"]
+
+
 def test_generative_eval_refuses_whole_songs_in_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--generative", "--seconds", "0", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -101,6 +101,7 @@ def test_render_a_real_demo_song(tmp_path):
     song_dir = out / "Greshz-CoolSnip"
     meta = json.loads((song_dir / "metadata.json").read_text())
     assert meta["licence"] == "Artistic-2" and meta["author"] == "Greshz" and len(meta["stems"]) == 2
+    assert meta["same_every_run"] is (lmms.fixed_seed_library() is not None)
     songs = find_songs(out)
     assert len(songs) == 1 and songs[0].mix is not None and len(songs[0].stems) == 2
     for ref in songs[0].stems + [songs[0].mix]:

@@ -374,6 +374,10 @@ def write_audio(
             for start in range(0, data.shape[1], _BLOCK_FRAMES):  # interleaved block by block: no song-long copy
                 f.write(data[:, start : start + _BLOCK_FRAMES].T.astype(np.float32))
         os.replace(tmp, path)
+    except (RuntimeError, OSError) as exc:  # libsndfile says "System error." when the disk is full
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise GradmixError(f"{path}: cannot write ({exc}; {free:.0f} MiB free on its disk)") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -510,6 +510,7 @@ def render_song(project: str | Path, out_dir: str | Path) -> Path:
                 "volume": float((master.get("volume") if master is not None else None) or 1),
                 "effects": effect_names(master.find("fxchain")) if master is not None else [],
             },
+            "same_every_run": fixed_seed_library() is not None,
             "note": "stems are dry (volume, pan, effects neutral); wet/ holds each track as the author mixed it, "
             "before the master channel; mix.wav is the author's own mix",
         }
