@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from xml.etree import ElementTree as ET
 import subprocess
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest

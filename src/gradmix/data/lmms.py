@@ -538,6 +538,7 @@ def build_dataset(
         if not Path(p).is_file():
             raise LmmsError(f"{p}: no such LMMS project")
     _lmms()
+    fixed_seed_library()  # compiled (or its note given) once, before the songs render in parallel
     projects = projects if projects is not None else shipped_projects()
     if not projects:
         raise LmmsError("no LMMS projects found (install lmms-common, or name projects)")
