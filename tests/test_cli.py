@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from gradmix.audio import write_audio
+from gradmix.audio import write_atomically, write_audio
 from gradmix.cli.main import main
 from gradmix.errors import GradmixError
 
@@ -117,6 +118,25 @@ def test_a_write_to_a_full_disk_is_one_error_and_leaves_the_earlier_file(tmp_pat
         write_audio(path, torch.ones(2, 100), 44100)
     monkeypatch.undo()
     assert sf.read(path)[0].max() == 0 and [p.name for p in tmp_path.iterdir()] == ["a.wav"]
+
+
+def test_every_file_is_written_whole_with_the_umask_permissions(tmp_path):
+    path = tmp_path / "model.pt"
+    write_atomically(path, lambda f: torch.save({"w": torch.ones(3)}, f))
+    assert torch.load(path)["w"].sum() == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a temp file's 0600 would hide it from other users
+
+    def dies(f):
+        f.write(b"half")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    with pytest.raises(GradmixError, match=r"model\.pt: cannot write \(PytorchStreamWriter .* MiB free on its disk\)"):
+        write_atomically(path, dies)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, lambda f: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert torch.load(path)["w"].sum() == 3 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
 def test_generative_eval_refuses_whole_songs_in_one_line(tmp_path, capsys):

@@ -9,12 +9,15 @@ from __future__ import annotations
 import collections
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -367,14 +370,27 @@ def write_audio(
         raise GradmixError(f"{path}: refusing to write audio that contains NaN or Inf")
     check_output_path(path, audio=True)
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with sf.SoundFile(tmp, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as f:
+
+    def write(f: BinaryIO) -> None:
+        with sf.SoundFile(f, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as out:
             for start in range(0, data.shape[1], _BLOCK_FRAMES):  # interleaved block by block: no song-long copy
-                f.write(data[:, start : start + _BLOCK_FRAMES].T.astype(np.float32))
+                out.write(data[:, start : start + _BLOCK_FRAMES].T.astype(np.float32))
+
+    return write_atomically(path, write)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` whole or not at all: ``write(f)`` fills a binary temporary file beside it, which is then
+    renamed over ``path``. A failed write (a full disk; libsndfile says "System error.", torch "failed writing
+    file") raises one :class:`GradmixError` naming the file and the space left; the temporary file is removed
+    whatever happens. The file gets the permissions the umask gives a new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
         os.replace(tmp, path)
-    except (RuntimeError, OSError) as exc:  # libsndfile says "System error." when the disk is full
+    except (RuntimeError, OSError) as exc:
         Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free / 2**20
         raise GradmixError(f"{path}: cannot write ({exc}; {free:.0f} MiB free on its disk)") from None

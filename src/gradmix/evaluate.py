@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import make_output_folder, write_audio
+from gradmix.audio import make_output_folder, write_atomically, write_audio
 from gradmix.baselines import BASELINES, baseline
 from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS
@@ -160,9 +160,7 @@ def evaluate(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 def _evaluate_song(
@@ -383,12 +381,11 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
     spread = [r for s in songs for r in s["spread"]]
     for name, table in (("tracks.csv", rows), ("tracks_spread.csv", spread)):
         keys = list(dict.fromkeys(k for r in table for k in r)) or ["song", "system"]
-        tmp = out / f".{name}.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(table)
-        os.replace(tmp, out / name)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=keys)
+        w.writeheader()
+        w.writerows(table)
+        write_atomically(out / name, lambda f, t=text: f.write(t.getvalue().encode()))
     counts = {
         "songs": len(songs),
         "measured": sum(s["measured"] for s in songs),

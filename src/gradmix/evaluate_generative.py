@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ import numpy as np
 import torch
 
 import gradmix
-from gradmix.audio import make_output_folder
+from gradmix.audio import make_output_folder, write_atomically
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
@@ -158,14 +157,6 @@ def _cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return kept if isinstance(kept, dict) and kept.get("key") == key else None
-
-
-def _write(path: Path, write) -> None:
-    """Write ``path`` atomically: ``write(file)`` into a temporary file beside it, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def evaluate_generative(
@@ -286,7 +277,7 @@ def evaluate_generative(
                     "equal_loudness_vectors": _vectors(equal, sr).tolist(),
                     "row": row,
                 }
-                _write(song_path, lambda f, c=cached: f.write(json.dumps(c).encode()))
+                write_atomically(song_path, lambda f, c=cached: f.write(json.dumps(c).encode()))
                 del randoms
             random_scores, random_mean = cached["row"]["random_scores"], cached["row"]["random_mean_score"]
             for s in seeds:
@@ -309,7 +300,7 @@ def evaluate_generative(
                         "plausible_share": float(np.mean([x < random_mean for x in sample_scores])),
                     },
                 }
-                _write(seed_paths[s], lambda f, c=cached_seeds[s]: f.write(json.dumps(c).encode()))
+                write_atomically(seed_paths[s], lambda f, c=cached_seeds[s]: f.write(json.dumps(c).encode()))
         random_vecs[song.name] = np.asarray(cached["random_vectors"])  # (n, segments, features)
         equal_vecs[song.name] = np.asarray(cached["equal_loudness_vectors"])
         rows.append(cached["row"])
@@ -345,9 +336,9 @@ def evaluate_generative(
         "rows": rows,
     }
     summary["criteria"] = criteria(summary)
-    _write(out / "generative.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
-    _write(out / "generative.md", lambda f: f.write(generative_table(summary).encode()))
-    _write(
+    write_atomically(out / "generative.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    write_atomically(out / "generative.md", lambda f: f.write(generative_table(summary).encode()))
+    write_atomically(
         out / "vectors.npz",
         lambda f: np.savez(
             f,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gradmix.audio import write_atomically
 from gradmix import dsp
 from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
@@ -167,9 +168,7 @@ td:first-child{{text-align:left}}</style></head><body>
 <img alt="the console" style="width:100%" src="data:image/png;base64,{png}">
 <p>The console file beside the mix holds every setting; edit it and run <code>gradmix render</code>.</p>
 </body></html>"""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write(page.encode()))
     return path
 
 
@@ -218,6 +217,4 @@ def comparison_page(path: Path, settings: list[ConsoleSetting], results: list) -
         "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
         "</p>" + "".join(rows) + "</body></html>"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write(page.encode()))

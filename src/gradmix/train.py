@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from gradmix.audio import make_output_folder
+from gradmix.audio import make_output_folder, write_atomically
 from gradmix.console import Controls, Layout, pre_master, track_outputs
 from gradmix.data import SegmentDataset, collate, find_songs
 from gradmix.data.augment import Augmentation, augment_tracks
@@ -506,13 +506,6 @@ def export_model(model: MixController, songs: list, cfg: TrainConfig, path: Path
     return save_model(path, model, sample_rate=cfg.data.sample_rate, info={**info, **recorded})
 
 
-def save_atomically(blob: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then renamed over it: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-
-
 def encode_segments(model: MixController, songs: list, cfg: TrainConfig) -> list[tuple[Tensor, ...]]:
     """``habit_eq.segments`` training segments (in batches of ``data.batch_size``, augmented as in training,
     seeded by ``run.seed``), each batch as ``(embeddings (B, N, features), heard (B, N) (the tracks that sound in
@@ -588,7 +581,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
         batches = torch.load(cached, weights_only=True)
     else:
         batches = encode_segments(model, songs, cfg)
-        save_atomically(batches, cached)
+        write_atomically(cached, lambda f: torch.save(batches, f))
     if not batches:
         raise GradmixError(f"config.habit_eq.segments: {cfg.habit_eq.segments} is less than one batch")
     if len(batches[0]) != 6:
@@ -645,7 +638,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
                 "schedule": schedule.state_dict(),
                 "step": step + 1,
             }
-            save_atomically(blob, state)
+            write_atomically(state, lambda f: torch.save(blob, f))
     return export_model(model, songs, cfg, out / "model.pt", steps=cfg.run.max_steps, stage="habit_eq")
 
 

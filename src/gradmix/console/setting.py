@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradmix.audio import write_atomically
 from gradmix.console.layout import Layout, Params, Slot
 from gradmix.console.render import StripGroup, render_chunked, track_outputs
 from gradmix.console.schema import FORMAT, VERSION, place, validate
@@ -164,16 +164,7 @@ class ConsoleSetting:
                 data["stems"] = Path(os.path.relpath(folder, path.parent.resolve())).as_posix()
             except ValueError:  # no relative path (another drive)
                 data["stems"] = folder.as_posix()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomically(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
     def stems_folder(self, path: str | os.PathLike) -> Path:
         """The folder of the tracks' files for the console file at ``path``: the recorded :attr:`stems`, or

@@ -13,12 +13,11 @@ lengths.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gradmix.audio import write_atomically
 from gradmix.console.setting import ConsoleSetting
 from gradmix.errors import AudioError, GradmixError
 
@@ -75,19 +74,6 @@ def stem_files(setting: ConsoleSetting, stems_dir: str | os.PathLike) -> list[St
             raise AudioError(f"{path}: has no samples")
         out.append(StemFile(path, track.file, int(info.frames), int(info.samplerate), int(info.channels)))
     return out
-
-
-def write_atomically(output: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``output`` through a temp file in its folder and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
 
 
 def relative_path(target: Path, start: Path) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gradmix.audio import write_atomically
 from gradmix.console import Layout
 from gradmix.errors import GradmixError
 from gradmix.models.controller import MixController, ModelConfig
@@ -35,10 +36,7 @@ def save_model(path: str | os.PathLike, model: MixController, *, sample_rate: in
         "info": info,
         "state_dict": state,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda f: torch.save(blob, f))
 
 
 def load_model(path: str | os.PathLike | None = None) -> tuple[MixController, dict[str, Any]]:
