@@ -189,7 +189,8 @@ def _map(fn, items):
 
 def _kernels():
     """``(cascade, adjoint)``, compiled by numba (no scipy.signal import, 0.6 s), releasing the GIL and cached
-    on disk after the first compilation.
+    on disk after the first compilation. Neither calls another compiled function defined here: numba's cache
+    misses on such a closure, and every process would compile again (1.5-3 s) and add to the cache.
 
     ``cascade(sos, x, out, stages, keep)`` filters each row of ``x (rows, samples)`` (any float dtype; read
     directly, no float64 copy) from zero state through ``sos (sections, 6)`` (rows ``b0 b1 b2 1 a1 a2``) into
@@ -204,13 +205,6 @@ def _kernels():
     global _KERNELS
     if _KERNELS is None:
         from numba import njit
-
-        @njit(nogil=True, cache=True, inline="always")
-        def flush(states):  # pragma: no cover - compiled
-            for s in range(states.shape[0]):
-                for j in range(2):
-                    if abs(states[s, j]) < TINY:
-                        states[s, j] = 0.0
 
         @njit(nogil=True, cache=True)
         def cascade(sos, x, out, stages, keep):  # pragma: no cover - compiled
@@ -231,7 +225,10 @@ def _kernels():
                             stages[s + 1, r, n] = cur
                     out[r, n] = cur
                     if n % FLUSH_EVERY == 0:
-                        flush(z)
+                        for s in range(sections):
+                            for j in range(2):
+                                if abs(z[s, j]) < TINY:
+                                    z[s, j] = 0.0
 
         @njit(nogil=True, cache=True)
         def adjoint(sos, grad_y, stages, grad_x, grad_sos, coefficients):  # pragma: no cover - compiled
@@ -255,7 +252,10 @@ def _kernels():
                         later[k, 0], later[k, 1] = g_a, g1
                     grad_x[r, n] = g
                     if n % FLUSH_EVERY == 0:
-                        flush(later)
+                        for k in range(sections):
+                            for j in range(2):
+                                if abs(later[k, j]) < TINY:
+                                    later[k, j] = 0.0
 
         _KERNELS = (cascade, adjoint)
     return _KERNELS
