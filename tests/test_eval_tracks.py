@@ -19,6 +19,7 @@ from gradmix.metrics.tracks import (
     compression_db,
     descriptor_spread,
     eq_tilt_db_per_octave,
+    octave_band_powers,
     track_descriptors,
     track_errors,
 )
@@ -165,6 +166,16 @@ def test_tilt_recovers_the_sign_and_size_of_a_shelf():
     assert float(tilt[0].abs()) < 0.1 and float(tilt[2].abs()) < 0.1  # pan and gain: no tilt
     dark = torch.from_numpy(scipy.signal.lfilter(*high_shelf(SHELF["freq_hz"], -SHELF["gain_db"]), dry[1].numpy()))
     assert float(eq_tilt_db_per_octave(dark[None], dry[1:2], sample_rate=SR)) == pytest.approx(-expected, rel=0.25)
+
+
+def test_octave_bands_of_float32_audio_match_float64_to_1e_5_in_bands_55_db_apart():
+    white = np.random.default_rng(1).standard_normal((2, 2, SR * SECONDS))
+    x = torch.from_numpy(scipy.signal.sosfilt(scipy.signal.butter(4, 500, fs=SR, output="sos"), white))
+    exact = octave_band_powers(x, sample_rate=SR)
+    assert bool((exact.amax(-1) > 10**5.5 * exact.amin(-1)).all())  # 24 dB/octave above 500 Hz, to the window's leakage
+    fast = octave_band_powers(x.float(), sample_rate=SR)
+    assert fast.dtype == torch.float64
+    assert torch.allclose(fast, exact, rtol=1e-5, atol=0)
 
 
 def test_compression_and_ambience_descriptors():
