@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 
@@ -257,17 +258,23 @@ with event.install_recorder("numba:compile") as compiled:
     for name in sorted(REGISTRY):
         effect = create(name)
         for dtype in (torch.float32, torch.float64):
-            x = torch.randn(2, 1 if effect.mono_in else 2, 4410, dtype=dtype, requires_grad=True)
-            u = torch.rand(2, effect.num_params, dtype=dtype, requires_grad=True)
-            effect.apply_normalized(x, u, sample_rate=44100)[0].square().sum().backward()
+            for grad in (True, False):  # the commands run without gradients, on kernels of their own
+                x = torch.randn(2, 1 if effect.mono_in else 2, 4410, dtype=dtype, requires_grad=grad)
+                u = torch.rand(2, effect.num_params, dtype=dtype, requires_grad=grad)
+                y = effect.apply_normalized(x, u, sample_rate=44100)[0]
+                if grad:
+                    y.square().sum().backward()
 print(len(compiled.buffer))
 """
 
 
-def test_every_compiled_kernel_loads_from_the_cache_in_a_new_process():
+def test_every_compiled_kernel_loads_from_the_cache_in_a_new_process(tmp_path):
     """numba compiles a kernel once and caches it on disk; one it cannot cache (a closure over another compiled
     function) would be compiled again by every command, 1.5-3 s each time."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # an empty cache: the first run must compile
     runs = [
-        subprocess.run([sys.executable, "-c", EVERY_KERNEL], capture_output=True, text=True, check=True) for _ in "ab"
+        subprocess.run([sys.executable, "-c", EVERY_KERNEL], capture_output=True, text=True, check=True, env=env)
+        for _ in "ab"
     ]
-    assert int(runs[1].stdout.split()[-1]) == 0, runs[1].stdout
+    compiled = [int(r.stdout.split()[-1]) for r in runs]
+    assert compiled[0] > 0 and compiled[1] == 0, compiled

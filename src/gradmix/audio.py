@@ -372,7 +372,9 @@ def write_audio(
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
 
     def write(f: BinaryIO) -> None:
-        with sf.SoundFile(f, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as out:
+        # by name, not through f: libsndfile then writes with its own descriptor and a full disk is its error
+        # ("System error."); through a Python file object the error is lost inside a C callback
+        with sf.SoundFile(f.name, "w", int(sample_rate), data.shape[0], SUBTYPES[subtype], format=fmt) as out:
             for start in range(0, data.shape[1], _BLOCK_FRAMES):  # interleaved block by block: no song-long copy
                 out.write(data[:, start : start + _BLOCK_FRAMES].T.astype(np.float32))
 
@@ -387,14 +389,24 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "xb") as f:
+        f = open(tmp, "xb")
+    except OSError as exc:
+        raise GradmixError(f"{path}: cannot write ({exc.strerror or exc}{_space_left(path)})") from exc
+    try:
+        with f:
             write(f)
         os.replace(tmp, path)
     except (RuntimeError, OSError) as exc:
-        Path(tmp).unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free / 2**20
-        raise GradmixError(f"{path}: cannot write ({exc}; {free:.0f} MiB free on its disk)") from None
+        tmp.unlink(missing_ok=True)
+        raise GradmixError(f"{path}: cannot write ({exc}{_space_left(path)})") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _space_left(path: Path) -> str:
+    try:
+        return f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        return ""

@@ -307,21 +307,27 @@ def _summary(rows: list[dict], systems: list[str]) -> list[tuple[str, dict[str, 
     return out
 
 
+def _write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    write_atomically(path, lambda f: f.write(text.getvalue().encode()))
+
+
 def _write_tables(rows: list[dict], systems: list[str], out: Path) -> None:
     keys = list(rows[0])
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(out / "results.csv", rows, keys)
     summary = _summary(rows, systems)
     cols = list(summary[0][1])
     lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for s, vals in summary:
         lines.append(f"| {s} | " + " | ".join(f"{m:.3f} ± {d:.3f}" for m, d in vals.values()) + " |")
-    (out / "results.md").write_text(
+    table = (
         "Feature errors against the human mix (MAPE; lower is better), mean ± std over "
         f"{len({r['song'] for r in rows})} song(s).\n\n" + "\n".join(lines) + "\n"
     )
+    write_atomically(out / "results.md", lambda f: f.write(table.encode()))
 
 
 def _plot_groups(rows: list[dict], systems: list[str], path: Path) -> None:
@@ -342,7 +348,7 @@ def _plot_groups(rows: list[dict], systems: list[str], path: Path) -> None:
     ax.set(ylabel="MAPE against the human mix", title="Feature errors per group (lower is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -361,7 +367,7 @@ def _plot_song(spectra: dict[str, dict], path: Path, title: str) -> None:
     b.set(title="stereo panning spectrum", xlabel="Hz", ylabel="left (-1) .. right (1)", ylim=(-1, 1))
     a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -380,12 +386,7 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
     rows = [r for s in songs for r in s["rows"]]
     spread = [r for s in songs for r in s["spread"]]
     for name, table in (("tracks.csv", rows), ("tracks_spread.csv", spread)):
-        keys = list(dict.fromkeys(k for r in table for k in r)) or ["song", "system"]
-        text = io.StringIO(newline="")
-        w = csv.DictWriter(text, fieldnames=keys)
-        w.writeheader()
-        w.writerows(table)
-        write_atomically(out / name, lambda f, t=text: f.write(t.getvalue().encode()))
+        _write_csv(out / name, table, list(dict.fromkeys(k for r in table for k in r)) or ["song", "system"])
     counts = {
         "songs": len(songs),
         "measured": sum(s["measured"] for s in songs),
@@ -427,7 +428,7 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
     text = head + "\n\n" + "\n".join(lines) + "\n"
     if skipped:
         text += f"\nSkipped (no wet stems): {', '.join(skipped)}.\n"
-    (out / "tracks.md").write_text(text)
+    write_atomically(out / "tracks.md", lambda f: f.write(text.encode()))
     return counts
 
 
@@ -449,4 +450,4 @@ def _write_html(songs, rows: list[dict], systems: list[str], out: Path, tracks: 
                 f"src='audio/{html.escape(song.name)}/{s}.wav'></audio></td></tr>"
             )
         parts.append("</table>")
-    (out / "index.html").write_text("\n".join(parts))
+    write_atomically(out / "index.html", lambda f: f.write("\n".join(parts).encode()))

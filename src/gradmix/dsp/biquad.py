@@ -277,18 +277,13 @@ class _SOSFilter(torch.autograd.Function):
         out = np.empty(xn.shape, dtype=xn.dtype)
 
         def run(i: int) -> None:
-            cascade(sos[i], xn[i], out[i], stages[i], True)
+            if keep:
+                cascade(sos[i], xn[i], out[i], stages[i], True)
+            else:  # without the sections whose numerator is their denominator (0 dB peaks and shelves):
+                # their recursion returns its input exactly (its state stays 0), so no sample changes
+                cascade(sos[i][(sos[i, :, :3] != sos[i, :, 3:]).any(1)], xn[i], out[i], dummy, False)
 
-        def run_rows(item: tuple[int, int]) -> None:
-            i, r = item  # without the sections whose numerator is their denominator (0 dB peaks and shelves):
-            # their recursion returns its input exactly (its state stays 0), so no sample changes
-            used = sos[i][(sos[i, :, :3] != sos[i, :, 3:]).any(1)]
-            cascade(used, xn[i, r : r + 1], out[i, r : r + 1], dummy, False)
-
-        if keep:
-            _map(run, range(batch))
-        else:  # rows are independent: a single stereo track keeps two threads busy
-            _map(run_rows, [(i, r) for i in range(batch) for r in range(xn.shape[1])])
+        _map(run, range(batch))  # sos_filter gives each channel of each item its own row here
         ctx.stages, ctx.sos = stages, sos
         ctx.save_for_backward(b, a)
         return torch.from_numpy(out).to(x.device)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradmix.audio import read_audio, resample
+from gradmix.audio import read_audio, resample, write_atomically
 from gradmix.data import find_songs
 from gradmix.defaults import REMOVAL_STEPS
 from gradmix.errors import GradmixError
@@ -309,8 +309,7 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
                     "generator": gen.get_state(),
                     "step": done,
                 }
-                torch.save(state, last.with_suffix(".tmp"))
-                last.with_suffix(".tmp").replace(last)
+                write_atomically(last, lambda f, s=state: torch.save(s, f))
             if timed_out:
                 break
     best, score = calibrate_thresholds(model, pool, sr, torch.Generator().manual_seed(run.seed + 1))
@@ -328,8 +327,6 @@ def train_removal(run: RemovalTraining, show: bool = True, max_minutes: float | 
         for name, b, f, t, c in zip(REMOVABLE, best, score, model.thresholds, model.careful_thresholds)
     }
     path = out / "model.pt"
-    torch.save(
-        {"config": cfg.to_dict(), "state": model.state_dict(), "run": asdict(run), "calibration": calibration},
-        path,
-    )
+    blob = {"config": cfg.to_dict(), "state": model.state_dict(), "run": asdict(run), "calibration": calibration}
+    write_atomically(path, lambda f: torch.save(blob, f))
     return path
