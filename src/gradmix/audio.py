@@ -382,8 +382,9 @@ def write_audio(
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` whole or not at all: ``write(f)`` fills a binary temporary file beside it, which is then
-    renamed over ``path``. A failed write (a full disk; libsndfile says "System error.", torch "failed writing
+    """Write ``path`` whole or not at all, wherever the process stops: ``write(f)`` fills a binary temporary
+    file beside it, which is then renamed over ``path`` (not synced to the disk: a crash of the machine itself
+    may still lose it). A failed write (a full disk; libsndfile says "System error.", torch "failed writing
     file") raises one :class:`GradmixError` naming the file and the space left; the temporary file is removed
     whatever happens. The file gets the permissions the umask gives a new file."""
     path = Path(path)
