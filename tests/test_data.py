@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import require_tool
 from gradmix.console import Layout
 from gradmix.errors import GradmixError
 from gradmix.data import DatasetError, SegmentDataset, collate, detect_layout, find_songs, random_example, read_example
+from gradmix.data.songs import song_written_whole
 
 SR = 44100
 
@@ -219,3 +221,18 @@ def test_a_wet_stem_with_nan_is_one_error_naming_it(tmp_path):
     sf.write(bad, np.full((SR, 2), np.nan, np.float32), SR, subtype="FLOAT")
     with pytest.raises(GradmixError, match=f"{bad}: contains NaN or Inf samples"):
         read_example(find_songs(tmp_path)[0], offset_s=0.1, seconds=0.5)
+
+
+def test_a_song_folder_is_written_whole_with_the_umask_permissions(tmp_path):
+    (tmp_path / ".song.dead").mkdir()  # left by a run killed mid-song
+    umask = os.umask(0o022)
+    try:
+        with song_written_whole(tmp_path, "song", ".done") as tmp:
+            (tmp / "a.wav").write_bytes(b"x")
+        with pytest.raises(RuntimeError), song_written_whole(tmp_path, "other", ".done") as tmp:
+            raise RuntimeError("a render failed")
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song"]
+    assert sorted(p.name for p in (tmp_path / "song").iterdir()) == [".done", "a.wav"]
+    assert (tmp_path / "song").stat().st_mode & 0o777 == 0o755  # a temporary folder's 0700 would hide it

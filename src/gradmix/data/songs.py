@@ -21,8 +21,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,7 +201,8 @@ def song_written_whole(out_dir: Path, name: str, done: str) -> Iterator[Path]:
     an older one), on an error it is removed. Temporary folders of a run killed mid-song are removed first."""
     for stale in out_dir.glob(f".{name}.*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}."))
+    tmp = out_dir / f".{name}.{secrets.token_hex(4)}"
+    tmp.mkdir()  # not mkdtemp: its 0700 would stay on the song folder and hide it from other users
     try:
         yield tmp
         (tmp / done).write_text("ok\n")
