@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import write_atomically
 from gradmix import dsp
+from gradmix.audio import write_atomically
 from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 
