@@ -138,6 +138,50 @@ def test_train_logs_checkpoints_exports_and_resumes(tmp_path):
     assert (out / "logs" / "version_0" / "metrics.csv").is_file()  # the first run's log is kept
 
 
+@pytest.mark.parametrize("average_from", [0, 2])
+def test_the_exported_model_is_the_mean_of_the_weights_from_average_from_on(tmp_path, monkeypatch, average_from):
+    require("lightning")
+    require("auraloss")
+    from gradmix.train import train
+
+    after_step = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        after_step.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    data = make_dataset(tmp_path / "data")
+    cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=4))
+    cfg.optim.average_from = average_from
+    model, _ = load_model(train(cfg))
+    assert len(after_step) == 4
+    kept = after_step[average_from - 1 :] if average_from else after_step[-1:]
+    expected = [torch.stack(ws).mean(0) for ws in zip(*kept)]
+    exported = list(model.parameters())  # stored in float16
+    assert len(exported) == len(expected)
+
+    def close(a: list, b: list) -> bool:
+        return all(torch.allclose(x, y, rtol=2**-10, atol=1e-5) for x, y in zip(a, b))
+
+    assert close(exported, expected)
+    if average_from:  # the mean is not the last step's weights, which the checkpoint keeps to resume from
+        assert not close(exported, after_step[-1])
+        last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+        for (name, _), want in zip(model.named_parameters(), after_step[-1]):
+            torch.testing.assert_close(last["current_model_state"][f"model.{name}"], want)
+
+
+def test_average_from_beyond_the_run_is_a_config_error(tmp_path):
+    data = make_dataset(tmp_path / "data", songs=1)
+    cfg = TrainConfig.load(write_config(tmp_path / "cfg.yaml", data, tmp_path / "run", max_steps=4))
+    cfg.optim.average_from = 5
+    with pytest.raises(GradmixError, match="optim.average_from"):
+        check(cfg)
+
+
 def test_self_supervised_regime_needs_no_mix(tmp_path):
     require("lightning")
     require("auraloss")

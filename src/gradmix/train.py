@@ -114,6 +114,10 @@ class OptimConfig:
     the controller was given (mean squared error of the means). It makes the controller use ``z``, which a
     reconstruction loss alone lets it ignore when the tracks already explain most of the mix."""
     loss: LossWeights = field(default_factory=LossWeights)
+    average_from: int = 0
+    """Above 0, the model the run exports is the mean of its weights after every step from this one on (a uniform
+    weight average, :func:`weight_average`): with small batches the last iterate's song-level decisions
+    depend on the last few batches. 0: the last step's weights."""
     train_only: list[str] = field(default_factory=list)
     """Names of the model's parts that learn (e.g. ``[track_head, engineer_track_head]``; a parameter learns when
     its name starts with one of them); the others keep the weights they start with (``run.init``). Empty: all."""
@@ -252,6 +256,11 @@ def check(cfg: TrainConfig) -> None:
     ):
         if not v > 0:
             raise GradmixError(f"config.{name}: must be > 0, got {v}")
+    if not 0 <= cfg.optim.average_from <= cfg.run.max_steps:
+        raise GradmixError(
+            f"config.optim.average_from: must be within 0..run.max_steps ({cfg.run.max_steps}), "
+            f"got {cfg.optim.average_from}"
+        )
     if cfg.habit_eq.segments < 0:
         raise GradmixError("config.habit_eq.segments: must be >= 0 (0: an ordinary run)")
     if cfg.habit_eq.segments:
@@ -429,6 +438,19 @@ def _lightning_module(cfg: TrainConfig, per_track: bool):
             self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     return MixTraining()
+
+
+def weight_average(first_step: int):
+    """A Lightning callback that averages the model's weights (uniformly) after every optimizer step from
+    ``first_step`` (1-based) on and leaves the mean in the model when training ends; resumable (its checkpoints
+    hold the mean as ``state_dict`` and the last weights as ``current_model_state``)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    class FromStep(WeightAveraging):
+        def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+            return step_idx is not None and step_idx + 1 >= first_step
+
+    return FromStep()
 
 
 def lr_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -705,7 +727,7 @@ def train(cfg: TrainConfig) -> Path:
         precision=cfg.run.precision,
         gradient_clip_val=cfg.optim.grad_clip,
         logger=loggers,
-        callbacks=[ckpt],
+        callbacks=[ckpt] + ([weight_average(cfg.optim.average_from)] if cfg.optim.average_from else []),
         log_every_n_steps=cfg.run.log_every,
         enable_progress_bar=cfg.run.progress,
         enable_model_summary=False,
