@@ -224,7 +224,8 @@ def test_a_wet_stem_with_nan_is_one_error_naming_it(tmp_path):
 
 
 def test_a_song_folder_is_written_whole_with_the_umask_permissions(tmp_path):
-    (tmp_path / ".song.dead").mkdir()  # left by a run killed mid-song
+    (tmp_path / ".song.0badcafe").mkdir()  # left by a run killed mid-song
+    (tmp_path / ".song.v2.0badcafe").mkdir()  # song "song.v2" being written by another process
     umask = os.umask(0o022)
     try:
         with song_written_whole(tmp_path, "song", ".done") as tmp:
@@ -233,6 +234,6 @@ def test_a_song_folder_is_written_whole_with_the_umask_permissions(tmp_path):
             raise RuntimeError("a render failed")
     finally:
         os.umask(umask)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["song"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".song.v2.0badcafe", "song"]
     assert sorted(p.name for p in (tmp_path / "song").iterdir()) == [".done", "a.wav"]
     assert (tmp_path / "song").stat().st_mode & 0o777 == 0o755  # a temporary folder's 0700 would hide it

@@ -19,6 +19,7 @@ Wet stems are optional, per stem: a song may have them for some tracks and not f
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import secrets
@@ -194,14 +195,18 @@ def _csv_songs(manifest: Path) -> list[Song]:
     return list(songs.values())
 
 
+TEMP_SUFFIX_BYTES = 4
+"""A song's temporary folder is ``.<name>.<this many random bytes in hex>``."""
+
+
 @contextmanager
 def song_written_whole(out_dir: Path, name: str, done: str) -> Iterator[Path]:
     """A song folder ``out_dir/name`` written whole or not at all: the body fills the temporary folder it is
     given; on leaving without an error a ``done`` marker is added and the folder renamed into place (replacing
     an older one), on an error it is removed. Temporary folders of a run killed mid-song are removed first."""
-    for stale in out_dir.glob(f".{name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir / f".{name}.{secrets.token_hex(4)}"
+    for stale in out_dir.glob(f".{glob.escape(name)}.{'[0-9a-f]' * 2 * TEMP_SUFFIX_BYTES}"):
+        shutil.rmtree(stale, ignore_errors=True)  # exactly this song's: not those of a song named "{name}.x"
+    tmp = out_dir / f".{name}.{secrets.token_hex(TEMP_SUFFIX_BYTES)}"
     tmp.mkdir()  # not mkdtemp: its 0700 would stay on the song folder and hide it from other users
     try:
         yield tmp
