@@ -116,7 +116,7 @@ def test_render_a_real_demo_song(tmp_path):
     assert 10 * np.log10(np.sum((wet[:n] - mix[:n]) ** 2) / np.sum(mix**2)) < -100
     assert meta["wet_vs_mix_residual_db"] < -100 and meta["wet_skipped"] == {}
     assert all(info["wet"]["shared_nonlinear"] == [] for info in meta["stems"].values())
-    (out / ".Greshz-CoolSnip.killed").mkdir()  # what a killed run leaves behind
+    (out / ".Greshz-CoolSnip.0badcafe").mkdir()  # what a killed run leaves behind
     import shutil
 
     shutil.rmtree(song_dir)
