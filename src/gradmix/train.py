@@ -115,9 +115,8 @@ class OptimConfig:
     reconstruction loss alone lets it ignore when the tracks already explain most of the mix."""
     loss: LossWeights = field(default_factory=LossWeights)
     average_from: int = 0
-    """Above 0, the model the run exports is the mean of its weights after every step from this one on (a uniform
-    weight average, :func:`weight_average`): with small batches the last iterate's song-level decisions
-    depend on the last few batches. 0: the last step's weights."""
+    """Above 0, the model the run exports is the uniform mean of its weights after every step from this one on
+    (:func:`weight_average`); 0: the last step's weights."""
     train_only: list[str] = field(default_factory=list)
     """Names of the model's parts that learn (e.g. ``[track_head, engineer_track_head]``; a parameter learns when
     its name starts with one of them); the others keep the weights they start with (``run.init``). Empty: all."""
