@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from gradmix.audio import write_atomically, write_audio
+from gradmix.audio import write_atomically, write_audio, write_text_atomically
 from gradmix.cli.main import main
 from gradmix.errors import GradmixError
 
@@ -154,6 +154,15 @@ def test_every_file_is_written_whole_with_the_umask_permissions(tmp_path):
     assert torch.load(path)["w"].sum() == 3 and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     with pytest.raises(GradmixError, match=r"x\.pt: cannot write \(No such file or directory\)$"):
         write_atomically(tmp_path / "missing" / "x.pt", lambda f: f.write(b"x"))
+
+
+def test_text_is_written_whole_as_utf8(tmp_path):
+    path = tmp_path / "notes.md"
+    assert write_text_atomically(path, "Fader − 3 dB\n") == path
+    assert path.read_bytes() == "Fader − 3 dB\n".encode()
+    with pytest.raises(GradmixError, match=r"notes\.md: cannot write \(No such file or directory\)$"):
+        write_text_atomically(tmp_path / "missing" / "notes.md", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
 
 
 def test_generative_eval_refuses_whole_songs_in_one_line(tmp_path, capsys):

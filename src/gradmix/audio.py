@@ -406,6 +406,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
     return path
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` as UTF-8, whole or not at all (:func:`write_atomically`)."""
+    data = text.encode()
+    return write_atomically(path, lambda f: f.write(data))
+
+
 def _space_left(path: Path) -> str:
     try:
         return f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gradmix.audio import make_output_folder, write_atomically, write_audio
+from gradmix.audio import make_output_folder, write_atomically, write_text_atomically, write_audio
 from gradmix.baselines import BASELINES, baseline
 from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS
@@ -160,7 +160,7 @@ def evaluate(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    write_text_atomically(path, json.dumps(data, indent=1))
 
 
 def _evaluate_song(
@@ -312,7 +312,7 @@ def _write_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
     w = csv.DictWriter(text, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-    write_atomically(path, lambda f: f.write(text.getvalue().encode()))
+    write_text_atomically(path, text.getvalue())
 
 
 def _write_tables(rows: list[dict], systems: list[str], out: Path) -> None:
@@ -327,7 +327,7 @@ def _write_tables(rows: list[dict], systems: list[str], out: Path) -> None:
         "Feature errors against the human mix (MAPE; lower is better), mean ± std over "
         f"{len({r['song'] for r in rows})} song(s).\n\n" + "\n".join(lines) + "\n"
     )
-    write_atomically(out / "results.md", lambda f: f.write(table.encode()))
+    write_text_atomically(out / "results.md", table)
 
 
 def _plot_groups(rows: list[dict], systems: list[str], path: Path) -> None:
@@ -428,7 +428,7 @@ def _write_track_tables(songs: list[dict], systems: list[str], skipped: list[str
     text = head + "\n\n" + "\n".join(lines) + "\n"
     if skipped:
         text += f"\nSkipped (no wet stems): {', '.join(skipped)}.\n"
-    write_atomically(out / "tracks.md", lambda f: f.write(text.encode()))
+    write_text_atomically(out / "tracks.md", text)
     return counts
 
 
@@ -450,4 +450,4 @@ def _write_html(songs, rows: list[dict], systems: list[str], out: Path, tracks: 
                 f"src='audio/{html.escape(song.name)}/{s}.wav'></audio></td></tr>"
             )
         parts.append("</table>")
-    write_atomically(out / "index.html", lambda f: f.write("\n".join(parts).encode()))
+    write_text_atomically(out / "index.html", "\n".join(parts))

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 import gradmix
-from gradmix.audio import make_output_folder, write_atomically
+from gradmix.audio import make_output_folder, write_atomically, write_text_atomically
 from gradmix.baselines import baseline
 from gradmix.data import find_songs, read_example, read_song_tracks
 from gradmix.defaults import DEVICE, EVAL_SECONDS, SAMPLE_COUNT, SAMPLE_REFINE_STEPS, SAMPLE_TEMPERATURE
@@ -277,7 +277,7 @@ def evaluate_generative(
                     "equal_loudness_vectors": _vectors(equal, sr).tolist(),
                     "row": row,
                 }
-                write_atomically(song_path, lambda f, c=cached: f.write(json.dumps(c).encode()))
+                write_text_atomically(song_path, json.dumps(cached))
                 del randoms
             random_scores, random_mean = cached["row"]["random_scores"], cached["row"]["random_mean_score"]
             for s in seeds:
@@ -300,7 +300,7 @@ def evaluate_generative(
                         "plausible_share": float(np.mean([x < random_mean for x in sample_scores])),
                     },
                 }
-                write_atomically(seed_paths[s], lambda f, c=cached_seeds[s]: f.write(json.dumps(c).encode()))
+                write_text_atomically(seed_paths[s], json.dumps(cached_seeds[s]))
         random_vecs[song.name] = np.asarray(cached["random_vectors"])  # (n, segments, features)
         equal_vecs[song.name] = np.asarray(cached["equal_loudness_vectors"])
         rows.append(cached["row"])
@@ -336,8 +336,8 @@ def evaluate_generative(
         "rows": rows,
     }
     summary["criteria"] = criteria(summary)
-    write_atomically(out / "generative.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
-    write_atomically(out / "generative.md", lambda f: f.write(generative_table(summary).encode()))
+    write_text_atomically(out / "generative.json", json.dumps(summary, indent=1))
+    write_text_atomically(out / "generative.md", generative_table(summary))
     write_atomically(
         out / "vectors.npz",
         lambda f: np.savez(

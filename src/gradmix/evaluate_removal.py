@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradmix.audio import make_output_folder, write_atomically, write_audio
+from gradmix.audio import make_output_folder, write_text_atomically, write_audio
 from gradmix.data.fxnorm import class_statistics, normalize_stem, stem_features
 from gradmix.models.removal import EffectEstimator
 from gradmix.progress import progress as show_progress
@@ -154,9 +154,9 @@ def evaluate_removal(
     results["detection_f1"] = _f1(tp, fp, fn)
     singles = [results["cases"][name]["si_sdr_improvement_db"]["gradmix"] for name in REMOVABLE]
     results["single_effect_improvement_db"] = float(np.mean(singles))
-    write_atomically(out / "removal.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
+    write_text_atomically(out / "removal.json", json.dumps(results, indent=1))
     table = removal_table(results)
-    write_atomically(out / "removal.md", lambda f: f.write(table.encode()))
+    write_text_atomically(out / "removal.md", table)
     _write_page(results, table, out, listen)
     return results
 
@@ -213,4 +213,4 @@ def _write_page(results: dict[str, Any], table: str, out: Path, listen: int) -> 
                     f"<tr><td>{i} {name}</td><td><audio controls preload='none' src='{src}'></audio></td></tr>"
                 )
         parts.append("</table>")
-    write_atomically(out / "removal.html", lambda f: f.write("\n".join(parts).encode()))
+    write_text_atomically(out / "removal.html", "\n".join(parts))

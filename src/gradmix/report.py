@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gradmix import dsp
-from gradmix.audio import write_atomically
+from gradmix.audio import write_text_atomically
 from gradmix.console import ConsoleSetting
 from gradmix.dsp import integrated_loudness
 
@@ -168,7 +168,7 @@ td:first-child{{text-align:left}}</style></head><body>
 <img alt="the console" style="width:100%" src="data:image/png;base64,{png}">
 <p>The console file beside the mix holds every setting; edit it and run <code>gradmix render</code>.</p>
 </body></html>"""
-    write_atomically(path, lambda f: f.write(page.encode()))
+    write_text_atomically(path, page)
     return path
 
 
@@ -217,4 +217,4 @@ def comparison_page(path: Path, settings: list[ConsoleSetting], results: list) -
         "<p>Each mix is an editable console file: pick one, edit it, render it with <code>gradmix render</code>."
         "</p>" + "".join(rows) + "</body></html>"
     )
-    write_atomically(path, lambda f: f.write(page.encode()))
+    write_text_atomically(path, page)

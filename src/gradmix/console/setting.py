@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmix.audio import write_atomically
+from gradmix.audio import write_text_atomically
 from gradmix.console.layout import Layout, Params, Slot
 from gradmix.console.render import StripGroup, render_chunked, track_outputs
 from gradmix.console.schema import FORMAT, VERSION, place, validate
@@ -164,7 +164,7 @@ class ConsoleSetting:
                 data["stems"] = Path(os.path.relpath(folder, path.parent.resolve())).as_posix()
             except ValueError:  # no relative path (another drive)
                 data["stems"] = folder.as_posix()
-        return write_atomically(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+        return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
     def stems_folder(self, path: str | os.PathLike) -> Path:
         """The folder of the tracks' files for the console file at ``path``: the recorded :attr:`stems`, or

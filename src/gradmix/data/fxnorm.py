@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gradmix import dsp
-from gradmix.audio import check_mixable, make_output_folder, write_atomically, write_audio
+from gradmix.audio import check_mixable, make_output_folder, write_text_atomically, write_audio
 from gradmix.data.segments import Example, read_example
 from gradmix.data.songs import Song, find_songs, select_shard
 from gradmix.defaults import DATASET_SAMPLE_RATE, STEM_LUFS
@@ -286,7 +286,7 @@ def normalize_dataset(
         stats = class_statistics(f for song in measured for f in song)
         make_output_folder(out_dir)  # once every song has been read and checked
         table = json.dumps({"labelled": labelled, "classes": stats}, indent=1)
-        write_atomically(stats_path, lambda f: f.write(table.encode()))
+        write_text_atomically(stats_path, table)
     if stats_only:
         return {"done": [], "skipped": 0, "classes": stats}
     songs = select_shard(songs, shard)
