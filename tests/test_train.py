@@ -574,6 +574,40 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
         check(cfg)
 
 
+def test_the_eq_stage_caps_a_songs_rise_to_the_authors_level_and_keeps_its_cuts():
+    """``habit_eq.max_level_rise_db``: a song's move to the authors' level rises by at most the cap, on the
+    compressors' makeup gain; a smaller rise and a cut (on the faders) stay whole."""
+    from gradmix.console import Layout
+    from gradmix.train import HabitEqConfig, eq_stage_targets
+
+    layout = Layout.default()
+    strip = torch.full((3, 2, layout.num_strip_params), 0.3, dtype=torch.float64)
+    sends = torch.rand(3, 2, len(layout.buses), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    batch = (None, None, strip, sends, torch.tensor([-3.0, 2.0, 9.0], dtype=torch.float64), None)
+    assert [layout.strip[0].specs[0].name, layout.strip[2].specs[-1].name] == ["gain_db", "makeup_db"]
+    def settings(**kw):
+        (target,) = eq_stage_targets(layout, [batch], HabitEqConfig(segments=4, **kw))
+        assert torch.equal(target.sends, sends)
+        return tuple(  # in dB: both linear in their controls
+            spec.min + (spec.max - spec.min) * target.strip[..., layout.strip_control_index(slot, spec.name)]
+            for slot, spec in ((0, layout.strip[0].specs[0]), (2, layout.strip[2].specs[-1]))
+        )
+
+    still_fader, still_makeup = settings(authors_level=False)
+    whole_fader, whole_makeup = settings(authors_level=True)
+    capped_fader, capped_makeup = settings(authors_level=True, max_level_rise_db=4.0)
+    assert torch.allclose(whole_makeup - still_makeup, torch.tensor([[0.0], [2.0], [9.0]], dtype=torch.float64))
+    assert torch.allclose(capped_makeup - still_makeup, torch.tensor([[0.0], [2.0], [4.0]], dtype=torch.float64))
+    assert torch.allclose(capped_fader - still_fader, torch.tensor([[-3.0], [0.0], [0.0]], dtype=torch.float64))
+    assert torch.equal(capped_fader, whole_fader)
+    for habit_eq, message in (
+        ({"max_level_rise_db": 4.0}, "needs habit_eq.authors_level"),
+        ({"authors_level": True, "max_level_rise_db": -1.0}, "must be >= 0, got -1.0"),
+    ):
+        with pytest.raises(GradmixError, match=f"config.habit_eq.max_level_rise_db: {message}"):
+            check(TrainConfig.from_dict({"data": {"songs": ["x"]}, "habit_eq": habit_eq}))
+
+
 def test_tracks_silent_in_a_segment_are_left_out_of_every_decision(tmp_path, monkeypatch):
     """As ``gradmix mix`` leaves a silent stem out of the model's decisions (``Analysis.mask``), training decides
     each segment with the tracks that sound in it: the step's decision, the authors' heads' tone of a carved

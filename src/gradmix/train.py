@@ -150,6 +150,10 @@ class HabitEqConfig:
     faders), so that what its master receives is as loud as under the authors' heads' decision
     (:func:`~gradmix.models.engineer.song_level_db`): the engineer's balance at the level the authors mix at,
     into the master bus the two share."""
+    max_level_rise_db: float | None = None
+    """With ``authors_level``, a song's level move rises by at most this many dB (cuts stay whole); None: no cap.
+    A rise goes through the compressors' makeup gain into the master bus, where the master limiter supplies the
+    last dB of a large one and flattens the song's crest factor."""
     gain_reduction: bool = False
     """Each strip compressor of the target is set as an engineer sets one by its meter
     (:func:`~gradmix.models.engineer.compressed_by_gain_reduction`): the habits' ratio, attack, release and knee,
@@ -267,6 +271,11 @@ def check(cfg: TrainConfig) -> None:
             raise GradmixError("config.habit_eq: needs model.engineer_switch and model.track_head (the head it trains)")
         if not cfg.run.init:
             raise GradmixError("config.habit_eq: needs run.init, the model whose engineer's EQ it refits")
+    if cfg.habit_eq.max_level_rise_db is not None:
+        if not cfg.habit_eq.authors_level:
+            raise GradmixError("config.habit_eq.max_level_rise_db: needs habit_eq.authors_level (the move it caps)")
+        if not cfg.habit_eq.max_level_rise_db >= 0:
+            raise GradmixError(f"config.habit_eq.max_level_rise_db: must be >= 0, got {cfg.habit_eq.max_level_rise_db}")
     if cfg.run.init and not Path(cfg.run.init).is_file():
         raise GradmixError(f"config.run.init: {cfg.run.init}: no such model file")
     devices = cfg.run.devices
@@ -581,6 +590,20 @@ def habit_eq_target(
     return level_matched_eq(layout, own, carved, emb[..., bands] * 10, sample_rate), authors
 
 
+def eq_stage_targets(layout: Layout, batches: list[tuple[Tensor, ...]], habit_eq: HabitEqConfig) -> list[Controls]:
+    """The EQ stage's target controls (strips and sends) of each encoded batch (:func:`encode_segments`), each
+    song moved to the authors' level with ``habit_eq.authors_level`` (its rise capped at
+    ``habit_eq.max_level_rise_db``)."""
+    targets = []
+    for _, _, strip, sends, level_db, _ in batches:
+        target = Controls(strip, sends, strip.new_zeros(len(strip), 0), strip.new_zeros(len(strip), 0))
+        if habit_eq.authors_level:
+            cap = habit_eq.max_level_rise_db
+            target = level_moved(layout, target, level_db if cap is None else level_db.clamp_max(cap))
+        targets.append(target)
+    return targets
+
+
 def fit_habit_eq(cfg: TrainConfig) -> Path:
     """The EQ stage (``habit_eq.segments`` > 0): the engineer's per-track head of the model ``run.init`` learns
     to give each track the habits' EQ moves carved on the song's tone (:func:`carve_on`, the tone from the
@@ -613,10 +636,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
             " the segments again"
         )
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
-    targets = []
-    for emb, mask, strip, sends, level_db, _ in batches:
-        target = Controls(strip, sends, strip.new_zeros(len(strip), 0), strip.new_zeros(len(strip), 0))
-        targets.append(level_moved(layout, target, level_db) if cfg.habit_eq.authors_level else target)
+    targets = eq_stage_targets(layout, batches, cfg.habit_eq)
     for p in model.parameters():
         p.requires_grad_(False)
     head = model.engineer_track_head
