@@ -585,6 +585,7 @@ def test_the_eq_stage_caps_a_songs_rise_to_the_authors_level_and_keeps_its_cuts(
     sends = torch.rand(3, 2, len(layout.buses), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     batch = (None, None, strip, sends, torch.tensor([-3.0, 2.0, 9.0], dtype=torch.float64), None)
     assert [layout.strip[0].specs[0].name, layout.strip[2].specs[-1].name] == ["gain_db", "makeup_db"]
+
     def settings(**kw):
         (target,) = eq_stage_targets(layout, [batch], HabitEqConfig(segments=4, **kw))
         assert torch.equal(target.sends, sends)
