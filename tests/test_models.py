@@ -661,3 +661,62 @@ def test_the_wanted_gain_reduction_is_a_songs_taste_halved_for_bright_tracks():
     ratio = wanted[:, 2].mean() / wanted[:, 0].mean()
     assert 0.4 < ratio < 0.6, ratio
     assert wanted[:, 0].std() > 0.4  # songs differ in taste
+
+
+def test_arrangement_sides_follow_the_habits_rule():
+    """Low tracks, silent tracks and the middle bright one centred; the rest in pairs by centroid, the darker of a
+    pair left, the brightest pair at +-1; the rule of :func:`track_habits`' pans (``place``)."""
+    from gradmix.models.engineer import arrangement_sides
+
+    centroid = torch.tensor(
+        [[100.0, 300.0, 1000.0, 3000.0, 8000.0, 500.0, 5000.0], [150.0, 400.0, 2000.0, 1.0, 1.0, 1.0, 1.0]]
+    )
+    sounding = torch.tensor([[True] * 6 + [False], [True, True, True, False, False, False, False]])
+    expected = torch.tensor(
+        [[0.0, -0.5, 0.0, -1.0, 1.0, 0.5, 0.0], [0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64
+    )
+    assert torch.equal(arrangement_sides(centroid, sounding), expected)
+    x = _example_tracks(["kick", "hats", "bass", "chords"])
+    from gradmix.models.engineer import PAN_SCALE, track_habits
+
+    for seed in (0, 1):  # the habits' pans put each track on the side the rule gives it
+        pan = track_habits(x, None, SR, torch.Generator().manual_seed(seed))[("pan", "pan")]
+        assert float(pan[1]) > 0.3 * PAN_SCALE > 0 > float(pan[3])  # the hi-hat right of the chords
+
+
+def test_the_per_track_heads_read_each_tracks_side_from_its_descriptors():
+    """``pan_side``: the side comes from the band shares the encoder emits (a 60 Hz track is low and centred, of
+    400 Hz, 1.5 kHz and 6 kHz the middle one centred, the darker of the others left); the heads read it as one
+    more input, which a model grown from one without it (``warm_start``: a zero column) ignores until trained."""
+    from gradmix.models.controller import arrangement_side, track_descriptors
+
+    t = torch.arange(SR) / SR
+    x = torch.stack([torch.sin(2 * math.pi * f * t) * 0.1 for f in (6000.0, 60.0, 400.0, 1500.0)])
+    described = track_descriptors(x[:, None].expand(-1, 2, -1), SR)[None].float()
+    assert torch.equal(arrangement_side(described), torch.tensor([[1.0, 0.0, -1.0, 0.0]]))
+    assert torch.equal(
+        arrangement_side(described, torch.tensor([[True, True, True, False]])), torch.tensor([[1.0, 0.0, -1.0, 0.0]])
+    )
+    assert torch.equal(
+        arrangement_side(described, torch.tensor([[True, True, False, True]])), torch.tensor([[1.0, 0.0, 0.0, -1.0]])
+    )
+    cfg = dataclasses.replace(TINY, track_head=True, track_head_raw_descriptors=True, engineer_switch=True)
+    torch.manual_seed(0)
+    plain, sided = (
+        MixController(Layout.default(), cfg),
+        MixController(Layout.default(), dataclasses.replace(cfg, pan_side=True)),
+    )
+    for head in (plain.track_head, plain.engineer_track_head):
+        torch.nn.init.normal_(head[-1].weight, std=0.3)
+    with torch.no_grad():
+        for name, tensor in sided.state_dict().items():  # as warm_start grows a layer: the file's columns, then 0
+            src = plain.state_dict()[name]
+            tensor.zero_()[..., : src.shape[-1]].copy_(src) if src.dim() == 2 else tensor.copy_(src)
+    emb = torch.cat([torch.randn(1, 4, cfg.dim), described], -1)
+    assert torch.equal(plain.decide(emb).strip, sided.decide(emb).strip)
+    with torch.no_grad():
+        sided.engineer_track_head[0].weight[:, -1].normal_()
+    moved = (sided.decide(emb).strip - plain.decide(emb).strip).abs().amax(-1)[0]
+    assert moved[1] == 0 and moved[3] == 0 and moved[0] > 1e-3 and moved[2] > 1e-3  # the centred ones read 0
+    with pytest.raises(ValueError, match="pan_side"):
+        MixController(Layout.default(), dataclasses.replace(TINY, pan_side=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def test_make_models_stages_chain_and_hold_out_the_same_songs():
         assert Path(later.run.init).resolve() == (Path(earlier.run.out) / "model.pt").resolve()
         assert sorted(later.data.exclude) == sorted(earlier.data.exclude) and len(later.data.exclude) == 6
         assert later.data.songs == earlier.data.songs
-    assert stages[2].model == stages[1].model  # the EQ stage refits a head of the per-track stage's model
+    # the EQ stage refits a head of the per-track stage's model, grown by the side its pans read
+    assert stages[2].model.pan_side and dataclasses.replace(stages[2].model, pan_side=False) == stages[1].model
     assert [bool(cfg.habit_eq.segments) for cfg in stages] == [False, False, True]
     assert stages[2].data.augmentation == stages[1].data.augmentation  # the inputs its head hears in training
 
@@ -578,16 +580,18 @@ def test_the_eq_stage_caps_a_songs_rise_to_the_authors_level_and_keeps_its_cuts(
     """``habit_eq.max_level_rise_db``: a song's move to the authors' level rises by at most the cap, on the
     compressors' makeup gain; a smaller rise and a cut (on the faders) stay whole."""
     from gradmix.console import Layout
+    from gradmix.models import MixController
     from gradmix.train import HabitEqConfig, eq_stage_targets
 
     layout = Layout.default()
+    model = MixController(layout)
     strip = torch.full((3, 2, layout.num_strip_params), 0.3, dtype=torch.float64)
     sends = torch.rand(3, 2, len(layout.buses), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     batch = (None, None, strip, sends, torch.tensor([-3.0, 2.0, 9.0], dtype=torch.float64), None)
     assert [layout.strip[0].specs[0].name, layout.strip[2].specs[-1].name] == ["gain_db", "makeup_db"]
 
     def settings(**kw):
-        (target,) = eq_stage_targets(layout, [batch], HabitEqConfig(segments=4, **kw))
+        (target,) = eq_stage_targets(model, [batch], HabitEqConfig(segments=4, **kw))
         assert torch.equal(target.sends, sends)
         return tuple(  # in dB: both linear in their controls
             spec.min + (spec.max - spec.min) * target.strip[..., layout.strip_control_index(slot, spec.name)]
@@ -607,6 +611,53 @@ def test_the_eq_stage_caps_a_songs_rise_to_the_authors_level_and_keeps_its_cuts(
     ):
         with pytest.raises(GradmixError, match=f"config.habit_eq.max_level_rise_db: {message}"):
             check(TrainConfig.from_dict({"data": {"songs": ["x"]}, "habit_eq": habit_eq}))
+
+
+def test_the_eq_stage_pans_each_track_to_its_side_in_the_song(tmp_path):
+    """``habit_eq.pan_width`` with ``model.pan_side``: the model grown by the side input, the target's pans are the
+    width times each track's side (the songs' tones at 100 to 630 Hz over noise: centred, left and right), and the
+    engineer's head learns them; the other strip controls keep the starting model's decision."""
+    require("lightning")
+    require("auraloss")
+    from gradmix.models.controller import arrangement_side
+    from gradmix.train import eq_stage_targets, train
+
+    data = make_dataset(tmp_path / "data", songs=3)
+    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
+    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
+    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
+    cfg.model.track_head_raw_descriptors = True
+    grown = train(cfg)
+    cfg.model.pan_side, cfg.habit_eq.pan_width = True, 0.5
+    cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 60
+    cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 8, 0.01, 1
+    cfg.run.log_every, cfg.run.checkpoint_every = 20, 60
+    fitted = load_model(train(cfg))[0]
+    assert fitted.cfg.pan_side
+    segments = torch.load(tmp_path / "c" / "habit_eq_segments.pt", weights_only=True)
+    layout = fitted.layout
+    pan = layout.strip_control_index(3, "pan")
+    sides = torch.cat([arrangement_side(emb[..., fitted.cfg.dim :], mask)[mask.bool()] for emb, mask, *_ in segments])
+    assert {-1.0, 0.0, 1.0} <= {float(v) for v in sides.unique()}
+    errors = {}
+    for name, model in (("before", load_model(grown)[0]), ("after", fitted)):
+        with torch.no_grad():
+            pans, others = [], []
+            for (emb, mask, strip, *_), target in zip(segments, eq_stage_targets(fitted, segments, cfg.habit_eq)):
+                mine = model.decide(emb, mask, engineer=torch.ones(emb.shape[0]))
+                pans.append(layout.strip[3].spec("pan").denormalize(mine.strip[..., pan])[mask.bool()])
+                keep = [c for c in range(layout.num_strip_params) if c != pan]
+                others.append((target.strip[..., keep] - strip[..., keep]).abs().max())
+            errors[name] = (torch.cat(pans) - 0.5 * sides).abs().mean()
+        assert max(others) == 0  # pan_width moves the target's pans only (no level move, no gain reduction here)
+    assert errors["after"] < 0.5 * errors["before"], errors
+    assert (torch.cat(pans) * sides)[sides != 0].min() > 0  # every sided track on its side
+    cfg.model.pan_side = False
+    with pytest.raises(GradmixError, match="pan_width: needs model.pan_side"):
+        check(cfg)
+    cfg.model.pan_side, cfg.habit_eq.pan_width = True, 1.5
+    with pytest.raises(GradmixError, match="pan_width: must be within 0..1"):
+        check(cfg)
 
 
 def test_tracks_silent_in_a_segment_are_left_out_of_every_decision(tmp_path, monkeypatch):

@@ -55,6 +55,7 @@ from gradmix.models import (
     track_loudness,
 )
 from gradmix.models.checkpoint import load_model, save_model
+from gradmix.models.controller import arrangement_side
 from gradmix.models.engineer import (
     carve_on,
     compressed_by_gain_reduction,
@@ -160,6 +161,10 @@ class HabitEqConfig:
     the threshold where it takes the habits' reduction off the track
     (:func:`~gradmix.models.engineer.wanted_gain_reduction_db`: a song's taste of a dB or two, half for bright
     tracks), and the fader raised by what it takes. Otherwise the compressors are the starting model's own."""
+    pan_width: float | None = None
+    """The target's pan of each track is this times its side in the song
+    (:func:`~gradmix.models.controller.arrangement_side`, -1 .. 1: the darker of a pair left, the pairs further out
+    as they get brighter, low tracks centred); None: the starting model's own pans. Needs ``model.pan_side``."""
 
 
 @dataclass
@@ -276,6 +281,11 @@ def check(cfg: TrainConfig) -> None:
             raise GradmixError("config.habit_eq.max_level_rise_db: needs habit_eq.authors_level (the move it caps)")
         if not cfg.habit_eq.max_level_rise_db >= 0:
             raise GradmixError(f"config.habit_eq.max_level_rise_db: must be >= 0, got {cfg.habit_eq.max_level_rise_db}")
+    if cfg.habit_eq.pan_width is not None:
+        if not cfg.model.pan_side:
+            raise GradmixError("config.habit_eq.pan_width: needs model.pan_side (the head reads the side it pans to)")
+        if not 0 <= cfg.habit_eq.pan_width <= 1:
+            raise GradmixError(f"config.habit_eq.pan_width: must be within 0..1, got {cfg.habit_eq.pan_width}")
     if cfg.run.init and not Path(cfg.run.init).is_file():
         raise GradmixError(f"config.run.init: {cfg.run.init}: no such model file")
     devices = cfg.run.devices
@@ -590,12 +600,22 @@ def habit_eq_target(
     return level_matched_eq(layout, own, carved, emb[..., bands] * 10, sample_rate), authors
 
 
-def eq_stage_targets(layout: Layout, batches: list[tuple[Tensor, ...]], habit_eq: HabitEqConfig) -> list[Controls]:
+def eq_stage_targets(
+    model: MixController, batches: list[tuple[Tensor, ...]], habit_eq: HabitEqConfig
+) -> list[Controls]:
     """The EQ stage's target controls (strips and sends) of each encoded batch (:func:`encode_segments`), each
     song moved to the authors' level with ``habit_eq.authors_level`` (its rise capped at
-    ``habit_eq.max_level_rise_db``)."""
-    targets = []
-    for _, _, strip, sends, level_db, _ in batches:
+    ``habit_eq.max_level_rise_db``), each track panned ``habit_eq.pan_width`` times its side in the song with that
+    option (the side read from the batch's descriptors, as ``model`` reads it)."""
+    layout, targets = model.layout, []
+    slots = [slot for slot in layout.strip for _ in slot.specs]
+    owners = [(slot.effect.type_name, s.name) for slot in layout.strip for s in slot.specs]
+    for emb, mask, strip, sends, level_db, _ in batches:
+        if habit_eq.pan_width is not None:
+            col = owners.index(("pan", "pan"))
+            side = arrangement_side(emb[..., model.cfg.dim :], mask).to(strip)
+            strip = strip.clone()
+            strip[..., col] = slots[col].spec("pan").normalize(habit_eq.pan_width * side)
         target = Controls(strip, sends, strip.new_zeros(len(strip), 0), strip.new_zeros(len(strip), 0))
         if habit_eq.authors_level:
             cap = habit_eq.max_level_rise_db
@@ -619,7 +639,6 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
     model = MixController(Layout.default(), cfg.model)
     warm_start(model, cfg.run.init)
     model.eval().to(device)
-    layout = model.layout
     cached = out / "habit_eq_segments.pt"
     if cached.is_file():
         batches = torch.load(cached, weights_only=True)
@@ -636,7 +655,7 @@ def fit_habit_eq(cfg: TrainConfig) -> Path:
             " the segments again"
         )
     batches = [tuple(t.to(device) for t in batch) for batch in batches]
-    targets = eq_stage_targets(layout, batches, cfg.habit_eq)
+    targets = eq_stage_targets(model, batches, cfg.habit_eq)
     for p in model.parameters():
         p.requires_grad_(False)
     head = model.engineer_track_head

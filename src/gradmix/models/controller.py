@@ -32,6 +32,7 @@ from gradmix.dsp import integrated_loudness
 from gradmix.errors import GradmixError
 from gradmix.metrics.distances import STYLE_FEATURES, TONE_CENTRES_HZ
 from gradmix.metrics.tracks import OCTAVE_BAND_CENTRES_HZ, crest_factor_db, octave_band_powers
+from gradmix.models.engineer import arrangement_sides, log_frequency_centroid_hz
 
 TRACK_LUFS = -28.0
 """Every track is brought to this loudness before the network listens and the console renders it."""
@@ -80,6 +81,11 @@ class ModelConfig:
     """The engineer's strips share one compressor makeup gain per song: the mean over the song's tracks of what
     the strip heads give each. The engineer's makeup carries the song's level move (one for all its tracks,
     :func:`~gradmix.models.engineer.level_moved`); a per-track guess at it would change the balance."""
+    pan_side: bool = False
+    """The per-track heads also read each track's :func:`arrangement_side` (-1 .. 1): which side of the stereo
+    field the habits' rule puts it on in its song. Which side a part goes is a convention the stems do not tell,
+    so a head without it learns to centre every track (the mean of the two sides); with it, the EQ stage can
+    teach the engineer's head a width (``habit_eq.pan_width``). Needs ``track_head``."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -202,6 +208,15 @@ DESCRIPTORS = len(OCTAVE_BAND_CENTRES_HZ) + 1
 """Numbers per track of :func:`track_descriptors`."""
 
 
+def arrangement_side(described: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Each track's side in its song by the habits' rule (:func:`~gradmix.models.engineer.arrangement_sides`),
+    read from its :func:`track_descriptors` ``(batch, tracks, 11)``; ``mask`` ``(batch, tracks)`` marks the tracks
+    that sound (default all). Returns ``(batch, tracks)``, -1 .. 1, in ``described``'s dtype and device."""
+    share = (torch.pow(10.0, described.detach()[..., : len(OCTAVE_BAND_CENTRES_HZ)].double()) - 1e-6).clamp_min(0.0)
+    sounding = torch.ones(described.shape[:2], dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    return arrangement_sides(log_frequency_centroid_hz(share), sounding).to(described)
+
+
 def track_descriptors(x: Tensor, sample_rate: float) -> Tensor:
     """``(items, channels, samples)`` -> ``(items, 11)``: each octave band's share of the track's power in dB / 10
     (floored at -60 dB) and the crest factor of its frame powers in dB / 10 (see
@@ -264,14 +279,17 @@ class MixController(nn.Module):
                 + [s for slot in layout.master for s in slot.specs]
             ),
         )
+        if self.cfg.pan_side and not self.cfg.track_head:
+            raise ValueError("pan_side: the side is read by the per-track heads (track_head)")
         if self.cfg.track_head:
             out = layout.num_strip_params + self.sends
+            extra = 2 * DESCRIPTORS + int(self.cfg.pan_side)
             if self.cfg.track_head_raw_descriptors:
-                self.track_head = TrackHead(d, 2 * DESCRIPTORS, out)
+                self.track_head = TrackHead(d, extra, out)
             else:
                 self.track_head = nn.Sequential(
-                    nn.LayerNorm(d + 2 * DESCRIPTORS),
-                    nn.Linear(d + 2 * DESCRIPTORS, d),
+                    nn.LayerNorm(d + extra),
+                    nn.Linear(d + extra, d),
                     nn.GELU(),
                     nn.Linear(d, out),
                 )
@@ -373,6 +391,8 @@ class MixController(nn.Module):
             w = torch.ones_like(described[..., :1]) if mask is None else mask.to(described)[..., None]
             mean = (described * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
             own = torch.cat([track_contrast(h[:, 1:], mask), described, (described - mean) * w], -1)
+            if self.cfg.pan_side:
+                own = torch.cat([own, arrangement_side(described, mask)[..., None] * w], -1)
             strip = strip + self.track_head(own)
         if self.cfg.engineer_switch:
             e = emb.new_ones(b, dtype=torch.bool) if engineer is None else engineer.to(emb.device) > 0.5

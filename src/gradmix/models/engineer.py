@@ -224,6 +224,30 @@ def log_frequency_centroid_hz(bands: Tensor) -> Tensor:
     return torch.exp2((bands * octave).sum(-1) / bands.sum(-1).clamp_min(1e-30))
 
 
+def arrangement_sides(centroid_hz: Tensor, sounding: Tensor) -> Tensor:
+    """Each track's place in the stereo field by the habits' rule, -1 (left) .. 1 (right), ``(batch, tracks)``.
+
+    The sounding tracks whose centroid is at least :data:`LOW_CENTROID_HZ` in order of centroid: the middle one
+    (of an odd number) centred, the rest in pairs, the darker of a pair left, the pairs further out as they get
+    brighter (the brightest pair at +-1); low tracks, silent tracks and padding at 0.
+
+    Args:
+        centroid_hz: ``(batch, tracks)`` log-frequency centroids (:func:`log_frequency_centroid_hz`).
+        sounding: ``(batch, tracks)`` bool, the tracks that sound.
+    """
+    centroid = centroid_hz.detach().cpu()
+    place = torch.zeros(centroid.shape, dtype=torch.float64)
+    bright = sounding.cpu().to(torch.bool) & (centroid >= LOW_CENTROID_HZ)
+    for i in range(centroid.shape[0]):
+        order = sorted(torch.nonzero(bright[i]).flatten().tolist(), key=lambda j: float(centroid[i, j]))
+        if len(order) % 2:  # the middle one (by centroid) stays in the centre
+            order.pop(len(order) // 2)
+        pairs = len(order) // 2
+        for r, j in enumerate(order):
+            place[i, j] = (r // 2 + 1) / max(1, pairs) * (1 if r % 2 else -1)
+    return place.to(centroid_hz.device)
+
+
 def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> dict:
     """The habits of the module's table for loudness-normalised tracks ``(batch, tracks, channels, samples)``.
 
@@ -296,14 +320,7 @@ def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torc
         return move.clamp(-12.0, 12.0).flatten()
 
     depth = per_song(_uniform, 3.0, 9.0) + per_track(1.0)
-    place = torch.zeros(b, n, dtype=torch.float64)
-    for i in range(b):
-        bright = sorted((j for j in range(n) if sounding[i, j] and not low[i, j]), key=lambda j: float(centroid[i, j]))
-        if len(bright) % 2:  # the middle one (by centroid) stays in the centre
-            bright.pop(len(bright) // 2)
-        pairs = len(bright) // 2
-        for r, j in enumerate(bright):
-            place[i, j] = (r // 2 + 1) / max(1, pairs) * (1 if r % 2 else -1)
+    place = arrangement_sides(centroid, sounding)
     width = per_song(_uniform, 0.3, 0.8)
     pan = torch.where(low, per_track(0.03), width * place + per_track(0.05)) * PAN_SCALE
     reverb = torch.where(low, -60.0, per_song(_uniform, -28.0, -16.0) + 4.0 * (1 - 2 * percussive) + per_track(2.0))
