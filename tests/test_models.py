@@ -718,5 +718,6 @@ def test_the_per_track_heads_read_each_tracks_side_from_its_descriptors():
         sided.engineer_track_head[0].weight[:, -1].normal_()
     moved = (sided.decide(emb).strip - plain.decide(emb).strip).abs().amax(-1)[0]
     assert moved[1] == 0 and moved[3] == 0 and moved[0] > 1e-3 and moved[2] > 1e-3  # the centred ones read 0
-    with pytest.raises(ValueError, match="pan_side"):
-        MixController(Layout.default(), dataclasses.replace(TINY, pan_side=True))
+    for head in ({}, {"track_head": True}):  # read past the layer norm, or not at all: refused
+        with pytest.raises(ValueError, match="pan_side"):
+            MixController(Layout.default(), dataclasses.replace(TINY, pan_side=True, **head))

@@ -511,6 +511,19 @@ def test_a_run_warm_started_from_a_model_file_decides_as_it_did_before_its_first
         check(cfg)
 
 
+def grown_for_the_eq_stage(tmp_path: Path, raw_descriptors: bool = False) -> tuple[TrainConfig, Path]:
+    """Two steps of a tiny model on three songs, then two more grown by the per-track and engineer's heads: the
+    config of the second run and its model file, a start for an EQ stage."""
+    from gradmix.train import train
+
+    data = make_dataset(tmp_path / "data", songs=3)
+    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
+    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
+    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
+    cfg.model.track_head_raw_descriptors = raw_descriptors
+    return cfg, train(cfg)
+
+
 def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_and_resumes(tmp_path):
     """``habit_eq``: segments encoded once (with each song's move to the authors' level and each compressor set
     by the habits' gain reduction), only ``engineer_track_head`` learns, its EQ gains and compressor thresholds
@@ -521,11 +534,7 @@ def test_the_eq_stage_fits_only_the_engineers_track_head_to_the_carved_habits_an
     from gradmix.models.engineer import eq_gain_columns
     from gradmix.train import train
 
-    data = make_dataset(tmp_path / "data", songs=3)
-    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
-    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
-    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
-    grown = train(cfg)
+    cfg, grown = grown_for_the_eq_stage(tmp_path)
     cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 40
     cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 4, 0.01, 1
     cfg.habit_eq.authors_level = cfg.habit_eq.gain_reduction = True
@@ -622,12 +631,7 @@ def test_the_eq_stage_pans_each_track_to_its_side_in_the_song(tmp_path):
     from gradmix.models.controller import arrangement_side
     from gradmix.train import eq_stage_targets, train
 
-    data = make_dataset(tmp_path / "data", songs=3)
-    first = train(TrainConfig.load(write_config(tmp_path / "a.yaml", data, tmp_path / "a")))
-    cfg = TrainConfig.load(write_config(tmp_path / "b.yaml", data, tmp_path / "b", init=str(first)))
-    cfg.model.track_descriptors = cfg.model.track_head = cfg.model.engineer_switch = True
-    cfg.model.track_head_raw_descriptors = True
-    grown = train(cfg)
+    cfg, grown = grown_for_the_eq_stage(tmp_path, raw_descriptors=True)
     cfg.model.pan_side, cfg.habit_eq.pan_width = True, 0.5
     cfg.run.init, cfg.run.out, cfg.run.max_steps = str(grown), str(tmp_path / "c"), 60
     cfg.habit_eq.segments, cfg.optim.lr, cfg.optim.warmup_steps = 8, 0.01, 1

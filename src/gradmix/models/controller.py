@@ -85,7 +85,8 @@ class ModelConfig:
     """The per-track heads also read each track's :func:`arrangement_side` (-1 .. 1): which side of the stereo
     field the habits' rule puts it on in its song. Which side a part goes is a convention the stems do not tell,
     so a head without it learns to centre every track (the mean of the two sides); with it, the EQ stage can
-    teach the engineer's head a width (``habit_eq.pan_width``). Needs ``track_head``."""
+    teach the engineer's head a width (``habit_eq.pan_width``). Needs ``track_head`` and
+    ``track_head_raw_descriptors`` (the side enters in its own units, so a model grown by it decides as before)."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -279,8 +280,11 @@ class MixController(nn.Module):
                 + [s for slot in layout.master for s in slot.specs]
             ),
         )
-        if self.cfg.pan_side and not self.cfg.track_head:
-            raise ValueError("pan_side: the side is read by the per-track heads (track_head)")
+        if self.cfg.pan_side and not (self.cfg.track_head and self.cfg.track_head_raw_descriptors):
+            raise ValueError(
+                "pan_side: the side is read by the per-track heads past their layer norm"
+                " (track_head, track_head_raw_descriptors)"
+            )
         if self.cfg.track_head:
             out = layout.num_strip_params + self.sends
             extra = 2 * DESCRIPTORS + int(self.cfg.pan_side)
