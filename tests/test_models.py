@@ -669,11 +669,16 @@ def test_arrangement_sides_follow_the_habits_rule():
     from gradmix.models.engineer import arrangement_sides
 
     centroid = torch.tensor(
-        [[100.0, 300.0, 1000.0, 3000.0, 8000.0, 500.0, 5000.0], [150.0, 400.0, 2000.0, 1.0, 1.0, 1.0, 1.0]]
+        [
+            [100.0, 300.0, 1000.0, 3000.0, 8000.0, 500.0, 5000.0],
+            [150.0, 400.0, 2000.0, 1.0, 1.0, 1.0, 1.0],
+            [2000.0, 400.0, 2000.0, 2000.0, 1.0, 1.0, 1.0],  # a tie goes in the tracks' order
+        ]
     )
-    sounding = torch.tensor([[True] * 6 + [False], [True, True, True, False, False, False, False]])
+    sounding = torch.tensor([[True] * 6 + [False], [True] * 3 + [False] * 4, [True] * 4 + [False] * 3])
     expected = torch.tensor(
-        [[0.0, -0.5, 0.0, -1.0, 1.0, 0.5, 0.0], [0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64
+        [[0.0, -0.5, 0.0, -1.0, 1.0, 0.5, 0.0], [0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.5, -0.5, -1.0, 1.0, 0, 0, 0]],
+        dtype=torch.float64,
     )
     assert torch.equal(arrangement_sides(centroid, sounding), expected)
     x = _example_tracks(["kick", "hats", "bass", "chords"])

@@ -214,7 +214,7 @@ def arrangement_side(described: Tensor, mask: Tensor | None = None) -> Tensor:
     read from its :func:`track_descriptors` ``(batch, tracks, 11)``; ``mask`` ``(batch, tracks)`` marks the tracks
     that sound (default all). Returns ``(batch, tracks)``, -1 .. 1, in ``described``'s dtype and device."""
     share = (torch.pow(10.0, described.detach()[..., : len(OCTAVE_BAND_CENTRES_HZ)].double()) - 1e-6).clamp_min(0.0)
-    sounding = torch.ones(described.shape[:2], dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    sounding = torch.ones(described.shape[:2], dtype=torch.bool, device=described.device) if mask is None else mask
     return arrangement_sides(log_frequency_centroid_hz(share), sounding).to(described)
 
 

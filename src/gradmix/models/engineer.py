@@ -235,17 +235,17 @@ def arrangement_sides(centroid_hz: Tensor, sounding: Tensor) -> Tensor:
         centroid_hz: ``(batch, tracks)`` log-frequency centroids (:func:`log_frequency_centroid_hz`).
         sounding: ``(batch, tracks)`` bool, the tracks that sound.
     """
-    centroid = centroid_hz.detach().cpu()
-    place = torch.zeros(centroid.shape, dtype=torch.float64)
-    bright = sounding.cpu().to(torch.bool) & (centroid >= LOW_CENTROID_HZ)
-    for i in range(centroid.shape[0]):
-        order = sorted(torch.nonzero(bright[i]).flatten().tolist(), key=lambda j: float(centroid[i, j]))
-        if len(order) % 2:  # the middle one (by centroid) stays in the centre
-            order.pop(len(order) // 2)
-        pairs = len(order) // 2
-        for r, j in enumerate(order):
-            place[i, j] = (r // 2 + 1) / max(1, pairs) * (1 if r % 2 else -1)
-    return place.to(centroid_hz.device)
+    centroid = centroid_hz.detach().double()
+    bright = sounding.to(device=centroid.device, dtype=torch.bool) & (centroid >= LOW_CENTROID_HZ)
+    order = torch.argsort(torch.where(bright, centroid, torch.inf), dim=1, stable=True)
+    rank = torch.argsort(order, dim=1)  # each track's place in the order of centroid (bright ones first)
+    count = bright.sum(1, keepdim=True)
+    middle = torch.where(count % 2 == 1, count // 2, -1)  # the middle one (of an odd number) stays in the centre
+    placed = bright & (rank != middle)
+    rank = rank - ((rank > middle) & (middle >= 0)).long()
+    pairs = (count // 2).clamp_min(1)
+    place = (rank // 2 + 1).double() / pairs * torch.where(rank % 2 == 1, 1.0, -1.0).double()
+    return torch.where(placed, place, 0.0)
 
 
 def track_habits(audio: Tensor, mask: Tensor | None, sample_rate: float, g: torch.Generator) -> dict:
