@@ -608,14 +608,14 @@ def eq_stage_targets(
     ``habit_eq.max_level_rise_db``), each track panned ``habit_eq.pan_width`` times its side in the song with that
     option (the side read from the batch's descriptors, as ``model`` reads it)."""
     layout, targets = model.layout, []
-    slots = [slot for slot in layout.strip for _ in slot.specs]
-    owners = [(slot.effect.type_name, s.name) for slot in layout.strip for s in slot.specs]
+    pan = next(i for i, slot in enumerate(layout.strip) if slot.effect.type_name == "pan")
     for emb, mask, strip, sends, level_db, _ in batches:
         if habit_eq.pan_width is not None:
-            col = owners.index(("pan", "pan"))
             side = arrangement_side(emb[..., model.cfg.dim :], mask).to(strip)
             strip = strip.clone()
-            strip[..., col] = slots[col].spec("pan").normalize(habit_eq.pan_width * side)
+            strip[..., layout.strip_control_index(pan, "pan")] = (
+                layout.strip[pan].spec("pan").normalize(habit_eq.pan_width * side)
+            )
         target = Controls(strip, sends, strip.new_zeros(len(strip), 0), strip.new_zeros(len(strip), 0))
         if habit_eq.authors_level:
             cap = habit_eq.max_level_rise_db
