@@ -689,7 +689,7 @@ def test_arrangement_sides_follow_the_habits_rule():
         assert float(pan[1]) > 0.3 * PAN_SCALE > 0 > float(pan[3])  # the hi-hat right of the chords
 
 
-def test_the_per_track_heads_read_each_tracks_side_from_its_descriptors():
+def test_the_per_track_heads_read_each_tracks_side_from_its_descriptors(tmp_path):
     """``pan_side``: the side comes from the band shares the encoder emits (a 60 Hz track is low and centred, of
     400 Hz, 1.5 kHz and 6 kHz the middle one centred, the darker of the others left); the heads read it as one
     more input, which a model grown from one without it (``warm_start``: a zero column) ignores until trained."""
@@ -713,10 +713,11 @@ def test_the_per_track_heads_read_each_tracks_side_from_its_descriptors():
     )
     for head in (plain.track_head, plain.engineer_track_head):
         torch.nn.init.normal_(head[-1].weight, std=0.3)
-    with torch.no_grad():
-        for name, tensor in sided.state_dict().items():  # as warm_start grows a layer: the file's columns, then 0
-            src = plain.state_dict()[name]
-            tensor.zero_()[..., : src.shape[-1]].copy_(src) if src.dim() == 2 else tensor.copy_(src)
+    from gradmix.train import warm_start
+
+    path = save_model(tmp_path / "plain.pt", plain, sample_rate=SR, info={})
+    plain = load_model(path)[0]  # as the file holds it
+    warm_start(sided, path)  # the file's columns and a zero one for the side
     emb = torch.cat([torch.randn(1, 4, cfg.dim), described], -1)
     assert torch.equal(plain.decide(emb).strip, sided.decide(emb).strip)
     with torch.no_grad():

@@ -396,7 +396,7 @@ class MixController(nn.Module):
             mean = (described * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
             own = torch.cat([track_contrast(h[:, 1:], mask), described, (described - mean) * w], -1)
             if self.cfg.pan_side:
-                own = torch.cat([own, arrangement_side(described, mask)[..., None] * w], -1)
+                own = torch.cat([own, arrangement_side(described, mask)[..., None]], -1)  # 0 where silent
             strip = strip + self.track_head(own)
         if self.cfg.engineer_switch:
             e = emb.new_ones(b, dtype=torch.bool) if engineer is None else engineer.to(emb.device) > 0.5
